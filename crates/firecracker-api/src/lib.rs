@@ -1,0 +1,376 @@
+//! A typed async client for Firecracker v1.12's HTTP API over its Unix socket.
+//!
+//! Every request opens its own connection, sends one HTTP/1.1 request and reads the whole
+//! response, all under a per-request timeout ([`Client::with_timeout`]). Nothing is retried
+//! except connecting in [`Client::wait_ready`]. The models also serve to write Firecracker's
+//! `--config-file` ([`ConfigFile`]).
+#![deny(missing_docs)]
+
+mod models;
+
+pub use models::{
+    ActionType, BootSource, ConfigFile, Drive, FullVmConfiguration, InstanceInfo, InstanceState,
+    Logger, MachineConfiguration, Metrics, NetworkInterface, RateLimiter, TokenBucket,
+};
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{ACCEPT, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::net::UnixStream;
+
+use models::{InstanceActionInfo, Vm, VmState};
+
+/// How long one request may take, connecting included, unless [`Client::with_timeout`] says.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often [`Client::wait_ready`] tries to connect.
+const READY_POLL: Duration = Duration::from_millis(5);
+
+/// Everything that can go wrong talking to Firecracker.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API socket could not be connected to.
+    #[error("cannot connect to Firecracker API socket {}", path.display())]
+    Connect {
+        /// The API socket.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// [`Client::wait_ready`] gave up: the socket never accepted a connection.
+    #[error("Firecracker API socket {} not ready after {waited:?}", path.display())]
+    SocketTimeout {
+        /// The API socket.
+        path: PathBuf,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// The HTTP exchange failed (connection reset, malformed response, …).
+    #[error("HTTP {method} {uri} on Firecracker API socket {} failed", socket.display())]
+    Http {
+        /// The API socket.
+        socket: PathBuf,
+        /// Request method.
+        method: Method,
+        /// Request URI, e.g. `/boot-source`.
+        uri: String,
+        /// Why.
+        source: hyper::Error,
+    },
+    /// Firecracker answered with a non-2xx status.
+    #[error("Firecracker refused {method} {uri} ({status}): {fault_message}")]
+    Fault {
+        /// Request method.
+        method: Method,
+        /// Request URI.
+        uri: String,
+        /// HTTP status code.
+        status: u16,
+        /// Firecracker's `fault_message` (the raw body if there was none).
+        fault_message: String,
+    },
+    /// A 2xx response body was not the expected JSON.
+    #[error("cannot decode Firecracker's response to {method} {uri}")]
+    Decode {
+        /// Request method.
+        method: Method,
+        /// Request URI.
+        uri: String,
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// The request did not complete within the client's timeout.
+    #[error("{method} {uri} on Firecracker API socket {} timed out after {timeout:?}", socket.display())]
+    Timeout {
+        /// The API socket.
+        socket: PathBuf,
+        /// Request method.
+        method: Method,
+        /// Request URI.
+        uri: String,
+        /// The per-request timeout that elapsed.
+        timeout: Duration,
+    },
+}
+
+/// A client for one Firecracker API socket. Cheap to clone; holds no connection.
+#[derive(Debug, Clone)]
+pub struct Client {
+    socket_path: PathBuf,
+    timeout: Duration,
+}
+
+impl Client {
+    /// A client for the API socket at `socket_path` (Firecracker's `--api-sock`).
+    pub fn new(socket_path: impl Into<PathBuf>) -> Self {
+        Self {
+            socket_path: socket_path.into(),
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Sets the per-request timeout (default [`DEFAULT_TIMEOUT`]).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The API socket path.
+    pub fn socket_path(&self) -> &Path {
+        &self.socket_path
+    }
+
+    /// The per-request timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Waits until the socket accepts connections, retrying every few milliseconds while the
+    /// socket file is missing or refuses connections. Gives [`Error::SocketTimeout`] once
+    /// `timeout` has elapsed, and [`Error::Connect`] at once for any other connect error.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), Error> {
+        let start = tokio::time::Instant::now();
+        let deadline = start + timeout;
+        loop {
+            match UnixStream::connect(&self.socket_path).await {
+                Ok(_) => return Ok(()),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                    ) => {}
+                Err(source) => {
+                    return Err(Error::Connect {
+                        path: self.socket_path.clone(),
+                        source,
+                    });
+                }
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(Error::SocketTimeout {
+                    path: self.socket_path.clone(),
+                    waited: now - start,
+                });
+            }
+            tokio::time::sleep(READY_POLL.min(deadline - now)).await;
+        }
+    }
+
+    /// `PUT /boot-source`.
+    pub async fn put_boot_source(&self, b: &BootSource) -> Result<(), Error> {
+        self.put(Method::PUT, "/boot-source".into(), b).await
+    }
+
+    /// `PUT /drives/{drive_id}`.
+    pub async fn put_drive(&self, d: &Drive) -> Result<(), Error> {
+        self.put(
+            Method::PUT,
+            format!("/drives/{}", encode_segment(&d.drive_id)),
+            d,
+        )
+        .await
+    }
+
+    /// `PUT /machine-config`.
+    pub async fn put_machine_config(&self, m: &MachineConfiguration) -> Result<(), Error> {
+        self.put(Method::PUT, "/machine-config".into(), m).await
+    }
+
+    /// `PUT /network-interfaces/{iface_id}`.
+    pub async fn put_network_interface(&self, n: &NetworkInterface) -> Result<(), Error> {
+        let uri = format!("/network-interfaces/{}", encode_segment(&n.iface_id));
+        self.put(Method::PUT, uri, n).await
+    }
+
+    /// `PUT /logger`.
+    pub async fn put_logger(&self, l: &Logger) -> Result<(), Error> {
+        self.put(Method::PUT, "/logger".into(), l).await
+    }
+
+    /// `PUT /metrics`.
+    pub async fn put_metrics(&self, m: &Metrics) -> Result<(), Error> {
+        self.put(Method::PUT, "/metrics".into(), m).await
+    }
+
+    /// `PUT /actions` with `{"action_type": a}`.
+    pub async fn action(&self, a: ActionType) -> Result<(), Error> {
+        self.put(
+            Method::PUT,
+            "/actions".into(),
+            &InstanceActionInfo { action_type: a },
+        )
+        .await
+    }
+
+    /// `PATCH /vm` with `{"state": "Paused"}`.
+    pub async fn pause(&self) -> Result<(), Error> {
+        self.put(
+            Method::PATCH,
+            "/vm".into(),
+            &Vm {
+                state: VmState::Paused,
+            },
+        )
+        .await
+    }
+
+    /// `PATCH /vm` with `{"state": "Resumed"}`.
+    pub async fn resume(&self) -> Result<(), Error> {
+        self.put(
+            Method::PATCH,
+            "/vm".into(),
+            &Vm {
+                state: VmState::Resumed,
+            },
+        )
+        .await
+    }
+
+    /// `GET /`.
+    pub async fn instance_info(&self) -> Result<InstanceInfo, Error> {
+        self.get("/").await
+    }
+
+    /// `GET /vm/config`.
+    pub async fn vm_config(&self) -> Result<FullVmConfiguration, Error> {
+        self.get("/vm/config").await
+    }
+
+    /// Sends `body` as JSON and expects a 2xx status; the response body is ignored.
+    async fn put<T: Serialize>(&self, method: Method, uri: String, body: &T) -> Result<(), Error> {
+        // Serialising these models cannot fail: plain structs with string keys.
+        let json = serde_json::to_vec(body).expect("models serialise to JSON");
+        self.request(method, uri, Some(json)).await.map(drop)
+    }
+
+    /// Sends a GET and decodes the 2xx response body as JSON.
+    async fn get<T: DeserializeOwned>(&self, uri: &str) -> Result<T, Error> {
+        let body = self.request(Method::GET, uri.to_owned(), None).await?;
+        serde_json::from_slice(&body).map_err(|source| Error::Decode {
+            method: Method::GET,
+            uri: uri.to_owned(),
+            source,
+        })
+    }
+
+    /// One request on a fresh connection, under the client's timeout.
+    async fn request(
+        &self,
+        method: Method,
+        uri: String,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, Error> {
+        match tokio::time::timeout(self.timeout, self.exchange(&method, &uri, body)).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(Error::Timeout {
+                socket: self.socket_path.clone(),
+                method,
+                uri,
+                timeout: self.timeout,
+            }),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        method: &Method,
+        uri: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, Error> {
+        let http_err = |source| Error::Http {
+            socket: self.socket_path.clone(),
+            method: method.clone(),
+            uri: uri.to_owned(),
+            source,
+        };
+        let stream = UnixStream::connect(&self.socket_path)
+            .await
+            .map_err(|source| Error::Connect {
+                path: self.socket_path.clone(),
+                source,
+            })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(http_err)?;
+
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(uri)
+            .header(HOST, "localhost");
+        req = req.header(ACCEPT, "application/json");
+        if body.is_some() {
+            req = req.header(CONTENT_TYPE, "application/json");
+        }
+        // The URI is a path we built from literals and percent-encoded ids: always valid.
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .expect("valid request");
+
+        // Drive the connection while the exchange runs; dropping `sender` afterwards lets the
+        // connection future finish. A connection error also fails the exchange, which reports it.
+        let exchange = async move {
+            let resp = sender.send_request(req).await?;
+            drop(sender);
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((status, bytes))
+        };
+        let (result, _conn) = tokio::join!(exchange, conn);
+        let (status, bytes) = result.map_err(http_err)?;
+        if status.is_success() {
+            Ok(bytes)
+        } else {
+            Err(Error::Fault {
+                method: method.clone(),
+                uri: uri.to_owned(),
+                status: status.as_u16(),
+                fault_message: fault_message(status, &bytes),
+            })
+        }
+    }
+}
+
+/// Firecracker's `{"fault_message": "..."}`, else the body as text, else the status reason.
+fn fault_message(status: StatusCode, body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Fault {
+        fault_message: String,
+    }
+    if let Ok(f) = serde_json::from_slice::<Fault>(body) {
+        return f.fault_message;
+    }
+    let text = String::from_utf8_lossy(body).trim().to_owned();
+    if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("no fault message")
+            .to_owned()
+    } else {
+        text
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters, for one path segment.
+fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,436 @@
+//! cgroups: which version the host offers, what a VM's limits become as cgroup files, where the
+//! jailer puts a VM's cgroup directories, what they report, and how they are removed.
+//!
+//! The jailer writes the limits and moves Firecracker into the cgroup itself (we pass
+//! `--cgroup <file>=<value>`), but it never removes the directories it made: that is ours. The
+//! version-specific knowledge lives in [`v1`] and [`v2`]; this module picks one at run time from
+//! the host's mount table, which is an argument so that tests can hand in a fake one.
+
+pub mod v1;
+pub mod v2;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// The cgroup API the jailer is told to use (`--cgroup-version`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupVersion {
+    /// Legacy per-controller hierarchies.
+    V1,
+    /// The unified hierarchy.
+    V2,
+}
+
+impl CgroupVersion {
+    /// The value of the jailer's `--cgroup-version`.
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            Self::V1 => "1",
+            Self::V2 => "2",
+        }
+    }
+}
+
+impl std::str::FromStr for CgroupVersion {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "1" | "v1" => Ok(Self::V1),
+            "2" | "v2" => Ok(Self::V2),
+            other => Err(format!("unknown cgroup version {other:?}; use 1 or 2")),
+        }
+    }
+}
+
+/// How the host mounts cgroups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// Only v1 hierarchies.
+    Legacy,
+    /// v1 controllers plus a cgroup2 mount (often with no controllers).
+    Hybrid,
+    /// Only the v2 hierarchy.
+    Unified,
+}
+
+/// The host's cgroup mounts, as found in a mount table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Hierarchy {
+    /// How cgroups are mounted.
+    pub layout: Layout,
+    /// v1 controllers and their mount points (a co-mounted `cpu,cpuacct` appears twice).
+    pub v1: Vec<(String, PathBuf)>,
+    /// The cgroup2 mount point, if any.
+    pub v2: Option<PathBuf>,
+    /// Controllers enabled in the cgroup2 root (`cgroup.controllers`).
+    pub v2_controllers: Vec<String>,
+}
+
+/// Errors from reading or changing cgroups. Each names the path involved.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// The host has no cgroup mount at all.
+    #[error("no cgroup filesystem is mounted (looked in {mounts}); mount cgroup2 at /sys/fs/cgroup or the v1 controllers")]
+    NotMounted {
+        /// The mount table read.
+        mounts: PathBuf,
+    },
+    /// A controller warden needs is not available in the chosen version.
+    #[error("cgroup {version:?} has no {controller} controller on this host; enable it or choose the other cgroup version")]
+    MissingController {
+        /// The version chosen.
+        version: CgroupVersion,
+        /// The missing controller.
+        controller: String,
+    },
+    /// Reading a cgroup or mount file failed.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// Removing a cgroup directory failed.
+    #[error("cannot remove cgroup directory {path}")]
+    Remove {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+impl Hierarchy {
+    /// Reads the host's mount table (`/proc/self/mounts`).
+    pub fn host() -> Result<Self, CgroupError> {
+        Self::from_mounts_file(Path::new("/proc/self/mounts"))
+    }
+
+    /// Reads a mount table in `/proc/mounts` format from `path`.
+    pub fn from_mounts_file(path: &Path) -> Result<Self, CgroupError> {
+        let text = std::fs::read_to_string(path).map_err(|source| CgroupError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).ok_or_else(|| CgroupError::NotMounted { mounts: path.to_owned() })
+    }
+
+    /// Parses a mount table; `None` when it has no cgroup mount. Reads the cgroup2 root's
+    /// `cgroup.controllers` (a missing file counts as no controllers).
+    pub fn parse(mounts: &str) -> Option<Self> {
+        let mut v1 = Vec::new();
+        let mut v2 = None;
+        for line in mounts.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 4 {
+                continue;
+            }
+            let mount_point = PathBuf::from(unescape_mount_path(f[1]));
+            match f[2] {
+                "cgroup2" => v2 = v2.or(Some(mount_point)),
+                "cgroup" => {
+                    for opt in f[3].split(',') {
+                        if v1::CONTROLLERS.contains(&opt) {
+                            v1.push((opt.to_owned(), mount_point.clone()));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let layout = match (v1.is_empty(), &v2) {
+            (true, None) => return None,
+            (true, Some(_)) => Layout::Unified,
+            (false, None) => Layout::Legacy,
+            (false, Some(_)) => Layout::Hybrid,
+        };
+        let v2_controllers = v2
+            .as_ref()
+            .and_then(|root| std::fs::read_to_string(root.join("cgroup.controllers")).ok())
+            .map(|s| s.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default();
+        Some(Self { layout, v1, v2, v2_controllers })
+    }
+
+    /// The version warden uses when none is configured: v1 when the v1 memory controller is
+    /// mounted (legacy and hybrid hosts, where the v2 mount usually has no controllers), else v2.
+    pub fn default_version(&self) -> CgroupVersion {
+        if self.v1_mount("memory").is_some() {
+            CgroupVersion::V1
+        } else {
+            CgroupVersion::V2
+        }
+    }
+
+    /// The mount point of a v1 controller.
+    pub fn v1_mount(&self, controller: &str) -> Option<&Path> {
+        self.v1.iter().find(|(c, _)| c == controller).map(|(_, p)| p.as_path())
+    }
+
+    /// Checks that every controller the settings need is available in `version`.
+    pub fn check(&self, version: CgroupVersion, settings: &[Setting]) -> Result<(), CgroupError> {
+        for s in settings {
+            let controller = s.controller();
+            let present = match version {
+                CgroupVersion::V1 => self.v1_mount(controller).is_some(),
+                CgroupVersion::V2 => {
+                    self.v2.is_some() && self.v2_controllers.iter().any(|c| c == controller)
+                }
+            };
+            if !present {
+                return Err(CgroupError::MissingController {
+                    version,
+                    controller: controller.to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The directories the jailer creates for a VM with these settings: one per v1 controller
+    /// named, or the single v2 directory. Sorted and without duplicates.
+    pub fn vm_dirs(
+        &self,
+        version: CgroupVersion,
+        parent: &str,
+        id: &str,
+        settings: &[Setting],
+    ) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = match version {
+            CgroupVersion::V1 => settings
+                .iter()
+                .filter_map(|s| self.v1_mount(s.controller()))
+                .map(|m| m.join(parent).join(id))
+                .collect(),
+            CgroupVersion::V2 if settings.is_empty() => Vec::new(),
+            CgroupVersion::V2 => {
+                self.v2.iter().map(|root| root.join(parent).join(id)).collect()
+            }
+        };
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    }
+}
+
+/// `/proc/mounts` escapes spaces and a few other bytes as octal.
+fn unescape_mount_path(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            if let Ok(n) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(n as char);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i] as char);
+        i += 1;
+    }
+    out
+}
+
+/// Resource limits for one VM, before they are mapped to a cgroup version's files.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CgroupLimits {
+    /// Hard memory limit in bytes (guest memory plus VMM overhead).
+    pub memory_bytes: Option<u64>,
+    /// CPU time per period, in percent of one core (100 = one core, 50 = half a core).
+    pub cpu_quota_pct: Option<u32>,
+    /// Most tasks (threads) the VM's processes may have.
+    pub pids_max: Option<u64>,
+}
+
+/// Scheduler period used for CPU quotas, in microseconds (the kernel's default).
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// One cgroup file the jailer writes: `--cgroup <file>=<value>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Setting {
+    /// File name inside the VM's cgroup directory, e.g. `memory.limit_in_bytes`.
+    pub file: String,
+    /// Value written to it.
+    pub value: String,
+}
+
+impl Setting {
+    fn new(file: &str, value: impl ToString) -> Self {
+        Self { file: file.to_owned(), value: value.to_string() }
+    }
+
+    /// The controller a file belongs to (the part before the first `.`), as the jailer reads it.
+    pub fn controller(&self) -> &str {
+        self.file.split('.').next().unwrap_or(&self.file)
+    }
+
+    /// The jailer argument value, `file=value`.
+    pub fn as_arg(&self) -> String {
+        format!("{}={}", self.file, self.value)
+    }
+}
+
+impl CgroupLimits {
+    /// The files and values that express these limits in `version`.
+    pub fn settings(&self, version: CgroupVersion) -> Vec<Setting> {
+        match version {
+            CgroupVersion::V1 => v1::settings(self),
+            CgroupVersion::V2 => v2::settings(self),
+        }
+    }
+
+    /// [`CgroupLimits::settings`] for this host: the accounting-only `cpuacct.usage` is dropped
+    /// where no v1 `cpuacct` hierarchy is mounted.
+    pub fn settings_for(&self, hierarchy: &Hierarchy, version: CgroupVersion) -> Vec<Setting> {
+        let mut settings = self.settings(version);
+        settings.retain(|s| s.controller() != "cpuacct" || hierarchy.v1_mount("cpuacct").is_some());
+        settings
+    }
+}
+
+/// What a VM's cgroup reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CgroupStats {
+    /// Memory charged now, in bytes.
+    pub memory_bytes: Option<u64>,
+    /// Most memory ever charged, in bytes.
+    pub memory_peak_bytes: Option<u64>,
+    /// How many times the OOM killer killed a task in this cgroup.
+    pub oom_kills: Option<u64>,
+    /// CPU time used, in nanoseconds.
+    pub cpu_usage_ns: Option<u64>,
+}
+
+/// Reads what the cgroup directories of one VM report. Missing files are `None`.
+pub fn stats(version: CgroupVersion, dirs: &[PathBuf]) -> CgroupStats {
+    match version {
+        CgroupVersion::V1 => v1::stats(dirs),
+        CgroupVersion::V2 => v2::stats(dirs),
+    }
+}
+
+/// Removes a VM's cgroup directories, deepest first. A directory that is already gone is fine.
+/// `rmdir` fails with `EBUSY` while the kernel still counts a dying task: that is retried until
+/// `deadline` passes.
+pub fn remove(dirs: &[PathBuf], deadline: Duration) -> Result<(), CgroupError> {
+    let start = Instant::now();
+    for dir in dirs {
+        loop {
+            match std::fs::remove_dir(dir) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && start.elapsed() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(source) => {
+                    return Err(CgroupError::Remove { path: dir.clone(), source });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn read_u64(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Reads `key value` lines (as in `memory.events`, `memory.oom_control`, `cpu.stat`).
+pub(crate) fn read_keyed(path: &Path, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().find_map(|l| {
+        let mut it = l.split_whitespace();
+        (it.next()? == key).then(|| it.next()?.parse().ok())?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const HYBRID_MOUNTS: &str = "\
+tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0
+cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0
+cgroup /sys/fs/cgroup/cpuacct cgroup rw,relatime,cpuacct 0 0
+cgroup /sys/fs/cgroup/memory cgroup rw,relatime,memory 0 0
+cgroup /sys/fs/cgroup/pids cgroup rw,relatime,pids 0 0
+cgroup /sys/fs/cgroup/systemd cgroup rw,relatime,name=systemd 0 0
+cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
+";
+
+    #[test]
+    fn detects_hybrid_and_prefers_v1() {
+        let h = Hierarchy::parse(HYBRID_MOUNTS).unwrap();
+        assert_eq!(h.layout, Layout::Hybrid);
+        assert_eq!(h.default_version(), CgroupVersion::V1);
+        assert_eq!(h.v1_mount("cpuacct"), Some(Path::new("/sys/fs/cgroup/cpuacct")));
+        assert_eq!(h.v2.as_deref(), Some(Path::new("/sys/fs/cgroup/unified")));
+        assert!(h.v1_mount("systemd").is_none(), "named hierarchies are not controllers");
+    }
+
+    #[test]
+    fn detects_legacy_with_comounted_cpu_cpuacct() {
+        let h = Hierarchy::parse(
+            "cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,cpu,cpuacct 0 0\n\
+             cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n",
+        )
+        .unwrap();
+        assert_eq!(h.layout, Layout::Legacy);
+        assert_eq!(h.v1_mount("cpu"), h.v1_mount("cpuacct"));
+    }
+
+    #[test]
+    fn detects_unified_and_reads_its_controllers() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cgroup.controllers"), "cpuset cpu io memory pids\n")
+            .unwrap();
+        let mounts = format!("cgroup2 {} cgroup2 rw,nsdelegate 0 0\n", dir.path().display());
+        let h = Hierarchy::parse(&mounts).unwrap();
+        assert_eq!(h.layout, Layout::Unified);
+        assert_eq!(h.default_version(), CgroupVersion::V2);
+        assert_eq!(h.v2_controllers, ["cpuset", "cpu", "io", "memory", "pids"]);
+    }
+
+    #[test]
+    fn no_cgroup_mount_is_none() {
+        assert!(Hierarchy::parse("proc /proc proc rw 0 0\n").is_none());
+    }
+
+    #[test]
+    fn check_refuses_v2_without_controllers_as_on_hybrid_hosts() {
+        let h = Hierarchy::parse(HYBRID_MOUNTS).unwrap();
+        let limits = CgroupLimits { memory_bytes: Some(1 << 28), ..Default::default() };
+        let err = h.check(CgroupVersion::V2, &limits.settings(CgroupVersion::V2)).unwrap_err();
+        assert!(err.to_string().contains("no memory controller"), "{err}");
+        h.check(CgroupVersion::V1, &limits.settings(CgroupVersion::V1)).unwrap();
+    }
+
+    #[test]
+    fn v1_dirs_are_one_per_controller_named() {
+        let h = Hierarchy::parse(HYBRID_MOUNTS).unwrap();
+        let limits = CgroupLimits {
+            memory_bytes: Some(1 << 28),
+            cpu_quota_pct: Some(50),
+            pids_max: Some(64),
+        };
+        let dirs = h.vm_dirs(CgroupVersion::V1, "warden", "vm1", &limits.settings(CgroupVersion::V1));
+        let want: Vec<PathBuf> = ["cpu", "cpuacct", "memory", "pids"]
+            .iter()
+            .map(|c| PathBuf::from(format!("/sys/fs/cgroup/{c}/warden/vm1")))
+            .collect();
+        assert_eq!(dirs, want);
+    }
+
+    #[test]
+    fn unescapes_octal_in_mount_paths() {
+        assert_eq!(unescape_mount_path("/a\\040b"), "/a b");
+        assert_eq!(unescape_mount_path("/plain"), "/plain");
+    }
+}

@@ -1,0 +1,184 @@
+//! The isolation report: what a running Firecracker process is actually confined by, read from
+//! `/proc` rather than assumed from the configuration. This is how warden proves, per VM, that
+//! it is jailed.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+/// One isolation layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Layer {
+    /// Whether the layer is in force.
+    pub active: bool,
+    /// What was seen, or why the layer is off.
+    pub detail: String,
+}
+
+impl Layer {
+    fn on(detail: impl Into<String>) -> Self {
+        Self { active: true, detail: detail.into() }
+    }
+    fn off(detail: impl Into<String>) -> Self {
+        Self { active: false, detail: detail.into() }
+    }
+}
+
+/// Every layer warden can put around a VM, each checked on the live process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IsolationReport {
+    /// True when the mandatory layers (jailer, uid/gid, chroot, cgroups, seccomp) are all on.
+    pub is_sandboxed: bool,
+    /// Started by the jailer.
+    pub jailer: Layer,
+    /// Running as an unprivileged user and group.
+    pub uid_gid: Layer,
+    /// Confined to the jail's root.
+    pub chroot: Layer,
+    /// Placed in its own cgroups.
+    pub cgroups: Layer,
+    /// Every thread under a seccomp filter.
+    pub seccomp: Layer,
+    /// Own PID namespace.
+    pub pid_ns: Layer,
+    /// Own network namespace.
+    pub net_ns: Layer,
+}
+
+/// What the report is checked against.
+#[derive(Debug, Clone)]
+pub struct Expected<'a> {
+    /// Whether the jailer was used.
+    pub jailed: bool,
+    /// The chroot the process should see as `/`.
+    pub root_dir: &'a Path,
+    /// The cgroup directories it should be in.
+    pub cgroup_dirs: &'a [PathBuf],
+    /// Why the jailer is not used, when it is not.
+    pub unjailed_reason: Option<&'a str>,
+}
+
+/// Inspects process `pid` (found under `proc_root`, normally `/proc`).
+pub fn report(proc_root: &Path, pid: u32, expected: &Expected<'_>) -> IsolationReport {
+    let dir = proc_root.join(pid.to_string());
+    let own = proc_root.join("self");
+    let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+
+    let jailer = if expected.jailed {
+        Layer::on("started by the jailer")
+    } else {
+        Layer::off(expected.unjailed_reason.unwrap_or("jailer not used"))
+    };
+
+    let uid_gid = match (status_ids(&status, "Uid:"), status_ids(&status, "Gid:")) {
+        (Some(u), Some(g)) if u.iter().all(|&x| x != 0) && g.iter().all(|&x| x != 0) => {
+            Layer::on(format!("uid {} gid {}", u[0], g[0]))
+        }
+        (Some(u), Some(g)) => Layer::off(format!("runs as uid {} gid {} (root)", u[0], g[0])),
+        _ => Layer::off("process status unreadable"),
+    };
+
+    let chroot = match (std::fs::metadata(dir.join("root")), std::fs::metadata(expected.root_dir)) {
+        (Ok(seen), Ok(want)) if (seen.dev(), seen.ino()) == (want.dev(), want.ino()) => {
+            Layer::on(format!("root is {}", expected.root_dir.display()))
+        }
+        (Ok(_), Ok(_)) => Layer::off("root directory is not the jail's"),
+        _ => Layer::off("root directory unreadable"),
+    };
+
+    let cgroups = cgroup_layer(&dir, expected.cgroup_dirs);
+
+    let seccomp = seccomp_layer(&dir);
+
+    let ns = |name: &str, why_off: &str| match (ns_id(&dir, name), ns_id(&own, name)) {
+        (Some(a), Some(b)) if a != b => Layer::on(format!("own {name} namespace ({a})")),
+        (Some(_), Some(_)) => Layer::off(why_off.to_owned()),
+        _ => Layer::off(format!("{name} namespace unreadable")),
+    };
+    let pid_ns = ns("pid", "shares the host's PID namespace (new_pid_ns is off)");
+    let net_ns = ns("net", "shares the host's network namespace (no netns configured)");
+
+    let is_sandboxed =
+        jailer.active && uid_gid.active && chroot.active && cgroups.active && seccomp.active;
+    IsolationReport { is_sandboxed, jailer, uid_gid, chroot, cgroups, seccomp, pid_ns, net_ns }
+}
+
+/// The real, effective, saved and filesystem ids of a `Uid:`/`Gid:` status line.
+fn status_ids(status: &str, key: &str) -> Option<Vec<u32>> {
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    let ids: Vec<u32> = line[key.len()..].split_whitespace().filter_map(|s| s.parse().ok()).collect();
+    (ids.len() == 4).then_some(ids)
+}
+
+fn ns_id(proc_dir: &Path, name: &str) -> Option<String> {
+    std::fs::read_link(proc_dir.join("ns").join(name)).ok().map(|p| p.display().to_string())
+}
+
+fn seccomp_layer(dir: &Path) -> Layer {
+    let Ok(tasks) = std::fs::read_dir(dir.join("task")) else {
+        return Layer::off("threads unreadable");
+    };
+    let mut total = 0;
+    let mut filtered = 0;
+    for t in tasks.flatten() {
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        total += 1;
+        if status.lines().any(|l| l.starts_with("Seccomp:") && l.split_whitespace().nth(1) == Some("2")) {
+            filtered += 1;
+        }
+    }
+    if total > 0 && filtered == total {
+        Layer::on(format!("all {total} threads filtered (Seccomp: 2)"))
+    } else {
+        Layer::off(format!("{filtered} of {total} threads filtered"))
+    }
+}
+
+/// The process must be in each expected directory: for v1 the line of that directory's
+/// controller, for v2 the single `0::` line.
+fn cgroup_layer(dir: &Path, expected: &[PathBuf]) -> Layer {
+    if expected.is_empty() {
+        return Layer::off("no cgroup limits applied");
+    }
+    let text = std::fs::read_to_string(dir.join("cgroup")).unwrap_or_default();
+    let paths: Vec<&str> = text.lines().filter_map(|l| l.splitn(3, ':').nth(2)).collect();
+    let missing: Vec<String> = expected
+        .iter()
+        .filter(|d| {
+            // `<mount>/<parent>/<id>` must end with a path the process is in.
+            !paths.iter().any(|p| *p != "/" && d.to_string_lossy().ends_with(p))
+        })
+        .map(|d| d.display().to_string())
+        .collect();
+    if missing.is_empty() {
+        Layer::on(format!("in {}", expected.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")))
+    } else {
+        Layer::off(format!("not in {}", missing.join(", ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_ids_from_status() {
+        let s = "Name:\tfirecracker\nUid:\t4242\t4242\t4242\t4242\nGid:\t0\t0\t0\t0\n";
+        assert_eq!(status_ids(s, "Uid:"), Some(vec![4242; 4]));
+        assert_eq!(status_ids(s, "Gid:"), Some(vec![0; 4]));
+    }
+
+    #[test]
+    fn our_own_process_is_not_sandboxed() {
+        let me = std::process::id();
+        let r = report(
+            Path::new("/proc"),
+            me,
+            &Expected { jailed: false, root_dir: Path::new("/nonexistent"), cgroup_dirs: &[], unjailed_reason: Some("test") },
+        );
+        assert!(!r.is_sandboxed);
+        assert!(!r.pid_ns.active && !r.net_ns.active);
+        assert_eq!(r.jailer.detail, "test");
+    }
+}

@@ -1,0 +1,151 @@
+//! The validated request for one jail, and the checks that make it so.
+//!
+//! Nothing here touches the host except reading metadata of the files to stage: a spec that
+//! fails validation has created nothing.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::cgroup::{CgroupLimits, CgroupVersion};
+use crate::id::JailId;
+
+/// rlimits the jailer sets on Firecracker (`--resource-limit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ResourceLimits {
+    /// `no-file`: one more than the highest file descriptor Firecracker may open.
+    pub no_file: Option<u64>,
+    /// `fsize`: the largest file Firecracker may create, in bytes.
+    pub fsize: Option<u64>,
+}
+
+impl Default for ResourceLimits {
+    fn default() -> Self {
+        // 2048 is the jailer's own default; we pass it explicitly so the plan shows it.
+        Self { no_file: Some(2048), fsize: None }
+    }
+}
+
+/// A file the VM needs, to be staged into the jail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StageRequest {
+    /// The caller's file. It is never modified or chowned.
+    pub source: PathBuf,
+    /// Name of the staged file inside the jail's root (a single path component).
+    pub name: String,
+    /// Whether the VM may write it (a writable drive gets a private copy).
+    pub writable: bool,
+    /// The configuration field that named this file, used in error messages.
+    pub field: String,
+}
+
+/// Everything needed to plan one jail. Build it, then call [`JailSpec::plan`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JailSpec {
+    /// The jail id (also the VM id).
+    pub id: JailId,
+    /// Run under the jailer (`true`) or start Firecracker directly (development mode).
+    pub jailed: bool,
+    /// The jailer binary.
+    pub jailer_binary: PathBuf,
+    /// The Firecracker binary the jailer copies into the chroot and execs.
+    pub exec_file: PathBuf,
+    /// User Firecracker runs as.
+    pub uid: u32,
+    /// Group Firecracker runs as.
+    pub gid: u32,
+    /// Where jails live: `<chroot_base_dir>/<exec file name>/<id>/root`.
+    pub chroot_base_dir: PathBuf,
+    /// cgroup API passed to the jailer.
+    pub cgroup_version: CgroupVersion,
+    /// cgroup parent directory for all of warden's VMs.
+    pub parent_cgroup: String,
+    /// cgroup limits.
+    pub limits: CgroupLimits,
+    /// rlimits.
+    pub resource_limits: ResourceLimits,
+    /// Exec Firecracker in a new PID namespace.
+    pub new_pid_ns: bool,
+    /// Network namespace file to join (`--netns`).
+    pub netns: Option<PathBuf>,
+    /// Files to stage into the jail.
+    pub files: Vec<StageRequest>,
+}
+
+/// A request that cannot be planned. The message names the field and the fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {problem}")]
+pub struct SpecError {
+    /// The configuration field at fault.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub problem: String,
+}
+
+impl SpecError {
+    /// Builds an error for `field`.
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self { field: field.into(), problem: problem.into() }
+    }
+}
+
+impl JailSpec {
+    /// Checks the parts of the spec that do not depend on the host's cgroups.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.jailed {
+            if self.uid == 0 || self.gid == 0 {
+                return Err(SpecError::new(
+                    if self.uid == 0 { "uid" } else { "gid" },
+                    "is 0 (root); a jailed Firecracker must drop to an unprivileged user, \
+                     e.g. create one with `useradd -r -s /bin/false jailer` and use its ids",
+                ));
+            }
+            if !self.chroot_base_dir.is_absolute() {
+                return Err(SpecError::new(
+                    "chroot_base_dir",
+                    format!("{} is relative; use an absolute path such as /srv/jailer", self.chroot_base_dir.display()),
+                ));
+            }
+            if self.parent_cgroup.is_empty()
+                || self.parent_cgroup.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+            {
+                return Err(SpecError::new(
+                    "parent_cgroup",
+                    format!("{:?} is not a relative cgroup path; use names like \"warden\" or \"warden/tenant-a\"", self.parent_cgroup),
+                ));
+            }
+        }
+        if self.exec_file.file_name().is_none() {
+            return Err(SpecError::new("exec_file", "has no file name; give the path of the firecracker binary"));
+        }
+        for f in &self.files {
+            check_source(&f.field, &f.source)?;
+        }
+        if let Some(ns) = &self.netns {
+            if !ns.exists() {
+                return Err(SpecError::new(
+                    "netns",
+                    format!("{} does not exist; create it first (e.g. `ip netns add NAME` makes /run/netns/NAME)", ns.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A file to stage must be a readable regular file.
+fn check_source(field: &str, path: &Path) -> Result<(), SpecError> {
+    let meta = std::fs::metadata(path).map_err(|e| {
+        SpecError::new(field, format!("{} cannot be read ({e}); give the path of an existing file", path.display()))
+    })?;
+    if meta.is_dir() {
+        return Err(SpecError::new(field, format!("{} is a directory; give an image file", path.display())));
+    }
+    if !meta.is_file() {
+        return Err(SpecError::new(field, format!("{} is not a regular file; give an image file", path.display())));
+    }
+    std::fs::File::open(path).map_err(|e| {
+        SpecError::new(field, format!("{} cannot be opened ({e}); check its permissions", path.display()))
+    })?;
+    Ok(())
+}

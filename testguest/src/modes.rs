@@ -1,0 +1,123 @@
+//! The test modes selected by `mode=` on the kernel command line (see README.md).
+
+use crate::bootparams::{BootParams, E820_RAM};
+use crate::cmdline::{self, Config, Mode};
+use crate::i8042::{self, Keyboard};
+use crate::{arch, idt, lapic, paging, power, println, tsc, virtio};
+
+/// Print an error line and power off.
+pub fn fail(msg: &str) -> ! {
+    println!("testguest: error: {}", msg);
+    power::off()
+}
+
+/// Parse the command line and run the selected mode; never returns.
+pub fn run(bp: &BootParams) -> ! {
+    let cfg = match cmdline::parse(bp.cmdline()) {
+        Ok(cfg) => cfg,
+        Err(msg) => fail(msg),
+    };
+    println!("WARDEN_MARKER {}", cfg.marker);
+    match cfg.mode {
+        Mode::Poweroff => power::off(),
+        Mode::Idle => idle(),
+        Mode::Touch => touch(bp, cfg.mib.unwrap_or(0)),
+        Mode::Spin => spin(cfg.secs.unwrap_or(0)),
+        Mode::Blk => blk(&cfg),
+    }
+}
+
+/// Halt until Ctrl-Alt-Del, waking on the LAPIC timer (10 ms) and the keyboard IRQ.
+fn idle() -> ! {
+    let mut kbd = Keyboard::new();
+    lapic::start_periodic(10);
+    lapic::route_irq(1, idt::KBD_VECTOR);
+    loop {
+        if kbd.poll() {
+            i8042::ctrl_alt_del();
+        }
+        arch::wait_for_interrupt();
+    }
+}
+
+/// First address the touch mode may write: above the image, stack and tables.
+const TOUCH_START: u64 = 32 << 20;
+const MIB: u64 = 1 << 20;
+const PAGE: u64 = 4096;
+
+fn touch(bp: &BootParams, mib: u64) -> ! {
+    extern "C" {
+        static __image_end: u8;
+    }
+    // SAFETY: only the address of the linker-defined symbol is taken.
+    let image_end = unsafe { &__image_end as *const u8 as u64 };
+    let start = TOUCH_START.max((image_end + MIB - 1) & !(MIB - 1));
+    // The RAM region containing `start`, clipped to what our page tables map.
+    let end = bp
+        .e820()
+        .filter(|e| e.kind == E820_RAM && e.addr <= start && start < e.addr + e.size)
+        .map(|e| (e.addr + e.size).min(paging::MAPPED_END))
+        .next()
+        .unwrap_or(start);
+    let fits = (end.saturating_sub(start)) / MIB;
+    let todo = if mib > fits {
+        println!("testguest: only {} MiB fit (asked for {})", fits, mib);
+        fits
+    } else {
+        mib
+    };
+    let mut kbd = Keyboard::new();
+    for m in 0..todo {
+        let base = start + m * MIB;
+        let mut p = base;
+        while p < base + MIB {
+            // SAFETY: [start, end) is usable RAM per e820, identity-mapped, and not used by
+            // anything else (the image, stack and boot data all live below 32 MiB).
+            unsafe { (p as *mut u8).write_volatile(1) };
+            p += PAGE;
+        }
+        let done = m + 1;
+        if done % 16 == 0 {
+            println!("testguest: touched {} MiB", done);
+        }
+        if kbd.poll() {
+            i8042::ctrl_alt_del();
+        }
+    }
+    println!("WARDEN_TOUCHED {}", todo);
+    power::off()
+}
+
+fn spin(secs: u64) -> ! {
+    let (hz, source) = tsc::frequency();
+    println!("testguest: tsc {} kHz via {}", hz / 1000, source.name());
+    let mut kbd = Keyboard::new();
+    let start = arch::rdtsc();
+    let total = hz.saturating_mul(secs);
+    let poll_every = hz / 1000; // about 1 ms between i8042 polls
+    let mut next_poll = start;
+    loop {
+        let now = arch::rdtsc();
+        if now.wrapping_sub(start) >= total {
+            break;
+        }
+        if now.wrapping_sub(next_poll) < u64::MAX / 2 {
+            if kbd.poll() {
+                i8042::ctrl_alt_del();
+            }
+            next_poll = now + poll_every;
+        }
+        core::hint::spin_loop();
+    }
+    println!("WARDEN_SPUN {}", secs);
+    power::off()
+}
+
+fn blk(cfg: &Config) -> ! {
+    let count = virtio::blk::run_all(cfg);
+    println!("WARDEN_BLK_DONE {}", count);
+    if cfg.then_idle {
+        idle()
+    }
+    power::off()
+}
