@@ -22,6 +22,8 @@ pub enum Mode {
 pub struct VirtioMmio {
     pub base: u64,
     pub size: u64,
+    /// Interrupt line (unused: everything is polled).
+    #[allow(dead_code)]
     pub irq: u32,
 }
 

@@ -100,6 +100,7 @@ const EMPTY: Gate = Gate {
 #[repr(C, align(16))]
 struct Idt([Gate; 256]);
 
+#[link_section = ".lazy.idt"]
 static mut IDT: Idt = Idt([EMPTY; 256]);
 
 fn gate(handler: u64, cs: u16) -> Gate {
@@ -130,10 +131,10 @@ pub fn init() {
             idt.0[v] = gate(h, cs);
         }
         for g in idt.0[32..].iter_mut() {
-            *g = gate(testguest_other_irq as usize as u64, cs);
+            *g = gate(testguest_other_irq as *const () as u64, cs);
         }
-        idt.0[TIMER_VECTOR as usize] = gate(testguest_timer_irq as usize as u64, cs);
-        idt.0[SPURIOUS_VECTOR as usize] = gate(testguest_spurious_irq as usize as u64, cs);
+        idt.0[TIMER_VECTOR as usize] = gate(testguest_timer_irq as *const () as u64, cs);
+        idt.0[SPURIOUS_VECTOR as usize] = gate(testguest_spurious_irq as *const () as u64, cs);
         #[repr(C, packed)]
         struct Pointer {
             limit: u16,

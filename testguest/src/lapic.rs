@@ -1,8 +1,9 @@
 //! Local APIC timer (xAPIC, MMIO at 0xfee00000) and IOAPIC routing for the keyboard IRQ.
 //!
-//! Used only to idle with `hlt` without burning a host CPU: a periodic timer interrupt wakes
-//! the CPU about every 10 ms so the i8042 can be polled, and the i8042's IRQ 1 is routed
-//! through the IOAPIC so Ctrl-Alt-Del wakes the CPU immediately too.
+//! Used only to idle with `hlt` without burning a host CPU: the i8042's IRQ 1 is routed
+//! through the IOAPIC so Ctrl-Alt-Del wakes the CPU immediately, and a periodic timer
+//! interrupt wakes it now and then as a safety net, so the i8042 is polled even if that
+//! IRQ is lost.
 //!
 //! The timer counts at the APIC bus frequency, which KVM fixes at 1 GHz (1 ns per tick).
 

@@ -27,10 +27,17 @@ pub fn run(bp: &BootParams) -> ! {
     }
 }
 
-/// Halt until Ctrl-Alt-Del, waking on the LAPIC timer (10 ms) and the keyboard IRQ.
+/// Period of the safety-net timer while idle. The keyboard IRQ wakes us for Ctrl-Alt-Del
+/// right away, so the timer only bounds the delay should that IRQ ever be lost; a slow timer
+/// keeps the cost of many idle VMs on one host negligible.
+const IDLE_TIMER_MS: u64 = 100;
+
+/// Halt until Ctrl-Alt-Del, waking on the keyboard IRQ and a periodic LAPIC timer.
 fn idle() -> ! {
+    paging::init();
+    idt::init();
     let mut kbd = Keyboard::new();
-    lapic::start_periodic(10);
+    lapic::start_periodic(IDLE_TIMER_MS);
     lapic::route_irq(1, idt::KBD_VECTOR);
     loop {
         if kbd.poll() {
@@ -66,6 +73,9 @@ fn touch(bp: &BootParams, mib: u64) -> ! {
     } else {
         mib
     };
+    if start + todo * MIB > 1 << 30 {
+        paging::init();
+    }
     let mut kbd = Keyboard::new();
     for m in 0..todo {
         let base = start + m * MIB;
@@ -114,6 +124,7 @@ fn spin(secs: u64) -> ! {
 }
 
 fn blk(cfg: &Config) -> ! {
+    paging::init();
     let count = virtio::blk::run_all(cfg);
     println!("WARDEN_BLK_DONE {}", count);
     if cfg.then_idle {

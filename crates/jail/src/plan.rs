@@ -177,11 +177,16 @@ impl JailSpec {
         }
 
         let (cgroups, cgroup_dirs) = if self.jailed {
-            let settings = self.limits.settings_for(hierarchy, self.cgroup_version);
+            let mut settings = self.limits.settings_for(hierarchy, self.cgroup_version);
             hierarchy
                 .check(self.cgroup_version, &settings)
                 .map_err(|e| SpecError::new("cgroup_version", e.to_string()))?;
             let dirs = hierarchy.vm_dirs(self.cgroup_version, &self.parent_cgroup, self.id.as_str(), &settings);
+            for s in &mut settings {
+                s.path = hierarchy
+                    .setting_dir(self.cgroup_version, &self.parent_cgroup, self.id.as_str(), s)
+                    .map(|d| d.join(&s.file));
+            }
             (settings, dirs)
         } else {
             (Vec::new(), Vec::new())

@@ -1,1 +1,59 @@
-fn main() {}
+//! `warden`: run jailed Firecracker microVMs from the command line.
+
+mod report;
+mod run;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "warden", version, about = "Run Firecracker microVMs under the jailer, proven isolated, leaving nothing behind")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot one VM in the foreground, stream its serial console, clean up on exit.
+    ///
+    /// Exit status: 0 the guest powered off; 130 stopped by Ctrl-C/SIGTERM; 3 OOM-killed;
+    /// 4 killed by a signal from outside; 5 Firecracker failed; 1 any other error; 2 bad input.
+    Run(run::RunArgs),
+    /// Print everything a VM would get (argv, paths, staged files, cgroups, rlimits) without
+    /// doing anything.
+    Plan {
+        #[command(flatten)]
+        args: run::RunArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Boot the test guest under the jailer and print its isolation report.
+    Demo(run::DemoArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run::run(args).await,
+            Command::Plan { args, json } => run::plan(args, json),
+            Command::Demo(args) => run::demo(args).await,
+        }
+    });
+    match result {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(e) => {
+            report::print_error(&e);
+            let invalid = e.downcast_ref::<warden::Error>().is_some_and(|w| matches!(w, warden::Error::Invalid(_)));
+            std::process::ExitCode::from(if invalid { 2 } else { 1 })
+        }
+    }
+}

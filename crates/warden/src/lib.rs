@@ -1,1 +1,36 @@
-//! warden
+//! warden: run Firecracker microVMs under Firecracker's jailer, prove per VM that they are
+//! jailed, and leave nothing behind when they stop.
+//!
+//! The API follows the orchestrator guide this project grew from:
+//!
+//! ```no_run
+//! use warden::vm::{start_firecracker, stop_firecracker};
+//! use warden::vm::config::VmConfig;
+//!
+//! # async fn demo() -> Result<(), warden::Error> {
+//! let config = VmConfig {
+//!     vm_id: "my-agent-task-123".to_string(),
+//!     vcpu_count: 1,
+//!     memory_mb: 256,
+//!     kernel_path: "/path/to/vmlinux.bin".to_string(),
+//!     rootfs_path: "/path/to/rootfs.ext4".to_string(),
+//!     enable_networking: false,
+//! };
+//! let vm = start_firecracker(&config).await?;
+//! println!("VM started with PID: {}", vm.pid);
+//! println!("Sandboxed: {}", vm.is_sandboxed);
+//! stop_firecracker(vm).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! [`vm::start_vm`] takes [`vm::config::VmOptions`] for everything that guide left out (extra
+//! drives, boot arguments, uid/gid, cgroup version and caps, PID namespace, rlimits, and whether
+//! running without the jailer is allowed).
+#![deny(missing_docs)]
+
+pub mod assets;
+mod error;
+pub mod vm;
+
+pub use error::Error;
+pub use jail::inspect::{IsolationReport, Layer};

@@ -7,7 +7,7 @@ pub mod queue;
 
 /// Memory the devices read and write (rings, request headers, data buffers).
 ///
-/// A fixed pool of zeroed, page-aligned pages in `.bss`, handed out by a bump allocator and
+/// A fixed pool of page-aligned pages in `.lazy` (zeroed when handed out), handed out by a bump allocator and
 /// never freed: a test guest sets up a handful of devices once. Guest-physical addresses equal
 /// virtual addresses because the image is linked at its physical load address.
 pub mod dma {
@@ -20,6 +20,7 @@ pub mod dma {
     #[repr(C, align(4096))]
     struct Pool([[u8; PAGE]; PAGES]);
 
+    #[link_section = ".lazy.dma"]
     static mut POOL: Pool = Pool([[0; PAGE]; PAGES]);
     static NEXT: AtomicUsize = AtomicUsize::new(0);
 
@@ -29,7 +30,12 @@ pub mod dma {
         if i >= PAGES {
             return None;
         }
-        // SAFETY: only the address is taken; page `i` is handed out exactly once.
-        Some(unsafe { core::ptr::addr_of_mut!(POOL.0[i]) } as u64)
+        // SAFETY: page `i` is handed out exactly once, so nobody else references it. The pool
+        // is in `.lazy` (not cleared at boot), so clear it here.
+        unsafe {
+            let page = core::ptr::addr_of_mut!(POOL.0[i]);
+            page.write_bytes(0, 1);
+            Some(page as u64)
+        }
     }
 }

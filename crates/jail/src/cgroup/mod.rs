@@ -193,6 +193,14 @@ impl Hierarchy {
         Ok(())
     }
 
+    /// The VM's directory holding a setting's file.
+    pub fn setting_dir(&self, version: CgroupVersion, parent: &str, id: &str, setting: &Setting) -> Option<PathBuf> {
+        match version {
+            CgroupVersion::V1 => self.v1_mount(setting.controller()).map(|m| m.join(parent).join(id)),
+            CgroupVersion::V2 => self.v2.as_ref().map(|root| root.join(parent).join(id)),
+        }
+    }
+
     /// The directories the jailer creates for a VM with these settings: one per v1 controller
     /// named, or the single v2 directory. Sorted and without duplicates.
     pub fn vm_dirs(
@@ -202,17 +210,8 @@ impl Hierarchy {
         id: &str,
         settings: &[Setting],
     ) -> Vec<PathBuf> {
-        let mut dirs: Vec<PathBuf> = match version {
-            CgroupVersion::V1 => settings
-                .iter()
-                .filter_map(|s| self.v1_mount(s.controller()))
-                .map(|m| m.join(parent).join(id))
-                .collect(),
-            CgroupVersion::V2 if settings.is_empty() => Vec::new(),
-            CgroupVersion::V2 => {
-                self.v2.iter().map(|root| root.join(parent).join(id)).collect()
-            }
-        };
+        let mut dirs: Vec<PathBuf> =
+            settings.iter().filter_map(|s| self.setting_dir(version, parent, id, s)).collect();
         dirs.sort();
         dirs.dedup();
         dirs
@@ -259,11 +258,13 @@ pub struct Setting {
     pub file: String,
     /// Value written to it.
     pub value: String,
+    /// Where the file is on this host, once planned.
+    pub path: Option<PathBuf>,
 }
 
 impl Setting {
     fn new(file: &str, value: impl ToString) -> Self {
-        Self { file: file.to_owned(), value: value.to_string() }
+        Self { file: file.to_owned(), value: value.to_string(), path: None }
     }
 
     /// The controller a file belongs to (the part before the first `.`), as the jailer reads it.

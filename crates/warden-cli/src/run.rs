@@ -1,0 +1,242 @@
+//! `warden run`, `warden plan` and `warden demo`: one VM in the foreground.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use warden::vm::config::{DriveConfig, JailerMode, Serial, VmConfig, VmOptions};
+use warden::vm::jailer::JailerConfig;
+use warden::vm::{self, ExitReason, VmHandle};
+
+use crate::report;
+
+/// Arguments shared by `run` and `plan`.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Kernel image (ELF vmlinux).
+    #[arg(long)]
+    kernel: PathBuf,
+    /// Root filesystem image (attached read-write; the caller's file is never modified: the VM
+    /// writes a private copy).
+    #[arg(long)]
+    rootfs: Option<PathBuf>,
+    /// Extra drive, `PATH` or `PATH:ro`; repeatable.
+    #[arg(long = "drive", value_name = "PATH[:ro]")]
+    drives: Vec<String>,
+    /// VM id (1-64 ASCII letters, digits, '-'); default: `run-<pid>`.
+    #[arg(long)]
+    id: Option<String>,
+    /// vCPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 128)]
+    memory: u32,
+    /// Kernel command line.
+    #[arg(long)]
+    boot_args: Option<String>,
+    /// Run Firecracker without the jailer (development only: no chroot, cgroups or uid drop).
+    #[arg(long, conflicts_with = "require_jailer")]
+    no_jailer: bool,
+    /// Fail instead of running unjailed when the jailer is missing (production mode).
+    #[arg(long)]
+    require_jailer: bool,
+    /// User the VM runs as.
+    #[arg(long, default_value_t = warden::vm::jailer::DEFAULT_JAIL_UID)]
+    uid: u32,
+    /// Group the VM runs as.
+    #[arg(long, default_value_t = warden::vm::jailer::DEFAULT_JAIL_UID)]
+    gid: u32,
+    /// CPU cap in percent of one core (default: 100 per vCPU).
+    #[arg(long, value_name = "PCT")]
+    cpu_quota: Option<u32>,
+    /// Memory cgroup limit in MiB (default: guest memory + 64 MiB VMM overhead).
+    #[arg(long, value_name = "MIB")]
+    memory_limit: Option<u32>,
+    /// Base directory of jails.
+    #[arg(long, default_value = "/srv/jailer")]
+    chroot_base: PathBuf,
+    /// cgroup version (1 or 2); detected when not given.
+    #[arg(long)]
+    cgroup_version: Option<jail::CgroupVersion>,
+    /// Parent cgroup of warden's VMs.
+    #[arg(long, default_value = "warden")]
+    parent_cgroup: String,
+    /// Run Firecracker in a new PID namespace.
+    #[arg(long)]
+    new_pid_ns: bool,
+    /// Join this network namespace (e.g. /run/netns/NAME).
+    #[arg(long)]
+    netns: Option<String>,
+    /// rlimit no-file for Firecracker.
+    #[arg(long, default_value_t = 2048)]
+    no_file: u64,
+    /// rlimit fsize for Firecracker, in bytes.
+    #[arg(long)]
+    fsize: Option<u64>,
+    /// Most tasks in the VM's cgroup.
+    #[arg(long, default_value_t = 1024)]
+    pids_max: u64,
+    /// Jailer binary (default: target/assets, then /usr/local/bin).
+    #[arg(long, env = "WARDEN_JAILER_BINARY")]
+    jailer: Option<PathBuf>,
+    /// Firecracker binary (default: target/assets, then /usr/local/bin).
+    #[arg(long, env = "WARDEN_FIRECRACKER_BINARY")]
+    firecracker: Option<PathBuf>,
+}
+
+impl RunArgs {
+    fn to_config(&self) -> anyhow::Result<(VmConfig, VmOptions)> {
+        let config = VmConfig {
+            vm_id: self.id.clone().unwrap_or_else(|| format!("run-{}", std::process::id())),
+            vcpu_count: self.vcpus,
+            memory_mb: self.memory,
+            kernel_path: self.kernel.display().to_string(),
+            rootfs_path: self.rootfs.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            enable_networking: false,
+        };
+        let mut drives = Vec::new();
+        for d in &self.drives {
+            let (path, read_only) = match d.strip_suffix(":ro") {
+                Some(p) => (p, true),
+                None => (d.strip_suffix(":rw").unwrap_or(d), false),
+            };
+            drives.push(DriveConfig { path: path.into(), read_only });
+        }
+        let defaults = JailerConfig::default();
+        let options = VmOptions {
+            boot_args: self.boot_args.clone(),
+            drives,
+            jailer: JailerConfig {
+                jailer_binary: self.jailer.clone().unwrap_or(defaults.jailer_binary),
+                exec_file: self.firecracker.clone().unwrap_or(defaults.exec_file),
+                chroot_base_dir: self.chroot_base.clone(),
+                uid: self.uid,
+                gid: self.gid,
+                cgroup_version: self.cgroup_version,
+                parent_cgroup: self.parent_cgroup.clone(),
+                cpu_quota_pct: self.cpu_quota,
+                pids_max: Some(self.pids_max),
+                new_pid_ns: self.new_pid_ns,
+                netns: self.netns.clone(),
+                resource_limits: jail::ResourceLimits { no_file: Some(self.no_file), fsize: self.fsize },
+                ..defaults
+            },
+            jailer_mode: if self.no_jailer {
+                JailerMode::Disabled
+            } else if self.require_jailer {
+                JailerMode::Required
+            } else {
+                JailerMode::Auto
+            },
+            memory_limit_mb: self.memory_limit,
+            serial: Serial::CaptureAndEcho,
+            ..VmOptions::default()
+        };
+        Ok((config, options))
+    }
+}
+
+/// `warden plan`.
+pub fn plan(args: RunArgs, json: bool) -> anyhow::Result<u8> {
+    let (config, options) = args.to_config()?;
+    let (_, plan, _, unjailed) = vm::plan_vm(&config, &options)?;
+    if json {
+        let mut v = serde_json::to_value(&plan)?;
+        v["unjailed_reason"] = serde_json::json!(unjailed);
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", report::plan(&plan));
+        if let Some(why) = unjailed {
+            println!("WARNING: {why}");
+        }
+    }
+    Ok(0)
+}
+
+/// `warden run`.
+pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
+    let (config, options) = args.to_config()?;
+    let vm = vm::start_vm(&config, &options).await.with_context(|| format!("cannot start VM {}", config.vm_id))?;
+    eprintln!("warden: VM {} running, pid {}, API socket {}", vm.vm_id, vm.pid, vm.socket_path.display());
+    eprint!("{}", report::isolation(&vm.isolation));
+    supervise_foreground(vm).await
+}
+
+/// Waits for the guest to power off or for Ctrl-C/SIGTERM (then stops the VM gracefully), and
+/// turns the way it ended into an exit status.
+async fn supervise_foreground(vm: VmHandle) -> anyhow::Result<u8> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let interrupted = tokio::select! {
+        _ = vm.wait() => false,
+        _ = tokio::signal::ctrl_c() => true,
+        _ = term.recv() => true,
+    };
+    let vm_id = vm.vm_id.clone();
+    let exit = if interrupted {
+        eprintln!("warden: stopping VM {vm_id}");
+        vm.stop().await?
+    } else {
+        let exit = vm.wait().await;
+        if let Some(e) = &exit.cleanup_error {
+            anyhow::bail!("VM {vm_id} ended but not everything was removed: {e}");
+        }
+        exit
+    };
+    eprintln!("warden: VM {vm_id} ended: {}; jail and cgroups removed", exit.reason);
+    if matches!(exit.reason, ExitReason::FirecrackerError { .. }) && !exit.output.is_empty() {
+        eprintln!("warden: Firecracker's last output:\n{}", exit.output);
+    }
+    Ok(match exit.reason {
+        _ if interrupted => 130,
+        ExitReason::GuestPowerOff => 0,
+        ExitReason::Stopped | ExitReason::Killed => 130,
+        ExitReason::OomKilled => 3,
+        ExitReason::Signaled { .. } => 4,
+        ExitReason::FirecrackerError { .. } => 5,
+    })
+}
+
+/// Arguments of `warden demo`.
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Base directory of jails.
+    #[arg(long, default_value = "/srv/jailer")]
+    chroot_base: PathBuf,
+}
+
+/// `warden demo`: the test guest, jailed in a new PID namespace, its isolation report, a
+/// graceful stop, and proof that nothing is left.
+pub async fn demo(args: DemoArgs) -> anyhow::Result<u8> {
+    let kernel = warden::assets::testguest();
+    let config = VmConfig {
+        vm_id: format!("demo-{}", std::process::id()),
+        vcpu_count: 1,
+        memory_mb: 128,
+        kernel_path: kernel.display().to_string(),
+        rootfs_path: String::new(),
+        enable_networking: false,
+    };
+    let options = VmOptions {
+        boot_args: Some("mode=idle marker=hello-from-a-jailed-guest".into()),
+        jailer: JailerConfig { chroot_base_dir: args.chroot_base, new_pid_ns: true, ..JailerConfig::default() },
+        jailer_mode: JailerMode::Required,
+        serial: Serial::CaptureAndEcho,
+        ..VmOptions::default()
+    };
+    eprintln!("warden demo: booting {} under {}", kernel.display(), options.jailer.jailer_binary.display());
+    let vm = vm::start_vm(&config, &options).await.context("cannot start the demo VM (did `make assets` run?)")?;
+    if !vm.wait_for_serial("WARDEN_MARKER", Duration::from_secs(5)).await {
+        anyhow::bail!("the guest printed no marker within 5 s; serial so far: {:?}", vm.serial_output());
+    }
+    println!("warden demo: VM {} pid {} socket {}", vm.vm_id, vm.pid, vm.socket_path.display());
+    print!("{}", report::isolation(&vm.isolation));
+    let plan = vm.plan.clone();
+    println!("warden demo: stopping with Ctrl-Alt-Del");
+    let exit = vm::stop_firecracker(vm).await?;
+    let left: Vec<_> = std::iter::once(&plan.jail_dir).chain(&plan.cgroup_dirs).filter(|p| p.exists()).collect();
+    println!("warden demo: VM ended ({}); left behind: {}", exit.reason, if left.is_empty() { "nothing".into() } else { format!("{left:?}") });
+    Ok(if left.is_empty() && plan.jailed { 0 } else { 1 })
+}

@@ -1,0 +1,89 @@
+//! The library's error: one sentence naming what failed and the path or value involved; the
+//! cause is reachable through `source()`.
+
+use std::path::PathBuf;
+
+/// Everything starting, running or stopping a VM can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A field of the request is invalid. Nothing was created.
+    #[error(transparent)]
+    Invalid(#[from] jail::SpecError),
+    /// Production mode and the jailer is missing. Nothing was created.
+    #[error(
+        "the jailer is required but {} is not an executable file; install Firecracker's jailer \
+         there (e.g. run scripts/setup-assets.sh, or copy `jailer` from a Firecracker release \
+         to /usr/local/bin) or set jailer_binary / WARDEN_JAILER_BINARY",
+        path.display()
+    )]
+    JailerMissing {
+        /// Where the jailer was looked for.
+        path: PathBuf,
+    },
+    /// The Firecracker binary is missing. Nothing was created.
+    #[error(
+        "Firecracker binary {} is not an executable file; run scripts/setup-assets.sh or set \
+         exec_file / WARDEN_FIRECRACKER_BINARY",
+        path.display()
+    )]
+    FirecrackerMissing {
+        /// Where Firecracker was looked for.
+        path: PathBuf,
+    },
+    /// The host's cgroups could not be read.
+    #[error(transparent)]
+    Cgroup(#[from] jail::cgroup::CgroupError),
+    /// Placing files into the jail failed (everything made was removed).
+    #[error(transparent)]
+    Stage(#[from] jail::stage::StageError),
+    /// The jailer or Firecracker could not be executed.
+    #[error("cannot execute {}", program.display())]
+    Spawn {
+        /// The program.
+        program: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The jailer or Firecracker exited before the API socket was up.
+    #[error("{} exited before the VM was up ({status}): {output}", program.display())]
+    ExitedEarly {
+        /// The program started.
+        program: PathBuf,
+        /// How it exited.
+        status: String,
+        /// What it printed (stderr, then Firecracker's log), trimmed.
+        output: String,
+    },
+    /// Firecracker's API refused or failed a request while configuring the VM.
+    #[error("configuring VM {vm_id} failed{}", if log.is_empty() { String::new() } else { format!("; Firecracker's log ends: {log}") })]
+    Configure {
+        /// The VM.
+        vm_id: String,
+        /// The tail of Firecracker's log.
+        log: String,
+        /// The API error, with Firecracker's fault_message.
+        source: firecracker_api::Error,
+    },
+    /// Talking to a running VM's API failed.
+    #[error(transparent)]
+    Api(#[from] firecracker_api::Error),
+    /// Removing the VM's jail or cgroups failed.
+    #[error(transparent)]
+    Cleanup(#[from] jail::cleanup::CleanupError),
+    /// The VM ended but something of it could not be removed.
+    #[error("VM {vm_id} stopped but not everything was removed: {detail}")]
+    Leftover {
+        /// The VM.
+        vm_id: String,
+        /// What is left and why.
+        detail: String,
+    },
+    /// A host call failed.
+    #[error("{what} failed")]
+    Os {
+        /// What was attempted.
+        what: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,188 @@
+//! What a VM is: [`VmConfig`] (the six fields of the orchestrator guide, with its defaults) and
+//! [`VmOptions`] (everything the guide left out, with safe defaults).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use jail::SpecError;
+
+use super::jailer::JailerConfig;
+
+/// Fewest MiB of guest memory accepted.
+pub const MIN_MEMORY_MB: u32 = 128;
+/// Most vCPUs Firecracker supports.
+pub const MAX_VCPUS: u8 = 32;
+/// Memory the VMM itself needs beside guest RAM, added to the cgroup limit: guest RAM is
+/// charged to the Firecracker process, so a limit of exactly the guest's size gets the VM
+/// OOM-killed under load.
+pub const VMM_OVERHEAD_MB: u32 = 64;
+/// Boot arguments when none are given: a serial console, reboot = exit, no PCI.
+pub const DEFAULT_BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 pci=off";
+
+/// A microVM, as the orchestrator guide defines it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Unique VM id: 1-64 ASCII letters, digits or `-`. Also the jail id.
+    pub vm_id: String,
+    /// Number of vCPUs (1-32).
+    pub vcpu_count: u8,
+    /// Guest memory in MiB (at least 128).
+    pub memory_mb: u32,
+    /// Kernel image (an ELF vmlinux).
+    pub kernel_path: String,
+    /// Root filesystem image, attached read-write as the root device; empty for none.
+    pub rootfs_path: String,
+    /// Give the VM a network device (off by default: a security risk).
+    pub enable_networking: bool,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        Self {
+            vm_id: "default".into(),
+            vcpu_count: 1,
+            memory_mb: 512,
+            kernel_path: "/path/to/vmlinux.bin".into(),
+            rootfs_path: "/path/to/rootfs.ext4".into(),
+            enable_networking: false,
+        }
+    }
+}
+
+impl VmConfig {
+    /// Checks sizes and the id. Paths are checked when the jail is planned.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        jail::JailId::new(&self.vm_id).map_err(|e| SpecError::new("vm_id", format!("{:?} {e}", self.vm_id)))?;
+        if self.vcpu_count == 0 || self.vcpu_count > MAX_VCPUS {
+            return Err(SpecError::new(
+                "vcpu_count",
+                format!("is {}; use 1 to {MAX_VCPUS}", self.vcpu_count),
+            ));
+        }
+        if self.memory_mb < MIN_MEMORY_MB {
+            return Err(SpecError::new(
+                "memory_mb",
+                format!("is {} MiB; use at least {MIN_MEMORY_MB}", self.memory_mb),
+            ));
+        }
+        if self.kernel_path.is_empty() {
+            return Err(SpecError::new("kernel_path", "is empty; give the path of a kernel image"));
+        }
+        if self.enable_networking {
+            return Err(SpecError::new(
+                "enable_networking",
+                "is not supported yet (network namespaces and TAP devices are planned); set it to false",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An extra block device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriveConfig {
+    /// The image on the host (never modified: a writable drive gets a private copy).
+    pub path: PathBuf,
+    /// Attach read-only.
+    pub read_only: bool,
+}
+
+/// Whether the jailer must be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JailerMode {
+    /// Use the jailer; if it is missing, warn loudly and run unjailed (`is_sandboxed == false`).
+    /// The orchestrator guide's graceful degradation, for development.
+    #[default]
+    Auto,
+    /// Production mode: a missing jailer is an error.
+    Required,
+    /// Run Firecracker directly (development only).
+    Disabled,
+}
+
+/// Where the guest's serial console goes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Serial {
+    /// Kept in memory ([`super::VmHandle::serial_output`]).
+    #[default]
+    Capture,
+    /// Kept in memory and copied to our stdout as it arrives.
+    CaptureAndEcho,
+    /// Discarded.
+    Discard,
+}
+
+/// Everything about a VM beyond [`VmConfig`].
+#[derive(Debug, Clone)]
+pub struct VmOptions {
+    /// Kernel command line; [`DEFAULT_BOOT_ARGS`] when `None`.
+    pub boot_args: Option<String>,
+    /// Attach the rootfs read-only.
+    pub rootfs_read_only: bool,
+    /// Extra drives, attached after the rootfs as `drive1`, `drive2`, ...
+    pub drives: Vec<DriveConfig>,
+    /// Jail settings. `jailer_id`, `cpu_count` and `memory_limit_mb` are taken from the
+    /// [`VmConfig`] (the memory limit is guest memory plus [`VMM_OVERHEAD_MB`] unless
+    /// [`VmOptions::memory_limit_mb`] is set).
+    pub jailer: JailerConfig,
+    /// Jailer required, optional or off.
+    pub jailer_mode: JailerMode,
+    /// cgroup memory cap in MiB, overriding guest memory + overhead.
+    pub memory_limit_mb: Option<u32>,
+    /// Serial console handling.
+    pub serial: Serial,
+    /// How long a graceful stop (Ctrl-Alt-Del) may take before SIGKILL.
+    pub stop_timeout: Duration,
+    /// How long the API socket may take to appear.
+    pub socket_timeout: Duration,
+}
+
+impl Default for VmOptions {
+    fn default() -> Self {
+        Self {
+            boot_args: None,
+            rootfs_read_only: false,
+            drives: Vec::new(),
+            jailer: JailerConfig::default(),
+            jailer_mode: JailerMode::Auto,
+            memory_limit_mb: None,
+            serial: Serial::Capture,
+            stop_timeout: Duration::from_secs(3),
+            socket_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok() -> VmConfig {
+        VmConfig { vm_id: "vm-1".into(), kernel_path: "/k".into(), ..Default::default() }
+    }
+
+    #[test]
+    fn defaults_follow_the_guide() {
+        let d = VmConfig::default();
+        assert_eq!((d.vm_id.as_str(), d.vcpu_count, d.memory_mb, d.enable_networking), ("default", 1, 512, false));
+        ok().validate().unwrap();
+    }
+
+    #[test]
+    fn bad_sizes_and_ids_name_the_field() {
+        let cases = [
+            (VmConfig { memory_mb: 127, ..ok() }, "memory_mb", "at least 128"),
+            (VmConfig { vcpu_count: 0, ..ok() }, "vcpu_count", "1 to 32"),
+            (VmConfig { vcpu_count: 33, ..ok() }, "vcpu_count", "1 to 32"),
+            (VmConfig { vm_id: "a/b".into(), ..ok() }, "vm_id", "'/'"),
+            (VmConfig { vm_id: "..".into(), ..ok() }, "vm_id", "'.'"),
+            (VmConfig { vm_id: "vmé".into(), ..ok() }, "vm_id", "non-ASCII"),
+            (VmConfig { vm_id: "x".repeat(65), ..ok() }, "vm_id", "at most 64"),
+        ];
+        for (cfg, field, fix) in cases {
+            let e = cfg.validate().unwrap_err();
+            assert_eq!(e.field, field);
+            assert!(e.to_string().contains(fix), "{e}");
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The jailer side of a VM: [`JailerConfig`] (the guide's fields plus the ones it forgot) and
+//! [`start_with_jailer`], which starts a jailed Firecracker with only its API socket, for callers
+//! that configure the VM themselves.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use firecracker_api::Client;
+use jail::cgroup::{CgroupLimits, CgroupVersion, Hierarchy};
+use jail::spec::{JailSpec, ResourceLimits, SpecError, StageRequest};
+use jail::{JailId, JailPlan};
+
+use super::config::{Serial, MIN_MEMORY_MB};
+use super::process::{Exit, Process};
+use crate::{assets, Error};
+
+/// How a VM is jailed. Defaults are safe: an unprivileged uid/gid, cgroup limits, the
+/// cgroup version the host supports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JailerConfig {
+    /// The jailer binary (default: found by [`crate::assets`], else `/usr/local/bin/jailer`).
+    pub jailer_binary: PathBuf,
+    /// Jail id: 1-64 ASCII letters, digits or `-`.
+    pub jailer_id: String,
+    /// Base directory for jails (default `/srv/jailer`, the jailer's own default).
+    pub chroot_base_dir: PathBuf,
+    /// The Firecracker binary (default: found by [`crate::assets`]).
+    pub exec_file: PathBuf,
+    /// vCPUs the CPU quota is sized for, when `cpu_quota_pct` is not set (100% per vCPU).
+    pub cpu_count: u8,
+    /// Memory cgroup limit in MiB (at least 128).
+    pub memory_limit_mb: u32,
+    /// Network namespace to join, e.g. `/run/netns/isolated`.
+    pub netns: Option<String>,
+    /// User Firecracker runs as (never 0).
+    pub uid: u32,
+    /// Group Firecracker runs as (never 0).
+    pub gid: u32,
+    /// cgroup version; `None` detects it (v1 where the v1 memory controller is mounted).
+    pub cgroup_version: Option<CgroupVersion>,
+    /// Parent cgroup of all warden VMs.
+    pub parent_cgroup: String,
+    /// CPU cap in percent of one core; `None` means `cpu_count * 100`.
+    pub cpu_quota_pct: Option<u32>,
+    /// Most tasks in the VM's cgroup.
+    pub pids_max: Option<u64>,
+    /// Run Firecracker as PID 1 of a new PID namespace.
+    pub new_pid_ns: bool,
+    /// rlimits (`no-file`, `fsize`).
+    pub resource_limits: ResourceLimits,
+}
+
+/// Default jail user and group: not root, and not a typical login user's id.
+pub const DEFAULT_JAIL_UID: u32 = 10000;
+
+impl Default for JailerConfig {
+    fn default() -> Self {
+        Self {
+            jailer_binary: assets::jailer(),
+            jailer_id: "warden-vm".into(),
+            chroot_base_dir: PathBuf::from("/srv/jailer"),
+            exec_file: assets::firecracker(),
+            cpu_count: 1,
+            memory_limit_mb: 256,
+            netns: None,
+            uid: DEFAULT_JAIL_UID,
+            gid: DEFAULT_JAIL_UID,
+            cgroup_version: None,
+            parent_cgroup: "warden".into(),
+            cpu_quota_pct: None,
+            pids_max: Some(1024),
+            new_pid_ns: false,
+            resource_limits: ResourceLimits::default(),
+        }
+    }
+}
+
+impl JailerConfig {
+    /// Validates the config and turns it into a jail spec staging `files`.
+    pub(crate) fn spec(&self, jailed: bool, hierarchy: Option<&Hierarchy>, files: Vec<StageRequest>) -> Result<JailSpec, SpecError> {
+        let id = JailId::new(&self.jailer_id)
+            .map_err(|e| SpecError::new("jailer_id", format!("{:?} {e}", self.jailer_id)))?;
+        if self.memory_limit_mb < MIN_MEMORY_MB {
+            return Err(SpecError::new(
+                "memory_limit_mb",
+                format!("is {} MiB; use at least {MIN_MEMORY_MB}", self.memory_limit_mb),
+            ));
+        }
+        if self.cpu_count == 0 {
+            return Err(SpecError::new("cpu_count", "is 0; use at least 1"));
+        }
+        if let Some(0) = self.cpu_quota_pct {
+            return Err(SpecError::new("cpu_quota_pct", "is 0; use a percentage of one core, e.g. 50 or 200"));
+        }
+        let cgroup_version = match (self.cgroup_version, hierarchy) {
+            (Some(v), _) => v,
+            (None, Some(h)) => h.default_version(),
+            (None, None) => CgroupVersion::V1,
+        };
+        Ok(JailSpec {
+            id,
+            jailed,
+            jailer_binary: self.jailer_binary.clone(),
+            exec_file: self.exec_file.clone(),
+            uid: self.uid,
+            gid: self.gid,
+            chroot_base_dir: self.chroot_base_dir.clone(),
+            cgroup_version,
+            parent_cgroup: self.parent_cgroup.clone(),
+            limits: CgroupLimits {
+                memory_bytes: Some(u64::from(self.memory_limit_mb) << 20),
+                cpu_quota_pct: Some(self.cpu_quota_pct.unwrap_or(u32::from(self.cpu_count) * 100)),
+                pids_max: self.pids_max,
+            },
+            resource_limits: self.resource_limits,
+            new_pid_ns: self.new_pid_ns,
+            netns: self.netns.as_ref().map(PathBuf::from),
+            files,
+        })
+    }
+}
+
+/// Whether a path is an executable regular file.
+pub(crate) fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Validates, plans and stages a jail, then spawns it and waits for the API socket. Anything
+/// made is removed again on failure.
+pub(crate) async fn launch(spec: &JailSpec, hierarchy: &Hierarchy, serial: Serial, socket_timeout: Duration) -> Result<(Process, Client), Error> {
+    let plan = spec.plan(hierarchy)?;
+    let program = PathBuf::from(&plan.argv[0]);
+    if !is_executable(&spec.exec_file) {
+        return Err(Error::FirecrackerMissing { path: spec.exec_file.clone() });
+    }
+    if spec.jailed && !is_executable(&program) {
+        return Err(Error::JailerMissing { path: program });
+    }
+    if let Err(e) = jail::stage::stage(&plan) {
+        // A jail directory that already existed is someone else's: leave it.
+        if e.action != "create jail directory" {
+            let _ = jail::cleanup::remove(&plan);
+        }
+        return Err(e.into());
+    }
+    tracing::info!(
+        vm_id = %plan.id,
+        jailer_binary = %program.display(),
+        jailer_id = %plan.id,
+        chroot_path = %plan.root_dir.display(),
+        uid = plan.uid,
+        gid = plan.gid,
+        memory_limit = spec.limits.memory_bytes.unwrap_or(0),
+        cpu_quota = spec.limits.cpu_quota_pct.unwrap_or(0),
+        jailed = plan.jailed,
+        "starting firecracker"
+    );
+    let process = match Process::spawn(plan.clone(), serial, socket_timeout).await {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = jail::cleanup::remove(&plan);
+            return Err(e);
+        }
+    };
+    let client = Client::new(&plan.socket_path);
+    let mut exit = process.exit_watch();
+    tokio::select! {
+        ready = client.wait_ready(socket_timeout) => {
+            if let Err(e) = ready {
+                process.kill();
+                let exit = process.wait().await;
+                return Err(Error::ExitedEarly { program, status: format!("{e}"), output: exit.output });
+            }
+        }
+        _ = exit.wait_for(Option::is_some) => {
+            let exit = process.wait().await;
+            return Err(Error::ExitedEarly { program, status: exit.reason.to_string(), output: exit.output });
+        }
+    }
+    Ok((process, client))
+}
+
+/// A Firecracker process started by [`start_with_jailer`]: its API socket is up and the VM is
+/// not configured. Dropping it kills Firecracker and removes the jail.
+#[derive(Debug)]
+pub struct JailedProcess {
+    /// Firecracker's pid (host view).
+    pub pid: u32,
+    /// The API socket, as seen from the host.
+    pub api_socket: PathBuf,
+    /// Always true: this process runs under the jailer.
+    pub jailed: bool,
+    /// Every path and value of the jail.
+    pub plan: JailPlan,
+    process: Process,
+    client: Client,
+}
+
+impl JailedProcess {
+    /// A client for the API socket.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Kills Firecracker (it runs no guest that could shut down) and removes the jail.
+    pub async fn stop(self) -> Result<Exit, Error> {
+        self.process.note_stop_requested();
+        self.process.kill();
+        Ok(self.process.wait().await)
+    }
+}
+
+/// Starts Firecracker under the jailer with only its API socket: configure the VM through
+/// [`JailedProcess::client`] or any Firecracker client. Requires the jailer.
+pub async fn start_with_jailer(config: &JailerConfig) -> Result<JailedProcess, Error> {
+    let hierarchy = Hierarchy::host()?;
+    let spec = config.spec(true, Some(&hierarchy), Vec::new())?;
+    let (process, client) = launch(&spec, &hierarchy, Serial::Discard, Duration::from_secs(5)).await?;
+    Ok(JailedProcess {
+        pid: process.pid,
+        api_socket: process.plan.socket_path.clone(),
+        jailed: true,
+        plan: process.plan.clone(),
+        process,
+        client,
+    })
+}

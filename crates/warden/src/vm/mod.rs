@@ -1,0 +1,253 @@
+//! Starting, watching and stopping microVMs.
+//!
+//! One VM's path: validate ([`config::VmConfig::validate`], the jail spec) → plan (every path,
+//! argv and cgroup value) → stage the kernel and drives into the chroot → spawn the jailer →
+//! wait for the API socket → configure (machine, boot source, drives) → InstanceStart → read the
+//! isolation report from `/proc`. Nothing is created before validation passes, and every failure
+//! after that removes what was made.
+
+pub mod config;
+pub mod jailer;
+mod process;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use firecracker_api::{ActionType, BootSource, Client, Drive, MachineConfiguration};
+use jail::cgroup::{CgroupStats, Hierarchy};
+use jail::inspect::{self, IsolationReport};
+use jail::spec::StageRequest;
+use jail::JailPlan;
+
+use crate::Error;
+use config::{JailerMode, VmConfig, VmOptions, DEFAULT_BOOT_ARGS, VMM_OVERHEAD_MB};
+pub use process::{Exit, ExitReason};
+
+/// A running microVM. Stop it with [`stop_firecracker`]; dropping it kills the VM and removes
+/// its jail.
+#[derive(Debug)]
+pub struct VmHandle {
+    /// The VM id.
+    pub vm_id: String,
+    /// Firecracker's pid (host view).
+    pub pid: u32,
+    /// The API socket, as seen from the host.
+    pub socket_path: PathBuf,
+    /// True when the jailer, an unprivileged uid/gid, the chroot, cgroups and seccomp are all
+    /// in force, as read from `/proc` after boot.
+    pub is_sandboxed: bool,
+    /// Each isolation layer, with what was seen or why it is off.
+    pub isolation: IsolationReport,
+    /// Every path, argv and cgroup value of the VM's jail.
+    pub plan: JailPlan,
+    process: process::Process,
+    client: Client,
+    stop_timeout: Duration,
+}
+
+impl VmHandle {
+    /// A client for the VM's API socket.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Serial console output so far (when captured).
+    pub fn serial_output(&self) -> String {
+        self.process.serial.text()
+    }
+
+    /// Waits until the serial output contains `needle`; false after `timeout`.
+    pub async fn wait_for_serial(&self, needle: &str, timeout: Duration) -> bool {
+        self.process.serial.wait_for(needle, timeout).await
+    }
+
+    /// Waits until the VM ends on its own (or is killed), after its jail is removed.
+    pub async fn wait(&self) -> Exit {
+        self.process.wait().await
+    }
+
+    /// The exit, if the VM has already ended.
+    pub fn exited(&self) -> Option<Exit> {
+        self.process.exited()
+    }
+
+    /// What the VM's cgroups report now.
+    pub fn cgroup_stats(&self) -> CgroupStats {
+        jail::cgroup::stats(self.plan.cgroup_version, &self.plan.cgroup_dirs)
+    }
+
+    /// Pauses the vCPUs.
+    pub async fn pause(&self) -> Result<(), Error> {
+        Ok(self.client.pause().await?)
+    }
+
+    /// Resumes the vCPUs.
+    pub async fn resume(&self) -> Result<(), Error> {
+        Ok(self.client.resume().await?)
+    }
+
+    /// Stops the VM: Ctrl-Alt-Del, then SIGKILL after the stop timeout; returns once its jail
+    /// and cgroups are removed. An error means something could not be removed (it is named).
+    pub async fn stop(self) -> Result<Exit, Error> {
+        if self.process.exited().is_none() {
+            self.process.note_stop_requested();
+            let graceful = self.client.action(ActionType::SendCtrlAltDel).await.is_ok();
+            if !graceful || self.process.wait_timeout(self.stop_timeout).await.is_none() {
+                self.process.kill();
+            }
+        }
+        let exit = self.process.wait().await;
+        match &exit.cleanup_error {
+            Some(detail) => Err(Error::Leftover { vm_id: self.vm_id.clone(), detail: detail.clone() }),
+            None => Ok(exit),
+        }
+    }
+}
+
+/// Boots a VM with default [`VmOptions`]: jailed if the jailer is found (a loud warning and
+/// `is_sandboxed == false` otherwise).
+pub async fn start_firecracker(config: &VmConfig) -> Result<VmHandle, Error> {
+    start_vm(config, &VmOptions::default()).await
+}
+
+/// Stops a VM and removes everything it had on the host.
+pub async fn stop_firecracker(vm: VmHandle) -> Result<Exit, Error> {
+    vm.stop().await
+}
+
+/// Decides jailed or not, and builds the jail spec and its plan, without touching the host.
+pub fn plan_vm(config: &VmConfig, options: &VmOptions) -> Result<(jail::JailSpec, JailPlan, Hierarchy, Option<String>), Error> {
+    config.validate()?;
+    let jailer_found = jailer::is_executable(&options.jailer.jailer_binary);
+    let (jailed, unjailed_reason) = match options.jailer_mode {
+        JailerMode::Disabled => (false, Some("jailer disabled by configuration (development mode)".to_owned())),
+        JailerMode::Required if !jailer_found => {
+            return Err(Error::JailerMissing { path: options.jailer.jailer_binary.clone() })
+        }
+        JailerMode::Auto if !jailer_found => (
+            false,
+            Some(format!("jailer not found at {} (development mode)", options.jailer.jailer_binary.display())),
+        ),
+        _ => (true, None),
+    };
+    let mut files = vec![StageRequest {
+        source: config.kernel_path.clone().into(),
+        name: "kernel".into(),
+        writable: false,
+        field: "kernel_path".into(),
+    }];
+    if !config.rootfs_path.is_empty() {
+        files.push(StageRequest {
+            source: config.rootfs_path.clone().into(),
+            name: "rootfs".into(),
+            writable: !options.rootfs_read_only,
+            field: "rootfs_path".into(),
+        });
+    }
+    for (i, d) in options.drives.iter().enumerate() {
+        files.push(StageRequest {
+            source: d.path.clone(),
+            name: format!("drive{}", i + 1),
+            writable: !d.read_only,
+            field: format!("drives[{i}]"),
+        });
+    }
+    let mut jc = options.jailer.clone();
+    jc.jailer_id = config.vm_id.clone();
+    jc.cpu_count = config.vcpu_count;
+    jc.memory_limit_mb = options.memory_limit_mb.unwrap_or(config.memory_mb + VMM_OVERHEAD_MB);
+    let hierarchy = if jailed { Hierarchy::host()? } else { Hierarchy { layout: jail::cgroup::Layout::Legacy, v1: vec![], v2: None, v2_controllers: vec![] } };
+    let spec = jc.spec(jailed, Some(&hierarchy), files)?;
+    let plan = spec.plan(&hierarchy)?;
+    Ok((spec, plan, hierarchy, unjailed_reason))
+}
+
+/// Boots a VM: jail, configure, InstanceStart, isolation report.
+pub async fn start_vm(config: &VmConfig, options: &VmOptions) -> Result<VmHandle, Error> {
+    let (spec, _, hierarchy, unjailed_reason) = plan_vm(config, options)?;
+    if let Some(reason) = &unjailed_reason {
+        if options.jailer_mode == JailerMode::Auto {
+            tracing::warn!(
+                vm_id = %config.vm_id,
+                "RUNNING UNJAILED: {reason}. This VM has no chroot, no cgroup limits and runs as root; \
+                 never do this in production (set jailer_mode Required)"
+            );
+        }
+    }
+    let (process, client) = jailer::launch(&spec, &hierarchy, options.serial.clone(), options.socket_timeout).await?;
+    let plan = process.plan.clone();
+    // From here a failure must end the process; dropping `process` kills it and cleans up.
+    if let Err(source) = configure(config, options, &plan, &client).await {
+        process.note_stop_requested();
+        process.kill();
+        let exit = process.wait().await;
+        return Err(Error::Configure { vm_id: config.vm_id.clone(), log: exit.output, source });
+    }
+    let isolation = isolation_report(&process, &plan, unjailed_reason.as_deref()).await;
+    Ok(VmHandle {
+        vm_id: config.vm_id.clone(),
+        pid: process.pid,
+        socket_path: plan.socket_path.clone(),
+        is_sandboxed: isolation.is_sandboxed,
+        isolation,
+        plan,
+        process,
+        client,
+        stop_timeout: options.stop_timeout,
+    })
+}
+
+async fn configure(config: &VmConfig, options: &VmOptions, plan: &JailPlan, client: &Client) -> Result<(), firecracker_api::Error> {
+    let path = |name: &str| plan.path_in_jail(name).expect("staged").display().to_string();
+    client
+        .put_machine_config(&MachineConfiguration {
+            vcpu_count: config.vcpu_count,
+            mem_size_mib: config.memory_mb,
+            ..Default::default()
+        })
+        .await?;
+    client
+        .put_boot_source(&BootSource {
+            kernel_image_path: path("kernel"),
+            boot_args: Some(options.boot_args.clone().unwrap_or_else(|| DEFAULT_BOOT_ARGS.to_owned())),
+            initrd_path: None,
+        })
+        .await?;
+    for f in &plan.staged {
+        let name = f.dest.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        if name == "kernel" {
+            continue;
+        }
+        client
+            .put_drive(&Drive {
+                drive_id: name.clone(),
+                path_on_host: path(&name),
+                is_root_device: name == "rootfs",
+                is_read_only: !f.writable,
+                ..Default::default()
+            })
+            .await?;
+    }
+    client.action(ActionType::InstanceStart).await
+}
+
+/// Reads the isolation report. vCPU threads install their seccomp filters as they start, so a
+/// jailed VM is re-read briefly until every thread shows one.
+async fn isolation_report(process: &process::Process, plan: &JailPlan, unjailed_reason: Option<&str>) -> IsolationReport {
+    let expected = inspect::Expected {
+        jailed: plan.jailed,
+        root_dir: &plan.root_dir,
+        cgroup_dirs: &plan.cgroup_dirs,
+        unjailed_reason,
+    };
+    let proc_root = std::path::Path::new("/proc");
+    let mut report = inspect::report(proc_root, process.pid, &expected);
+    for _ in 0..50 {
+        if !plan.jailed || report.seccomp.active {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        report = inspect::report(proc_root, process.pid, &expected);
+    }
+    report
+}

@@ -1,0 +1,447 @@
+//! A spawned Firecracker (under the jailer or not) and its supervision.
+//!
+//! We hold a pidfd on Firecracker, so signals never hit a recycled pid and its exit wakes us
+//! without polling. A supervisor task waits for that exit, records why it happened (exit
+//! status, OOM kills from the cgroup, or our own stop), keeps the tail of Firecracker's output,
+//! and then removes the jail and its cgroups: the same cleanup for a guest power-off, a stop, a
+//! crash or a kill from outside. Dropping the handle without stopping kills the VM and cleans
+//! up synchronously, so nothing outlives its owner.
+//!
+//! With `--new-pid-ns` the jailer forks Firecracker and exits; Firecracker would be reparented
+//! to init and its exit status lost, so we become a child subreaper first
+//! (`PR_SET_CHILD_SUBREAPER`) and reap it ourselves.
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jail::JailPlan;
+use serde::Serialize;
+use tokio::io::AsyncReadExt;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{watch, Notify};
+
+use crate::error::Error;
+use super::config::Serial;
+
+/// Why a VM's Firecracker process ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum ExitReason {
+    /// The guest powered off or rebooted (Firecracker exited with status 0).
+    GuestPowerOff,
+    /// Stopped gracefully by us (Ctrl-Alt-Del accepted before the deadline).
+    Stopped,
+    /// Killed by us (SIGKILL) after a graceful stop timed out, or on drop.
+    Killed,
+    /// The kernel's OOM killer killed it: the memory cgroup limit was reached.
+    OomKilled,
+    /// Killed by a signal we did not send.
+    Signaled {
+        /// The signal number.
+        signal: i32,
+    },
+    /// Firecracker exited with an error status.
+    FirecrackerError {
+        /// Its exit status.
+        code: i32,
+    },
+}
+
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::GuestPowerOff => f.write_str("guest powered off"),
+            Self::Stopped => f.write_str("stopped"),
+            Self::Killed => f.write_str("killed by warden (SIGKILL)"),
+            Self::OomKilled => f.write_str("OOM-killed: memory cgroup limit reached"),
+            Self::Signaled { signal } => write!(f, "killed by signal {signal}"),
+            Self::FirecrackerError { code } => write!(f, "Firecracker exited with status {code}"),
+        }
+    }
+}
+
+/// The end of a VM, once its host resources are gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Exit {
+    /// Why it ended.
+    pub reason: ExitReason,
+    /// The end of what Firecracker and the jailer printed (stderr, then Firecracker's log).
+    pub output: String,
+    /// Cleanup error, if cleanup failed (the paths are named).
+    pub cleanup_error: Option<String>,
+}
+
+/// Serial console bytes received so far.
+#[derive(Debug, Default)]
+pub(crate) struct SerialBuf {
+    bytes: Mutex<Vec<u8>>,
+    more: Notify,
+}
+
+impl SerialBuf {
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes.lock().unwrap()).into_owned()
+    }
+
+    /// Waits until the output contains `needle`, up to `timeout`.
+    pub(crate) async fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.more.notified();
+            if self.text().contains(needle) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.text().contains(needle);
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Flags {
+    stop_requested: bool,
+    killed: bool,
+}
+
+/// A running Firecracker process and everything needed to end it cleanly.
+#[derive(Debug)]
+pub(crate) struct Process {
+    pub(crate) pid: u32,
+    pub(crate) plan: JailPlan,
+    pidfd: Arc<OwnedFd>,
+    flags: Arc<Mutex<Flags>>,
+    pub(crate) serial: Arc<SerialBuf>,
+    exit: watch::Receiver<Option<Exit>>,
+    cleanup_done: Arc<Mutex<bool>>,
+}
+
+impl Process {
+    /// Runs the plan's argv and returns once Firecracker's pid is known. On error, whatever was
+    /// started is killed; the caller removes the jail.
+    pub(crate) async fn spawn(plan: JailPlan, serial: Serial, wait_timeout: Duration) -> Result<Self, Error> {
+        let program = PathBuf::from(&plan.argv[0]);
+        if plan.new_pid_ns {
+            become_subreaper()?;
+        }
+        let mut cmd = Command::new(&program);
+        cmd.args(&plan.argv[1..])
+            .stdin(Stdio::null())
+            .stdout(if serial == Serial::Discard { Stdio::null() } else { Stdio::piped() })
+            .stderr(Stdio::piped())
+            // Its own process group: a Ctrl-C at our terminal is ours to handle, not the VM's.
+            .process_group(0);
+        let mut child = cmd.spawn().map_err(|source| Error::Spawn { program: program.clone(), source })?;
+        let serial_buf = Arc::new(SerialBuf::default());
+        if let Some(out) = child.stdout.take() {
+            spawn_serial_reader(out, serial_buf.clone(), serial == Serial::CaptureAndEcho);
+        }
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let stderr_done = child.stderr.take().map(|err| spawn_stderr_reader(err, stderr.clone()));
+
+        let pid = if plan.new_pid_ns {
+            // The jailer forks Firecracker into the new namespace, writes its pid and exits.
+            let status = wait_child(&mut child, wait_timeout).await;
+            match status {
+                Some(s) if s.success() => {}
+                other => {
+                    if other.is_none() {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                    }
+                    if let Some(done) = stderr_done {
+                        let _ = tokio::time::timeout(Duration::from_millis(200), done).await;
+                    }
+                    return Err(Error::ExitedEarly {
+                        program,
+                        status: other.map_or("timed out".into(), |s| s.to_string()),
+                        output: tail(&String::from_utf8_lossy(&stderr.lock().unwrap())),
+                    });
+                }
+            }
+            read_pid_file(&plan.pid_file)?
+        } else {
+            // The jailer (or Firecracker itself) execs in place: the child is Firecracker.
+            child.id()
+        };
+        // Not waited on through `child`: the supervisor reaps it through the pidfd.
+        drop(child);
+        let pidfd = Arc::new(pidfd_open(pid)?);
+        let (tx, exit) = watch::channel(None);
+        let flags = Arc::new(Mutex::new(Flags::default()));
+        let cleanup_done = Arc::new(Mutex::new(false));
+        let p = Self { pid, plan, pidfd, flags, serial: serial_buf, exit, cleanup_done };
+        tokio::spawn(supervise(
+            p.pidfd.clone(),
+            p.plan.clone(),
+            p.flags.clone(),
+            p.cleanup_done.clone(),
+            stderr,
+            stderr_done,
+            tx,
+        ));
+        Ok(p)
+    }
+
+    /// A receiver that holds `Some(exit)` once the VM is gone and cleaned.
+    pub(crate) fn exit_watch(&self) -> watch::Receiver<Option<Exit>> {
+        self.exit.clone()
+    }
+
+    /// The exit, if it already happened.
+    pub(crate) fn exited(&self) -> Option<Exit> {
+        self.exit.borrow().clone()
+    }
+
+    /// Waits for the exit (and its cleanup).
+    pub(crate) async fn wait(&self) -> Exit {
+        let mut rx = self.exit.clone();
+        loop {
+            if let Some(e) = rx.borrow_and_update().clone() {
+                return e;
+            }
+            if rx.changed().await.is_err() {
+                // The supervisor is gone without a result (runtime shutting down).
+                return Exit { reason: ExitReason::Killed, output: String::new(), cleanup_error: None };
+            }
+        }
+    }
+
+    /// Marks that an exit from now on was asked for by us.
+    pub(crate) fn note_stop_requested(&self) {
+        self.flags.lock().unwrap().stop_requested = true;
+    }
+
+    /// SIGKILL through the pidfd (never a recycled pid).
+    pub(crate) fn kill(&self) {
+        self.flags.lock().unwrap().killed = true;
+        pidfd_send_signal(&self.pidfd, libc::SIGKILL);
+    }
+
+    /// Waits up to `timeout` for the exit.
+    pub(crate) async fn wait_timeout(&self, timeout: Duration) -> Option<Exit> {
+        tokio::time::timeout(timeout, self.wait()).await.ok()
+    }
+}
+
+impl Drop for Process {
+    /// Kills and cleans synchronously if the VM is still there: the owner let go of it, and the
+    /// runtime (and with it the supervisor) may be shutting down.
+    fn drop(&mut self) {
+        if self.exit.borrow().is_some() {
+            return;
+        }
+        self.kill();
+        wait_pidfd_blocking(&self.pidfd, Duration::from_secs(2));
+        let _ = reap(&self.pidfd);
+        clean_once(&self.cleanup_done, &self.plan);
+    }
+}
+
+/// Removes the jail once, whoever gets there first (the supervisor or a drop).
+fn clean_once(done: &Mutex<bool>, plan: &JailPlan) -> Option<String> {
+    let mut done = done.lock().unwrap();
+    if *done {
+        return None;
+    }
+    *done = true;
+    jail::cleanup::remove(plan).err().map(|e| error_chain(&e))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn supervise(
+    pidfd: Arc<OwnedFd>,
+    plan: JailPlan,
+    flags: Arc<Mutex<Flags>>,
+    cleanup_done: Arc<Mutex<bool>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    stderr_done: Option<tokio::task::JoinHandle<()>>,
+    tx: watch::Sender<Option<Exit>>,
+) {
+    // SAFETY: the pidfd stays open for as long as the AsyncFd (it holds an Arc to it), and it is
+    // registered only here.
+    if let Ok(fd) = unsafe { AsyncFd::register_with_interest(PidFd(pidfd.clone()), tokio::io::Interest::READABLE) } {
+        let _ = fd.readable().await;
+    } else {
+        wait_pidfd_blocking(&pidfd, Duration::from_secs(u64::MAX / 4));
+    }
+    let status = reap(&pidfd);
+    if let Some(done) = stderr_done {
+        let _ = tokio::time::timeout(Duration::from_millis(200), done).await;
+    }
+    let stats = jail::cgroup::stats(plan.cgroup_version, &plan.cgroup_dirs);
+    let flags = std::mem::take(&mut *flags.lock().unwrap());
+    let reason = if stats.oom_kills.unwrap_or(0) > 0 {
+        ExitReason::OomKilled
+    } else if flags.killed {
+        ExitReason::Killed
+    } else {
+        match status {
+            Some(WaitStatus::Exited(0)) if flags.stop_requested => ExitReason::Stopped,
+            Some(WaitStatus::Exited(0)) => ExitReason::GuestPowerOff,
+            Some(WaitStatus::Exited(code)) => ExitReason::FirecrackerError { code },
+            Some(WaitStatus::Signaled(signal)) => ExitReason::Signaled { signal },
+            // Not our child (should not happen: we are its parent or subreaper).
+            None if flags.stop_requested => ExitReason::Stopped,
+            None => ExitReason::GuestPowerOff,
+        }
+    };
+    let mut output = String::from_utf8_lossy(&stderr.lock().unwrap()).into_owned();
+    if let Ok(log) = std::fs::read_to_string(&plan.log_file) {
+        output.push_str(&log);
+    }
+    let output = tail(&output);
+    let cleanup_error = clean_once(&cleanup_done, &plan);
+    tracing::info!(vm_id = %plan.id, %reason, pid_exit = ?status, "vm exited and was cleaned up");
+    let _ = tx.send(Some(Exit { reason, output, cleanup_error }));
+}
+
+fn spawn_serial_reader(out: std::process::ChildStdout, buf: Arc<SerialBuf>, echo: bool) {
+    let Ok(mut out) = tokio::process::ChildStdout::from_std(out) else { return };
+    tokio::spawn(async move {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match out.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if echo {
+                        use std::io::Write;
+                        let mut so = std::io::stdout().lock();
+                        let _ = so.write_all(&chunk[..n]);
+                        let _ = so.flush();
+                    }
+                    buf.bytes.lock().unwrap().extend_from_slice(&chunk[..n]);
+                    buf.more.notify_waiters();
+                }
+            }
+        }
+    });
+}
+
+fn spawn_stderr_reader(err: std::process::ChildStderr, into: Arc<Mutex<Vec<u8>>>) -> tokio::task::JoinHandle<()> {
+    tokio::task::spawn_blocking(move || {
+        let mut err = err;
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = err.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            let mut v = into.lock().unwrap();
+            // Keep the last 64 KiB only.
+            v.extend_from_slice(&chunk[..n]);
+            let len = v.len();
+            if len > 65536 {
+                v.drain(..len - 65536);
+            }
+        }
+    })
+}
+
+async fn wait_child(child: &mut std::process::Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn read_pid_file(path: &std::path::Path) -> Result<u32, Error> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| Error::Os { what: format!("reading the jailer's pid file {}", path.display()), source })?;
+    text.trim().parse().map_err(|_| Error::Os {
+        what: format!("parsing the jailer's pid file {} ({:?})", path.display(), text.trim()),
+        source: std::io::Error::from(std::io::ErrorKind::InvalidData),
+    })
+}
+
+/// The last lines of a process's output, for error messages.
+pub(crate) fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(8)..].join("\n")
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn become_subreaper() -> Result<(), Error> {
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes one integer argument and touches no memory.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if rc != 0 {
+        return Err(Error::Os { what: "prctl(PR_SET_CHILD_SUBREAPER)".into(), source: std::io::Error::last_os_error() });
+    }
+    Ok(())
+}
+
+fn pidfd_open(pid: u32) -> Result<OwnedFd, Error> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(Error::Os { what: format!("pidfd_open({pid})"), source: std::io::Error::last_os_error() });
+    }
+    // SAFETY: the syscall returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn pidfd_send_signal(fd: &OwnedFd, signal: i32) {
+    // SAFETY: pidfd_send_signal with a null siginfo and no flags; the fd is open.
+    unsafe {
+        libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), signal, std::ptr::null::<libc::siginfo_t>(), 0);
+    }
+}
+
+fn wait_pidfd_blocking(fd: &OwnedFd, timeout: Duration) {
+    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut pfd, 1, ms) };
+}
+
+#[derive(Debug, Clone, Copy)]
+enum WaitStatus {
+    Exited(i32),
+    Signaled(i32),
+}
+
+/// Reaps the process behind the pidfd; `None` if it is not our child.
+fn reap(fd: &OwnedFd) -> Option<WaitStatus> {
+    // SAFETY: zeroed siginfo is a valid out-parameter for waitid.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid fills `info`; P_PIDFD takes the fd as id.
+    let rc = unsafe { libc::waitid(libc::P_PIDFD, fd.as_raw_fd() as libc::id_t, &mut info, libc::WEXITED) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: after a successful waitid with WEXITED, si_status is the valid union member.
+    let status = unsafe { info.si_status() };
+    match info.si_code {
+        libc::CLD_EXITED => Some(WaitStatus::Exited(status)),
+        _ => Some(WaitStatus::Signaled(status)),
+    }
+}
+
+/// A pidfd wrapper for `AsyncFd` (readable = the process exited).
+struct PidFd(Arc<OwnedFd>);
+
+impl AsRawFd for PidFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
