@@ -81,6 +81,9 @@ pub struct JailPlan {
     pub cgroups: Vec<Setting>,
     /// The VM's cgroup directories (removed at cleanup).
     pub cgroup_dirs: Vec<PathBuf>,
+    /// A v1 `cpuacct` directory warden creates and moves Firecracker into itself (see
+    /// [`Hierarchy::v1_accounting_dir`]); also listed in `cgroup_dirs`.
+    pub cgroup_accounting_dir: Option<PathBuf>,
     /// rlimits as `(name, value)`.
     pub rlimits: Vec<(String, u64)>,
     /// New PID namespace.
@@ -176,12 +179,16 @@ impl JailSpec {
             rlimits.push(("fsize".to_owned(), n));
         }
 
+        let mut accounting = None;
         let (cgroups, cgroup_dirs) = if self.jailed {
-            let mut settings = self.limits.settings_for(hierarchy, self.cgroup_version);
+            let mut settings = self.limits.settings(self.cgroup_version);
             hierarchy
                 .check(self.cgroup_version, &settings)
                 .map_err(|e| SpecError::new("cgroup_version", e.to_string()))?;
-            let dirs = hierarchy.vm_dirs(self.cgroup_version, &self.parent_cgroup, self.id.as_str(), &settings);
+            let mut dirs = hierarchy.vm_dirs(self.cgroup_version, &self.parent_cgroup, self.id.as_str(), &settings);
+            accounting = hierarchy.v1_accounting_dir(self.cgroup_version, &self.parent_cgroup, self.id.as_str());
+            dirs.extend(accounting.clone());
+            dirs.sort();
             for s in &mut settings {
                 s.path = hierarchy
                     .setting_dir(self.cgroup_version, &self.parent_cgroup, self.id.as_str(), s)
@@ -253,6 +260,7 @@ impl JailSpec {
             cgroup_version: self.cgroup_version,
             cgroups,
             cgroup_dirs,
+            cgroup_accounting_dir: accounting,
             rlimits,
             new_pid_ns: self.jailed && self.new_pid_ns,
             netns: self.netns.clone().filter(|_| self.jailed),

@@ -96,6 +96,14 @@ pub enum CgroupError {
         /// The cause.
         source: io::Error,
     },
+    /// Creating a cgroup directory or writing a cgroup file failed.
+    #[error("cannot write {path}")]
+    Write {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
     /// Removing a cgroup directory failed.
     #[error("cannot remove cgroup directory {path}")]
     Remove {
@@ -201,6 +209,20 @@ impl Hierarchy {
         }
     }
 
+    /// Where v1 accounts a VM's CPU time when the jailer does not put it there: the `cpuacct`
+    /// directory, if `cpuacct` is mounted apart from `cpu`. The jailer only joins hierarchies it
+    /// writes a limit to, and `cpuacct` has no limit to write (its one writable file,
+    /// `cpuacct.usage`, only accepts 0, and the jailer copies the parent's value into new
+    /// directories, which the kernel refuses), so warden creates this directory and moves
+    /// Firecracker into it itself.
+    pub fn v1_accounting_dir(&self, version: CgroupVersion, parent: &str, id: &str) -> Option<PathBuf> {
+        if version != CgroupVersion::V1 {
+            return None;
+        }
+        let acct = self.v1_mount("cpuacct")?;
+        (self.v1_mount("cpu") != Some(acct)).then(|| acct.join(parent).join(id))
+    }
+
     /// The directories the jailer creates for a VM with these settings: one per v1 controller
     /// named, or the single v2 directory. Sorted and without duplicates.
     pub fn vm_dirs(
@@ -287,13 +309,6 @@ impl CgroupLimits {
         }
     }
 
-    /// [`CgroupLimits::settings`] for this host: the accounting-only `cpuacct.usage` is dropped
-    /// where no v1 `cpuacct` hierarchy is mounted.
-    pub fn settings_for(&self, hierarchy: &Hierarchy, version: CgroupVersion) -> Vec<Setting> {
-        let mut settings = self.settings(version);
-        settings.retain(|s| s.controller() != "cpuacct" || hierarchy.v1_mount("cpuacct").is_some());
-        settings
-    }
 }
 
 /// What a VM's cgroup reports.
@@ -315,6 +330,16 @@ pub fn stats(version: CgroupVersion, dirs: &[PathBuf]) -> CgroupStats {
         CgroupVersion::V1 => v1::stats(dirs),
         CgroupVersion::V2 => v2::stats(dirs),
     }
+}
+
+/// Creates `dir` and moves process `pid` (all its threads) into it.
+pub fn attach(dir: &Path, pid: u32) -> Result<(), CgroupError> {
+    let write = |path: &Path, f: &dyn Fn() -> io::Result<()>| {
+        f().map_err(|source| CgroupError::Write { path: path.to_owned(), source })
+    };
+    write(dir, &|| std::fs::create_dir_all(dir))?;
+    let procs = dir.join("cgroup.procs");
+    write(&procs, &|| std::fs::write(&procs, pid.to_string()))
 }
 
 /// Removes a VM's cgroup directories, deepest first. A directory that is already gone is fine.
@@ -374,6 +399,10 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
         assert_eq!(h.v1_mount("cpuacct"), Some(Path::new("/sys/fs/cgroup/cpuacct")));
         assert_eq!(h.v2.as_deref(), Some(Path::new("/sys/fs/cgroup/unified")));
         assert!(h.v1_mount("systemd").is_none(), "named hierarchies are not controllers");
+        assert_eq!(
+            h.v1_accounting_dir(CgroupVersion::V1, "warden", "vm"),
+            Some(PathBuf::from("/sys/fs/cgroup/cpuacct/warden/vm"))
+        );
     }
 
     #[test]
@@ -385,6 +414,7 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
         .unwrap();
         assert_eq!(h.layout, Layout::Legacy);
         assert_eq!(h.v1_mount("cpu"), h.v1_mount("cpuacct"));
+        assert_eq!(h.v1_accounting_dir(CgroupVersion::V1, "warden", "vm"), None, "the cpu directory accounts");
     }
 
     #[test]
@@ -422,7 +452,7 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
             pids_max: Some(64),
         };
         let dirs = h.vm_dirs(CgroupVersion::V1, "warden", "vm1", &limits.settings(CgroupVersion::V1));
-        let want: Vec<PathBuf> = ["cpu", "cpuacct", "memory", "pids"]
+        let want: Vec<PathBuf> = ["cpu", "memory", "pids"]
             .iter()
             .map(|c| PathBuf::from(format!("/sys/fs/cgroup/{c}/warden/vm1")))
             .collect();

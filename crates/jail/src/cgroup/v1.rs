@@ -8,9 +8,7 @@ use super::{read_keyed, read_u64, CgroupLimits, CgroupStats, Setting, CPU_PERIOD
 pub const CONTROLLERS: &[&str] =
     &["cpu", "cpuacct", "cpuset", "memory", "pids", "blkio", "devices", "freezer"];
 
-/// Maps limits to v1 files. `cpuacct.usage=0` is always passed: it only resets the counter, and
-/// it makes the jailer place Firecracker in the `cpuacct` hierarchy, which is where v1 accounts
-/// CPU time when `cpu` and `cpuacct` are mounted apart.
+/// Maps limits to v1 files.
 pub fn settings(limits: &CgroupLimits) -> Vec<Setting> {
     let mut out = Vec::new();
     if let Some(bytes) = limits.memory_bytes {
@@ -23,7 +21,6 @@ pub fn settings(limits: &CgroupLimits) -> Vec<Setting> {
     if let Some(max) = limits.pids_max {
         out.push(Setting::new("pids.max", max));
     }
-    out.push(Setting::new("cpuacct.usage", 0));
     out
 }
 
@@ -58,7 +55,6 @@ mod tests {
                 "cpu.cfs_period_us=100000",
                 "cpu.cfs_quota_us=50000",
                 "pids.max=128",
-                "cpuacct.usage=0",
             ]
         );
     }

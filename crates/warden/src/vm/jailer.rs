@@ -163,6 +163,14 @@ pub(crate) async fn launch(spec: &JailSpec, hierarchy: &Hierarchy, serial: Seria
             return Err(e);
         }
     };
+    if let Some(dir) = &plan.cgroup_accounting_dir {
+        // Before InstanceStart, so the vCPU threads are born in it.
+        if let Err(e) = jail::cgroup::attach(dir, process.pid) {
+            process.kill();
+            process.wait().await;
+            return Err(e.into());
+        }
+    }
     let client = Client::new(&plan.socket_path);
     let mut exit = process.exit_watch();
     tokio::select! {
