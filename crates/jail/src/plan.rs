@@ -288,3 +288,120 @@ fn readable_by(meta: &std::fs::Metadata, uid: u32, gid: u32) -> bool {
         mode & 0o004 != 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroup::CgroupLimits;
+    use crate::spec::{ResourceLimits, StageRequest};
+    use crate::JailId;
+
+    fn spec(version: CgroupVersion, kernel: &Path) -> JailSpec {
+        JailSpec {
+            id: JailId::new("vm-golden").unwrap(),
+            jailed: true,
+            jailer_binary: "/usr/local/bin/jailer".into(),
+            exec_file: "/usr/local/bin/firecracker".into(),
+            uid: 10000,
+            gid: 10001,
+            chroot_base_dir: "/srv/jailer".into(),
+            cgroup_version: version,
+            parent_cgroup: "warden".into(),
+            limits: CgroupLimits { memory_bytes: Some(192 << 20), cpu_quota_pct: Some(50), pids_max: Some(64) },
+            resource_limits: ResourceLimits { no_file: Some(1024), fsize: Some(1 << 30) },
+            new_pid_ns: true,
+            netns: None,
+            files: vec![StageRequest { source: kernel.to_owned(), name: "kernel".into(), writable: true, field: "kernel_path".into() }],
+        }
+    }
+
+    fn kernel() -> tempfile::NamedTempFile {
+        tempfile::NamedTempFile::new().unwrap()
+    }
+
+    #[test]
+    fn golden_v1_argv_and_paths() {
+        let k = kernel();
+        let h = Hierarchy::parse(crate::cgroup::tests_support::HYBRID_MOUNTS).unwrap();
+        let plan = spec(CgroupVersion::V1, k.path()).plan(&h).unwrap();
+        assert_eq!(
+            plan.argv,
+            [
+                "/usr/local/bin/jailer", "--id", "vm-golden", "--exec-file", "/usr/local/bin/firecracker",
+                "--uid", "10000", "--gid", "10001", "--chroot-base-dir", "/srv/jailer",
+                "--cgroup-version", "1", "--parent-cgroup", "warden",
+                "--cgroup", "memory.limit_in_bytes=201326592",
+                "--cgroup", "cpu.cfs_period_us=100000",
+                "--cgroup", "cpu.cfs_quota_us=50000",
+                "--cgroup", "pids.max=64",
+                "--resource-limit", "no-file=1024", "--resource-limit", "fsize=1073741824",
+                "--new-pid-ns",
+                "--", "--api-sock", "/run/firecracker.socket", "--log-path", "/firecracker.log",
+            ]
+        );
+        assert_eq!(plan.jail_dir, Path::new("/srv/jailer/firecracker/vm-golden"));
+        assert_eq!(plan.root_dir, Path::new("/srv/jailer/firecracker/vm-golden/root"));
+        assert_eq!(plan.socket_path, Path::new("/srv/jailer/firecracker/vm-golden/root/run/firecracker.socket"));
+        assert_eq!(plan.pid_file, Path::new("/srv/jailer/firecracker/vm-golden/root/firecracker.pid"));
+        let dirs: Vec<String> = plan.cgroup_dirs.iter().map(|d| d.display().to_string()).collect();
+        assert_eq!(
+            dirs,
+            [
+                "/sys/fs/cgroup/cpu/warden/vm-golden",
+                "/sys/fs/cgroup/cpuacct/warden/vm-golden",
+                "/sys/fs/cgroup/memory/warden/vm-golden",
+                "/sys/fs/cgroup/pids/warden/vm-golden",
+            ]
+        );
+        assert_eq!(plan.cgroup_accounting_dir.as_deref(), Some(Path::new("/sys/fs/cgroup/cpuacct/warden/vm-golden")));
+        assert_eq!(
+            plan.cgroups[0].path.as_deref(),
+            Some(Path::new("/sys/fs/cgroup/memory/warden/vm-golden/memory.limit_in_bytes"))
+        );
+        let staged = &plan.staged[0];
+        assert_eq!(staged.path_in_jail, Path::new("/kernel"));
+        assert_eq!((staged.method, staged.uid, staged.gid, staged.mode), (StageMethod::Copy, 10000, 10001, 0o600));
+        assert_eq!(plan.rlimits, [("no-file".to_owned(), 1024), ("fsize".to_owned(), 1 << 30)]);
+    }
+
+    #[test]
+    fn golden_v2_argv_and_paths_on_a_fake_unified_tree() {
+        let k = kernel();
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("cgroup.controllers"), "cpuset cpu io memory pids\n").unwrap();
+        let h = Hierarchy::parse(&format!("cgroup2 {} cgroup2 rw 0 0\n", root.path().display())).unwrap();
+        let plan = spec(CgroupVersion::V2, k.path()).plan(&h).unwrap();
+        let cg: Vec<&str> = plan.argv.iter().map(String::as_str).skip_while(|a| *a != "--cgroup-version").take(10).collect();
+        assert_eq!(
+            cg,
+            [
+                "--cgroup-version", "2", "--parent-cgroup", "warden",
+                "--cgroup", "memory.max=201326592", "--cgroup", "cpu.max=50000 100000", "--cgroup", "pids.max=64",
+            ]
+        );
+        assert_eq!(plan.cgroup_dirs, [root.path().join("warden/vm-golden")]);
+        assert_eq!(plan.cgroup_accounting_dir, None);
+    }
+
+    #[test]
+    fn v2_on_a_hybrid_host_is_refused_naming_the_field() {
+        let k = kernel();
+        let h = Hierarchy::parse(crate::cgroup::tests_support::HYBRID_MOUNTS).unwrap();
+        let err = spec(CgroupVersion::V2, k.path()).plan(&h).unwrap_err();
+        assert_eq!(err.field, "cgroup_version");
+    }
+
+    #[test]
+    fn unjailed_plan_runs_firecracker_directly_with_host_paths() {
+        let k = kernel();
+        let h = Hierarchy::parse(crate::cgroup::tests_support::HYBRID_MOUNTS).unwrap();
+        let mut s = spec(CgroupVersion::V1, k.path());
+        s.jailed = false;
+        let plan = s.plan(&h).unwrap();
+        assert_eq!(plan.argv[0], "/usr/local/bin/firecracker");
+        assert!(plan.argv.contains(&"/srv/jailer/firecracker/vm-golden/root/run/firecracker.socket".to_owned()));
+        assert!(plan.cgroups.is_empty() && plan.cgroup_dirs.is_empty());
+        assert_eq!(plan.staged[0].path_in_jail, Path::new("/srv/jailer/firecracker/vm-golden/root/kernel"));
+        assert!(!plan.new_pid_ns);
+    }
+}

@@ -377,10 +377,10 @@ pub(crate) fn read_keyed(path: &Path, key: &str) -> Option<u64> {
     })
 }
 
+/// Mount tables shared by tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
+pub(crate) mod tests_support {
+    /// This machine's layout: v1 controllers (cpu and cpuacct apart) plus an empty cgroup2.
     pub(crate) const HYBRID_MOUNTS: &str = "\
 tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0
 cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0
@@ -390,6 +390,12 @@ cgroup /sys/fs/cgroup/pids cgroup rw,relatime,pids 0 0
 cgroup /sys/fs/cgroup/systemd cgroup rw,relatime,name=systemd 0 0
 cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
 ";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::HYBRID_MOUNTS;
+    use super::*;
 
     #[test]
     fn detects_hybrid_and_prefers_v1() {

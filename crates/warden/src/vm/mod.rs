@@ -177,13 +177,25 @@ pub async fn start_vm(config: &VmConfig, options: &VmOptions) -> Result<VmHandle
     let (process, client) = jailer::launch(&spec, &hierarchy, options.serial.clone(), options.socket_timeout).await?;
     let plan = process.plan.clone();
     // From here a failure must end the process; dropping `process` kills it and cleans up.
-    if let Err(source) = configure(config, options, &plan, &client).await {
+    let configured = configure(config, options, &plan, &client).await;
+    // Read before InstanceStart too: a guest may power off before the report after it is read.
+    let before = isolation_report(&process, &plan, unjailed_reason.as_deref(), false).await;
+    let started = match configured {
+        Ok(()) => client.action(ActionType::InstanceStart).await,
+        Err(e) => Err(e),
+    };
+    if let Err(source) = started {
         process.note_stop_requested();
         process.kill();
         let exit = process.wait().await;
         return Err(Error::Configure { vm_id: config.vm_id.clone(), log: exit.output, source });
     }
-    let isolation = isolation_report(&process, &plan, unjailed_reason.as_deref()).await;
+    let after = isolation_report(&process, &plan, unjailed_reason.as_deref(), true).await;
+    let isolation = if process.exited().is_some() || !std::path::Path::new(&format!("/proc/{}/status", process.pid)).exists() {
+        before
+    } else {
+        after
+    };
     Ok(VmHandle {
         vm_id: config.vm_id.clone(),
         pid: process.pid,
@@ -228,12 +240,12 @@ async fn configure(config: &VmConfig, options: &VmOptions, plan: &JailPlan, clie
             })
             .await?;
     }
-    client.action(ActionType::InstanceStart).await
+    Ok(())
 }
 
-/// Reads the isolation report. vCPU threads install their seccomp filters as they start, so a
-/// jailed VM is re-read briefly until every thread shows one.
-async fn isolation_report(process: &process::Process, plan: &JailPlan, unjailed_reason: Option<&str>) -> IsolationReport {
+/// Reads the isolation report. vCPU threads install their seccomp filters as they start, so after
+/// InstanceStart a jailed VM is re-read briefly until every thread shows one.
+async fn isolation_report(process: &process::Process, plan: &JailPlan, unjailed_reason: Option<&str>, settle: bool) -> IsolationReport {
     let expected = inspect::Expected {
         jailed: plan.jailed,
         root_dir: &plan.root_dir,
@@ -243,7 +255,7 @@ async fn isolation_report(process: &process::Process, plan: &JailPlan, unjailed_
     let proc_root = std::path::Path::new("/proc");
     let mut report = inspect::report(proc_root, process.pid, &expected);
     for _ in 0..50 {
-        if !plan.jailed || report.seccomp.active {
+        if !settle || !plan.jailed || report.seccomp.active || process.exited().is_some() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;

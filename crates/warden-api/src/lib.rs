@@ -1,0 +1,83 @@
+//! The warden daemon's API.
+//!
+//! The API is defined once, in `proto/vmprovisioner/v1/vm.proto`. This crate provides:
+//!
+//! - [`pb`]: the generated `vmprovisioner.v1` messages (prost, with proto3-JSON serde impls from
+//!   pbjson) and the tonic gRPC client and server;
+//! - [`VmService`]: the trait the daemon implements, one method per RPC;
+//! - [`router`]: one axum [`Router`](axum::Router) serving the Connect protocol (JSON and binary
+//!   protobuf, unary) and gRPC on the same port, with optional bearer-token authentication;
+//! - [`Client`]: a Connect JSON client over TCP or a Unix socket, for the CLI;
+//! - [`serve`] / [`serve_with_shutdown`]: helpers to run the router on TCP or a Unix socket.
+
+#![deny(missing_docs)]
+
+mod client;
+mod error;
+mod server;
+
+pub use client::{Client, Endpoint};
+pub use error::{ApiError, Code, UnknownCode};
+pub use server::{bind_unix, router, serve, serve_with_shutdown, Listen, ServerOptions};
+
+/// Re-exported so implementors of [`VmService`] need no direct dependency:
+/// `#[warden_api::async_trait] impl VmService for Daemon { ... }`.
+pub use tonic::async_trait;
+
+/// The generated `vmprovisioner.v1` package: messages, enums, the tonic client
+/// (`vm_service_client`) and server (`vm_service_server`).
+#[allow(missing_docs, clippy::all, clippy::pedantic, clippy::nursery)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/vmprovisioner.v1.rs"));
+    include!(concat!(env!("OUT_DIR"), "/vmprovisioner.v1.serde.rs"));
+}
+
+/// The encoded `FileDescriptorSet` of `vm.proto` (e.g. for gRPC reflection).
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/vmprovisioner_descriptor.bin"));
+
+/// The fully qualified service name, `vmprovisioner.v1.VmService`.
+pub const SERVICE_NAME: &str = "vmprovisioner.v1.VmService";
+
+/// The RPC method names, as they appear in `/vmprovisioner.v1.VmService/<Method>`.
+pub const METHODS: [&str; 9] = [
+    "CreateVm",
+    "DeleteVm",
+    "BootVm",
+    "ShutdownVm",
+    "PauseVm",
+    "ResumeVm",
+    "RebootVm",
+    "GetVmInfo",
+    "ListVms",
+];
+
+/// The VM service, implemented by the daemon. One method per RPC of `vmprovisioner.v1.VmService`;
+/// the server maps [`ApiError`] to a Connect error or a gRPC status.
+#[async_trait]
+pub trait VmService: Send + Sync + 'static {
+    /// Validates and records a VM, and stages its jail; does not start it.
+    async fn create_vm(&self, req: pb::CreateVmRequest) -> Result<pb::CreateVmResponse, ApiError>;
+    /// Stops the VM if it runs, removes every host resource, and forgets it.
+    async fn delete_vm(&self, req: pb::DeleteVmRequest) -> Result<pb::DeleteVmResponse, ApiError>;
+    /// Starts a created (or stopped) VM under the jailer.
+    async fn boot_vm(&self, req: pb::BootVmRequest) -> Result<pb::BootVmResponse, ApiError>;
+    /// Graceful stop (Ctrl-Alt-Del, then SIGKILL after the deadline); host resources are cleaned.
+    async fn shutdown_vm(
+        &self,
+        req: pb::ShutdownVmRequest,
+    ) -> Result<pb::ShutdownVmResponse, ApiError>;
+    /// Pauses a running VM.
+    async fn pause_vm(&self, req: pb::PauseVmRequest) -> Result<pb::PauseVmResponse, ApiError>;
+    /// Resumes a paused VM.
+    async fn resume_vm(&self, req: pb::ResumeVmRequest) -> Result<pb::ResumeVmResponse, ApiError>;
+    /// Stops and boots the VM again with the same configuration.
+    async fn reboot_vm(&self, req: pb::RebootVmRequest) -> Result<pb::RebootVmResponse, ApiError>;
+    /// Describes one VM.
+    async fn get_vm_info(
+        &self,
+        req: pb::GetVmInfoRequest,
+    ) -> Result<pb::GetVmInfoResponse, ApiError>;
+    /// Describes every VM.
+    async fn list_vms(&self, req: pb::ListVmsRequest) -> Result<pb::ListVmsResponse, ApiError>;
+}

@@ -1,0 +1,131 @@
+//! cgroups: the host's layout (found by `jail`'s [`Hierarchy`]) and, for the version warden
+//! will use, whether the memory, cpu and pids controllers are there and writable.
+
+use std::path::Path;
+
+use jail::cgroup::{Hierarchy, Layout};
+use jail::CgroupVersion;
+use nix::unistd::{access, AccessFlags};
+
+use super::Check;
+
+/// The controllers warden's limits use (memory limit, CPU quota, pids.max).
+const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
+
+const DELEGATE_FIX: &str = "give warden a delegated cgroup: add `Delegate=yes` to the [Service] \
+     section of warden.service (see deploy/warden.service), then `systemctl daemon-reload && \
+     systemctl restart warden`; in a container, start it with its own writable cgroup \
+     (e.g. `docker run --cgroupns=private --privileged ...`)";
+
+pub(super) fn check(mounts_file: &Path, configured: Option<CgroupVersion>) -> Vec<Check> {
+    let h = match Hierarchy::from_mounts_file(mounts_file) {
+        Ok(h) => h,
+        Err(e) => {
+            return vec![Check::fail(
+                "cgroups",
+                e.to_string(),
+                "mount -t cgroup2 none /sys/fs/cgroup (or boot with systemd, which mounts it)",
+            )]
+        }
+    };
+    let version = configured.unwrap_or_else(|| h.default_version());
+    let how = if configured.is_some() { "configured" } else { "detected" };
+    let v2 = |h: &Hierarchy| {
+        h.v2.as_ref().map(|p| {
+            let ctl = if h.v2_controllers.is_empty() {
+                "no controllers".to_owned()
+            } else {
+                format!("controllers: {}", h.v2_controllers.join(" "))
+            };
+            format!("cgroup2 at {} ({ctl})", p.display())
+        })
+    };
+    let v1_names = || {
+        let mut names: Vec<&str> = h.v1.iter().map(|(c, _)| c.as_str()).collect();
+        names.dedup();
+        names.join(",")
+    };
+    let layout = match h.layout {
+        Layout::Legacy => format!("legacy (v1 only: {})", v1_names()),
+        Layout::Hybrid => format!("hybrid (v1: {}; {})", v1_names(), v2(&h).unwrap_or_default()),
+        Layout::Unified => format!("unified (v2 only: {})", v2(&h).unwrap_or_default()),
+    };
+    let mut checks = vec![Check::pass(
+        "cgroups",
+        format!("{layout}; warden uses cgroup v{} ({how}, jailer --cgroup-version {})", version.as_arg(), version.as_arg()),
+    )];
+    for controller in CONTROLLERS {
+        checks.push(match version {
+            CgroupVersion::V1 => v1_controller(&h, controller),
+            CgroupVersion::V2 => v2_controller(&h, controller),
+        });
+    }
+    checks
+}
+
+fn name(controller: &str) -> String {
+    format!("cgroup-{controller}")
+}
+
+fn v1_controller(h: &Hierarchy, controller: &str) -> Check {
+    let name = name(controller);
+    let Some(dir) = h.v1_mount(controller) else {
+        let fix = if h.v2_controllers.iter().any(|c| c == controller) {
+            "use cgroup v2, where the controller is: --cgroup-version 2 (cgroup_version = 2)".to_owned()
+        } else {
+            format!(
+                "mkdir -p /sys/fs/cgroup/{controller} && mount -t cgroup -o {controller} cgroup /sys/fs/cgroup/{controller}"
+            )
+        };
+        return Check::fail(&name, format!("cgroup v1 has no {controller} controller mounted"), fix);
+    };
+    match access(dir, AccessFlags::W_OK) {
+        Ok(()) => Check::pass(&name, format!("v1 {controller} controller at {} is writable", dir.display())),
+        Err(e) => {
+            let fix = if e == nix::errno::Errno::EROFS {
+                format!("mount -o remount,rw {}", dir.display())
+            } else {
+                "run warden as root (the jailer creates cgroups before it drops privileges)".to_owned()
+            };
+            Check::fail(&name, format!("v1 {controller} controller at {} is not writable: {}", dir.display(), e.desc()), fix)
+        }
+    }
+}
+
+fn v2_controller(h: &Hierarchy, controller: &str) -> Check {
+    let name = name(controller);
+    let Some(root) = &h.v2 else {
+        return Check::fail(
+            &name,
+            "no cgroup2 filesystem is mounted",
+            "mount -t cgroup2 none /sys/fs/cgroup, or use cgroup v1: --cgroup-version 1",
+        );
+    };
+    if !h.v2_controllers.iter().any(|c| c == controller) {
+        let listed = root.join("cgroup.controllers");
+        let detail = format!("{controller} is not in {} ({:?})", listed.display(), h.v2_controllers.join(" "));
+        let fix = match (h.layout, h.v1_mount(controller)) {
+            (_, Some(v1)) => format!(
+                "the {controller} controller is bound to cgroup v1 at {}: use cgroup v1 (--cgroup-version 1, \
+                 or leave it unset), or boot with systemd.unified_cgroup_hierarchy=1 to move every controller to v2",
+                v1.display()
+            ),
+            _ => DELEGATE_FIX.to_owned(),
+        };
+        return Check::fail(&name, detail, fix);
+    }
+    // The jailer writes `+<controller>` into `cgroup.subtree_control` from the root down to the
+    // VM's parent cgroup.
+    let subtree = root.join("cgroup.subtree_control");
+    match access(&subtree, AccessFlags::W_OK) {
+        Ok(()) => Check::pass(
+            &name,
+            format!("v2 {controller} controller available in {} and {} writable", root.display(), subtree.display()),
+        ),
+        Err(e) => Check::fail(
+            &name,
+            format!("{} is not writable ({}): cgroups are not delegated to warden", subtree.display(), e.desc()),
+            DELEGATE_FIX,
+        ),
+    }
+}
