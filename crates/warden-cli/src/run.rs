@@ -141,7 +141,7 @@ impl RunArgs {
 /// `warden plan`.
 pub fn plan(args: RunArgs, json: bool) -> anyhow::Result<u8> {
     let (config, options) = args.to_config()?;
-    let (_, plan, _, unjailed) = vm::plan_vm(&config, &options)?;
+    let (_, plan, unjailed) = vm::plan_vm(&config, &options)?;
     if json {
         let mut v = serde_json::to_value(&plan)?;
         v["unjailed_reason"] = serde_json::json!(unjailed);
@@ -157,21 +157,26 @@ pub fn plan(args: RunArgs, json: bool) -> anyhow::Result<u8> {
 
 /// `warden run`.
 pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
+    use tokio::signal::unix::{signal, SignalKind};
     let (config, options) = args.to_config()?;
+    // Registered before the VM starts: a signal that arrives while it boots is kept, and the VM
+    // is then stopped as soon as it is up, never left behind.
+    let signals = (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
     let vm = vm::start_vm(&config, &options).await.with_context(|| format!("cannot start VM {}", config.vm_id))?;
     eprintln!("warden: VM {} running, pid {}, API socket {}", vm.vm_id, vm.pid, vm.socket_path.display());
     eprint!("{}", report::isolation(&vm.isolation));
-    supervise_foreground(vm).await
+    supervise_foreground(vm, signals).await
 }
 
 /// Waits for the guest to power off or for Ctrl-C/SIGTERM (then stops the VM gracefully), and
 /// turns the way it ended into an exit status.
-async fn supervise_foreground(vm: VmHandle) -> anyhow::Result<u8> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
+async fn supervise_foreground(
+    vm: VmHandle,
+    (mut int, mut term): (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
+) -> anyhow::Result<u8> {
     let interrupted = tokio::select! {
         _ = vm.wait() => false,
-        _ = tokio::signal::ctrl_c() => true,
+        _ = int.recv() => true,
         _ = term.recv() => true,
     };
     let vm_id = vm.vm_id.clone();

@@ -115,6 +115,11 @@ pub enum CgroupError {
 }
 
 impl Hierarchy {
+    /// A host without cgroups, for plans that use none (unjailed VMs).
+    pub fn empty() -> Self {
+        Self { layout: Layout::Legacy, v1: Vec::new(), v2: None, v2_controllers: Vec::new() }
+    }
+
     /// Reads the host's mount table (`/proc/self/mounts`).
     pub fn host() -> Result<Self, CgroupError> {
         Self::from_mounts_file(Path::new("/proc/self/mounts"))

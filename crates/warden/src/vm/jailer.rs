@@ -11,6 +11,7 @@ use jail::spec::{JailSpec, ResourceLimits, SpecError, StageRequest};
 use jail::{JailId, JailPlan};
 
 use super::config::{Serial, MIN_MEMORY_MB};
+use super::Phases;
 use super::process::{Exit, Process};
 use crate::{assets, Error};
 
@@ -128,8 +129,13 @@ pub(crate) fn is_executable(path: &Path) -> bool {
 
 /// Validates, plans and stages a jail, then spawns it and waits for the API socket. Anything
 /// made is removed again on failure.
-pub(crate) async fn launch(spec: &JailSpec, hierarchy: &Hierarchy, serial: Serial, socket_timeout: Duration) -> Result<(Process, Client), Error> {
-    let plan = spec.plan(hierarchy)?;
+pub(crate) async fn launch(
+    spec: &JailSpec,
+    plan: JailPlan,
+    serial: Serial,
+    socket_timeout: Duration,
+    phases: &mut Phases,
+) -> Result<(Process, Client), Error> {
     let program = PathBuf::from(&plan.argv[0]);
     if !is_executable(&spec.exec_file) {
         return Err(Error::FirecrackerMissing { path: spec.exec_file.clone() });
@@ -137,6 +143,7 @@ pub(crate) async fn launch(spec: &JailSpec, hierarchy: &Hierarchy, serial: Seria
     if spec.jailed && !is_executable(&program) {
         return Err(Error::JailerMissing { path: program });
     }
+    phases.mark("validate+plan");
     if let Err(e) = jail::stage::stage(&plan) {
         // A jail directory that already existed is someone else's: leave it.
         if e.action != "create jail directory" {
@@ -144,6 +151,7 @@ pub(crate) async fn launch(spec: &JailSpec, hierarchy: &Hierarchy, serial: Seria
         }
         return Err(e.into());
     }
+    phases.mark("stage");
     tracing::info!(
         vm_id = %plan.id,
         jailer_binary = %program.display(),
@@ -163,6 +171,7 @@ pub(crate) async fn launch(spec: &JailSpec, hierarchy: &Hierarchy, serial: Seria
             return Err(e);
         }
     };
+    phases.mark("spawn");
     if let Some(dir) = &plan.cgroup_accounting_dir {
         // Before InstanceStart, so the vCPU threads are born in it.
         if let Err(e) = jail::cgroup::attach(dir, process.pid) {
@@ -171,7 +180,7 @@ pub(crate) async fn launch(spec: &JailSpec, hierarchy: &Hierarchy, serial: Seria
             return Err(e.into());
         }
     }
-    let client = Client::new(&plan.socket_path);
+    let client = Client::new(&process.plan.socket_path);
     let mut exit = process.exit_watch();
     tokio::select! {
         ready = client.wait_ready(socket_timeout) => {
@@ -186,6 +195,7 @@ pub(crate) async fn launch(spec: &JailSpec, hierarchy: &Hierarchy, serial: Seria
             return Err(Error::ExitedEarly { program, status: exit.reason.to_string(), output: exit.output });
         }
     }
+    phases.mark("socket ready");
     Ok((process, client))
 }
 
@@ -224,7 +234,9 @@ impl JailedProcess {
 pub async fn start_with_jailer(config: &JailerConfig) -> Result<JailedProcess, Error> {
     let hierarchy = Hierarchy::host()?;
     let spec = config.spec(true, Some(&hierarchy), Vec::new())?;
-    let (process, client) = launch(&spec, &hierarchy, Serial::Discard, Duration::from_secs(5)).await?;
+    let plan = spec.plan(&hierarchy)?;
+    let (process, client) =
+        launch(&spec, plan, Serial::Discard, Duration::from_secs(5), &mut Phases::start()).await?;
     Ok(JailedProcess {
         pid: process.pid,
         api_socket: process.plan.socket_path.clone(),

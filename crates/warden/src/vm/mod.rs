@@ -40,6 +40,8 @@ pub struct VmHandle {
     pub isolation: IsolationReport,
     /// Every path, argv and cgroup value of the VM's jail.
     pub plan: JailPlan,
+    /// How long each step of the start took, in order.
+    pub phases: Vec<(&'static str, Duration)>,
     process: process::Process,
     client: Client,
     stop_timeout: Duration,
@@ -104,6 +106,23 @@ impl VmHandle {
     }
 }
 
+/// Durations of the steps of a start, for benchmarks and logs.
+#[derive(Debug)]
+pub(crate) struct Phases(Vec<(&'static str, Duration)>, std::time::Instant);
+
+impl Phases {
+    pub(crate) fn start() -> Self {
+        Self(Vec::new(), std::time::Instant::now())
+    }
+
+    /// Records the time since the previous mark under `name`.
+    pub(crate) fn mark(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        self.0.push((name, now - self.1));
+        self.1 = now;
+    }
+}
+
 /// Boots a VM with default [`VmOptions`]: jailed if the jailer is found (a loud warning and
 /// `is_sandboxed == false` otherwise).
 pub async fn start_firecracker(config: &VmConfig) -> Result<VmHandle, Error> {
@@ -116,7 +135,9 @@ pub async fn stop_firecracker(vm: VmHandle) -> Result<Exit, Error> {
 }
 
 /// Decides jailed or not, and builds the jail spec and its plan, without touching the host.
-pub fn plan_vm(config: &VmConfig, options: &VmOptions) -> Result<(jail::JailSpec, JailPlan, Hierarchy, Option<String>), Error> {
+///
+/// Returns the spec, its plan, and why the VM would run unjailed (if it would).
+pub fn plan_vm(config: &VmConfig, options: &VmOptions) -> Result<(jail::JailSpec, JailPlan, Option<String>), Error> {
     config.validate()?;
     let jailer_found = jailer::is_executable(&options.jailer.jailer_binary);
     let (jailed, unjailed_reason) = match options.jailer_mode {
@@ -156,15 +177,17 @@ pub fn plan_vm(config: &VmConfig, options: &VmOptions) -> Result<(jail::JailSpec
     jc.jailer_id = config.vm_id.clone();
     jc.cpu_count = config.vcpu_count;
     jc.memory_limit_mb = options.memory_limit_mb.unwrap_or(config.memory_mb + VMM_OVERHEAD_MB);
-    let hierarchy = if jailed { Hierarchy::host()? } else { Hierarchy { layout: jail::cgroup::Layout::Legacy, v1: vec![], v2: None, v2_controllers: vec![] } };
+    // An unjailed VM has no cgroups, so the host's need not be read.
+    let hierarchy = if jailed { Hierarchy::host()? } else { Hierarchy::empty() };
     let spec = jc.spec(jailed, Some(&hierarchy), files)?;
     let plan = spec.plan(&hierarchy)?;
-    Ok((spec, plan, hierarchy, unjailed_reason))
+    Ok((spec, plan, unjailed_reason))
 }
 
 /// Boots a VM: jail, configure, InstanceStart, isolation report.
 pub async fn start_vm(config: &VmConfig, options: &VmOptions) -> Result<VmHandle, Error> {
-    let (spec, _, hierarchy, unjailed_reason) = plan_vm(config, options)?;
+    let mut phases = Phases::start();
+    let (spec, plan, unjailed_reason) = plan_vm(config, options)?;
     if let Some(reason) = &unjailed_reason {
         if options.jailer_mode == JailerMode::Auto {
             tracing::warn!(
@@ -174,16 +197,19 @@ pub async fn start_vm(config: &VmConfig, options: &VmOptions) -> Result<VmHandle
             );
         }
     }
-    let (process, client) = jailer::launch(&spec, &hierarchy, options.serial.clone(), options.socket_timeout).await?;
+    let (process, client) =
+        jailer::launch(&spec, plan, options.serial.clone(), options.socket_timeout, &mut phases).await?;
     let plan = process.plan.clone();
     // From here a failure must end the process; dropping `process` kills it and cleans up.
     let configured = configure(config, options, &plan, &client).await;
+    phases.mark("configure");
     // Read before InstanceStart too: a guest may power off before the report after it is read.
     let before = isolation_report(&process, &plan, unjailed_reason.as_deref(), false).await;
     let started = match configured {
         Ok(()) => client.action(ActionType::InstanceStart).await,
         Err(e) => Err(e),
     };
+    phases.mark("instance start");
     if let Err(source) = started {
         process.note_stop_requested();
         process.kill();
@@ -196,6 +222,7 @@ pub async fn start_vm(config: &VmConfig, options: &VmOptions) -> Result<VmHandle
     } else {
         after
     };
+    phases.mark("isolation report");
     Ok(VmHandle {
         vm_id: config.vm_id.clone(),
         pid: process.pid,
@@ -206,6 +233,7 @@ pub async fn start_vm(config: &VmConfig, options: &VmOptions) -> Result<VmHandle
         process,
         client,
         stop_timeout: options.stop_timeout,
+        phases: phases.0,
     })
 }
 
