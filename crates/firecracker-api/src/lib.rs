@@ -32,7 +32,7 @@ use models::{InstanceActionInfo, Vm, VmState};
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often [`Client::wait_ready`] tries to connect.
-const READY_POLL: Duration = Duration::from_millis(5);
+const READY_POLL: Duration = Duration::from_millis(1);
 
 /// Everything that can go wrong talking to Firecracker.
 #[derive(Debug, thiserror::Error)]

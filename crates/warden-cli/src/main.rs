@@ -1,5 +1,6 @@
 //! `warden`: run jailed Firecracker microVMs from the command line.
 
+mod bench;
 mod report;
 mod run;
 
@@ -30,6 +31,8 @@ enum Command {
     },
     /// Boot the test guest under the jailer and print its isolation report.
     Demo(run::DemoArgs),
+    /// Measure warden against bare Firecracker and the bare jailer, in one interleaved run.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -46,6 +49,7 @@ fn main() -> std::process::ExitCode {
             Command::Run(args) => run::run(args).await,
             Command::Plan { args, json } => run::plan(args, json),
             Command::Demo(args) => run::demo(args).await,
+            Command::Bench(args) => bench::bench(args).await,
         }
     });
     match result {

@@ -1,0 +1,211 @@
+//! `warden bench start`: from process start to the guest's marker on the serial console.
+//!
+//! Series, interleaved round by round (the order rotates every round):
+//! - `bare firecracker`: `firecracker --no-api --config-file`, no jail (the floor);
+//! - `bare jailer`: the jailer run by hand, with the chroot prepared beforehand (kernel linked,
+//!   config file written) and the same cgroup values warden passes; preparation and cleanup are
+//!   not timed;
+//! - `warden run`: the CLI, jailed, from exec to the marker on its stdout;
+//! - `library start_vm`: `warden::vm::start_vm`, jailed, from the call to the marker.
+//!
+//! Each boot ends with the guest powering off; the next starts after the previous is cleaned.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use warden::vm::config::{JailerMode, Serial, VmConfig, VmOptions};
+use warden::vm::jailer::JailerConfig;
+
+use super::{machine, Report, Row};
+
+/// Arguments of `warden bench start`.
+#[derive(Args, Debug)]
+pub struct StartArgs {
+    /// Boots per series.
+    #[arg(long, default_value_t = 30)]
+    count: usize,
+    /// Base directory of jails.
+    #[arg(long, default_value = "/srv/jailer")]
+    chroot_base: PathBuf,
+}
+
+const MARKER: &str = "WARDEN_MARKER bench";
+const BOOT_ARGS: &str = "mode=poweroff marker=bench";
+
+struct Env {
+    firecracker: PathBuf,
+    jailer: PathBuf,
+    kernel: PathBuf,
+    base: PathBuf,
+    tmp: tempfile::TempDir,
+}
+
+/// Runs the scenario.
+pub async fn run(args: StartArgs) -> anyhow::Result<Report> {
+    let env = Env {
+        firecracker: need(warden::assets::firecracker())?,
+        jailer: need(warden::assets::jailer())?,
+        kernel: need(warden::assets::testguest())?,
+        base: args.chroot_base.clone(),
+        tmp: tempfile::tempdir()?,
+    };
+    let names = ["bare firecracker", "bare jailer", "warden run (jailed)", "library start_vm (jailed)"];
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
+    let mut phases: Vec<(String, Vec<Duration>)> = Vec::new();
+    for round in 0..args.count {
+        for k in 0..names.len() {
+            let which = (round + k) % names.len();
+            let id = format!("bench-{}-{round}-{which}", std::process::id());
+            let t = match which {
+                0 => bare_firecracker(&env, &id)?,
+                1 => bare_jailer(&env, &id)?,
+                2 => warden_run(&env, &id)?,
+                _ => {
+                    let (t, p) = library(&env, &id).await?;
+                    for (i, (name, d)) in p.into_iter().enumerate() {
+                        if phases.len() <= i {
+                            phases.push((name, Vec::new()));
+                        }
+                        phases[i].1.push(d);
+                    }
+                    t
+                }
+            };
+            samples[which].push(t);
+        }
+    }
+    let mut rows: Vec<Row> = names.iter().zip(&samples).map(|(n, s)| Row::new(n, s)).collect();
+    let baseline = rows[1].median_ms;
+    for r in rows.iter_mut().skip(1) {
+        r.ratio = Some(r.median_ms / baseline);
+    }
+    rows[0].ratio = Some(rows[0].median_ms / baseline);
+    Ok(Report {
+        scenario: "start".into(),
+        machine: machine(),
+        note: format!(
+            "process start to guest marker, {} boots per series, interleaved; ratio = median / bare jailer median",
+            args.count
+        ),
+        rows,
+        phases: phases.iter().map(|(n, s)| Row::new(n, s)).collect(),
+    })
+}
+
+fn need(p: PathBuf) -> anyhow::Result<PathBuf> {
+    anyhow::ensure!(p.is_file(), "{} is missing: run scripts/setup-assets.sh", p.display());
+    Ok(p)
+}
+
+/// Spawns `cmd` with stdout piped and returns the time until `MARKER` appears, then waits for
+/// the process to exit.
+fn time_to_marker(mut cmd: Command) -> anyhow::Result<Duration> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+    let t0 = Instant::now();
+    let mut child = cmd.spawn()?;
+    let mut out = child.stdout.take().expect("piped");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let elapsed = loop {
+        let n = out.read(&mut buf)?;
+        if n == 0 {
+            let _ = child.wait();
+            anyhow::bail!("no marker; output: {}", String::from_utf8_lossy(&seen));
+        }
+        seen.extend_from_slice(&buf[..n]);
+        if seen.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()) {
+            break t0.elapsed();
+        }
+    };
+    let _ = std::io::copy(&mut out, &mut std::io::sink());
+    let status = child.wait()?;
+    anyhow::ensure!(status.success(), "exited with {status}");
+    Ok(elapsed)
+}
+
+fn vm_json(kernel: &str) -> String {
+    serde_json::json!({
+        "boot-source": { "kernel_image_path": kernel, "boot_args": BOOT_ARGS },
+        "drives": [],
+        "machine-config": { "vcpu_count": 1, "mem_size_mib": 128 }
+    })
+    .to_string()
+}
+
+fn bare_firecracker(env: &Env, id: &str) -> anyhow::Result<Duration> {
+    let cfg = env.tmp.path().join(format!("{id}.json"));
+    std::fs::write(&cfg, vm_json(&env.kernel.display().to_string()))?;
+    let mut cmd = Command::new(&env.firecracker);
+    cmd.args(["--no-api", "--id", id, "--config-file"]).arg(&cfg);
+    let t = time_to_marker(cmd);
+    std::fs::remove_file(&cfg)?;
+    t
+}
+
+fn bare_jailer(env: &Env, id: &str) -> anyhow::Result<Duration> {
+    use std::os::unix::fs::chown;
+    let jail = env.base.join("firecracker").join(id);
+    let root = jail.join("root");
+    std::fs::create_dir_all(&root)?;
+    std::fs::hard_link(&env.kernel, root.join("kernel")).or_else(|_| std::fs::copy(&env.kernel, root.join("kernel")).map(|_| ()))?;
+    std::fs::write(root.join("vm.json"), vm_json("/kernel"))?;
+    chown(root.join("vm.json"), Some(10000), Some(10000))?;
+    let mut cmd = Command::new(&env.jailer);
+    cmd.args(["--id", id, "--exec-file"])
+        .arg(&env.firecracker)
+        .args(["--uid", "10000", "--gid", "10000", "--chroot-base-dir"])
+        .arg(&env.base)
+        .args(["--cgroup-version", "1", "--parent-cgroup", "warden-bench"])
+        .args(["--cgroup", &format!("memory.limit_in_bytes={}", 192u64 << 20)])
+        .args(["--cgroup", "cpu.cfs_period_us=100000", "--cgroup", "cpu.cfs_quota_us=100000"])
+        .args(["--cgroup", "pids.max=1024", "--resource-limit", "no-file=2048"])
+        .args(["--", "--no-api", "--config-file", "/vm.json"]);
+    let t = time_to_marker(cmd);
+    std::fs::remove_dir_all(&jail)?;
+    for c in ["memory", "cpu", "pids"] {
+        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(c).join("warden-bench").join(id));
+    }
+    t
+}
+
+fn warden_run(env: &Env, id: &str) -> anyhow::Result<Duration> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["run", "--require-jailer", "--id", id, "--kernel"])
+        .arg(&env.kernel)
+        .args(["--boot-args", BOOT_ARGS, "--chroot-base"])
+        .arg(&env.base);
+    time_to_marker(cmd)
+}
+
+async fn library(env: &Env, id: &str) -> anyhow::Result<(Duration, Vec<(String, Duration)>)> {
+    let config = VmConfig {
+        vm_id: id.to_owned(),
+        vcpu_count: 1,
+        memory_mb: 128,
+        kernel_path: env.kernel.display().to_string(),
+        rootfs_path: String::new(),
+        enable_networking: false,
+    };
+    let options = VmOptions {
+        boot_args: Some(BOOT_ARGS.into()),
+        jailer: JailerConfig { chroot_base_dir: env.base.clone(), ..JailerConfig::default() },
+        jailer_mode: JailerMode::Required,
+        serial: Serial::Capture,
+        ..VmOptions::default()
+    };
+    let t0 = Instant::now();
+    let vm = warden::vm::start_vm(&config, &options).await?;
+    let started = t0.elapsed();
+    anyhow::ensure!(vm.wait_for_serial(MARKER, Duration::from_secs(10)).await, "no marker");
+    let t = t0.elapsed();
+    let mut phases: Vec<(String, Duration)> = vm.phases.iter().map(|(n, d)| (n.to_string(), *d)).collect();
+    phases.push(("marker after start".into(), t - started));
+    let t1 = Instant::now();
+    let exit = vm.wait().await;
+    anyhow::ensure!(exit.cleanup_error.is_none(), "cleanup failed: {:?}", exit.cleanup_error);
+    phases.push(("power-off + cleanup".into(), t1.elapsed()));
+    Ok((t, phases))
+}
