@@ -10,19 +10,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=build.rs");
 
     let mut compiler = protox::Compiler::new(["proto"])?;
-    compiler.include_source_info(true).include_imports(true).open_file(proto)?;
+    compiler
+        .include_source_info(true)
+        .include_imports(true)
+        .open_file(proto)?;
     let fds = compiler.file_descriptor_set();
     let encoded = compiler.encode_file_descriptor_set();
 
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out_dir.join("vmprovisioner_descriptor.bin"), &encoded)?;
 
+    let mut config = prost_build::Config::new();
+    // `impl prost::Name` gives messages their full names, for error messages.
+    config.enable_type_names();
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
         .build_transport(true)
         .emit_rerun_if_changed(false)
-        .compile_fds_with_config(fds, prost_build::Config::new())?;
+        .compile_fds_with_config(fds, config)?;
 
     pbjson_build::Builder::new()
         .register_descriptors(&encoded)?

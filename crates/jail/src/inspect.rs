@@ -104,6 +104,15 @@ pub fn report(proc_root: &Path, pid: u32, expected: &Expected<'_>) -> IsolationR
     IsolationReport { is_sandboxed, jailer, uid_gid, chroot, cgroups, seccomp, pid_ns, net_ns }
 }
 
+/// A process's start time in clock ticks since boot (`/proc/<pid>/stat` field 22). With the pid,
+/// it names one process for good: a recycled pid has a different start time.
+pub fn start_time(proc_root: &Path, pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// The real, effective, saved and filesystem ids of a `Uid:`/`Gid:` status line.
 fn status_ids(status: &str, key: &str) -> Option<Vec<u32>> {
     let line = status.lines().find(|l| l.starts_with(key))?;
@@ -167,6 +176,15 @@ mod tests {
         let s = "Name:\tfirecracker\nUid:\t4242\t4242\t4242\t4242\nGid:\t0\t0\t0\t0\n";
         assert_eq!(status_ids(s, "Uid:"), Some(vec![4242; 4]));
         assert_eq!(status_ids(s, "Gid:"), Some(vec![0; 4]));
+    }
+
+    #[test]
+    fn start_time_identifies_a_process() {
+        let me = std::process::id();
+        let t = start_time(Path::new("/proc"), me).unwrap();
+        assert!(t > 0);
+        assert_eq!(start_time(Path::new("/proc"), me), Some(t));
+        assert_eq!(start_time(Path::new("/proc"), u32::MAX), None);
     }
 
     #[test]

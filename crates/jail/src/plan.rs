@@ -9,7 +9,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cgroup::{CgroupVersion, Hierarchy, Setting};
 use crate::spec::{JailSpec, SpecError};
@@ -21,7 +21,7 @@ pub const SOCKET_IN_JAIL: &str = "/run/firecracker.socket";
 pub const LOG_IN_JAIL: &str = "/firecracker.log";
 
 /// How a file reaches the jail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StageMethod {
     /// A hard link: read-only, same filesystem, and already readable by the jail user, so the
@@ -32,7 +32,7 @@ pub enum StageMethod {
 }
 
 /// One file placed in the jail.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StagedFile {
     /// The caller's file.
     pub source: PathBuf,
@@ -53,7 +53,7 @@ pub struct StagedFile {
 }
 
 /// Everything a jail will be, before any of it exists.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JailPlan {
     /// The jail id.
     pub id: String,

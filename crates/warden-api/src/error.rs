@@ -215,7 +215,10 @@ macro_rules! constructors {
 impl ApiError {
     /// An error with `code` and `message`.
     pub fn new(code: Code, message: impl Into<String>) -> ApiError {
-        ApiError { code, message: message.into() }
+        ApiError {
+            code,
+            message: message.into(),
+        }
     }
 
     constructors! {
@@ -260,8 +263,15 @@ impl ApiError {
             #[serde(default)]
             message: String,
         }
-        if let Ok(Wire { code: Some(code), message }) = serde_json::from_slice::<Wire>(body) {
-            return ApiError { code: code.parse().unwrap_or(Code::Unknown), message };
+        if let Ok(Wire {
+            code: Some(code),
+            message,
+        }) = serde_json::from_slice::<Wire>(body)
+        {
+            return ApiError {
+                code: code.parse().unwrap_or(Code::Unknown),
+                message,
+            };
         }
         let text = String::from_utf8_lossy(body);
         let text = text.trim();
@@ -270,7 +280,10 @@ impl ApiError {
         } else {
             format!("HTTP {status}: {}", truncate(text, 512))
         };
-        ApiError { code: Code::from_http_status(status), message }
+        ApiError {
+            code: Code::from_http_status(status),
+            message,
+        }
     }
 }
 
@@ -318,7 +331,10 @@ mod tests {
         for c in Code::ALL {
             assert_eq!(c.as_str().parse::<Code>().unwrap(), c);
             assert_eq!(Code::from_grpc(c.grpc_code()), Some(c));
-            assert_eq!(c.grpc_code() as i32, Code::ALL.iter().position(|x| *x == c).unwrap() as i32 + 1);
+            assert_eq!(
+                c.grpc_code() as i32,
+                Code::ALL.iter().position(|x| *x == c).unwrap() as i32 + 1
+            );
         }
         assert!("nope".parse::<Code>().is_err());
     }

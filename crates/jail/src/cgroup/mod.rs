@@ -13,10 +13,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The cgroup API the jailer is told to use (`--cgroup-version`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CgroupVersion {
     /// Legacy per-controller hierarchies.
@@ -279,7 +279,7 @@ pub struct CgroupLimits {
 pub const CPU_PERIOD_US: u64 = 100_000;
 
 /// One cgroup file the jailer writes: `--cgroup <file>=<value>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Setting {
     /// File name inside the VM's cgroup directory, e.g. `memory.limit_in_bytes`.
     pub file: String,

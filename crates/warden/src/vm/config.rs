@@ -110,6 +110,18 @@ pub enum Serial {
     CaptureAndEcho,
     /// Discarded.
     Discard,
+    /// Appended to this file; Firecracker's stderr goes to the same path with `.stderr` added.
+    /// Files outlive the caller, so a VM keeps running if the caller (a daemon) exits.
+    File(PathBuf),
+}
+
+impl Serial {
+    /// Where stderr goes in [`Serial::File`] mode.
+    pub fn stderr_path(path: &std::path::Path) -> PathBuf {
+        let mut p = path.as_os_str().to_owned();
+        p.push(".stderr");
+        PathBuf::from(p)
+    }
 }
 
 /// Everything about a VM beyond [`VmConfig`].

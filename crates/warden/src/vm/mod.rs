@@ -48,6 +48,59 @@ pub struct VmHandle {
 }
 
 impl VmHandle {
+    /// Takes charge again of a VM started earlier (e.g. by a daemon before it restarted): checks
+    /// that `pid` is still the same process (`start_time`, from [`jail::inspect::start_time`])
+    /// and that its API answers, then supervises it like a VM started here. `None` when the
+    /// process is gone or is not that VM's Firecracker.
+    pub async fn attach(
+        vm_id: &str,
+        plan: JailPlan,
+        pid: u32,
+        start_time: u64,
+        serial_file: Option<PathBuf>,
+        stop_timeout: Duration,
+    ) -> Result<Option<VmHandle>, Error> {
+        let proc_root = std::path::Path::new("/proc");
+        if inspect::start_time(proc_root, pid) != Some(start_time) {
+            return Ok(None);
+        }
+        let process = process::Process::attach(plan.clone(), pid, serial_file)?;
+        let client = Client::new(&plan.socket_path).with_timeout(Duration::from_secs(2));
+        if client.instance_info().await.is_err() {
+            // Not answering: not a VM we can control. It is ended (and cleaned) by the caller.
+            return Err(Error::Os {
+                what: format!("probing the API socket {} of VM {vm_id} (pid {pid})", plan.socket_path.display()),
+                source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+            });
+        }
+        let socket_path = plan.socket_path.clone();
+        let unjailed = (!plan.jailed).then_some("jailer not used");
+        let isolation = isolation_report(&process, &plan, unjailed, false).await;
+        Ok(Some(VmHandle {
+            vm_id: vm_id.to_owned(),
+            pid,
+            socket_path: plan.socket_path.clone(),
+            is_sandboxed: isolation.is_sandboxed,
+            isolation,
+            plan,
+            phases: Vec::new(),
+            process,
+            client: Client::new(&socket_path),
+            stop_timeout,
+        }))
+    }
+
+    /// Lets the VM run on without this handle: no stop, no cleanup on drop. A later
+    /// [`VmHandle::attach`] takes charge of it again.
+    pub fn detach(self) {
+        self.process.detach();
+    }
+
+    /// The process start time that, with the pid, identifies this VM's Firecracker.
+    pub fn start_time(&self) -> Option<u64> {
+        inspect::start_time(std::path::Path::new("/proc"), self.pid)
+    }
+
     /// A client for the VM's API socket.
     pub fn client(&self) -> &Client {
         &self.client

@@ -50,6 +50,8 @@ pub enum ExitReason {
         /// Its exit status.
         code: i32,
     },
+    /// It ended while not our child and logged no exit status: most likely killed by a signal.
+    Unknown,
 }
 
 impl std::fmt::Display for ExitReason {
@@ -61,6 +63,7 @@ impl std::fmt::Display for ExitReason {
             Self::OomKilled => f.write_str("OOM-killed: memory cgroup limit reached"),
             Self::Signaled { signal } => write!(f, "killed by signal {signal}"),
             Self::FirecrackerError { code } => write!(f, "Firecracker exited with status {code}"),
+            Self::Unknown => f.write_str("exited without logging a status (likely killed by a signal)"),
         }
     }
 }
@@ -76,15 +79,19 @@ pub struct Exit {
     pub cleanup_error: Option<String>,
 }
 
-/// Serial console bytes received so far.
+/// Serial console bytes received so far (or the file they go to).
 #[derive(Debug, Default)]
 pub(crate) struct SerialBuf {
     bytes: Mutex<Vec<u8>>,
     more: Notify,
+    file: Option<PathBuf>,
 }
 
 impl SerialBuf {
     pub(crate) fn text(&self) -> String {
+        if let Some(f) = &self.file {
+            return String::from_utf8_lossy(&std::fs::read(f).unwrap_or_default()).into_owned();
+        }
         String::from_utf8_lossy(&self.bytes.lock().unwrap()).into_owned()
     }
 
@@ -96,7 +103,9 @@ impl SerialBuf {
             if self.text().contains(needle) {
                 return true;
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            // A file has no notifications: poll it.
+            let wait = if self.file.is_some() { tokio::time::Instant::now() + Duration::from_millis(5) } else { deadline };
+            if tokio::time::timeout_at(wait.min(deadline), notified).await.is_err() && tokio::time::Instant::now() >= deadline {
                 return self.text().contains(needle);
             }
         }
@@ -107,6 +116,7 @@ impl SerialBuf {
 struct Flags {
     stop_requested: bool,
     killed: bool,
+    detached: bool,
 }
 
 /// A running Firecracker process and everything needed to end it cleanly.
@@ -129,20 +139,29 @@ impl Process {
         if plan.new_pid_ns {
             become_subreaper()?;
         }
+        let (stdout, stderr_to) = match &serial {
+            Serial::Discard => (Stdio::null(), Stdio::piped()),
+            Serial::Capture | Serial::CaptureAndEcho => (Stdio::piped(), Stdio::piped()),
+            Serial::File(path) => (Stdio::from(append(path)?), Stdio::from(append(&Serial::stderr_path(path))?)),
+        };
         let mut cmd = Command::new(&program);
         cmd.args(&plan.argv[1..])
             .stdin(Stdio::null())
-            .stdout(if serial == Serial::Discard { Stdio::null() } else { Stdio::piped() })
-            .stderr(Stdio::piped())
+            .stdout(stdout)
+            .stderr(stderr_to)
             // Its own process group: a Ctrl-C at our terminal is ours to handle, not the VM's.
             .process_group(0);
         let mut child = cmd.spawn().map_err(|source| Error::Spawn { program: program.clone(), source })?;
-        let serial_buf = Arc::new(SerialBuf::default());
+        let serial_buf = Arc::new(SerialBuf { file: match &serial { Serial::File(p) => Some(p.clone()), _ => None }, ..Default::default() });
         if let Some(out) = child.stdout.take() {
             spawn_serial_reader(out, serial_buf.clone(), serial == Serial::CaptureAndEcho);
         }
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let stderr_done = child.stderr.take().map(|err| spawn_stderr_reader(err, stderr.clone()));
+        let stderr_file = match &serial {
+            Serial::File(p) => Some(Serial::stderr_path(p)),
+            _ => None,
+        };
 
         let pid = if plan.new_pid_ns {
             // The jailer forks Firecracker into the new namespace, writes its pid and exits.
@@ -157,10 +176,14 @@ impl Process {
                     if let Some(done) = stderr_done {
                         let _ = tokio::time::timeout(Duration::from_millis(200), done).await;
                     }
+                    let mut output = String::from_utf8_lossy(&stderr.lock().unwrap()).into_owned();
+                    if let Some(f) = &stderr_file {
+                        output.push_str(&std::fs::read_to_string(f).unwrap_or_default());
+                    }
                     return Err(Error::ExitedEarly {
                         program,
                         status: other.map_or("timed out".into(), |s| s.to_string()),
-                        output: tail(&String::from_utf8_lossy(&stderr.lock().unwrap())),
+                        output: tail(&output),
                     });
                 }
             }
@@ -171,21 +194,42 @@ impl Process {
         };
         // Not waited on through `child`: the supervisor reaps it through the pidfd.
         drop(child);
-        let pidfd = Arc::new(pidfd_open(pid)?);
+        let pidfd = pidfd_open(pid)?;
+        Ok(Self::supervised(pid, plan, pidfd, serial_buf, stderr, stderr_done, stderr_file))
+    }
+
+    /// Takes charge of a Firecracker started earlier (by a daemon that has since restarted).
+    /// The caller has checked that `pid` is that VM's Firecracker (process start time).
+    pub(crate) fn attach(plan: JailPlan, pid: u32, serial_file: Option<PathBuf>) -> Result<Self, Error> {
+        let pidfd = pidfd_open(pid)?;
+        let stderr_file = serial_file.as_deref().map(Serial::stderr_path);
+        let serial = Arc::new(SerialBuf { file: serial_file, ..Default::default() });
+        Ok(Self::supervised(pid, plan, pidfd, serial, Arc::default(), None, stderr_file))
+    }
+
+    fn supervised(
+        pid: u32,
+        plan: JailPlan,
+        pidfd: OwnedFd,
+        serial: Arc<SerialBuf>,
+        stderr: Arc<Mutex<Vec<u8>>>,
+        stderr_done: Option<tokio::task::JoinHandle<()>>,
+        stderr_file: Option<PathBuf>,
+    ) -> Self {
+        let pidfd = Arc::new(pidfd);
         let (tx, exit) = watch::channel(None);
         let flags = Arc::new(Mutex::new(Flags::default()));
         let cleanup_done = Arc::new(Mutex::new(false));
-        let p = Self { pid, plan, pidfd, flags, serial: serial_buf, exit, cleanup_done };
+        let p = Self { pid, plan, pidfd, flags, serial, exit, cleanup_done };
         tokio::spawn(supervise(
             p.pidfd.clone(),
             p.plan.clone(),
             p.flags.clone(),
             p.cleanup_done.clone(),
-            stderr,
-            stderr_done,
+            Output { stderr, stderr_done, stderr_file },
             tx,
         ));
-        Ok(p)
+        p
     }
 
     /// A receiver that holds `Some(exit)` once the VM is gone and cleaned.
@@ -212,6 +256,11 @@ impl Process {
         }
     }
 
+    /// Leaves the process running when this handle is dropped.
+    pub(crate) fn detach(&self) {
+        self.flags.lock().unwrap().detached = true;
+    }
+
     /// Marks that an exit from now on was asked for by us.
     pub(crate) fn note_stop_requested(&self) {
         self.flags.lock().unwrap().stop_requested = true;
@@ -233,7 +282,7 @@ impl Drop for Process {
     /// Kills and cleans synchronously if the VM is still there: the owner let go of it, and the
     /// runtime (and with it the supervisor) may be shutting down.
     fn drop(&mut self) {
-        if self.exit.borrow().is_some() {
+        if self.exit.borrow().is_some() || self.flags.lock().unwrap().detached {
             return;
         }
         self.kill();
@@ -253,14 +302,19 @@ fn clean_once(done: &Mutex<bool>, plan: &JailPlan) -> Option<String> {
     jail::cleanup::remove(plan).err().map(|e| error_chain(&e))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Where Firecracker's error output is collected.
+struct Output {
+    stderr: Arc<Mutex<Vec<u8>>>,
+    stderr_done: Option<tokio::task::JoinHandle<()>>,
+    stderr_file: Option<PathBuf>,
+}
+
 async fn supervise(
     pidfd: Arc<OwnedFd>,
     plan: JailPlan,
     flags: Arc<Mutex<Flags>>,
     cleanup_done: Arc<Mutex<bool>>,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    stderr_done: Option<tokio::task::JoinHandle<()>>,
+    out: Output,
     tx: watch::Sender<Option<Exit>>,
 ) {
     // SAFETY: the pidfd stays open for as long as the AsyncFd (it holds an Arc to it), and it is
@@ -271,9 +325,12 @@ async fn supervise(
         wait_pidfd_blocking(&pidfd, Duration::from_secs(u64::MAX / 4));
     }
     let status = reap(&pidfd);
-    if let Some(done) = stderr_done {
+    if let Some(done) = out.stderr_done {
         let _ = tokio::time::timeout(Duration::from_millis(200), done).await;
     }
+    let log = std::fs::read_to_string(&plan.log_file).unwrap_or_default();
+    // Not our child (re-attached after a restart): Firecracker logs its own exit status.
+    let status = status.or_else(|| logged_exit_code(&log).map(WaitStatus::Exited));
     let stats = jail::cgroup::stats(plan.cgroup_version, &plan.cgroup_dirs);
     let flags = std::mem::take(&mut *flags.lock().unwrap());
     let reason = if stats.oom_kills.unwrap_or(0) > 0 {
@@ -286,15 +343,15 @@ async fn supervise(
             Some(WaitStatus::Exited(0)) => ExitReason::GuestPowerOff,
             Some(WaitStatus::Exited(code)) => ExitReason::FirecrackerError { code },
             Some(WaitStatus::Signaled(signal)) => ExitReason::Signaled { signal },
-            // Not our child (should not happen: we are its parent or subreaper).
             None if flags.stop_requested => ExitReason::Stopped,
-            None => ExitReason::GuestPowerOff,
+            None => ExitReason::Unknown,
         }
     };
-    let mut output = String::from_utf8_lossy(&stderr.lock().unwrap()).into_owned();
-    if let Ok(log) = std::fs::read_to_string(&plan.log_file) {
-        output.push_str(&log);
+    let mut output = String::from_utf8_lossy(&out.stderr.lock().unwrap()).into_owned();
+    if let Some(f) = &out.stderr_file {
+        output.push_str(&std::fs::read_to_string(f).unwrap_or_default());
     }
+    output.push_str(&log);
     let output = tail(&output);
     let cleanup_error = clean_once(&cleanup_done, &plan);
     tracing::info!(vm_id = %plan.id, %reason, pid_exit = ?status, "vm exited and was cleaned up");
@@ -362,6 +419,23 @@ fn read_pid_file(path: &std::path::Path) -> Result<u32, Error> {
         what: format!("parsing the jailer's pid file {} ({:?})", path.display(), text.trim()),
         source: std::io::Error::from(std::io::ErrorKind::InvalidData),
     })
+}
+
+/// The exit status Firecracker logged as it exited (`... exit_code=N`), if it did.
+fn logged_exit_code(log: &str) -> Option<i32> {
+    let line = log.lines().rev().find(|l| l.contains("exit_code="))?;
+    line.rsplit("exit_code=").next()?.trim().split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// Opens a file for appending, creating it (0600).
+fn append(path: &std::path::Path) -> Result<std::fs::File, Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| Error::Os { what: format!("opening {}", path.display()), source })
 }
 
 /// The last lines of a process's output, for error messages.

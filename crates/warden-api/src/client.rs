@@ -1,0 +1,287 @@
+//! A Connect JSON client for the CLI, over TCP or a Unix socket.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::{pb, ApiError, Code, SERVICE_NAME};
+
+/// Where the daemon listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// An `http://host:port` base URL (TLS is not supported).
+    Tcp(String),
+    /// A Unix socket path.
+    Unix(PathBuf),
+}
+
+impl Endpoint {
+    /// Parses `http://host:port`, `host:port`, `unix:/path`, `unix:///path`, or a path
+    /// (containing `/`) to a Unix socket.
+    pub fn parse(s: &str) -> Result<Endpoint, ApiError> {
+        let s = s.trim();
+        if let Some(rest) = s.strip_prefix("unix:") {
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            if path.is_empty() {
+                return Err(ApiError::invalid_argument(
+                    "empty Unix socket path in endpoint",
+                ));
+            }
+            return Ok(Endpoint::Unix(PathBuf::from(path)));
+        }
+        if s.starts_with("https://") {
+            return Err(ApiError::invalid_argument(format!(
+                "endpoint {s:?}: https is not supported; use http:// or a Unix socket"
+            )));
+        }
+        if s.starts_with("http://") {
+            return Ok(Endpoint::Tcp(s.to_owned()));
+        }
+        if s.contains('/') {
+            return Ok(Endpoint::Unix(PathBuf::from(s)));
+        }
+        if s.is_empty() {
+            return Err(ApiError::invalid_argument("empty endpoint"));
+        }
+        Ok(Endpoint::Tcp(format!("http://{s}")))
+    }
+}
+
+impl FromStr for Endpoint {
+    type Err = ApiError;
+
+    fn from_str(s: &str) -> Result<Endpoint, ApiError> {
+        Endpoint::parse(s)
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Tcp(url) => f.write_str(url),
+            Endpoint::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// A Connect (proto3 JSON, unary) client for `vmprovisioner.v1.VmService`.
+#[derive(Clone)]
+pub struct Client {
+    endpoint: Endpoint,
+    token: Option<String>,
+    timeout: Option<Duration>,
+    http: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoint", &self.endpoint)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+macro_rules! rpcs {
+    ($($(#[$doc:meta])* $func:ident($req:ident) -> $resp:ident, $method:literal;)*) => {
+        $(
+            $(#[$doc])*
+            pub async fn $func(&self, req: pb::$req) -> Result<pb::$resp, ApiError> {
+                self.call($method, &req).await
+            }
+        )*
+    };
+}
+
+impl Client {
+    /// A client for `endpoint`, sending `Authorization: Bearer <token>` when `token` is set.
+    /// Does not connect; each call does.
+    pub fn new(endpoint: Endpoint, token: Option<String>) -> Client {
+        let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .build(HttpConnector::new());
+        Client {
+            endpoint,
+            token,
+            timeout: None,
+            http,
+        }
+    }
+
+    /// Bounds every call by `timeout` (sent as `Connect-Timeout-Ms`, and enforced locally with
+    /// `deadline_exceeded`).
+    pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The endpoint this client calls.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    rpcs! {
+        /// `CreateVm`: validates and records a VM, and stages its jail.
+        create_vm(CreateVmRequest) -> CreateVmResponse, "CreateVm";
+        /// `DeleteVm`: stops the VM if it runs, removes its host resources, forgets it.
+        delete_vm(DeleteVmRequest) -> DeleteVmResponse, "DeleteVm";
+        /// `BootVm`: starts a created (or stopped) VM.
+        boot_vm(BootVmRequest) -> BootVmResponse, "BootVm";
+        /// `ShutdownVm`: graceful (or forced) stop.
+        shutdown_vm(ShutdownVmRequest) -> ShutdownVmResponse, "ShutdownVm";
+        /// `PauseVm`.
+        pause_vm(PauseVmRequest) -> PauseVmResponse, "PauseVm";
+        /// `ResumeVm`.
+        resume_vm(ResumeVmRequest) -> ResumeVmResponse, "ResumeVm";
+        /// `RebootVm`: stops and boots the VM again.
+        reboot_vm(RebootVmRequest) -> RebootVmResponse, "RebootVm";
+        /// `GetVmInfo`.
+        get_vm_info(GetVmInfoRequest) -> GetVmInfoResponse, "GetVmInfo";
+        /// `ListVms`.
+        list_vms(ListVmsRequest) -> ListVmsResponse, "ListVms";
+    }
+
+    /// Calls `method` (e.g. `"CreateVm"`) with a proto3-JSON request and decodes the response.
+    pub async fn call<Req, Resp>(&self, method: &str, req: &Req) -> Result<Resp, ApiError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        let body = serde_json::to_vec(req)
+            .map_err(|e| ApiError::internal(format!("failed to encode the request: {e}")))?;
+        let exchange = self.exchange(method, Bytes::from(body));
+        let (status, body) = match self.timeout {
+            Some(t) => tokio::time::timeout(t, exchange).await.map_err(|_| {
+                ApiError::deadline_exceeded(format!(
+                    "{method} on {} did not answer within {t:?}",
+                    self.endpoint
+                ))
+            })??,
+            None => exchange.await?,
+        };
+        if status != StatusCode::OK {
+            return Err(ApiError::from_connect_response(status, &body));
+        }
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::internal(format!(
+                "invalid {method} response from {}: {e}",
+                self.endpoint
+            ))
+        })
+    }
+
+    fn request(
+        &self,
+        uri: Uri,
+        host: Option<&str>,
+        method: &str,
+        body: Bytes,
+    ) -> Result<Request<Full<Bytes>>, ApiError> {
+        let mut builder = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json")
+            .header("connect-protocol-version", "1");
+        if let Some(host) = host {
+            builder = builder.header(header::HOST, host);
+        }
+        if let Some(t) = self.timeout {
+            builder = builder.header("connect-timeout-ms", t.as_millis().max(1).to_string());
+        }
+        if let Some(token) = &self.token {
+            let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                ApiError::invalid_argument(
+                    "the API token contains characters not allowed in a header",
+                )
+            })?;
+            builder = builder.header(header::AUTHORIZATION, value);
+        }
+        builder
+            .body(Full::new(body))
+            .map_err(|e| ApiError::internal(format!("failed to build the {method} request: {e}")))
+    }
+
+    async fn exchange(&self, method: &str, body: Bytes) -> Result<(StatusCode, Bytes), ApiError> {
+        let path = format!("/{SERVICE_NAME}/{method}");
+        let resp = match &self.endpoint {
+            Endpoint::Tcp(base) => {
+                let uri: Uri = format!("{}{path}", base.trim_end_matches('/'))
+                    .parse()
+                    .map_err(|e| {
+                        ApiError::invalid_argument(format!("invalid endpoint URL {base:?}: {e}"))
+                    })?;
+                if uri.scheme_str() != Some("http") {
+                    return Err(ApiError::invalid_argument(format!(
+                        "endpoint {base:?}: only http:// URLs are supported"
+                    )));
+                }
+                let req = self.request(uri, None, method, body)?;
+                self.http
+                    .request(req)
+                    .await
+                    .map_err(|e| self.unreachable(&e))?
+            }
+            Endpoint::Unix(socket) => {
+                let stream = tokio::net::UnixStream::connect(socket)
+                    .await
+                    .map_err(|e| self.unreachable(&e))?;
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(|e| self.unreachable(&e))?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "unix socket connection ended");
+                    }
+                });
+                let uri: Uri = path.parse().map_err(|e| {
+                    ApiError::internal(format!("invalid request path {path:?}: {e}"))
+                })?;
+                let req = self.request(uri, Some("localhost"), method, body)?;
+                sender
+                    .send_request(req)
+                    .await
+                    .map_err(|e| self.unreachable(&e))?
+            }
+        };
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.unreachable(&e))?
+            .to_bytes();
+        Ok((status, body))
+    }
+
+    fn unreachable(&self, e: &(dyn std::error::Error + 'static)) -> ApiError {
+        let mut message = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            let text = s.to_string();
+            if !message.contains(&text) {
+                message.push_str(": ");
+                message.push_str(&text);
+            }
+            source = s.source();
+        }
+        ApiError::new(
+            Code::Unavailable,
+            format!(
+                "cannot reach the warden daemon at {}: {message} (is `warden serve` running?)",
+                self.endpoint
+            ),
+        )
+    }
+}
