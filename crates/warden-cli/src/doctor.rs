@@ -49,7 +49,11 @@ impl DoctorArgs {
             jailer_binary: self.jailer.unwrap_or(defaults.jailer_binary),
             firecracker_binary: self.firecracker.unwrap_or(defaults.firecracker_binary),
             chroot_base_dir: self.chroot_base,
-            asset_dirs: if self.asset_dirs.is_empty() { defaults.asset_dirs } else { self.asset_dirs },
+            asset_dirs: if self.asset_dirs.is_empty() {
+                defaults.asset_dirs
+            } else {
+                self.asset_dirs
+            },
             uid: self.uid,
             gid: self.gid,
             user_name: self.user,
@@ -70,11 +74,14 @@ pub async fn doctor(args: DoctorArgs) -> anyhow::Result<u8> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.render_human());
-        let (fail, warn) = report.checks.iter().fold((0, 0), |(f, w), c| match c.status {
-            warden::doctor::Status::Fail => (f + 1, w),
-            warden::doctor::Status::Warn => (f, w + 1),
-            warden::doctor::Status::Pass => (f, w),
-        });
+        let (fail, warn) = report
+            .checks
+            .iter()
+            .fold((0, 0), |(f, w), c| match c.status {
+                warden::doctor::Status::Fail => (f + 1, w),
+                warden::doctor::Status::Warn => (f, w + 1),
+                warden::doctor::Status::Pass => (f, w),
+            });
         println!(
             "\n{} checks: {} passed, {warn} warning(s), {fail} failed",
             report.checks.len(),

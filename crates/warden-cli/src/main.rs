@@ -1,6 +1,7 @@
 //! `warden`: run jailed Firecracker microVMs from the command line.
 
 mod bench;
+mod doctor;
 mod report;
 mod run;
 
@@ -31,6 +32,9 @@ enum Command {
     },
     /// Boot the test guest under the jailer and print its isolation report.
     Demo(run::DemoArgs),
+    /// Check that this host can run jailed VMs (KVM, cgroups, binaries, chroot base, jail
+    /// user, socket path length, networking, state directory). Exit status 1 if any check fails.
+    Doctor(doctor::DoctorArgs),
     /// Measure warden against bare Firecracker and the bare jailer, in one interleaved run.
     Bench(bench::BenchArgs),
 }
@@ -50,6 +54,7 @@ fn main() -> std::process::ExitCode {
             Command::Plan { args, json } => run::plan(args, json),
             Command::Demo(args) => run::demo(args).await,
             Command::Bench(args) => bench::bench(args).await,
+            Command::Doctor(args) => doctor::doctor(args).await,
         }
     });
     match result {

@@ -199,7 +199,7 @@ async fn supervise_foreground(
         ExitReason::GuestPowerOff => 0,
         ExitReason::Stopped | ExitReason::Killed => 130,
         ExitReason::OomKilled => 3,
-        ExitReason::Signaled { .. } => 4,
+        ExitReason::Signaled { .. } | ExitReason::Unknown => 4,
         ExitReason::FirecrackerError { .. } => 5,
     })
 }

@@ -29,7 +29,11 @@ pub(super) fn check(mounts_file: &Path, configured: Option<CgroupVersion>) -> Ve
         }
     };
     let version = configured.unwrap_or_else(|| h.default_version());
-    let how = if configured.is_some() { "configured" } else { "detected" };
+    let how = if configured.is_some() {
+        "configured"
+    } else {
+        "detected"
+    };
     let v2 = |h: &Hierarchy| {
         h.v2.as_ref().map(|p| {
             let ctl = if h.v2_controllers.is_empty() {
@@ -47,12 +51,20 @@ pub(super) fn check(mounts_file: &Path, configured: Option<CgroupVersion>) -> Ve
     };
     let layout = match h.layout {
         Layout::Legacy => format!("legacy (v1 only: {})", v1_names()),
-        Layout::Hybrid => format!("hybrid (v1: {}; {})", v1_names(), v2(&h).unwrap_or_default()),
+        Layout::Hybrid => format!(
+            "hybrid (v1: {}; {})",
+            v1_names(),
+            v2(&h).unwrap_or_default()
+        ),
         Layout::Unified => format!("unified (v2 only: {})", v2(&h).unwrap_or_default()),
     };
     let mut checks = vec![Check::pass(
         "cgroups",
-        format!("{layout}; warden uses cgroup v{} ({how}, jailer --cgroup-version {})", version.as_arg(), version.as_arg()),
+        format!(
+            "{layout}; warden uses cgroup v{} ({how}, jailer --cgroup-version {})",
+            version.as_arg(),
+            version.as_arg()
+        ),
     )];
     for controller in CONTROLLERS {
         checks.push(match version {
@@ -71,23 +83,43 @@ fn v1_controller(h: &Hierarchy, controller: &str) -> Check {
     let name = name(controller);
     let Some(dir) = h.v1_mount(controller) else {
         let fix = if h.v2_controllers.iter().any(|c| c == controller) {
-            "use cgroup v2, where the controller is: --cgroup-version 2 (cgroup_version = 2)".to_owned()
+            "use cgroup v2, where the controller is: --cgroup-version 2 (cgroup_version = 2)"
+                .to_owned()
         } else {
             format!(
                 "mkdir -p /sys/fs/cgroup/{controller} && mount -t cgroup -o {controller} cgroup /sys/fs/cgroup/{controller}"
             )
         };
-        return Check::fail(&name, format!("cgroup v1 has no {controller} controller mounted"), fix);
+        return Check::fail(
+            &name,
+            format!("cgroup v1 has no {controller} controller mounted"),
+            fix,
+        );
     };
     match access(dir, AccessFlags::W_OK) {
-        Ok(()) => Check::pass(&name, format!("v1 {controller} controller at {} is writable", dir.display())),
+        Ok(()) => Check::pass(
+            &name,
+            format!(
+                "v1 {controller} controller at {} is writable",
+                dir.display()
+            ),
+        ),
         Err(e) => {
             let fix = if e == nix::errno::Errno::EROFS {
                 format!("mount -o remount,rw {}", dir.display())
             } else {
-                "run warden as root (the jailer creates cgroups before it drops privileges)".to_owned()
+                "run warden as root (the jailer creates cgroups before it drops privileges)"
+                    .to_owned()
             };
-            Check::fail(&name, format!("v1 {controller} controller at {} is not writable: {}", dir.display(), e.desc()), fix)
+            Check::fail(
+                &name,
+                format!(
+                    "v1 {controller} controller at {} is not writable: {}",
+                    dir.display(),
+                    e.desc()
+                ),
+                fix,
+            )
         }
     }
 }
@@ -103,7 +135,11 @@ fn v2_controller(h: &Hierarchy, controller: &str) -> Check {
     };
     if !h.v2_controllers.iter().any(|c| c == controller) {
         let listed = root.join("cgroup.controllers");
-        let detail = format!("{controller} is not in {} ({:?})", listed.display(), h.v2_controllers.join(" "));
+        let detail = format!(
+            "{controller} is not in {} ({:?})",
+            listed.display(),
+            h.v2_controllers.join(" ")
+        );
         let fix = match (h.layout, h.v1_mount(controller)) {
             (_, Some(v1)) => format!(
                 "the {controller} controller is bound to cgroup v1 at {}: use cgroup v1 (--cgroup-version 1, \
@@ -120,11 +156,19 @@ fn v2_controller(h: &Hierarchy, controller: &str) -> Check {
     match access(&subtree, AccessFlags::W_OK) {
         Ok(()) => Check::pass(
             &name,
-            format!("v2 {controller} controller available in {} and {} writable", root.display(), subtree.display()),
+            format!(
+                "v2 {controller} controller available in {} and {} writable",
+                root.display(),
+                subtree.display()
+            ),
         ),
         Err(e) => Check::fail(
             &name,
-            format!("{} is not writable ({}): cgroups are not delegated to warden", subtree.display(), e.desc()),
+            format!(
+                "{} is not writable ({}): cgroups are not delegated to warden",
+                subtree.display(),
+                e.desc()
+            ),
             DELEGATE_FIX,
         ),
     }

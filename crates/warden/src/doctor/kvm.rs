@@ -39,7 +39,11 @@ pub(super) fn check(path: &Path) -> Check {
             format!("rm {p} && mknod {p} c 10 232 && chmod 660 {p} (or reboot so that udev recreates it)"),
         );
     }
-    let file = match std::fs::OpenOptions::new().read(true).write(true).open(path) {
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
         Ok(f) => f,
         Err(e) => {
             return Check::fail(

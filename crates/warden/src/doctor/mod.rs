@@ -117,17 +117,32 @@ pub struct Check {
 impl Check {
     /// A passed check.
     pub fn pass(name: &str, detail: impl Into<String>) -> Self {
-        Self { name: name.to_owned(), status: Status::Pass, detail: detail.into(), fix: None }
+        Self {
+            name: name.to_owned(),
+            status: Status::Pass,
+            detail: detail.into(),
+            fix: None,
+        }
     }
 
     /// A warning with its fix.
     pub fn warn(name: &str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
-        Self { name: name.to_owned(), status: Status::Warn, detail: detail.into(), fix: Some(fix.into()) }
+        Self {
+            name: name.to_owned(),
+            status: Status::Warn,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
     }
 
     /// A failure with its fix.
     pub fn fail(name: &str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
-        Self { name: name.to_owned(), status: Status::Fail, detail: detail.into(), fix: Some(fix.into()) }
+        Self {
+            name: name.to_owned(),
+            status: Status::Fail,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
     }
 }
 
@@ -150,13 +165,17 @@ impl Report {
     }
 
     /// The checks called `name`.
-    pub fn named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Check> + 'a {
-        self.checks.iter().filter(move |c| c.name == name)
+    pub fn named(&self, name: &str) -> Vec<&Check> {
+        self.checks.iter().filter(|c| c.name == name).collect()
     }
 
     /// The worst status, `Pass` for an empty report.
     pub fn status(&self) -> Status {
-        self.checks.iter().map(|c| c.status).max().unwrap_or(Status::Pass)
+        self.checks
+            .iter()
+            .map(|c| c.status)
+            .max()
+            .unwrap_or(Status::Pass)
     }
 
     /// One line per check (`PASS kvm  /dev/kvm usable (KVM API version 12)`), names aligned;
@@ -181,10 +200,20 @@ impl Report {
 pub fn run(input: &DoctorInput) -> Report {
     let mut checks = vec![kvm::check(&input.kvm_path)];
     checks.extend(cgroups::check(&input.mounts_file, input.cgroup_version));
-    checks.extend(binaries::check(&input.jailer_binary, &input.firecracker_binary));
+    checks.extend(binaries::check(
+        &input.jailer_binary,
+        &input.firecracker_binary,
+    ));
     checks.extend(fs::chroot_base(&input.chroot_base_dir, &input.asset_dirs));
-    checks.push(user::check(input.uid, input.gid, input.user_name.as_deref()));
-    checks.push(fs::socket_path(&input.chroot_base_dir, &input.firecracker_binary));
+    checks.push(user::check(
+        input.uid,
+        input.gid,
+        input.user_name.as_deref(),
+    ));
+    checks.push(fs::socket_path(
+        &input.chroot_base_dir,
+        &input.firecracker_binary,
+    ));
     checks.push(net::tun(&input.tun_path));
     checks.push(net::netns());
     if let Some(dir) = &input.state_dir {
