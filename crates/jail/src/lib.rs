@@ -14,6 +14,7 @@ pub mod cgroup;
 pub mod cleanup;
 pub mod id;
 pub mod inspect;
+pub mod netns;
 pub mod plan;
 pub mod spec;
 pub mod stage;

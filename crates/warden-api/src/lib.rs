@@ -12,6 +12,7 @@
 
 #![deny(missing_docs)]
 
+pub mod backend;
 mod client;
 mod error;
 mod server;

@@ -4,6 +4,8 @@ mod bench;
 mod doctor;
 mod report;
 mod run;
+mod serve;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -32,6 +34,10 @@ enum Command {
     },
     /// Boot the test guest under the jailer and print its isolation report.
     Demo(run::DemoArgs),
+    /// Run the VmService daemon (Connect + gRPC on one port; see docs/configuration.md).
+    Serve(serve::ServeArgs),
+    /// Talk to the daemon: create, boot, ls, get, pause, resume, reboot, stop, rm.
+    Vm(vm::VmArgs),
     /// Check that this host can run jailed VMs (KVM, cgroups, binaries, chroot base, jail
     /// user, socket path length, networking, state directory). Exit status 1 if any check fails.
     Doctor(doctor::DoctorArgs),
@@ -41,12 +47,10 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    // `serve` sets up its own logs (JSON by default) once its configuration is read.
+    if !matches!(cli.command, Command::Serve(_)) {
+        init_cli_logs();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
@@ -55,6 +59,8 @@ fn main() -> std::process::ExitCode {
             Command::Demo(args) => run::demo(args).await,
             Command::Bench(args) => bench::bench(args).await,
             Command::Doctor(args) => doctor::doctor(args).await,
+            Command::Serve(args) => serve::serve(args).await,
+            Command::Vm(args) => vm::vm(args).await,
         }
     });
     match result {
@@ -65,4 +71,13 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(if invalid { 2 } else { 1 })
         }
     }
+}
+
+fn init_cli_logs() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
 }

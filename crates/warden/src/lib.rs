@@ -29,6 +29,7 @@
 #![deny(missing_docs)]
 
 pub mod assets;
+pub mod daemon;
 pub mod doctor;
 mod error;
 pub mod vm;

@@ -190,13 +190,18 @@ pub(crate) async fn launch(
                 return Err(Error::ExitedEarly { program, status: format!("{e}"), output: exit.output });
             }
         }
-        _ = exit.wait_for(Option::is_some) => {
+        () = gone(&mut exit) => {
             let exit = process.wait().await;
             return Err(Error::ExitedEarly { program, status: exit.reason.to_string(), output: exit.output });
         }
     }
     phases.mark("socket ready");
     Ok((process, client))
+}
+
+/// Resolves once the process has exited (the watch's guard never crosses an await).
+async fn gone(rx: &mut tokio::sync::watch::Receiver<Option<Exit>>) {
+    let _ = rx.wait_for(Option::is_some).await.map(|_| ());
 }
 
 /// A Firecracker process started by [`start_with_jailer`]: its API socket is up and the VM is

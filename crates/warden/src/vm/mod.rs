@@ -126,6 +126,24 @@ impl VmHandle {
         self.process.exited()
     }
 
+    /// A receiver that holds `Some(exit)` once the VM has ended and been cleaned; for watching
+    /// a VM without borrowing its handle.
+    pub fn exit_watch(&self) -> tokio::sync::watch::Receiver<Option<Exit>> {
+        self.process.exit_watch()
+    }
+
+    /// The isolation report read again from `/proc` now.
+    pub fn isolation_now(&self) -> IsolationReport {
+        let unjailed = (!self.plan.jailed).then_some(self.isolation.jailer.detail.as_str());
+        let expected = inspect::Expected {
+            jailed: self.plan.jailed,
+            root_dir: &self.plan.root_dir,
+            cgroup_dirs: &self.plan.cgroup_dirs,
+            unjailed_reason: unjailed,
+        };
+        inspect::report(std::path::Path::new("/proc"), self.pid, &expected)
+    }
+
     /// What the VM's cgroups report now.
     pub fn cgroup_stats(&self) -> CgroupStats {
         jail::cgroup::stats(self.plan.cgroup_version, &self.plan.cgroup_dirs)
@@ -144,10 +162,16 @@ impl VmHandle {
     /// Stops the VM: Ctrl-Alt-Del, then SIGKILL after the stop timeout; returns once its jail
     /// and cgroups are removed. An error means something could not be removed (it is named).
     pub async fn stop(self) -> Result<Exit, Error> {
+        let timeout = self.stop_timeout;
+        self.stop_within(timeout).await
+    }
+
+    /// [`VmHandle::stop`] with its own graceful deadline; zero kills at once.
+    pub async fn stop_within(self, timeout: Duration) -> Result<Exit, Error> {
         if self.process.exited().is_none() {
             self.process.note_stop_requested();
-            let graceful = self.client.action(ActionType::SendCtrlAltDel).await.is_ok();
-            if !graceful || self.process.wait_timeout(self.stop_timeout).await.is_none() {
+            let graceful = !timeout.is_zero() && self.client.action(ActionType::SendCtrlAltDel).await.is_ok();
+            if !graceful || self.process.wait_timeout(timeout).await.is_none() {
                 self.process.kill();
             }
         }

@@ -246,7 +246,8 @@ impl Process {
     pub(crate) async fn wait(&self) -> Exit {
         let mut rx = self.exit.clone();
         loop {
-            if let Some(e) = rx.borrow_and_update().clone() {
+            let current = rx.borrow_and_update().clone();
+            if let Some(e) = current {
                 return e;
             }
             if rx.changed().await.is_err() {

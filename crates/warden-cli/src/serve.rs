@@ -1,0 +1,184 @@
+//! `warden serve`: the VmService daemon.
+//!
+//! Start-up: configuration (flags > env > file > defaults), logs, the host checks of `warden
+//! doctor` (a failure stops a production-mode daemon), the store and recovery, then one router
+//! (Connect + gRPC + health + metrics) on TCP and optionally a Unix socket. SIGTERM or SIGINT
+//! ends it; VMs keep running for the next start unless `stop_vms_on_exit` is set.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::routing::get;
+use clap::Args;
+use warden::daemon::config::{self, DaemonConfig, LogFormat, Sources};
+use warden::daemon::Manager;
+use warden_api::backend::ManagerService;
+use warden_api::{Listen, ServerOptions};
+
+/// `warden serve` arguments. Every setting is also a flag (see docs/configuration.md), e.g.
+/// `--listen 127.0.0.1:9000 --jailer-uid 1000 --stop-vms-on-exit`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// Print the effective configuration and where each value came from, then exit.
+    #[arg(long)]
+    print_config: bool,
+    /// With --print-config: JSON.
+    #[arg(long)]
+    json: bool,
+    /// Settings as flags: `--KEY VALUE`, `--KEY=VALUE`, or `--KEY` for true.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "--SETTING [VALUE]")]
+    settings: Vec<String>,
+}
+
+/// Turns `--key value` pairs into config sources, naming an unknown flag.
+fn flags(args: &[String]) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let arg = &args[i];
+        let Some(body) = arg.strip_prefix("--") else {
+            anyhow::bail!("unexpected argument {arg:?}; settings are given as --KEY VALUE (see --help)");
+        };
+        let (name, inline) = match body.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_owned())),
+            None => (body, None),
+        };
+        let def = config::KEYS
+            .iter()
+            .find(|d| d.flag == Some(&arg[..2 + name.len()]))
+            .with_context(|| format!("unknown flag --{name}; the settings are listed in docs/configuration.md"))?;
+        let value = match inline {
+            Some(v) => v,
+            None if args.get(i + 1).is_some_and(|n| !n.starts_with("--")) => {
+                i += 1;
+                args[i].clone()
+            }
+            None => "true".into(),
+        };
+        out.push((def.key, value));
+        i += 1;
+    }
+    Ok(out)
+}
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
+    let effective = config::load(&Sources::from_process(args.config.clone(), flags(&args.settings)?))?;
+    if args.print_config {
+        println!("{}", if args.json { effective.render_json() } else { effective.render() });
+        return Ok(0);
+    }
+    let cfg = effective.config.clone();
+    init_logs(cfg.log_format);
+    for w in &effective.warnings {
+        tracing::warn!("{w}");
+    }
+    preflight(&cfg)?;
+    let manager = Manager::open(cfg.clone()).await.context("cannot open the daemon's state")?;
+    let router = router(manager.clone(), &cfg);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let shutdown = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let addr: std::net::SocketAddr = tokio::net::lookup_host(&cfg.listen)
+        .await
+        .with_context(|| format!("cannot resolve listen address {:?}", cfg.listen))?
+        .next()
+        .with_context(|| format!("listen address {:?} resolves to nothing", cfg.listen))?;
+    let mut servers = tokio::task::JoinSet::new();
+    servers.spawn(warden_api::serve_with_shutdown(router.clone(), Listen::Tcp(addr), shutdown()));
+    if let Some(path) = &cfg.unix_socket {
+        servers.spawn(warden_api::serve_with_shutdown(router, Listen::Unix(path.clone()), shutdown()));
+    }
+    tracing::info!(listen = %addr, unix_socket = ?cfg.unix_socket, state_dir = %cfg.state_dir.display(), "warden serve ready");
+
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut int, mut term) = (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
+    let failed = tokio::select! {
+        _ = int.recv() => None,
+        _ = term.recv() => None,
+        r = servers.join_next() => r,
+    };
+    let _ = stop_tx.send(true);
+    while servers.join_next().await.is_some() {}
+    tracing::info!(stop_vms = cfg.stop_vms_on_exit, "shutting down");
+    manager.shutdown_all(cfg.stop_vms_on_exit).await;
+    if let Some(Ok(Err(e))) = failed {
+        return Err(anyhow::Error::new(e).context(format!("cannot listen on {addr}")));
+    }
+    Ok(0)
+}
+
+fn router(manager: Arc<Manager>, cfg: &DaemonConfig) -> axum::Router {
+    let service = Arc::new(ManagerService(manager.clone()));
+    let options = ServerOptions { bearer_token: cfg.auth_token.clone(), ..ServerOptions::default() };
+    let metrics = {
+        let m = manager.clone();
+        move || {
+            let m = m.clone();
+            async move { m.metrics.render(&m.snapshot().await) }
+        }
+    };
+    let ready = {
+        let m = manager.clone();
+        move || {
+            let m = m.clone();
+            async move {
+                match m.list().await {
+                    Ok(_) => (axum::http::StatusCode::OK, "ready\n".to_owned()),
+                    Err(e) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+                }
+            }
+        }
+    };
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .merge(warden_api::router(service, options))
+}
+
+/// The host checks of `warden doctor`; in production mode (`require_jailer`) a failing check
+/// stops the start.
+fn preflight(cfg: &DaemonConfig) -> anyhow::Result<()> {
+    let input = warden::doctor::DoctorInput {
+        jailer_binary: cfg.jailer_binary.clone(),
+        firecracker_binary: cfg.firecracker_binary.clone(),
+        chroot_base_dir: cfg.chroot_dir.clone(),
+        asset_dirs: cfg.asset_dirs.clone(),
+        uid: cfg.jailer_uid,
+        gid: cfg.jailer_gid,
+        state_dir: Some(cfg.state_dir.clone()),
+        cgroup_version: cfg.cgroup_version,
+        ..warden::doctor::DoctorInput::default()
+    };
+    let report = warden::doctor::run(&input);
+    for c in &report.checks {
+        match c.status {
+            warden::doctor::Status::Pass => tracing::debug!(check = %c.name, detail = %c.detail, "preflight pass"),
+            warden::doctor::Status::Warn => tracing::warn!(check = %c.name, detail = %c.detail, fix = ?c.fix, "preflight warning"),
+            warden::doctor::Status::Fail => tracing::error!(check = %c.name, detail = %c.detail, fix = ?c.fix, "preflight failure"),
+        }
+    }
+    if cfg.require_jailer && report.has_failures() {
+        eprint!("{}", report.render_human());
+        anyhow::bail!("refusing to start in production mode (require_jailer): the host checks above failed; fix them or run `warden doctor`");
+    }
+    Ok(())
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}

@@ -1,0 +1,1653 @@
+//! The configuration of `warden serve`: [`DaemonConfig`], where each value came from ([`Origin`]),
+//! and the reference documentation, all driven by one table, [`KEYS`].
+//!
+//! Precedence, highest first: command-line flags, environment variables, the TOML file given with
+//! `--config PATH`, built-in defaults. Every setting has two environment variables: the seed's
+//! `UNKEY_METALD_<NAME>` and `WARDEN_<NAME>`; when both are set, `WARDEN_<NAME>` wins. An empty
+//! variable counts as unset.
+//!
+//! `docs/configuration.md` is [`reference_markdown`] below a marker line; a unit test fails when
+//! the two differ (run the test with `WARDEN_BLESS_DOCS=1` to rewrite the document).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use jail::cgroup::CgroupVersion;
+use jail::spec::ResourceLimits;
+use serde::Serialize;
+
+use crate::assets;
+use crate::vm::config::{JailerMode, VMM_OVERHEAD_MB};
+use crate::vm::jailer::{JailerConfig, DEFAULT_JAIL_UID};
+
+/// Prefixes of the environment variables, lowest precedence first: `WARDEN_` beats
+/// `UNKEY_METALD_` (the seed's spelling).
+pub const ENV_PREFIXES: [&str; 2] = ["UNKEY_METALD_", "WARDEN_"];
+
+/// Variables with a warden prefix that other parts of warden read: never reported as unknown.
+pub const OTHER_WARDEN_VARS: &[&str] = &[
+    "WARDEN_JAILER_BINARY",
+    "WARDEN_FIRECRACKER_BINARY",
+    "WARDEN_ASSETS_DIR",
+    "WARDEN_TESTGUEST",
+    "WARDEN_LOG",
+    "WARDEN_CACHE_DIR",
+];
+
+/// The smallest per-VM memory cgroup cap accepted, in bytes (128 MiB, the seed's example).
+pub const MIN_MEMORY_LIMIT_BYTES: u64 = 128 << 20;
+
+/// How the daemon writes its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+impl LogFormat {
+    /// The configuration spelling: `json` or `text`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            Self::Text => "text",
+        }
+    }
+}
+
+/// The effective configuration of `warden serve`. Field names are the TOML keys.
+#[derive(Clone, PartialEq)]
+pub struct DaemonConfig {
+    /// VM backend; only `firecracker` exists.
+    pub backend: String,
+    /// Run Firecracker under the jailer.
+    pub jailer_enabled: bool,
+    /// Production mode: refuse to start without a working jailer.
+    pub require_jailer: bool,
+    /// The jailer binary.
+    pub jailer_binary: PathBuf,
+    /// The Firecracker binary.
+    pub firecracker_binary: PathBuf,
+    /// User the jailed Firecracker runs as (never 0).
+    pub jailer_uid: u32,
+    /// Group the jailed Firecracker runs as (never 0).
+    pub jailer_gid: u32,
+    /// Base directory of the jails.
+    pub chroot_dir: PathBuf,
+    /// Give each VM its own network namespace.
+    pub netns: bool,
+    /// Run Firecracker as PID 1 of a new PID namespace.
+    pub pidns: bool,
+    /// Per-VM memory cgroup cap in bytes; `None` means guest memory + 64 MiB.
+    pub memory_limit_bytes: Option<u64>,
+    /// Per-VM CPU cap in percent of one core; `None` means 100 per vCPU.
+    pub cpu_quota_percent: Option<u32>,
+    /// rlimit `no-file` of Firecracker.
+    pub fd_limit: u64,
+    /// Parent cgroup of all VMs.
+    pub parent_cgroup: String,
+    /// cgroup version; `None` detects it.
+    pub cgroup_version: Option<CgroupVersion>,
+    /// TCP address of the API, `host:port`.
+    pub listen: String,
+    /// Unix socket of the API, if any.
+    pub unix_socket: Option<PathBuf>,
+    /// Bearer token required on the TCP API.
+    pub auth_token: Option<String>,
+    /// Where the daemon keeps its state.
+    pub state_dir: PathBuf,
+    /// Folders that kernels, root filesystems and drives must lie under.
+    pub asset_dirs: Vec<PathBuf>,
+    /// Seconds a graceful VM stop may take before SIGKILL.
+    pub stop_timeout_secs: u64,
+    /// Stop all VMs when the daemon exits.
+    pub stop_vms_on_exit: bool,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            backend: "firecracker".into(),
+            jailer_enabled: true,
+            require_jailer: false,
+            jailer_binary: assets::jailer(),
+            firecracker_binary: assets::firecracker(),
+            jailer_uid: DEFAULT_JAIL_UID,
+            jailer_gid: DEFAULT_JAIL_UID,
+            chroot_dir: PathBuf::from("/srv/jailer"),
+            netns: false,
+            pidns: true,
+            memory_limit_bytes: None,
+            cpu_quota_percent: None,
+            fd_limit: 2048,
+            parent_cgroup: "warden".into(),
+            cgroup_version: None,
+            listen: "127.0.0.1:8080".into(),
+            unix_socket: None,
+            auth_token: None,
+            state_dir: PathBuf::from("/var/lib/warden"),
+            asset_dirs: assets::dir().into_iter().collect(),
+            stop_timeout_secs: 5,
+            stop_vms_on_exit: false,
+            log_format: LogFormat::Json,
+        }
+    }
+}
+
+impl fmt::Debug for DaemonConfig {
+    /// Like a derived `Debug`, with the auth token hidden.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DaemonConfig")
+            .field("backend", &self.backend)
+            .field("jailer_enabled", &self.jailer_enabled)
+            .field("require_jailer", &self.require_jailer)
+            .field("jailer_binary", &self.jailer_binary)
+            .field("firecracker_binary", &self.firecracker_binary)
+            .field("jailer_uid", &self.jailer_uid)
+            .field("jailer_gid", &self.jailer_gid)
+            .field("chroot_dir", &self.chroot_dir)
+            .field("netns", &self.netns)
+            .field("pidns", &self.pidns)
+            .field("memory_limit_bytes", &self.memory_limit_bytes)
+            .field("cpu_quota_percent", &self.cpu_quota_percent)
+            .field("fd_limit", &self.fd_limit)
+            .field("parent_cgroup", &self.parent_cgroup)
+            .field("cgroup_version", &self.cgroup_version)
+            .field("listen", &self.listen)
+            .field("unix_socket", &self.unix_socket)
+            .field("auth_token", &self.auth_token.as_ref().map(|_| "***"))
+            .field("state_dir", &self.state_dir)
+            .field("asset_dirs", &self.asset_dirs)
+            .field("stop_timeout_secs", &self.stop_timeout_secs)
+            .field("stop_vms_on_exit", &self.stop_vms_on_exit)
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
+
+impl DaemonConfig {
+    /// The jailer settings every VM starts from: binaries, uid/gid, chroot base, PID namespace,
+    /// `no-file` rlimit, CPU quota, parent cgroup and cgroup version. The caller still sets the
+    /// per-VM fields: `jailer_id`, `cpu_count`, `memory_limit_mb` (see
+    /// [`Self::memory_limit_mb`]) and, when [`Self::netns`] is on, `netns` (a namespace it made
+    /// for that VM).
+    pub fn jailer_config(&self) -> JailerConfig {
+        JailerConfig {
+            jailer_binary: self.jailer_binary.clone(),
+            chroot_base_dir: self.chroot_dir.clone(),
+            exec_file: self.firecracker_binary.clone(),
+            uid: self.jailer_uid,
+            gid: self.jailer_gid,
+            cgroup_version: self.cgroup_version,
+            parent_cgroup: self.parent_cgroup.clone(),
+            cpu_quota_pct: self.cpu_quota_percent,
+            new_pid_ns: self.pidns,
+            resource_limits: ResourceLimits {
+                no_file: Some(self.fd_limit),
+                ..ResourceLimits::default()
+            },
+            ..JailerConfig::default()
+        }
+    }
+
+    /// `Disabled` without the jailer, `Required` in production mode, else `Auto`.
+    pub fn jailer_mode(&self) -> JailerMode {
+        if !self.jailer_enabled {
+            JailerMode::Disabled
+        } else if self.require_jailer {
+            JailerMode::Required
+        } else {
+            JailerMode::Auto
+        }
+    }
+
+    /// The memory cgroup cap in MiB for a VM with `guest_mb` of guest memory: the configured
+    /// `memory_limit_bytes` rounded up to whole MiB, else guest memory plus
+    /// [`VMM_OVERHEAD_MB`]. Always `Some`; the `Option` drops into
+    /// [`crate::vm::config::VmOptions::memory_limit_mb`].
+    pub fn memory_limit_mb(&self, guest_mb: u32) -> Option<u32> {
+        Some(match self.memory_limit_bytes {
+            Some(bytes) => u32::try_from(bytes.div_ceil(1 << 20)).unwrap_or(u32::MAX),
+            None => guest_mb.saturating_add(VMM_OVERHEAD_MB),
+        })
+    }
+}
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "source", content = "name", rename_all = "lowercase")]
+pub enum Origin {
+    /// The built-in default.
+    Default,
+    /// The TOML file at this path.
+    File(PathBuf),
+    /// This environment variable.
+    Env(String),
+    /// This command-line flag, e.g. `--listen`.
+    Flag(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Default => f.write_str("default"),
+            Self::File(p) => write!(f, "file {}", p.display()),
+            Self::Env(name) => write!(f, "from env {name}"),
+            Self::Flag(flag) => write!(f, "flag {flag}"),
+        }
+    }
+}
+
+/// The inputs of [`load`].
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// The TOML file (`--config PATH`), if any.
+    pub file: Option<PathBuf>,
+    /// Environment variables (all of them; only warden's are read).
+    pub env: Vec<(String, String)>,
+    /// Command-line flags as (TOML key, value), e.g. `("listen", "0.0.0.0:8080")`; a boolean
+    /// flag given bare is `("netns", "true")`.
+    pub flags: Vec<(&'static str, String)>,
+}
+
+impl Sources {
+    /// Sources with this process's environment (variables that are not UTF-8 are skipped).
+    pub fn from_process(file: Option<PathBuf>, flags: Vec<(&'static str, String)>) -> Self {
+        let env = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        Self { file, env, flags }
+    }
+}
+
+/// A loaded configuration, where each value came from, and what was ignored.
+#[derive(Debug, Clone)]
+pub struct Effective {
+    /// The configuration.
+    pub config: DaemonConfig,
+    /// The origin of every key of [`KEYS`].
+    pub origin: BTreeMap<&'static str, Origin>,
+    /// Things ignored: unknown `UNKEY_METALD_*`/`WARDEN_*` variables, a variable shadowed by its
+    /// `WARDEN_` twin, an unauthenticated non-loopback listener.
+    pub warnings: Vec<String>,
+}
+
+/// Why the configuration could not be loaded. Each names the variable, key or flag and what it
+/// accepts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A value that does not parse or is out of range.
+    #[error("{} is not valid: expected {expected}", describe(key, origin, value))]
+    Invalid {
+        /// The TOML key.
+        key: &'static str,
+        /// Where the value came from.
+        origin: Origin,
+        /// The value as given (TOML syntax for the file; `***` for the token).
+        value: String,
+        /// What is accepted.
+        expected: &'static str,
+    },
+    /// A key in the file that is not a setting.
+    #[error("unknown key {key:?} in {}; known keys: {}", path.display(), known_keys())]
+    UnknownKey {
+        /// The unknown key.
+        key: String,
+        /// The file.
+        path: PathBuf,
+    },
+    /// A flag for a key that does not exist or has no flag (a bug in the caller).
+    #[error("no command-line flag sets {key:?}; flags exist for: {}", flag_keys())]
+    UnknownFlag {
+        /// The key passed.
+        key: String,
+    },
+    /// The file could not be read.
+    #[error("cannot read config file {}: {error}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        error: String,
+    },
+    /// The file is not TOML.
+    #[error("{} is not valid TOML: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// Settings that are valid alone but not together.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+fn describe(key: &str, origin: &Origin, value: &str) -> String {
+    match origin {
+        Origin::Env(name) => format!("{name}={value:?}"),
+        Origin::Flag(flag) => format!("{flag} {value:?}"),
+        Origin::File(path) => format!("{key} = {value} in {}", path.display()),
+        Origin::Default => format!("default {key} = {value:?}"),
+    }
+}
+
+fn known_keys() -> String {
+    KEYS.iter().map(|d| d.key).collect::<Vec<_>>().join(", ")
+}
+
+fn flag_keys() -> String {
+    KEYS.iter()
+        .filter(|d| d.flag.is_some())
+        .map(|d| d.key)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The TOML type a key takes in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Bool,
+    Integer,
+    String,
+    StringList,
+    IntegerOrString,
+}
+
+/// A value before parsing: text (environment, flags, file scalars) or a list (file arrays).
+enum Raw {
+    Text(String),
+    List(Vec<String>),
+}
+
+/// A value for display.
+enum Shown {
+    Str(String),
+    Int(u64),
+    Bool(bool),
+    List(Vec<String>),
+    Unset(&'static str),
+}
+
+/// One setting: its names, documentation, parser and printer.
+pub struct KeyDef {
+    /// TOML key and [`DaemonConfig`] field.
+    pub key: &'static str,
+    /// Environment variable suffix: read as `UNKEY_METALD_<env>` and `WARDEN_<env>`.
+    pub env: &'static str,
+    /// Command-line flag, if any (the token has none: argv is visible to every user).
+    pub flag: Option<&'static str>,
+    /// What the setting does.
+    pub doc: &'static str,
+    /// The default, as documented.
+    pub default: &'static str,
+    /// The accepted form, used in errors and the reference.
+    pub expected: &'static str,
+    /// Whether the value is hidden when shown.
+    pub secret: bool,
+    kind: Kind,
+    set: fn(&mut DaemonConfig, &Raw) -> Option<()>,
+    get: fn(&DaemonConfig) -> Shown,
+}
+
+impl KeyDef {
+    /// The environment variables of this key, lowest precedence first.
+    pub fn env_names(&self) -> [String; 2] {
+        ENV_PREFIXES.map(|p| format!("{p}{}", self.env))
+    }
+}
+
+fn text(raw: &Raw) -> Option<&str> {
+    match raw {
+        Raw::Text(s) => Some(s.trim()),
+        Raw::List(_) => None,
+    }
+}
+
+fn parse_bool(raw: &Raw) -> Option<bool> {
+    match text(raw)?.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Some(true),
+        "false" | "0" | "no" => Some(false),
+        _ => None,
+    }
+}
+
+fn parse_u64(raw: &Raw) -> Option<u64> {
+    text(raw)?.parse().ok()
+}
+
+fn parse_id(raw: &Raw) -> Option<u32> {
+    text(raw)?.parse().ok().filter(|&id| id != 0)
+}
+
+fn abs_path(s: &str) -> Option<PathBuf> {
+    let p = Path::new(s);
+    p.is_absolute().then(|| p.to_path_buf())
+}
+
+fn parse_path(raw: &Raw) -> Option<PathBuf> {
+    abs_path(text(raw)?)
+}
+
+fn parse_paths(raw: &Raw) -> Option<Vec<PathBuf>> {
+    let items: Vec<&str> = match raw {
+        Raw::Text(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect(),
+        Raw::List(v) => v.iter().map(|s| s.trim()).collect(),
+    };
+    if items.is_empty() {
+        return None;
+    }
+    items.into_iter().map(abs_path).collect()
+}
+
+fn parse_listen(raw: &Raw) -> Option<String> {
+    let s = text(raw)?;
+    let (host, port) = s.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    let host_ok = if let Some(inner) = host.strip_prefix('[') {
+        inner
+            .strip_suffix(']')?
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok()
+    } else {
+        !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+    };
+    host_ok.then(|| s.to_string())
+}
+
+fn parse_cgroup_path(raw: &Raw) -> Option<String> {
+    let s = text(raw)?;
+    let ok = !s.is_empty()
+        && s.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c));
+    ok.then(|| s.to_string())
+}
+
+fn path_shown(p: &Path) -> Shown {
+    Shown::Str(p.display().to_string())
+}
+
+/// Every setting, in documentation order. Parsing, `--print-config` and
+/// `docs/configuration.md` all come from this table.
+pub const KEYS: &[KeyDef] = &[
+    KeyDef {
+        key: "backend",
+        env: "BACKEND",
+        flag: Some("--backend"),
+        doc: "VM backend.",
+        default: "`firecracker`",
+        expected: "\"firecracker\" (the only backend)",
+        secret: false,
+        kind: Kind::String,
+        set: |c, r| {
+            (text(r)? == "firecracker").then_some(())?;
+            c.backend = "firecracker".into();
+            Some(())
+        },
+        get: |c| Shown::Str(c.backend.clone()),
+    },
+    KeyDef {
+        key: "jailer_enabled",
+        env: "JAILER_ENABLED",
+        flag: Some("--jailer-enabled"),
+        doc: "Run Firecracker under the jailer. `false` runs it directly (development only).",
+        default: "`true`",
+        expected: "a boolean: true/false, 1/0 or yes/no",
+        secret: false,
+        kind: Kind::Bool,
+        set: |c, r| parse_bool(r).map(|v| c.jailer_enabled = v),
+        get: |c| Shown::Bool(c.jailer_enabled),
+    },
+    KeyDef {
+        key: "require_jailer",
+        env: "REQUIRE_JAILER",
+        flag: Some("--require-jailer"),
+        doc: "Production mode: refuse to start without a working jailer instead of falling back \
+              to unjailed VMs. Needs `jailer_enabled`.",
+        default: "`false`",
+        expected: "a boolean: true/false, 1/0 or yes/no",
+        secret: false,
+        kind: Kind::Bool,
+        set: |c, r| parse_bool(r).map(|v| c.require_jailer = v),
+        get: |c| Shown::Bool(c.require_jailer),
+    },
+    KeyDef {
+        key: "jailer_binary",
+        env: "JAILER_BINARY",
+        flag: Some("--jailer-binary"),
+        doc: "The jailer binary (statically linked).",
+        default: "found by `warden::assets`: `$WARDEN_JAILER_BINARY`, the asset folder, \
+                  `/usr/local/bin/jailer`, `/usr/bin/jailer`",
+        expected: "an absolute path (e.g. /usr/bin/jailer)",
+        secret: false,
+        kind: Kind::String,
+        set: |c, r| parse_path(r).map(|v| c.jailer_binary = v),
+        get: |c| path_shown(&c.jailer_binary),
+    },
+    KeyDef {
+        key: "firecracker_binary",
+        env: "FIRECRACKER_BINARY",
+        flag: Some("--firecracker-binary"),
+        doc: "The Firecracker binary (statically linked).",
+        default: "found by `warden::assets`: `$WARDEN_FIRECRACKER_BINARY`, the asset folder, \
+                  `/usr/local/bin/firecracker`, `/usr/bin/firecracker`",
+        expected: "an absolute path (e.g. /usr/bin/firecracker)",
+        secret: false,
+        kind: Kind::String,
+        set: |c, r| parse_path(r).map(|v| c.firecracker_binary = v),
+        get: |c| path_shown(&c.firecracker_binary),
+    },
+    KeyDef {
+        key: "jailer_uid",
+        env: "JAILER_UID",
+        flag: Some("--jailer-uid"),
+        doc: "User the jailed Firecracker runs as. Never 0.",
+        default: "`10000`",
+        expected: "a non-zero integer uid (e.g. 1000)",
+        secret: false,
+        kind: Kind::Integer,
+        set: |c, r| parse_id(r).map(|v| c.jailer_uid = v),
+        get: |c| Shown::Int(c.jailer_uid.into()),
+    },
+    KeyDef {
+        key: "jailer_gid",
+        env: "JAILER_GID",
+        flag: Some("--jailer-gid"),
+        doc: "Group the jailed Firecracker runs as. Never 0.",
+        default: "`10000`",
+        expected: "a non-zero integer gid (e.g. 1000)",
+        secret: false,
+        kind: Kind::Integer,
+        set: |c, r| parse_id(r).map(|v| c.jailer_gid = v),
+        get: |c| Shown::Int(c.jailer_gid.into()),
+    },
+    KeyDef {
+        key: "chroot_dir",
+        env: "JAILER_CHROOT_DIR",
+        flag: Some("--chroot-dir"),
+        doc: "Base directory of the jails (the jailer's `--chroot-base-dir`).",
+        default: "`/srv/jailer`",
+        expected: "an absolute path (e.g. /srv/jailer)",
+        secret: false,
+        kind: Kind::String,
+        set: |c, r| parse_path(r).map(|v| c.chroot_dir = v),
+        get: |c| path_shown(&c.chroot_dir),
+    },
+    KeyDef {
+        key: "netns",
+        env: "JAILER_NETNS",
+        flag: Some("--netns"),
+        doc: "Give each VM its own network namespace.",
+        default: "`false`",
+        expected: "a boolean: true/false, 1/0 or yes/no",
+        secret: false,
+        kind: Kind::Bool,
+        set: |c, r| parse_bool(r).map(|v| c.netns = v),
+        get: |c| Shown::Bool(c.netns),
+    },
+    KeyDef {
+        key: "pidns",
+        env: "JAILER_PIDNS",
+        flag: Some("--pidns"),
+        doc: "Run Firecracker as PID 1 of a new PID namespace.",
+        default: "`true`",
+        expected: "a boolean: true/false, 1/0 or yes/no",
+        secret: false,
+        kind: Kind::Bool,
+        set: |c, r| parse_bool(r).map(|v| c.pidns = v),
+        get: |c| Shown::Bool(c.pidns),
+    },
+    KeyDef {
+        key: "memory_limit_bytes",
+        env: "JAILER_MEMORY_LIMIT",
+        flag: Some("--memory-limit-bytes"),
+        doc: "Per-VM memory cgroup cap, in bytes (rounded up to whole MiB).",
+        default: "unset: guest memory + 64 MiB",
+        expected: "bytes as an integer, at least 134217728 (128 MiB)",
+        secret: false,
+        kind: Kind::Integer,
+        set: |c, r| {
+            c.memory_limit_bytes = Some(parse_u64(r).filter(|&b| b >= MIN_MEMORY_LIMIT_BYTES)?);
+            Some(())
+        },
+        get: |c| {
+            c.memory_limit_bytes
+                .map_or(Shown::Unset("guest memory + 64 MiB"), Shown::Int)
+        },
+    },
+    KeyDef {
+        key: "cpu_quota_percent",
+        env: "JAILER_CPU_QUOTA",
+        flag: Some("--cpu-quota-percent"),
+        doc: "Per-VM CPU cap in percent of one core (100 = one core, 200 = two).",
+        default: "unset: 100 per vCPU",
+        expected: "a positive integer percentage of one core (e.g. 50, 100 or 200)",
+        secret: false,
+        kind: Kind::Integer,
+        set: |c, r| {
+            let pct = text(r)?.parse::<u32>().ok().filter(|&p| p > 0)?;
+            c.cpu_quota_percent = Some(pct);
+            Some(())
+        },
+        get: |c| {
+            c.cpu_quota_percent
+                .map_or(Shown::Unset("100 per vCPU"), |p| Shown::Int(p.into()))
+        },
+    },
+    KeyDef {
+        key: "fd_limit",
+        env: "JAILER_FD_LIMIT",
+        flag: Some("--fd-limit"),
+        doc: "Firecracker's `no-file` rlimit (most open file descriptors).",
+        default: "`2048`",
+        expected: "a positive integer (e.g. 1024)",
+        secret: false,
+        kind: Kind::Integer,
+        set: |c, r| parse_u64(r).filter(|&n| n > 0).map(|v| c.fd_limit = v),
+        get: |c| Shown::Int(c.fd_limit),
+    },
+    KeyDef {
+        key: "parent_cgroup",
+        env: "PARENT_CGROUP",
+        flag: Some("--parent-cgroup"),
+        doc: "Parent cgroup of all VMs, relative to the cgroup root.",
+        default: "`warden`",
+        expected: "a relative cgroup path of letters, digits, '.', '_', '-' and '/' \
+                   (e.g. warden or warden/tenant-a)",
+        secret: false,
+        kind: Kind::String,
+        set: |c, r| parse_cgroup_path(r).map(|v| c.parent_cgroup = v),
+        get: |c| Shown::Str(c.parent_cgroup.clone()),
+    },
+    KeyDef {
+        key: "cgroup_version",
+        env: "CGROUP_VERSION",
+        flag: Some("--cgroup-version"),
+        doc: "cgroup version the jailer uses.",
+        default: "unset: detected (v1 where the v1 memory controller is mounted, else v2)",
+        expected: "1, 2 or auto",
+        secret: false,
+        kind: Kind::IntegerOrString,
+        set: |c, r| {
+            c.cgroup_version = match text(r)? {
+                "1" => Some(CgroupVersion::V1),
+                "2" => Some(CgroupVersion::V2),
+                "auto" => None,
+                _ => return None,
+            };
+            Some(())
+        },
+        get: |c| match c.cgroup_version {
+            Some(v) => Shown::Int(if v == CgroupVersion::V1 { 1 } else { 2 }),
+            None => Shown::Unset("detect"),
+        },
+    },
+    KeyDef {
+        key: "listen",
+        env: "LISTEN",
+        flag: Some("--listen"),
+        doc: "TCP address of the API. Anything but loopback should set `auth_token`.",
+        default: "`127.0.0.1:8080`",
+        expected: "host:port (e.g. 127.0.0.1:8080 or [::1]:8080)",
+        secret: false,
+        kind: Kind::String,
+        set: |c, r| parse_listen(r).map(|v| c.listen = v),
+        get: |c| Shown::Str(c.listen.clone()),
+    },
+    KeyDef {
+        key: "unix_socket",
+        env: "UNIX_SOCKET",
+        flag: Some("--unix-socket"),
+        doc: "Also serve the API on this Unix socket.",
+        default: "unset",
+        expected: "an absolute path (e.g. /run/warden.sock)",
+        secret: false,
+        kind: Kind::String,
+        set: |c, r| parse_path(r).map(|v| c.unix_socket = Some(v)),
+        get: |c| {
+            c.unix_socket
+                .as_deref()
+                .map_or(Shown::Unset("none"), path_shown)
+        },
+    },
+    KeyDef {
+        key: "auth_token",
+        env: "AUTH_TOKEN",
+        flag: None,
+        doc: "Bearer token the TCP API requires. No flag: command lines are visible to every \
+              user. Shown as `***`.",
+        default: "unset",
+        expected: "a non-empty token without whitespace",
+        secret: true,
+        kind: Kind::String,
+        set: |c, r| {
+            let t = match r {
+                Raw::Text(s) => s.as_str(),
+                Raw::List(_) => return None,
+            };
+            (!t.is_empty() && !t.chars().any(char::is_whitespace)).then_some(())?;
+            c.auth_token = Some(t.to_string());
+            Some(())
+        },
+        get: |c| {
+            c.auth_token
+                .as_ref()
+                .map_or(Shown::Unset("none"), |_| Shown::Str("***".into()))
+        },
+    },
+    KeyDef {
+        key: "state_dir",
+        env: "STATE_DIR",
+        flag: Some("--state-dir"),
+        doc: "Where the daemon keeps its state.",
+        default: "`/var/lib/warden`",
+        expected: "an absolute path (e.g. /var/lib/warden)",
+        secret: false,
+        kind: Kind::String,
+        set: |c, r| parse_path(r).map(|v| c.state_dir = v),
+        get: |c| path_shown(&c.state_dir),
+    },
+    KeyDef {
+        key: "asset_dirs",
+        env: "ASSET_DIRS",
+        flag: Some("--asset-dirs"),
+        doc: "Folders that kernels, root filesystems and drives must lie under. Comma-separated \
+              in the environment and on the command line, an array in the file.",
+        default:
+            "the asset folder (`$WARDEN_ASSETS_DIR` or `assets/` near the executable), if found",
+        expected: "one or more absolute paths (e.g. /var/lib/warden/images,/opt/kernels)",
+        secret: false,
+        kind: Kind::StringList,
+        set: |c, r| parse_paths(r).map(|v| c.asset_dirs = v),
+        get: |c| {
+            Shown::List(
+                c.asset_dirs
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect(),
+            )
+        },
+    },
+    KeyDef {
+        key: "stop_timeout_secs",
+        env: "STOP_TIMEOUT",
+        flag: Some("--stop-timeout-secs"),
+        doc: "Seconds a graceful VM stop may take before SIGKILL.",
+        default: "`5`",
+        expected: "whole seconds as an integer (e.g. 5)",
+        secret: false,
+        kind: Kind::Integer,
+        set: |c, r| parse_u64(r).map(|v| c.stop_timeout_secs = v),
+        get: |c| Shown::Int(c.stop_timeout_secs),
+    },
+    KeyDef {
+        key: "stop_vms_on_exit",
+        env: "STOP_VMS_ON_EXIT",
+        flag: Some("--stop-vms-on-exit"),
+        doc: "Stop every VM when the daemon exits (otherwise they keep running).",
+        default: "`false`",
+        expected: "a boolean: true/false, 1/0 or yes/no",
+        secret: false,
+        kind: Kind::Bool,
+        set: |c, r| parse_bool(r).map(|v| c.stop_vms_on_exit = v),
+        get: |c| Shown::Bool(c.stop_vms_on_exit),
+    },
+    KeyDef {
+        key: "log_format",
+        env: "LOG_FORMAT",
+        flag: Some("--log-format"),
+        doc: "Log format.",
+        default: "`json`",
+        expected: "json or text",
+        secret: false,
+        kind: Kind::String,
+        set: |c, r| {
+            c.log_format = match text(r)? {
+                "json" => LogFormat::Json,
+                "text" => LogFormat::Text,
+                _ => return None,
+            };
+            Some(())
+        },
+        get: |c| Shown::Str(c.log_format.as_str().into()),
+    },
+];
+
+/// The definition of a key.
+pub fn key_def(key: &str) -> Option<&'static KeyDef> {
+    KEYS.iter().find(|d| d.key == key)
+}
+
+fn apply(
+    config: &mut DaemonConfig,
+    def: &'static KeyDef,
+    raw: &Raw,
+    origin: Origin,
+    shown: &str,
+) -> Result<Origin, ConfigError> {
+    match (def.set)(config, raw) {
+        Some(()) => Ok(origin),
+        None => Err(ConfigError::Invalid {
+            key: def.key,
+            origin,
+            value: if def.secret {
+                "***".into()
+            } else {
+                shown.to_string()
+            },
+            expected: def.expected,
+        }),
+    }
+}
+
+/// The TOML value as a [`Raw`], if its type fits the key.
+fn raw_from_toml(kind: Kind, value: &toml::Value) -> Option<Raw> {
+    use toml::Value as V;
+    match (kind, value) {
+        (Kind::Bool, V::Boolean(b)) => Some(Raw::Text(b.to_string())),
+        (Kind::Integer | Kind::IntegerOrString, V::Integer(n)) => Some(Raw::Text(n.to_string())),
+        (Kind::String | Kind::IntegerOrString, V::String(s)) => Some(Raw::Text(s.clone())),
+        (Kind::StringList, V::Array(items)) => items
+            .iter()
+            .map(|i| i.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .map(Raw::List),
+        _ => None,
+    }
+}
+
+/// Loads the configuration: defaults, then the file, then the environment, then the flags.
+pub fn load(sources: &Sources) -> Result<Effective, ConfigError> {
+    let mut config = DaemonConfig::default();
+    let mut origin: BTreeMap<&'static str, Origin> =
+        KEYS.iter().map(|d| (d.key, Origin::Default)).collect();
+    let mut warnings = Vec::new();
+
+    if let Some(path) = &sources.file {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.clone(),
+            error: e.to_string(),
+        })?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        for (key, value) in &table {
+            let def = key_def(key).ok_or_else(|| ConfigError::UnknownKey {
+                key: key.clone(),
+                path: path.clone(),
+            })?;
+            let here = Origin::File(path.clone());
+            let shown = value.to_string();
+            let Some(raw) = raw_from_toml(def.kind, value) else {
+                return Err(ConfigError::Invalid {
+                    key: def.key,
+                    origin: here,
+                    value: if def.secret { "***".into() } else { shown },
+                    expected: def.expected,
+                });
+            };
+            origin.insert(def.key, apply(&mut config, def, &raw, here, &shown)?);
+        }
+    }
+
+    let lookup = |name: &str| {
+        sources
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    };
+    for def in KEYS {
+        let [old, new] = def.env_names();
+        let chosen = match (lookup(&old), lookup(&new)) {
+            (Some(a), Some(b)) => {
+                if a != b {
+                    warnings.push(format!(
+                        "{old} is ignored: {new} is also set, to another value, and takes \
+                         precedence"
+                    ));
+                }
+                Some((new, b))
+            }
+            (Some(v), None) => Some((old, v)),
+            (None, Some(v)) => Some((new, v)),
+            (None, None) => None,
+        };
+        if let Some((name, value)) = chosen {
+            let raw = Raw::Text(value.to_string());
+            origin.insert(
+                def.key,
+                apply(&mut config, def, &raw, Origin::Env(name), value)?,
+            );
+        }
+    }
+    let mut unknown: Vec<&str> = sources
+        .env
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|name| {
+            ENV_PREFIXES.iter().any(|p| {
+                name.strip_prefix(p)
+                    .is_some_and(|suffix| !KEYS.iter().any(|d| d.env == suffix))
+            }) && !OTHER_WARDEN_VARS.contains(name)
+        })
+        .collect();
+    unknown.sort_unstable();
+    unknown.dedup();
+    for name in unknown {
+        warnings.push(format!(
+            "ignoring {name}: not a warden setting (settings: UNKEY_METALD_<NAME> or WARDEN_<NAME> \
+             with NAME one of {})",
+            KEYS.iter().map(|d| d.env).collect::<Vec<_>>().join(", ")
+        ));
+    }
+
+    for (key, value) in &sources.flags {
+        let (def, flag) = key_def(key)
+            .and_then(|d| Some((d, d.flag?)))
+            .ok_or_else(|| ConfigError::UnknownFlag {
+                key: key.to_string(),
+            })?;
+        let raw = Raw::Text(value.clone());
+        origin.insert(
+            def.key,
+            apply(&mut config, def, &raw, Origin::Flag(flag.into()), value)?,
+        );
+    }
+
+    if config.require_jailer && !config.jailer_enabled {
+        return Err(ConfigError::Conflict(format!(
+            "require_jailer = true ({}) contradicts jailer_enabled = false ({}): production mode \
+             needs the jailer; enable it or drop require_jailer",
+            origin["require_jailer"], origin["jailer_enabled"]
+        )));
+    }
+    if config.auth_token.is_none() && !is_loopback(&config.listen) {
+        warnings.push(format!(
+            "listen = {} ({}) accepts connections from other hosts and no auth_token is set: \
+             anyone who can reach it can run VMs",
+            config.listen, origin["listen"]
+        ));
+    }
+    Ok(Effective {
+        config,
+        origin,
+        warnings,
+    })
+}
+
+fn is_loopback(listen: &str) -> bool {
+    match listen.parse::<SocketAddr>() {
+        Ok(addr) => addr.ip().is_loopback(),
+        Err(_) => listen
+            .rsplit_once(':')
+            .is_some_and(|(host, _)| host == "localhost"),
+    }
+}
+
+impl Shown {
+    fn toml(&self) -> String {
+        match self {
+            Self::Str(s) => toml::Value::String(s.clone()).to_string(),
+            Self::Int(n) => n.to_string(),
+            Self::Bool(b) => b.to_string(),
+            Self::List(v) => {
+                let items: Vec<String> = v
+                    .iter()
+                    .map(|s| toml::Value::String(s.clone()).to_string())
+                    .collect();
+                format!("[{}]", items.join(", "))
+            }
+            Self::Unset(what) => format!("(unset: {what})"),
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        match self {
+            Self::Str(s) => s.clone().into(),
+            Self::Int(n) => (*n).into(),
+            Self::Bool(b) => (*b).into(),
+            Self::List(v) => v.clone().into(),
+            Self::Unset(_) => serde_json::Value::Null,
+        }
+    }
+}
+
+impl Effective {
+    /// `warden serve --print-config`: one `key = value    # origin` line per key, the token as
+    /// `***`.
+    pub fn render(&self) -> String {
+        let rows: Vec<(String, String)> = KEYS
+            .iter()
+            .map(|d| {
+                let origin = self
+                    .origin
+                    .get(d.key)
+                    .map_or_else(|| "default".into(), Origin::to_string);
+                (
+                    format!("{} = {}", d.key, (d.get)(&self.config).toml()),
+                    origin,
+                )
+            })
+            .collect();
+        let width = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
+        rows.iter()
+            .map(|(line, origin)| format!("{line:<width$}    # {origin}\n"))
+            .collect()
+    }
+
+    /// The same as JSON: `{"config": {key: value}, "origin": {key: {"source", "name"}},
+    /// "warnings": [..]}`; unset values are `null`, the token `"***"`.
+    pub fn render_json(&self) -> String {
+        let config: serde_json::Map<String, serde_json::Value> = KEYS
+            .iter()
+            .map(|d| (d.key.to_string(), (d.get)(&self.config).json()))
+            .collect();
+        let value = serde_json::json!({
+            "config": config,
+            "origin": self.origin,
+            "warnings": self.warnings,
+        });
+        serde_json::to_string_pretty(&value).unwrap_or_default()
+    }
+}
+
+fn md_cell(s: &str) -> String {
+    s.replace('|', "\\|")
+}
+
+/// The reference table of every setting, rendered from [`KEYS`]; `docs/configuration.md` holds
+/// it below its marker line.
+pub fn reference_markdown() -> String {
+    let mut out = String::new();
+    out.push_str("## Precedence\n\n");
+    out.push_str(
+        "1. command-line flags\n\
+         2. environment variables: `WARDEN_<NAME>`, then `UNKEY_METALD_<NAME>` (when both are \
+         set, `WARDEN_<NAME>` wins; if their values differ, a warning names the ignored one)\n\
+         3. the TOML file given with `--config PATH` (top-level keys only; an unknown key is an \
+         error)\n\
+         4. the defaults below\n\n",
+    );
+    out.push_str(
+        "An empty environment variable counts as unset. Booleans accept `true`/`false`, `1`/`0` \
+         and `yes`/`no` in any case (in the file: TOML `true`/`false`). Unknown \
+         `UNKEY_METALD_*` and `WARDEN_*` variables are ignored with a warning, except those \
+         other parts of warden read: ",
+    );
+    let others: Vec<String> = OTHER_WARDEN_VARS.iter().map(|v| format!("`{v}`")).collect();
+    out.push_str(&others.join(", "));
+    out.push_str(
+        ".\n\n`warden serve --print-config` prints every value and where it came from.\n\n",
+    );
+    out.push_str("## Settings\n\n");
+    out.push_str("| Key | Environment | Flag | Default | Accepted | Meaning |\n");
+    out.push_str("|---|---|---|---|---|---|\n");
+    for d in KEYS {
+        let [old, new] = d.env_names();
+        out.push_str(&format!(
+            "| `{}` | `{old}`<br>`{new}` | {} | {} | {} | {} |\n",
+            d.key,
+            d.flag.map_or_else(|| "none".into(), |f| format!("`{f}`")),
+            md_cell(d.default),
+            md_cell(d.expected),
+            md_cell(d.doc),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> Sources {
+        Sources {
+            env: vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Sources::default()
+        }
+    }
+
+    fn load_env(vars: &[(&str, &str)]) -> Result<Effective, ConfigError> {
+        load(&env(vars))
+    }
+
+    fn write_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("warden.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    fn env_origin(name: &str) -> Origin {
+        Origin::Env(name.into())
+    }
+
+    #[test]
+    fn defaults() {
+        let e = load(&Sources::default()).unwrap();
+        let c = &e.config;
+        assert_eq!(c.backend, "firecracker");
+        assert!(c.jailer_enabled && !c.require_jailer && c.pidns && !c.netns);
+        assert_eq!((c.jailer_uid, c.jailer_gid), (10000, 10000));
+        assert_eq!(c.chroot_dir, Path::new("/srv/jailer"));
+        assert_eq!(c.memory_limit_bytes, None);
+        assert_eq!(c.cpu_quota_percent, None);
+        assert_eq!(c.fd_limit, 2048);
+        assert_eq!(c.parent_cgroup, "warden");
+        assert_eq!(c.cgroup_version, None);
+        assert_eq!(c.listen, "127.0.0.1:8080");
+        assert_eq!(c.state_dir, Path::new("/var/lib/warden"));
+        assert_eq!(c.stop_timeout_secs, 5);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(e.origin.values().all(|o| *o == Origin::Default));
+        assert_eq!(e.origin.len(), KEYS.len());
+        assert!(e.warnings.is_empty(), "{:?}", e.warnings);
+    }
+
+    #[test]
+    fn the_seed_environment_block_sets_every_field() {
+        let seed = [
+            ("UNKEY_METALD_JAILER_ENABLED", "true"),
+            ("UNKEY_METALD_JAILER_BINARY", "/usr/bin/jailer"),
+            ("UNKEY_METALD_FIRECRACKER_BINARY", "/usr/bin/firecracker"),
+            ("UNKEY_METALD_JAILER_UID", "1000"),
+            ("UNKEY_METALD_JAILER_GID", "1000"),
+            ("UNKEY_METALD_JAILER_CHROOT_DIR", "/srv/jailer"),
+            ("UNKEY_METALD_JAILER_NETNS", "true"),
+            ("UNKEY_METALD_JAILER_PIDNS", "true"),
+            ("UNKEY_METALD_JAILER_MEMORY_LIMIT", "134217728"),
+            ("UNKEY_METALD_JAILER_CPU_QUOTA", "100"),
+            ("UNKEY_METALD_JAILER_FD_LIMIT", "1024"),
+            ("UNKEY_METALD_BACKEND", "firecracker"),
+        ];
+        let e = load_env(&seed).unwrap();
+        let c = &e.config;
+        assert!(c.jailer_enabled);
+        assert_eq!(c.jailer_binary, Path::new("/usr/bin/jailer"));
+        assert_eq!(c.firecracker_binary, Path::new("/usr/bin/firecracker"));
+        assert_eq!((c.jailer_uid, c.jailer_gid), (1000, 1000));
+        assert_eq!(c.chroot_dir, Path::new("/srv/jailer"));
+        assert!(c.netns && c.pidns);
+        assert_eq!(c.memory_limit_bytes, Some(134_217_728));
+        assert_eq!(c.memory_limit_mb(512), Some(128));
+        assert_eq!(c.cpu_quota_percent, Some(100));
+        assert_eq!(c.fd_limit, 1024);
+        assert_eq!(c.backend, "firecracker");
+        for (var, _) in seed {
+            let def = KEYS
+                .iter()
+                .find(|d| var.strip_prefix("UNKEY_METALD_") == Some(d.env))
+                .unwrap();
+            assert_eq!(e.origin[def.key], env_origin(var), "{var}");
+        }
+        assert!(e.warnings.is_empty(), "{:?}", e.warnings);
+    }
+
+    /// A value differing from the default for every key, as text, and how it is shown.
+    const SAMPLES: &[(&str, &str, &str)] = &[
+        ("backend", "firecracker", "\"firecracker\""),
+        ("jailer_enabled", "no", "false"),
+        ("require_jailer", "YES", "true"),
+        ("jailer_binary", "/opt/jailer", "\"/opt/jailer\""),
+        ("firecracker_binary", "/opt/fc", "\"/opt/fc\""),
+        ("jailer_uid", "1234", "1234"),
+        ("jailer_gid", "4321", "4321"),
+        ("chroot_dir", "/tmp/jails", "\"/tmp/jails\""),
+        ("netns", "1", "true"),
+        ("pidns", "False", "false"),
+        ("memory_limit_bytes", "268435456", "268435456"),
+        ("cpu_quota_percent", "50", "50"),
+        ("fd_limit", "4096", "4096"),
+        ("parent_cgroup", "warden/tenant-a", "\"warden/tenant-a\""),
+        ("cgroup_version", "2", "2"),
+        ("listen", "[::1]:9000", "\"[::1]:9000\""),
+        ("unix_socket", "/run/w.sock", "\"/run/w.sock\""),
+        ("auth_token", "s3cret", "\"***\""),
+        ("state_dir", "/tmp/state", "\"/tmp/state\""),
+        ("asset_dirs", "/a, /b", "[\"/a\", \"/b\"]"),
+        ("stop_timeout_secs", "9", "9"),
+        ("stop_vms_on_exit", "true", "true"),
+        ("log_format", "text", "\"text\""),
+    ];
+
+    #[test]
+    fn every_key_is_set_by_both_env_prefixes_and_its_flag() {
+        assert_eq!(SAMPLES.len(), KEYS.len());
+        for def in KEYS {
+            let (_, value, shown) = SAMPLES.iter().find(|s| s.0 == def.key).unwrap();
+            let line = format!("{} = {shown}", def.key);
+            // require_jailer needs the jailer enabled; jailer_enabled=no conflicts with nothing.
+            for name in def.env_names() {
+                let e = load_env(&[(&name, value)]).unwrap();
+                assert_eq!(e.origin[def.key], env_origin(&name));
+                let rendered = e.render();
+                assert!(rendered.contains(&line), "{line} not in\n{rendered}");
+                assert!(
+                    rendered.contains(&format!("# from env {name}\n")),
+                    "{rendered}"
+                );
+            }
+            if let Some(flag) = def.flag {
+                let e = load(&Sources {
+                    flags: vec![(def.key, value.to_string())],
+                    ..Sources::default()
+                })
+                .unwrap();
+                assert_eq!(e.origin[def.key], Origin::Flag(flag.into()));
+                assert!(e.render().contains(&line));
+            }
+        }
+    }
+
+    #[test]
+    fn warden_prefix_beats_unkey_metald() {
+        let e = load_env(&[
+            ("WARDEN_JAILER_UID", "2000"),
+            ("UNKEY_METALD_JAILER_UID", "1000"),
+        ])
+        .unwrap();
+        assert_eq!(e.config.jailer_uid, 2000);
+        assert_eq!(e.origin["jailer_uid"], env_origin("WARDEN_JAILER_UID"));
+        assert!(
+            e.warnings
+                .iter()
+                .any(|w| w.contains("UNKEY_METALD_JAILER_UID is ignored")),
+            "{:?}",
+            e.warnings
+        );
+        // The shadowed variable is not even parsed.
+        let e = load_env(&[
+            ("UNKEY_METALD_JAILER_UID", "abc"),
+            ("WARDEN_JAILER_UID", "2000"),
+        ])
+        .unwrap();
+        assert_eq!(e.config.jailer_uid, 2000);
+        // An empty variable counts as unset.
+        let e = load_env(&[
+            ("UNKEY_METALD_JAILER_UID", "1000"),
+            ("WARDEN_JAILER_UID", ""),
+        ])
+        .unwrap();
+        assert_eq!(e.config.jailer_uid, 1000);
+        assert_eq!(
+            e.origin["jailer_uid"],
+            env_origin("UNKEY_METALD_JAILER_UID")
+        );
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file_beats_default() {
+        let (_dir, path) =
+            write_file("listen = \"10.0.0.1:1\"\njailer_uid = 3000\nfd_limit = 99\n");
+        let sources = Sources {
+            file: Some(path.clone()),
+            env: vec![
+                ("WARDEN_LISTEN".into(), "10.0.0.2:2".into()),
+                ("UNKEY_METALD_JAILER_UID".into(), "4000".into()),
+                ("WARDEN_AUTH_TOKEN".into(), "t".into()),
+            ],
+            flags: vec![("listen", "10.0.0.3:3".into())],
+        };
+        let e = load(&sources).unwrap();
+        assert_eq!(e.config.listen, "10.0.0.3:3");
+        assert_eq!(e.origin["listen"], Origin::Flag("--listen".into()));
+        assert_eq!(e.config.jailer_uid, 4000);
+        assert_eq!(
+            e.origin["jailer_uid"],
+            env_origin("UNKEY_METALD_JAILER_UID")
+        );
+        assert_eq!(e.config.fd_limit, 99);
+        assert_eq!(e.origin["fd_limit"], Origin::File(path.clone()));
+        assert_eq!(e.config.stop_timeout_secs, 5);
+        assert_eq!(e.origin["stop_timeout_secs"], Origin::Default);
+
+        let r = e.render();
+        assert!(r.contains("listen = \"10.0.0.3:3\""), "{r}");
+        assert!(r.contains("# flag --listen\n"));
+        assert!(r.contains("# from env UNKEY_METALD_JAILER_UID\n"));
+        assert!(r.contains(&format!("# file {}\n", path.display())));
+        assert!(r.contains("stop_timeout_secs = 5"));
+        assert!(r.contains("# default\n"));
+        assert_eq!(r.lines().count(), KEYS.len());
+    }
+
+    #[test]
+    fn file_values_of_every_type() {
+        let (_dir, path) = write_file(
+            "netns = true\ncgroup_version = \"1\"\nasset_dirs = [\"/x\", \"/y\"]\n\
+             memory_limit_bytes = 200000000\nlog_format = \"text\"\n",
+        );
+        let e = load(&Sources {
+            file: Some(path),
+            ..Sources::default()
+        })
+        .unwrap();
+        assert!(e.config.netns);
+        assert_eq!(e.config.cgroup_version, Some(CgroupVersion::V1));
+        assert_eq!(
+            e.config.asset_dirs,
+            [PathBuf::from("/x"), PathBuf::from("/y")]
+        );
+        assert_eq!(e.config.memory_limit_mb(1), Some(191)); // 190.73 MiB, rounded up
+        assert_eq!(e.config.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable_and_the_accepted_form() {
+        let err = load_env(&[("UNKEY_METALD_JAILER_UID", "abc")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "UNKEY_METALD_JAILER_UID=\"abc\" is not valid: expected a non-zero integer uid (e.g. 1000)"
+        );
+        let err = load_env(&[("UNKEY_METALD_JAILER_MEMORY_LIMIT", "128MB")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "UNKEY_METALD_JAILER_MEMORY_LIMIT=\"128MB\" is not valid: expected bytes as an integer, \
+             at least 134217728 (128 MiB)"
+        );
+        let bad: &[(&str, &str)] = &[
+            ("BACKEND", "qemu"),
+            ("JAILER_ENABLED", "maybe"),
+            ("REQUIRE_JAILER", "2"),
+            ("JAILER_BINARY", "jailer"),
+            ("FIRECRACKER_BINARY", ""),
+            ("JAILER_UID", "0"),
+            ("JAILER_GID", "0"),
+            ("JAILER_GID", "-5"),
+            ("JAILER_CHROOT_DIR", "srv/jailer"),
+            ("JAILER_NETNS", "on"),
+            ("JAILER_PIDNS", "y"),
+            ("JAILER_MEMORY_LIMIT", "1000"),
+            ("JAILER_CPU_QUOTA", "0"),
+            ("JAILER_CPU_QUOTA", "1.5"),
+            ("JAILER_FD_LIMIT", "0"),
+            ("PARENT_CGROUP", "/warden"),
+            ("PARENT_CGROUP", "a/../b"),
+            ("CGROUP_VERSION", "3"),
+            ("LISTEN", "8080"),
+            ("LISTEN", "localhost:http"),
+            ("UNIX_SOCKET", "w.sock"),
+            ("AUTH_TOKEN", "has space"),
+            ("STATE_DIR", "state"),
+            ("ASSET_DIRS", "/a,b"),
+            ("ASSET_DIRS", ","),
+            ("STOP_TIMEOUT", "5s"),
+            ("STOP_VMS_ON_EXIT", "sure"),
+            ("LOG_FORMAT", "JSONL"),
+        ];
+        for (suffix, value) in bad {
+            if value.is_empty() {
+                continue; // empty is unset, checked elsewhere
+            }
+            for prefix in ENV_PREFIXES {
+                let name = format!("{prefix}{suffix}");
+                let def = KEYS.iter().find(|d| d.env == *suffix).unwrap();
+                let msg = load_env(&[(&name, value)]).unwrap_err().to_string();
+                assert!(msg.starts_with(&format!("{name}=")), "{msg}");
+                assert!(
+                    msg.ends_with(&format!("is not valid: expected {}", def.expected)),
+                    "{msg}"
+                );
+                if def.secret {
+                    assert!(!msg.contains(value), "{msg}");
+                }
+            }
+        }
+        // Flags name the flag, the file names the key and the file.
+        let err = load(&Sources {
+            flags: vec![("jailer_gid", "0".into())],
+            ..Sources::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--jailer-gid \"0\" is not valid: expected a non-zero integer gid (e.g. 1000)"
+        );
+        let (_dir, path) = write_file("jailer_uid = \"1000\"\n");
+        let err = load(&Sources {
+            file: Some(path.clone()),
+            ..Sources::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "jailer_uid = \"1000\" in {} is not valid: expected a non-zero integer uid (e.g. 1000)",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn uid_and_gid_zero_are_refused() {
+        for key in ["jailer_uid", "jailer_gid"] {
+            let (_dir, path) = write_file(&format!("{key} = 0\n"));
+            let err = load(&Sources {
+                file: Some(path),
+                ..Sources::default()
+            })
+            .unwrap_err();
+            assert!(
+                matches!(err, ConfigError::Invalid { key: k, .. } if k == key),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_file_keys_and_bad_toml_are_refused() {
+        let (_dir, path) = write_file("foo = 1\n");
+        let err = load(&Sources {
+            file: Some(path.clone()),
+            ..Sources::default()
+        })
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(&format!(
+                "unknown key \"foo\" in {}; known keys: backend, ",
+                path.display()
+            )),
+            "{msg}"
+        );
+        assert!(msg.ends_with("log_format"), "{msg}");
+
+        let (_dir, path) = write_file("[jailer]\nuid = 1\n");
+        assert!(matches!(
+            load(&Sources { file: Some(path), ..Sources::default() }),
+            Err(ConfigError::UnknownKey { key, .. }) if key == "jailer"
+        ));
+        let (_dir, path) = write_file("listen = \n");
+        assert!(matches!(
+            load(&Sources {
+                file: Some(path),
+                ..Sources::default()
+            }),
+            Err(ConfigError::Parse { .. })
+        ));
+        let missing = Sources {
+            file: Some("/nonexistent/warden.toml".into()),
+            ..Sources::default()
+        };
+        assert!(load(&missing)
+            .unwrap_err()
+            .to_string()
+            .starts_with("cannot read config file /nonexistent/warden.toml"));
+    }
+
+    #[test]
+    fn unknown_env_variables_are_warnings_except_warden_s_own() {
+        let mut vars: Vec<(&str, &str)> = vec![
+            ("UNKEY_METALD_PORT", "1"),
+            ("WARDEN_JAILER_UIDD", "1"),
+            ("PATH", "/bin"),
+            ("WARDENX", "1"),
+        ];
+        vars.extend(OTHER_WARDEN_VARS.iter().map(|v| (*v, "/x")));
+        let e = load_env(&vars).unwrap();
+        assert_eq!(e.warnings.len(), 2, "{:?}", e.warnings);
+        assert!(e.warnings[0].starts_with("ignoring UNKEY_METALD_PORT: not a warden setting"));
+        assert!(e.warnings[1].starts_with("ignoring WARDEN_JAILER_UIDD: not a warden setting"));
+    }
+
+    #[test]
+    fn render_shows_origins_and_hides_the_token() {
+        let e = load_env(&[
+            ("UNKEY_METALD_AUTH_TOKEN", "hunter2"),
+            ("UNKEY_METALD_JAILER_UID", "1000"),
+        ])
+        .unwrap();
+        assert_eq!(e.config.auth_token.as_deref(), Some("hunter2"));
+        let r = e.render();
+        assert!(!r.contains("hunter2"), "{r}");
+        assert!(r.contains("auth_token = \"***\""), "{r}");
+        let uid = r.lines().find(|l| l.starts_with("jailer_uid")).unwrap();
+        assert!(uid.starts_with("jailer_uid = 1000 "), "{uid}");
+        assert!(
+            uid.ends_with("    # from env UNKEY_METALD_JAILER_UID"),
+            "{uid}"
+        );
+        assert!(
+            r.contains("memory_limit_bytes = (unset: guest memory + 64 MiB)"),
+            "{r}"
+        );
+        // All origin comments start in the same column.
+        let cols: Vec<usize> = r.lines().map(|l| l.find("    # ").unwrap()).collect();
+        assert!(cols.windows(2).all(|w| w[0] == w[1]), "{r}");
+
+        let json = e.render_json();
+        assert!(!json.contains("hunter2"));
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["config"]["auth_token"], "***");
+        assert_eq!(v["config"]["jailer_uid"], 1000);
+        assert_eq!(v["config"]["memory_limit_bytes"], serde_json::Value::Null);
+        assert_eq!(v["origin"]["jailer_uid"]["source"], "env");
+        assert_eq!(v["origin"]["jailer_uid"]["name"], "UNKEY_METALD_JAILER_UID");
+        assert_eq!(v["origin"]["listen"]["source"], "default");
+        assert!(!format!("{:?}", e.config).contains("hunter2"));
+    }
+
+    #[test]
+    fn require_jailer_without_the_jailer_is_a_conflict() {
+        let err = load_env(&[
+            ("WARDEN_REQUIRE_JAILER", "true"),
+            ("WARDEN_JAILER_ENABLED", "false"),
+        ])
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::Conflict(_)));
+        assert!(
+            err.to_string().contains("from env WARDEN_JAILER_ENABLED"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unauthenticated_public_listener_warns() {
+        assert!(load_env(&[("WARDEN_LISTEN", "0.0.0.0:8080")])
+            .unwrap()
+            .warnings[0]
+            .contains("no auth_token"));
+        for quiet in [
+            &[("WARDEN_LISTEN", "localhost:1")][..],
+            &[("WARDEN_LISTEN", "0.0.0.0:1"), ("WARDEN_AUTH_TOKEN", "t")],
+        ] {
+            assert!(load_env(quiet).unwrap().warnings.is_empty());
+        }
+    }
+
+    #[test]
+    fn flags_for_unknown_keys_are_a_bug() {
+        for key in ["nope", "auth_token"] {
+            let err = load(&Sources {
+                flags: vec![(key, "x".into())],
+                ..Sources::default()
+            })
+            .unwrap_err();
+            assert_eq!(err, ConfigError::UnknownFlag { key: key.into() });
+        }
+    }
+
+    #[test]
+    fn helpers_for_the_daemon() {
+        let e = load_env(&[
+            ("WARDEN_JAILER_UID", "1000"),
+            ("WARDEN_JAILER_GID", "1001"),
+            ("WARDEN_JAILER_CHROOT_DIR", "/tmp/j"),
+            ("WARDEN_JAILER_PIDNS", "no"),
+            ("WARDEN_JAILER_FD_LIMIT", "512"),
+            ("WARDEN_JAILER_CPU_QUOTA", "150"),
+            ("WARDEN_PARENT_CGROUP", "warden/a"),
+            ("WARDEN_CGROUP_VERSION", "2"),
+            ("WARDEN_JAILER_BINARY", "/j"),
+            ("WARDEN_FIRECRACKER_BINARY", "/f"),
+        ])
+        .unwrap();
+        let j = e.config.jailer_config();
+        assert_eq!((j.uid, j.gid), (1000, 1001));
+        assert_eq!(j.chroot_base_dir, Path::new("/tmp/j"));
+        assert!(!j.new_pid_ns);
+        assert_eq!(j.resource_limits.no_file, Some(512));
+        assert_eq!(j.cpu_quota_pct, Some(150));
+        assert_eq!(j.parent_cgroup, "warden/a");
+        assert_eq!(j.cgroup_version, Some(CgroupVersion::V2));
+        assert_eq!(j.jailer_binary, Path::new("/j"));
+        assert_eq!(j.exec_file, Path::new("/f"));
+        assert_eq!(j.netns, None);
+
+        let mut c = e.config;
+        assert_eq!(c.jailer_mode(), JailerMode::Auto);
+        c.require_jailer = true;
+        assert_eq!(c.jailer_mode(), JailerMode::Required);
+        c.jailer_enabled = false;
+        assert_eq!(c.jailer_mode(), JailerMode::Disabled);
+
+        assert_eq!(c.memory_limit_mb(256), Some(256 + VMM_OVERHEAD_MB));
+        c.memory_limit_bytes = Some(MIN_MEMORY_LIMIT_BYTES + 1);
+        assert_eq!(c.memory_limit_mb(256), Some(129));
+        c.memory_limit_bytes = Some(u64::MAX);
+        assert_eq!(c.memory_limit_mb(256), Some(u32::MAX));
+    }
+
+    const MARKER: &str = "<!-- Generated from crates/warden/src/daemon/config.rs (KEYS); do not edit below this line. -->\n";
+
+    #[test]
+    fn docs_configuration_md_matches_the_code() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md");
+        let doc = std::fs::read_to_string(&path).unwrap_or_default();
+        let (intro, generated) = doc.split_once(MARKER).unwrap_or((doc.as_str(), ""));
+        let expected = reference_markdown();
+        if std::env::var_os("WARDEN_BLESS_DOCS").is_some() {
+            std::fs::write(&path, format!("{intro}{MARKER}\n{expected}")).unwrap();
+            return;
+        }
+        assert_eq!(
+            generated.strip_prefix('\n').unwrap_or(generated),
+            expected,
+            "{} is out of date with KEYS; rerun this test with WARDEN_BLESS_DOCS=1 to rewrite it",
+            path.display()
+        );
+    }
+}

@@ -1,0 +1,595 @@
+//! The manager: the one core every transport calls. It owns the store, one lock per VM (so
+//! requests on one VM run one at a time while different VMs proceed in parallel), the live VM
+//! handles, and a watcher per running VM that records its exit.
+//!
+//! Each step writes its intent to the store before its side effect: `booting` with the plan and
+//! namespace before anything is staged, `stopping` before a stop. Recovery ([`super::recovery`])
+//! relies on that.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jail::cgroup::CgroupStats;
+use jail::inspect::IsolationReport;
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+use super::config::DaemonConfig;
+use super::metrics::Metrics;
+use super::state::{Op, VmState};
+use super::store::{now_ms, ExitRecord, Store, VmRecord, VmSpec};
+use crate::vm::config::{DriveConfig, Serial, VmConfig, VmOptions};
+use crate::vm::{self, ExitReason, VmHandle};
+
+/// The kind of a failed request, mapped to Connect/gRPC codes by the transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ErrorCode {
+    /// A field is invalid (the message names it).
+    InvalidArgument,
+    /// No such VM.
+    NotFound,
+    /// The id is taken.
+    AlreadyExists,
+    /// The VM's state forbids the request, or the host is not ready.
+    FailedPrecondition,
+    /// Out of a resource.
+    ResourceExhausted,
+    /// Anything else (the message says what).
+    Internal,
+}
+
+/// A failed request: a code and a message a person can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ManagerError {
+    /// The kind.
+    pub code: ErrorCode,
+    /// What went wrong, naming the VM, field or path.
+    pub message: String,
+}
+
+impl ManagerError {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+
+    fn from_vm(e: &crate::Error) -> Self {
+        let code = match e {
+            crate::Error::Invalid(_) => ErrorCode::InvalidArgument,
+            crate::Error::JailerMissing { .. } | crate::Error::FirecrackerMissing { .. } => ErrorCode::FailedPrecondition,
+            _ => ErrorCode::Internal,
+        };
+        Self::new(code, error_chain(e))
+    }
+
+    fn store(e: super::store::StoreError) -> Self {
+        Self::new(ErrorCode::Internal, error_chain(&e))
+    }
+}
+
+/// An error and its causes on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// What GetVmInfo and ListVms return.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmInfo {
+    /// The stored record.
+    pub record: VmRecord,
+    /// cgroup readings, while the VM runs.
+    pub stats: Option<CgroupStats>,
+    /// The isolation report, read from /proc now, while the VM runs.
+    pub isolation: Option<IsolationReport>,
+}
+
+pub(crate) struct Slot {
+    pub(crate) rec: VmRecord,
+    pub(crate) vm: Option<VmHandle>,
+    /// Bumped at every boot, so a watcher only acts on the run it watches.
+    pub(crate) generation: u64,
+}
+
+/// The daemon's core.
+pub struct Manager {
+    pub(crate) cfg: DaemonConfig,
+    pub(crate) store: Store,
+    pub(crate) slots: std::sync::Mutex<HashMap<String, Arc<Mutex<Slot>>>>,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+}
+
+type Result<T> = std::result::Result<T, ManagerError>;
+
+impl Manager {
+    /// Opens the store and reconciles it with the host: re-attaches running VMs, records and
+    /// cleans VMs that died, removes orphans. See [`super::recovery`].
+    pub async fn open(cfg: DaemonConfig) -> std::result::Result<Arc<Self>, ManagerError> {
+        let store = Store::open(&cfg.state_dir).map_err(ManagerError::store)?;
+        let manager = Arc::new(Self { cfg, store, slots: Default::default(), metrics: Metrics::default() });
+        super::recovery::recover(&manager).await?;
+        Ok(manager)
+    }
+
+    /// The effective configuration.
+    pub fn config(&self) -> &DaemonConfig {
+        &self.cfg
+    }
+
+    pub(crate) fn slot(&self, id: &str) -> Result<Arc<Mutex<Slot>>> {
+        self.slots
+            .lock()
+            .unwrap()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ManagerError::new(ErrorCode::NotFound, format!("no VM with id {id:?}; list them with ListVms")))
+    }
+
+    /// Locks a VM for a request that needs `op`, failing with `failed_precondition` when its
+    /// state forbids it.
+    async fn lock_for(&self, id: &str, op: Op) -> Result<tokio::sync::OwnedMutexGuard<Slot>> {
+        let slot = self.slot(id)?.lock_owned().await;
+        if slot.rec.state == VmState::Deleted {
+            return Err(ManagerError::new(ErrorCode::NotFound, format!("VM {id:?} was deleted")));
+        }
+        if !slot.rec.state.allows(op) {
+            return Err(ManagerError::new(
+                ErrorCode::FailedPrecondition,
+                format!("VM {id} is {}; {op:?} needs it to be {}", slot.rec.state, allowed_states(op)),
+            ));
+        }
+        Ok(slot)
+    }
+
+    /// CreateVm: validates everything (sizes, id, asset paths, the jail plan) and records the
+    /// VM as `created`. Nothing is created on the host.
+    pub async fn create(&self, id: &str, spec: VmSpec) -> Result<VmRecord> {
+        let t0 = Instant::now();
+        let id = if id.is_empty() { generate_id() } else { id.to_owned() };
+        let spec = self.check_spec(spec)?;
+        let (config, options) = self.vm_config(&id, &spec, None);
+        let (_, plan, _) = vm::plan_vm(&config, &options).map_err(|e| ManagerError::from_vm(&e).prefixed("config."))?;
+        let now = now_ms();
+        let rec = VmRecord {
+            id: id.clone(),
+            state: VmState::Created,
+            spec,
+            plan: Some(plan),
+            pid: None,
+            start_time: None,
+            netns: None,
+            tap: None,
+            serial_path: Some(self.serial_path(&id)),
+            exit: None,
+            created_at: now,
+            updated_at: now,
+        };
+        // The map entry first: a concurrent create of the same id sees it at once.
+        {
+            let mut slots = self.slots.lock().unwrap();
+            if slots.contains_key(&id) {
+                return Err(ManagerError::new(ErrorCode::AlreadyExists, format!("a VM with id {id:?} already exists")));
+            }
+            slots.insert(id.clone(), Arc::new(Mutex::new(Slot { rec: rec.clone(), vm: None, generation: 0 })));
+        }
+        match self.store.insert(&rec).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(ManagerError::new(ErrorCode::AlreadyExists, format!("a VM with id {id:?} already exists")));
+            }
+            Err(e) => {
+                self.slots.lock().unwrap().remove(&id);
+                return Err(ManagerError::store(e));
+            }
+        }
+        tracing::info!(vm_id = %id, "vm created");
+        self.metrics.observe("create", t0.elapsed());
+        Ok(rec)
+    }
+
+    /// BootVm.
+    pub async fn boot(&self, id: &str) -> Result<VmState> {
+        let mut slot = self.lock_for(id, Op::Boot).await?;
+        self.boot_locked(&mut slot).await
+    }
+
+    async fn boot_locked(&self, slot: &mut Slot) -> Result<VmState> {
+        let t0 = Instant::now();
+        let id = slot.rec.id.clone();
+        let netns = self.cfg.netns.then(|| jail::netns::name_for(&id));
+        let (config, options) = self.vm_config(&id, &slot.rec.spec, netns.as_deref());
+        let (_, plan, _) = vm::plan_vm(&config, &options).map_err(|e| ManagerError::from_vm(&e))?;
+        // Intent first: a crash from here on leaves a record of what may exist.
+        slot.rec.state = VmState::Booting;
+        slot.rec.plan = Some(plan);
+        slot.rec.netns = netns.clone();
+        slot.rec.pid = None;
+        slot.rec.start_time = None;
+        slot.rec.exit = None;
+        self.put(&mut slot.rec).await?;
+        let started = async {
+            std::fs::create_dir_all(self.vm_dir(&id))
+                .map_err(|e| ManagerError::new(ErrorCode::Internal, format!("cannot create {}: {e}", self.vm_dir(&id).display())))?;
+            if let Some(name) = &netns {
+                jail::netns::create(Path::new(jail::netns::NETNS_DIR), name)
+                    .map_err(|e| ManagerError::new(ErrorCode::Internal, error_chain(&e)))?;
+            }
+            vm::start_vm(&config, &options).await.map_err(|e| ManagerError::from_vm(&e))
+        }
+        .await;
+        match started {
+            Ok(vm) => {
+                slot.rec.state = VmState::Running;
+                slot.rec.pid = Some(vm.pid);
+                slot.rec.start_time = vm.start_time();
+                slot.rec.plan = Some(vm.plan.clone());
+                slot.generation += 1;
+                self.watch(&id, &vm, slot.generation);
+                slot.vm = Some(vm);
+                self.put(&mut slot.rec).await?;
+                tracing::info!(vm_id = %id, pid = slot.rec.pid, "vm running");
+                self.metrics.observe("boot", t0.elapsed());
+                Ok(VmState::Running)
+            }
+            Err(e) => {
+                self.release_netns(&slot.rec);
+                slot.rec.state = VmState::Failed;
+                slot.rec.exit = Some(ExitRecord { reason: "boot_failed".into(), detail: e.message.clone(), at_unix_ms: now_ms() });
+                self.put(&mut slot.rec).await?;
+                self.metrics.failure("boot_failed");
+                tracing::warn!(vm_id = %id, error = %e.message, "boot failed");
+                Err(e)
+            }
+        }
+    }
+
+    /// Records the VM's exit when it ends on its own (guest power-off, OOM kill, crash, kill
+    /// from outside). Stops asked for through the API record their own outcome.
+    pub(crate) fn watch(&self, id: &str, vm: &VmHandle, generation: u64) {
+        let mut exit_rx = vm.exit_watch();
+        let slot = match self.slot(id) {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        let store = self.store.clone();
+        let metrics = self.metrics.clone();
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            let Ok(exit) = exit_rx.wait_for(Option::is_some).await.map(|e| e.clone()) else { return };
+            let exit = exit.expect("waited for Some");
+            let mut slot = slot.lock().await;
+            if slot.generation != generation || !matches!(slot.rec.state, VmState::Running | VmState::Paused) {
+                return;
+            }
+            slot.vm = None;
+            let record = exit_record(&exit.reason, &exit.output);
+            tracing::info!(vm_id = %id, reason = %record.reason, detail = %record.detail, "vm exited; host resources cleaned");
+            metrics.failure(&record.reason);
+            if let Some(ns) = &slot.rec.netns {
+                let _ = jail::netns::remove(&Path::new(jail::netns::NETNS_DIR).join(ns));
+            }
+            slot.rec.state = VmState::Stopped;
+            slot.rec.pid = None;
+            slot.rec.exit = Some(record);
+            slot.rec.updated_at = now_ms();
+            if let Err(e) = store.put(&slot.rec).await {
+                tracing::error!(vm_id = %id, error = %error_chain(&e), "recording the exit failed");
+            }
+        });
+    }
+
+    /// PauseVm.
+    pub async fn pause(&self, id: &str) -> Result<VmState> {
+        let mut slot = self.lock_for(id, Op::Pause).await?;
+        let vm = slot.vm.as_ref().ok_or_else(|| not_live(id))?;
+        vm.pause().await.map_err(|e| ManagerError::from_vm(&e))?;
+        slot.rec.state = VmState::Paused;
+        self.put(&mut slot.rec).await?;
+        Ok(VmState::Paused)
+    }
+
+    /// ResumeVm.
+    pub async fn resume(&self, id: &str) -> Result<VmState> {
+        let mut slot = self.lock_for(id, Op::Resume).await?;
+        let vm = slot.vm.as_ref().ok_or_else(|| not_live(id))?;
+        vm.resume().await.map_err(|e| ManagerError::from_vm(&e))?;
+        slot.rec.state = VmState::Running;
+        self.put(&mut slot.rec).await?;
+        Ok(VmState::Running)
+    }
+
+    /// ShutdownVm: graceful within `timeout` (the daemon's default when `None`; zero or `force`
+    /// kills at once), then everything of the VM is removed from the host.
+    pub async fn shutdown(&self, id: &str, force: bool, timeout: Option<Duration>) -> Result<VmState> {
+        let mut slot = self.lock_for(id, Op::Shutdown).await?;
+        let timeout = if force { Duration::ZERO } else { timeout.unwrap_or(self.stop_timeout()) };
+        self.stop_locked(&mut slot, timeout, "stopped_by_api").await?;
+        Ok(VmState::Stopped)
+    }
+
+    /// RebootVm: a stop and a boot with the same configuration.
+    pub async fn reboot(&self, id: &str) -> Result<VmState> {
+        let mut slot = self.lock_for(id, Op::Reboot).await?;
+        self.stop_locked(&mut slot, self.stop_timeout(), "rebooted").await?;
+        self.boot_locked(&mut slot).await
+    }
+
+    async fn stop_locked(&self, slot: &mut Slot, timeout: Duration, reason: &str) -> Result<()> {
+        let t0 = Instant::now();
+        slot.rec.state = VmState::Stopping;
+        self.put(&mut slot.rec).await?;
+        let outcome = match slot.vm.take() {
+            Some(vm) => vm.stop_within(timeout).await.map(|e| e.reason).map_err(|e| error_chain(&e)),
+            None => Ok(ExitReason::Stopped),
+        };
+        // Whatever the process did, make sure nothing of it is left.
+        let leftover = self.clean_host(&slot.rec).err();
+        slot.rec.pid = None;
+        let detail = match (&outcome, &leftover) {
+            (Err(e), _) => e.clone(),
+            (_, Some(e)) => e.message.clone(),
+            (Ok(r), None) => format!("stopped by the API ({r})"),
+        };
+        slot.rec.state = if outcome.is_ok() && leftover.is_none() { VmState::Stopped } else { VmState::Failed };
+        slot.rec.exit = Some(ExitRecord { reason: reason.into(), detail, at_unix_ms: now_ms() });
+        self.put(&mut slot.rec).await?;
+        self.metrics.observe("stop", t0.elapsed());
+        match leftover {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// DeleteVm: stops it if it runs, removes everything of it from the host, forgets it.
+    pub async fn delete(&self, id: &str) -> Result<()> {
+        let mut slot = self.lock_for(id, Op::Delete).await?;
+        if let Some(vm) = slot.vm.take() {
+            slot.rec.state = VmState::Stopping;
+            self.put(&mut slot.rec).await?;
+            let _ = vm.stop_within(self.stop_timeout()).await;
+        }
+        self.clean_host(&slot.rec)?;
+        let _ = std::fs::remove_dir_all(self.vm_dir(id));
+        self.store.delete(id).await.map_err(ManagerError::store)?;
+        slot.rec.state = VmState::Deleted;
+        self.slots.lock().unwrap().remove(id);
+        tracing::info!(vm_id = %id, "vm deleted");
+        Ok(())
+    }
+
+    /// GetVmInfo.
+    pub async fn get(&self, id: &str) -> Result<VmInfo> {
+        let slot = self.slot(id)?;
+        let slot = slot.lock().await;
+        if slot.rec.state == VmState::Deleted {
+            return Err(ManagerError::new(ErrorCode::NotFound, format!("VM {id:?} was deleted")));
+        }
+        Ok(info(&slot))
+    }
+
+    /// ListVms, by id. VMs busy with a request are shown as last recorded.
+    pub async fn list(&self) -> Result<Vec<VmInfo>> {
+        let slots: Vec<Arc<Mutex<Slot>>> = self.slots.lock().unwrap().values().cloned().collect();
+        let mut out = Vec::with_capacity(slots.len());
+        for s in slots {
+            let info = match s.try_lock() {
+                Ok(slot) => info(&slot),
+                Err(_) => match self.store.get(&self.id_of(&s)).await {
+                    Ok(Some(rec)) => VmInfo { record: rec, stats: None, isolation: None },
+                    _ => continue,
+                },
+            };
+            if info.record.state != VmState::Deleted {
+                out.push(info);
+            }
+        }
+        out.sort_by(|a, b| a.record.id.cmp(&b.record.id));
+        Ok(out)
+    }
+
+    fn id_of(&self, slot: &Arc<Mutex<Slot>>) -> String {
+        self.slots
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, s)| Arc::ptr_eq(s, slot))
+            .map(|(k, _)| k.clone())
+            .unwrap_or_default()
+    }
+
+    /// Counts of VMs by state, and per-VM readings, for /metrics.
+    pub async fn snapshot(&self) -> Vec<VmInfo> {
+        self.list().await.unwrap_or_default()
+    }
+
+    /// At daemon shutdown: stop every VM (`stop == true`) or let them run on for the next start
+    /// to re-attach.
+    pub async fn shutdown_all(&self, stop: bool) {
+        let slots: Vec<Arc<Mutex<Slot>>> = self.slots.lock().unwrap().values().cloned().collect();
+        for s in slots {
+            let mut slot = s.lock().await;
+            if stop {
+                if slot.rec.state.allows(Op::Shutdown) {
+                    let _ = self.stop_locked(&mut slot, self.stop_timeout(), "daemon_exit").await;
+                }
+            } else if let Some(vm) = slot.vm.take() {
+                // Bump the generation so the watcher does not record a detach as an exit.
+                slot.generation += 1;
+                vm.detach();
+            }
+        }
+    }
+
+    /// Removes the VM's jail, cgroups and namespace (idempotent).
+    pub(crate) fn clean_host(&self, rec: &VmRecord) -> Result<()> {
+        if let Some(plan) = &rec.plan {
+            jail::cleanup::remove(plan).map_err(|e| ManagerError::new(ErrorCode::Internal, error_chain(&e)))?;
+        }
+        self.release_netns(rec);
+        Ok(())
+    }
+
+    fn release_netns(&self, rec: &VmRecord) {
+        if let Some(ns) = &rec.netns {
+            if let Err(e) = jail::netns::remove(&Path::new(jail::netns::NETNS_DIR).join(ns)) {
+                tracing::warn!(vm_id = %rec.id, error = %error_chain(&e), "removing the network namespace failed");
+            }
+        }
+    }
+
+    pub(crate) async fn put(&self, rec: &mut VmRecord) -> Result<()> {
+        rec.updated_at = now_ms();
+        self.store.put(rec).await.map_err(ManagerError::store)
+    }
+
+    pub(crate) fn stop_timeout(&self) -> Duration {
+        Duration::from_secs(self.cfg.stop_timeout_secs)
+    }
+
+    fn vm_dir(&self, id: &str) -> PathBuf {
+        self.cfg.state_dir.join("vms").join(id)
+    }
+
+    fn serial_path(&self, id: &str) -> PathBuf {
+        self.vm_dir(id).join("serial.log")
+    }
+
+    /// The library's view of a stored spec.
+    pub(crate) fn vm_config(&self, id: &str, spec: &VmSpec, netns: Option<&str>) -> (VmConfig, VmOptions) {
+        let config = VmConfig {
+            vm_id: id.to_owned(),
+            vcpu_count: spec.vcpu_count,
+            memory_mb: spec.memory_mib,
+            kernel_path: spec.kernel_path.clone(),
+            rootfs_path: spec.rootfs_path.clone(),
+            enable_networking: spec.enable_networking,
+        };
+        let mut jailer = self.cfg.jailer_config();
+        if spec.cpu_quota_percent.is_some() {
+            jailer.cpu_quota_pct = spec.cpu_quota_percent;
+        }
+        jailer.netns = netns.map(|n| Path::new(jail::netns::NETNS_DIR).join(n).display().to_string());
+        let serial = self.serial_path(id);
+        let options = VmOptions {
+            boot_args: (!spec.boot_args.is_empty()).then(|| spec.boot_args.clone()),
+            drives: spec.drives.iter().map(|(p, ro)| DriveConfig { path: p.into(), read_only: *ro }).collect(),
+            jailer,
+            jailer_mode: self.cfg.jailer_mode(),
+            memory_limit_mb: spec.memory_limit_mib.or_else(|| self.cfg.memory_limit_mb(spec.memory_mib)),
+            serial: Serial::File(serial),
+            stop_timeout: self.stop_timeout(),
+            ..VmOptions::default()
+        };
+        (config, options)
+    }
+
+    /// Applies defaults and checks that every host path lies inside an asset directory (after
+    /// resolving symlinks), so no caller can attach a host file such as /etc/shadow.
+    fn check_spec(&self, mut spec: VmSpec) -> Result<VmSpec> {
+        if spec.vcpu_count == 0 {
+            spec.vcpu_count = 1;
+        }
+        if spec.memory_mib == 0 {
+            spec.memory_mib = 512;
+        }
+        let invalid = |field: &str, problem: String| ManagerError::new(ErrorCode::InvalidArgument, format!("invalid {field}: {problem}"));
+        if spec.kernel_path.is_empty() {
+            return Err(invalid("config.kernel_path", "is empty; give the path of a kernel image under an asset directory".into()));
+        }
+        spec.kernel_path = self.allowed(&spec.kernel_path).map_err(|p| invalid("config.kernel_path", p))?;
+        if !spec.rootfs_path.is_empty() {
+            spec.rootfs_path = self.allowed(&spec.rootfs_path).map_err(|p| invalid("config.rootfs_path", p))?;
+        }
+        for (i, (path, _)) in spec.drives.iter_mut().enumerate() {
+            *path = self.allowed(path).map_err(|p| invalid(&format!("config.drives[{i}].path"), p))?;
+        }
+        Ok(spec)
+    }
+
+    fn allowed(&self, path: &str) -> std::result::Result<String, String> {
+        let dirs: Vec<String> = self.cfg.asset_dirs.iter().map(|d| d.display().to_string()).collect();
+        let real = std::fs::canonicalize(path).map_err(|e| format!("{path} cannot be resolved ({e}); give an existing file under {}", dirs.join(", ")))?;
+        let inside = self
+            .cfg
+            .asset_dirs
+            .iter()
+            .filter_map(|d| std::fs::canonicalize(d).ok())
+            .any(|d| real.starts_with(&d));
+        if !inside {
+            return Err(format!(
+                "{path} (resolved to {}) is outside the asset directories ({}); put the file there or add its directory to asset_dirs",
+                real.display(),
+                if dirs.is_empty() { "none configured".into() } else { dirs.join(", ") }
+            ));
+        }
+        Ok(real.display().to_string())
+    }
+}
+
+impl ManagerError {
+    fn prefixed(mut self, prefix: &str) -> Self {
+        if let Some(rest) = self.message.strip_prefix("invalid ") {
+            if !rest.starts_with(prefix) && !rest.starts_with("vm_id") {
+                self.message = format!("invalid {prefix}{rest}");
+            }
+        }
+        self
+    }
+}
+
+fn info(slot: &Slot) -> VmInfo {
+    let live = slot.vm.as_ref().filter(|vm| vm.exited().is_none());
+    VmInfo {
+        record: slot.rec.clone(),
+        stats: live.map(|vm| vm.cgroup_stats()),
+        isolation: live.map(|vm| vm.isolation_now()),
+    }
+}
+
+fn not_live(id: &str) -> ManagerError {
+    ManagerError::new(ErrorCode::FailedPrecondition, format!("VM {id} has no running process"))
+}
+
+fn allowed_states(op: Op) -> String {
+    let states: Vec<&str> = VmState::ALL.iter().filter(|s| s.allows(op)).map(|s| s.as_str()).collect();
+    states.join(" or ")
+}
+
+/// How an exit is recorded.
+pub(crate) fn exit_record(reason: &ExitReason, output: &str) -> ExitRecord {
+    let code = match reason {
+        ExitReason::GuestPowerOff => "guest_power_off",
+        ExitReason::Stopped => "stopped",
+        ExitReason::Killed => "killed",
+        ExitReason::OomKilled => "oom_killed",
+        ExitReason::Signaled { .. } => "signaled",
+        ExitReason::FirecrackerError { .. } => "firecracker_error",
+        ExitReason::Unknown => "unknown",
+    };
+    let mut detail = reason.to_string();
+    if matches!(reason, ExitReason::FirecrackerError { .. }) && !output.is_empty() {
+        detail.push_str(": ");
+        detail.push_str(output.lines().last().unwrap_or_default());
+    }
+    ExitRecord { reason: code.into(), detail, at_unix_ms: now_ms() }
+}
+
+/// `vm-` and 16 hex digits.
+fn generate_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    format!("vm-{:016x}", h.finish())
+}

@@ -1,0 +1,100 @@
+//! Prometheus metrics: VMs by state, request latencies, failures by reason, and per-VM memory
+//! and CPU read from the VMs' cgroups at scrape time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use super::manager::VmInfo;
+use super::state::VmState;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabel {
+    op: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VmLabel {
+    vm_id: String,
+}
+
+/// The daemon's metrics. Cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    latency: Family<OpLabel, Histogram>,
+    failures: Family<ReasonLabel, Counter>,
+    vms: Family<StateLabel, Gauge>,
+    memory: Family<VmLabel, Gauge>,
+    cpu: Family<VmLabel, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("warden");
+        let latency = Family::<OpLabel, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 16)));
+        let failures = Family::<ReasonLabel, Counter>::default();
+        let vms = Family::<StateLabel, Gauge>::default();
+        let memory = Family::<VmLabel, Gauge>::default();
+        let cpu = Family::<VmLabel, Gauge>::default();
+        registry.register("request_duration_seconds", "Latency of create, boot and stop", latency.clone());
+        registry.register("vm_exits_or_failures", "VM failures and exits by reason", failures.clone());
+        registry.register("vms", "VMs by state", vms.clone());
+        registry.register("vm_memory_bytes", "Memory charged to each VM's cgroup", memory.clone());
+        registry.register("vm_cpu_seconds", "CPU time used by each VM's cgroup", cpu.clone());
+        Self { registry: Arc::new(registry), latency, failures, vms, memory, cpu }
+    }
+}
+
+impl Metrics {
+    /// Records the latency of `op`.
+    pub fn observe(&self, op: &str, d: Duration) {
+        self.latency.get_or_create(&OpLabel { op: op.into() }).observe(d.as_secs_f64());
+    }
+
+    /// Counts a failure or exit by reason.
+    pub fn failure(&self, reason: &str) {
+        self.failures.get_or_create(&ReasonLabel { reason: reason.into() }).inc();
+    }
+
+    /// Renders the text exposition format, with gauges refreshed from `vms`.
+    pub fn render(&self, vms: &[VmInfo]) -> String {
+        for s in VmState::ALL {
+            let n = vms.iter().filter(|v| v.record.state == s).count();
+            self.vms.get_or_create(&StateLabel { state: s.as_str().into() }).set(n as i64);
+        }
+        self.memory.clear();
+        self.cpu.clear();
+        for v in vms {
+            if let Some(st) = &v.stats {
+                let l = VmLabel { vm_id: v.record.id.clone() };
+                if let Some(m) = st.memory_bytes {
+                    self.memory.get_or_create(&l).set(m as i64);
+                }
+                if let Some(c) = st.cpu_usage_ns {
+                    self.cpu.get_or_create(&l).set((c / 1_000_000_000) as i64);
+                }
+            }
+        }
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,257 @@
+//! The daemon's memory: one SQLite database (WAL) under the state directory with a row per VM.
+//!
+//! The manager writes the intent of each step before doing it (`booting` with the plan before
+//! the jail is staged, `stopping` before the stop), so after a crash at any point the row says
+//! what may exist on the host, and recovery can finish the job.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use jail::JailPlan;
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+use super::state::VmState;
+
+/// A VM's configuration as the API gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct VmSpec {
+    /// vCPUs.
+    pub vcpu_count: u8,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// Kernel image (canonical path inside an asset directory).
+    pub kernel_path: String,
+    /// Root filesystem image, or empty.
+    pub rootfs_path: String,
+    /// Kernel command line, or empty for the default.
+    pub boot_args: String,
+    /// Extra drives: (path, read-only).
+    pub drives: Vec<(String, bool)>,
+    /// Network device wanted.
+    pub enable_networking: bool,
+    /// cgroup memory cap in MiB.
+    pub memory_limit_mib: Option<u32>,
+    /// CPU cap in percent of one core.
+    pub cpu_quota_percent: Option<u32>,
+    /// Caller's labels.
+    pub metadata: std::collections::BTreeMap<String, String>,
+}
+
+/// Why a VM ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    /// Machine-readable reason (`guest_power_off`, `oom_killed`, `stopped_by_api`, ...).
+    pub reason: String,
+    /// For people.
+    pub detail: String,
+    /// When, in ms since the epoch.
+    pub at_unix_ms: i64,
+}
+
+/// One VM's row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmRecord {
+    /// The id.
+    pub id: String,
+    /// Its state.
+    pub state: VmState,
+    /// Its configuration.
+    pub spec: VmSpec,
+    /// The plan of its current (or last) jail; paths to clean come from here.
+    pub plan: Option<JailPlan>,
+    /// Firecracker's pid while it may run.
+    pub pid: Option<u32>,
+    /// Firecracker's start time (clock ticks since boot), naming the process with the pid.
+    pub start_time: Option<u64>,
+    /// Network namespace name, when it has one.
+    pub netns: Option<String>,
+    /// TAP device name, when it has one.
+    pub tap: Option<String>,
+    /// Serial console log file.
+    pub serial_path: Option<PathBuf>,
+    /// Why it last ended.
+    pub exit: Option<ExitRecord>,
+    /// Created, ms since the epoch.
+    pub created_at: i64,
+    /// Last change, ms since the epoch.
+    pub updated_at: i64,
+}
+
+/// A database error, naming the database.
+#[derive(Debug, thiserror::Error)]
+#[error("state database {path}: {what}")]
+pub struct StoreError {
+    /// The database file.
+    pub path: PathBuf,
+    /// What was being done.
+    pub what: String,
+    /// The cause.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// The VM table. Cheap to clone; calls run on the blocking pool.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Store {
+    /// Opens (creating) `<state_dir>/warden.db`.
+    pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
+        let path = state_dir.join("warden.db");
+        let err = |what: &str| {
+            let path = path.clone();
+            let what = what.to_owned();
+            move |e: rusqlite::Error| StoreError { path, what, source: Box::new(e) }
+        };
+        std::fs::create_dir_all(state_dir).map_err(|e| StoreError {
+            path: path.clone(),
+            what: format!("creating the state directory {}", state_dir.display()),
+            source: Box::new(e),
+        })?;
+        let conn = Connection::open(&path).map_err(err("opening"))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             PRAGMA synchronous=NORMAL;
+             PRAGMA busy_timeout=5000;
+             CREATE TABLE IF NOT EXISTS vms (
+                 id TEXT PRIMARY KEY,
+                 state TEXT NOT NULL,
+                 record TEXT NOT NULL,
+                 updated_at INTEGER NOT NULL
+             );",
+        )
+        .map_err(err("creating the schema"))?;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), path })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        what: String,
+        f: impl FnOnce(&Connection) -> Result<T, Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn.clone();
+        let path = self.path.clone();
+        let what2 = what.clone();
+        tokio::task::spawn_blocking(move || f(&conn.lock().unwrap()))
+            .await
+            .map_err(|e| StoreError { path: path.clone(), what: what2, source: Box::new(e) })?
+            .map_err(|source| StoreError { path, what, source })
+    }
+
+    /// Inserts a new record; `Ok(false)` if the id exists.
+    pub async fn insert(&self, rec: &VmRecord) -> Result<bool, StoreError> {
+        let (id, state, json, at) = (rec.id.clone(), rec.state.as_str(), serde_json::to_string(rec).unwrap(), rec.updated_at);
+        self.run(format!("inserting VM {id}"), move |c| {
+            let n = c.execute(
+                "INSERT OR IGNORE INTO vms (id, state, record, updated_at) VALUES (?1, ?2, ?3, ?4)",
+                params![id, state, json, at],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    /// Writes a record (which must exist).
+    pub async fn put(&self, rec: &VmRecord) -> Result<(), StoreError> {
+        let (id, state, json, at) = (rec.id.clone(), rec.state.as_str(), serde_json::to_string(rec).unwrap(), rec.updated_at);
+        self.run(format!("updating VM {id}"), move |c| {
+            c.execute("UPDATE vms SET state = ?2, record = ?3, updated_at = ?4 WHERE id = ?1", params![id, state, json, at])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Reads one record.
+    pub async fn get(&self, id: &str) -> Result<Option<VmRecord>, StoreError> {
+        let id = id.to_owned();
+        self.run(format!("reading VM {id}"), move |c| {
+            let json: Option<String> =
+                c.query_row("SELECT record FROM vms WHERE id = ?1", params![id], |r| r.get(0)).optional()?;
+            Ok(match json {
+                Some(j) => Some(serde_json::from_str(&j)?),
+                None => None,
+            })
+        })
+        .await
+    }
+
+    /// Every record, by id.
+    pub async fn list(&self) -> Result<Vec<VmRecord>, StoreError> {
+        self.run("listing VMs".into(), |c| {
+            let mut stmt = c.prepare("SELECT record FROM vms ORDER BY id")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            let mut out = Vec::new();
+            for j in rows {
+                out.push(serde_json::from_str(&j?)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Removes a record.
+    pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        self.run(format!("deleting VM {id}"), move |c| {
+            c.execute("DELETE FROM vms WHERE id = ?1", params![id])?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str) -> VmRecord {
+        VmRecord {
+            id: id.into(),
+            state: VmState::Created,
+            spec: VmSpec { vcpu_count: 1, memory_mib: 128, kernel_path: "/k".into(), ..Default::default() },
+            plan: None,
+            pid: None,
+            start_time: None,
+            netns: None,
+            tap: None,
+            serial_path: None,
+            exit: None,
+            created_at: now_ms(),
+            updated_at: now_ms(),
+        }
+    }
+
+    #[tokio::test]
+    async fn records_survive_reopening_and_ids_are_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.insert(&rec("a")).await.unwrap());
+        assert!(!store.insert(&rec("a")).await.unwrap(), "duplicate id");
+        let mut r = rec("a");
+        r.state = VmState::Running;
+        r.pid = Some(42);
+        store.put(&r).await.unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.get("a").await.unwrap().unwrap().pid, Some(42));
+        assert_eq!(store.list().await.unwrap().len(), 1);
+        store.delete("a").await.unwrap();
+        assert!(store.get("a").await.unwrap().is_none());
+        let mode: String = store.conn.lock().unwrap().query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+    }
+}
