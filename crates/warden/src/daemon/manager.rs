@@ -539,11 +539,12 @@ impl Manager {
 }
 
 impl ManagerError {
+    /// Names library fields as the API does (`memory_mb` is the API's `config.memory_mib`).
     fn prefixed(mut self, prefix: &str) -> Self {
         if let Some(rest) = self.message.strip_prefix("invalid ") {
-            if !rest.starts_with(prefix) && !rest.starts_with("vm_id") {
-                self.message = format!("invalid {prefix}{rest}");
-            }
+            let rest = rest.strip_prefix("memory_mb").map_or(rest.to_owned(), |r| format!("memory_mib{r}"));
+            let rest = rest.strip_prefix("memory_limit_mb").map_or(rest.clone(), |r| format!("memory_limit_mib{r}"));
+            self.message = if rest.starts_with(prefix) || rest.starts_with("vm_id") { format!("invalid {rest}") } else { format!("invalid {prefix}{rest}") };
         }
         self
     }

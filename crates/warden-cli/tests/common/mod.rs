@@ -1,0 +1,196 @@
+//! A real `warden serve` process for tests: its own state directory, chroot base and parent
+//! cgroup, so daemons in parallel tests never see (or clean) each other's VMs.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use warden_api::{pb, Client, Endpoint};
+
+pub fn assets() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/assets").canonicalize().expect("run scripts/setup-assets.sh");
+    assert!(dir.join("testguest").is_file(), "run scripts/setup-assets.sh first");
+    dir
+}
+
+pub fn testguest() -> String {
+    assets().join("testguest").display().to_string()
+}
+
+pub fn unique(prefix: &str) -> String {
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{prefix}-{}-{:x}", std::process::id(), n & 0xfffff)
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub chroot: PathBuf,
+    pub parent_cgroup: String,
+    pub env: Vec<(String, String)>,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts a daemon with the test's own directories plus `env`, and waits for /healthz.
+    pub fn start(env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::Builder::new().prefix("wd").tempdir_in("/tmp").unwrap();
+        let chroot = dir.path().join("j");
+        std::fs::create_dir_all(dir.path().join("assets")).unwrap();
+        let parent_cgroup = unique("wdt");
+        let mut all: Vec<(String, String)> = vec![
+            ("WARDEN_STATE_DIR".into(), dir.path().join("state").display().to_string()),
+            ("WARDEN_JAILER_CHROOT_DIR".into(), chroot.display().to_string()),
+            ("WARDEN_PARENT_CGROUP".into(), parent_cgroup.clone()),
+            ("WARDEN_ASSET_DIRS".into(), format!("{},{}", assets().display(), dir.path().join("assets").display())),
+            ("WARDEN_LOG_FORMAT".into(), "json".into()),
+            ("WARDEN_STOP_TIMEOUT".into(), "2".into()),
+        ];
+        for (k, v) in env {
+            all.retain(|(key, _)| key != k);
+            all.push((k.to_string(), v.to_string()));
+        }
+        let mut d = Self { child: None, port: free_port(), log: dir.path().join("daemon.log"), dir, chroot, parent_cgroup, env: all };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_warden"));
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        self.child = Some(cmd.spawn().unwrap());
+        let t0 = Instant::now();
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("daemon exited at start ({status}): {}", self.logs());
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "daemon not up: {}", self.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(Endpoint::Tcp(self.url()), None)
+    }
+
+    /// A file under the daemon's second asset directory.
+    pub fn asset_file(&self, name: &str, first_sector: &[u8]) -> String {
+        let p = self.dir.path().join("assets").join(name);
+        let mut data = first_sector.to_vec();
+        data.resize(1 << 20, 0);
+        std::fs::write(&p, data).unwrap();
+        p.display().to_string()
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Everything of this daemon's VMs on the host: jails, cgroup directories, namespaces.
+    pub fn host_traces(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(self.chroot.join("firecracker")).into_iter().flatten().flatten() {
+            out.push(entry.path());
+        }
+        for c in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            for entry in std::fs::read_dir(c.path().join(&self.parent_cgroup)).into_iter().flatten().flatten() {
+                if entry.path().is_dir() {
+                    out.push(entry.path());
+                }
+            }
+        }
+        out
+    }
+
+    pub fn assert_clean(&self) {
+        let t = self.host_traces();
+        assert!(t.is_empty(), "left on the host: {t:?}\n{}", self.logs());
+    }
+
+    pub fn create_req(&self, id: &str, boot_args: &str) -> pb::CreateVmRequest {
+        pb::CreateVmRequest {
+            vm_id: id.into(),
+            config: Some(pb::VmConfig { vcpu_count: 1, memory_mib: 128, kernel_path: testguest(), boot_args: boot_args.into(), ..Default::default() }),
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Stop every VM this daemon knows, then the daemon; then remove its parent cgroups.
+        if self.child.is_some() {
+            // Tests drop this inside their runtime: delete from a thread with its own.
+            let client = self.client();
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async {
+                    if let Ok(list) = client.list_vms(pb::ListVmsRequest {}).await {
+                        for vm in list.vms {
+                            let _ = client.delete_vm(pb::DeleteVmRequest { vm_id: vm.vm_id }).await;
+                        }
+                    }
+                });
+            })
+            .join();
+        }
+        self.terminate();
+        for c in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            let _ = std::fs::remove_dir(c.path().join(&self.parent_cgroup));
+        }
+    }
+}
+
+/// Waits until `f` holds, up to `timeout`.
+pub async fn eventually<F: FnMut() -> bool>(timeout: Duration, mut f: F) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f()
+}
+
+pub fn state(s: pb::VmState) -> i32 {
+    s as i32
+}
