@@ -113,6 +113,16 @@ pub fn start_time(proc_root: &Path, pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Whether process `pid` with this start time still runs (a zombie does not: it has exited and
+/// only waits to be reaped).
+pub fn is_running(proc_root: &Path, pid: u32, start: u64) -> bool {
+    let Ok(stat) = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")) else { return false };
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { return false };
+    let mut fields = rest.split_whitespace();
+    let state = fields.next();
+    state != Some("Z") && state != Some("X") && fields.nth(18).and_then(|t| t.parse().ok()) == Some(start)
+}
+
 /// The real, effective, saved and filesystem ids of a `Uid:`/`Gid:` status line.
 fn status_ids(status: &str, key: &str) -> Option<Vec<u32>> {
     let line = status.lines().find(|l| l.starts_with(key))?;

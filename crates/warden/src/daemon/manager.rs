@@ -209,11 +209,8 @@ impl Manager {
         let t0 = Instant::now();
         let id = slot.rec.id.clone();
         let netns = self.cfg.netns.then(|| jail::netns::name_for(&id));
-        let (config, options) = self.vm_config(&id, &slot.rec.spec, netns.as_deref());
-        let (_, plan, _) = vm::plan_vm(&config, &options).map_err(|e| ManagerError::from_vm(&e))?;
         // Intent first: a crash from here on leaves a record of what may exist.
         slot.rec.state = VmState::Booting;
-        slot.rec.plan = Some(plan);
         slot.rec.netns = netns.clone();
         slot.rec.pid = None;
         slot.rec.start_time = None;
@@ -226,6 +223,10 @@ impl Manager {
                 jail::netns::create(Path::new(jail::netns::NETNS_DIR), name)
                     .map_err(|e| ManagerError::new(ErrorCode::Internal, error_chain(&e)))?;
             }
+            let (config, options) = self.vm_config(&id, &slot.rec.spec, netns.as_deref());
+            let (_, plan, _) = vm::plan_vm(&config, &options).map_err(|e| ManagerError::from_vm(&e))?;
+            slot.rec.plan = Some(plan);
+            self.put(&mut slot.rec).await?;
             vm::start_vm(&config, &options).await.map_err(|e| ManagerError::from_vm(&e))
         }
         .await;

@@ -61,7 +61,7 @@ impl VmHandle {
         stop_timeout: Duration,
     ) -> Result<Option<VmHandle>, Error> {
         let proc_root = std::path::Path::new("/proc");
-        if inspect::start_time(proc_root, pid) != Some(start_time) {
+        if !inspect::is_running(proc_root, pid, start_time) {
             return Ok(None);
         }
         let process = process::Process::attach(plan.clone(), pid, serial_file)?;
