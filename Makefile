@@ -17,6 +17,6 @@ lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-test: assets build
+test: assets build lint
 	cargo nextest run --workspace --no-fail-fast
 	cargo test --workspace --doc

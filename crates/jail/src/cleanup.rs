@@ -37,7 +37,12 @@ pub fn remove_paths(jail_dir: &Path, cgroup_dirs: &[PathBuf]) -> Result<(), Clea
     match std::fs::remove_dir_all(jail_dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(source) => return Err(CleanupError::JailDir { path: jail_dir.to_owned(), source }),
+        Err(source) => {
+            return Err(CleanupError::JailDir {
+                path: jail_dir.to_owned(),
+                source,
+            })
+        }
     }
     cgroup::remove(cgroup_dirs, Duration::from_secs(2))?;
     Ok(())

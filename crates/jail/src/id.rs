@@ -27,7 +27,9 @@ pub enum IdError {
         len: usize,
     },
     /// The id holds a character outside `[A-Za-z0-9-]`.
-    #[error("contains {ch:?}; use only ASCII letters, digits or '-' (no '/', '.', spaces or non-ASCII)")]
+    #[error(
+        "contains {ch:?}; use only ASCII letters, digits or '-' (no '/', '.', spaces or non-ASCII)"
+    )]
     BadChar {
         /// The first offending character.
         ch: char,
@@ -40,7 +42,10 @@ impl JailId {
         if s.is_empty() {
             return Err(IdError::Empty);
         }
-        if let Some(ch) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-')) {
+        if let Some(ch) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+        {
             return Err(IdError::BadChar { ch });
         }
         let len = s.chars().count();
@@ -81,6 +86,9 @@ mod tests {
         assert_eq!(JailId::new("vm_1"), Err(IdError::BadChar { ch: '_' }));
         assert_eq!(JailId::new("vmé"), Err(IdError::BadChar { ch: 'é' }));
         assert_eq!(JailId::new("vm 1"), Err(IdError::BadChar { ch: ' ' }));
-        assert_eq!(JailId::new(&"x".repeat(65)), Err(IdError::TooLong { len: 65 }));
+        assert_eq!(
+            JailId::new(&"x".repeat(65)),
+            Err(IdError::TooLong { len: 65 })
+        );
     }
 }

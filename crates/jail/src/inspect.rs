@@ -18,10 +18,16 @@ pub struct Layer {
 
 impl Layer {
     fn on(detail: impl Into<String>) -> Self {
-        Self { active: true, detail: detail.into() }
+        Self {
+            active: true,
+            detail: detail.into(),
+        }
     }
     fn off(detail: impl Into<String>) -> Self {
-        Self { active: false, detail: detail.into() }
+        Self {
+            active: false,
+            detail: detail.into(),
+        }
     }
 }
 
@@ -79,7 +85,10 @@ pub fn report(proc_root: &Path, pid: u32, expected: &Expected<'_>) -> IsolationR
         _ => Layer::off("process status unreadable"),
     };
 
-    let chroot = match (std::fs::metadata(dir.join("root")), std::fs::metadata(expected.root_dir)) {
+    let chroot = match (
+        std::fs::metadata(dir.join("root")),
+        std::fs::metadata(expected.root_dir),
+    ) {
         (Ok(seen), Ok(want)) if (seen.dev(), seen.ino()) == (want.dev(), want.ino()) => {
             Layer::on(format!("root is {}", expected.root_dir.display()))
         }
@@ -97,11 +106,23 @@ pub fn report(proc_root: &Path, pid: u32, expected: &Expected<'_>) -> IsolationR
         _ => Layer::off(format!("{name} namespace unreadable")),
     };
     let pid_ns = ns("pid", "shares the host's PID namespace (new_pid_ns is off)");
-    let net_ns = ns("net", "shares the host's network namespace (no netns configured)");
+    let net_ns = ns(
+        "net",
+        "shares the host's network namespace (no netns configured)",
+    );
 
     let is_sandboxed =
         jailer.active && uid_gid.active && chroot.active && cgroups.active && seccomp.active;
-    IsolationReport { is_sandboxed, jailer, uid_gid, chroot, cgroups, seccomp, pid_ns, net_ns }
+    IsolationReport {
+        is_sandboxed,
+        jailer,
+        uid_gid,
+        chroot,
+        cgroups,
+        seccomp,
+        pid_ns,
+        net_ns,
+    }
 }
 
 /// A process's start time in clock ticks since boot (`/proc/<pid>/stat` field 22). With the pid,
@@ -116,22 +137,33 @@ pub fn start_time(proc_root: &Path, pid: u32) -> Option<u64> {
 /// Whether process `pid` with this start time still runs (a zombie does not: it has exited and
 /// only waits to be reaped).
 pub fn is_running(proc_root: &Path, pid: u32, start: u64) -> bool {
-    let Ok(stat) = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")) else { return false };
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { return false };
+    let Ok(stat) = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")) else {
+        return false;
+    };
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return false;
+    };
     let mut fields = rest.split_whitespace();
     let state = fields.next();
-    state != Some("Z") && state != Some("X") && fields.nth(18).and_then(|t| t.parse().ok()) == Some(start)
+    state != Some("Z")
+        && state != Some("X")
+        && fields.nth(18).and_then(|t| t.parse().ok()) == Some(start)
 }
 
 /// The real, effective, saved and filesystem ids of a `Uid:`/`Gid:` status line.
 fn status_ids(status: &str, key: &str) -> Option<Vec<u32>> {
     let line = status.lines().find(|l| l.starts_with(key))?;
-    let ids: Vec<u32> = line[key.len()..].split_whitespace().filter_map(|s| s.parse().ok()).collect();
+    let ids: Vec<u32> = line[key.len()..]
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect();
     (ids.len() == 4).then_some(ids)
 }
 
 fn ns_id(proc_dir: &Path, name: &str) -> Option<String> {
-    std::fs::read_link(proc_dir.join("ns").join(name)).ok().map(|p| p.display().to_string())
+    std::fs::read_link(proc_dir.join("ns").join(name))
+        .ok()
+        .map(|p| p.display().to_string())
 }
 
 fn seccomp_layer(dir: &Path) -> Layer {
@@ -143,7 +175,10 @@ fn seccomp_layer(dir: &Path) -> Layer {
     for t in tasks.flatten() {
         let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
         total += 1;
-        if status.lines().any(|l| l.starts_with("Seccomp:") && l.split_whitespace().nth(1) == Some("2")) {
+        if status
+            .lines()
+            .any(|l| l.starts_with("Seccomp:") && l.split_whitespace().nth(1) == Some("2"))
+        {
             filtered += 1;
         }
     }
@@ -161,17 +196,29 @@ fn cgroup_layer(dir: &Path, expected: &[PathBuf]) -> Layer {
         return Layer::off("no cgroup limits applied");
     }
     let text = std::fs::read_to_string(dir.join("cgroup")).unwrap_or_default();
-    let paths: Vec<&str> = text.lines().filter_map(|l| l.splitn(3, ':').nth(2)).collect();
+    let paths: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.splitn(3, ':').nth(2))
+        .collect();
     let missing: Vec<String> = expected
         .iter()
         .filter(|d| {
             // `<mount>/<parent>/<id>` must end with a path the process is in.
-            !paths.iter().any(|p| *p != "/" && d.to_string_lossy().ends_with(p))
+            !paths
+                .iter()
+                .any(|p| *p != "/" && d.to_string_lossy().ends_with(p))
         })
         .map(|d| d.display().to_string())
         .collect();
     if missing.is_empty() {
-        Layer::on(format!("in {}", expected.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")))
+        Layer::on(format!(
+            "in {}",
+            expected
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
     } else {
         Layer::off(format!("not in {}", missing.join(", ")))
     }
@@ -203,7 +250,12 @@ mod tests {
         let r = report(
             Path::new("/proc"),
             me,
-            &Expected { jailed: false, root_dir: Path::new("/nonexistent"), cgroup_dirs: &[], unjailed_reason: Some("test") },
+            &Expected {
+                jailed: false,
+                root_dir: Path::new("/nonexistent"),
+                cgroup_dirs: &[],
+                unjailed_reason: Some("test"),
+            },
         );
         assert!(!r.is_sandboxed);
         assert!(!r.pid_ns.active && !r.net_ns.active);

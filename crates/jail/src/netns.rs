@@ -32,9 +32,17 @@ pub struct NetnsError {
 /// Creates an empty network namespace named `name` under `dir`; returns its file.
 pub fn create(dir: &Path, name: &str) -> Result<PathBuf, NetnsError> {
     let path = dir.join(name);
-    let err = |action, source| NetnsError { action, path: path.clone(), source };
+    let err = |action, source| NetnsError {
+        action,
+        path: path.clone(),
+        source,
+    };
     std::fs::create_dir_all(dir).map_err(|e| err("create the directory of", e))?;
-    std::fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(|e| err("create", e))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| err("create", e))?;
     let target = path.clone();
     // unshare() changes only the calling thread's namespace: do it in a thread that ends at once.
     let made = std::thread::spawn(move || -> io::Result<()> {
@@ -61,12 +69,22 @@ pub fn create(dir: &Path, name: &str) -> Result<PathBuf, NetnsError> {
 pub fn remove(path: &Path) -> Result<(), NetnsError> {
     match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-        Err(e) => return Err(NetnsError { action: "unmount", path: path.to_owned(), source: e.into() }),
+        Err(e) => {
+            return Err(NetnsError {
+                action: "unmount",
+                path: path.to_owned(),
+                source: e.into(),
+            })
+        }
     }
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(NetnsError { action: "remove", path: path.to_owned(), source }),
+        Err(source) => Err(NetnsError {
+            action: "remove",
+            path: path.to_owned(),
+            source,
+        }),
     }
 }
 
@@ -94,8 +112,12 @@ mod tests {
         let ns = std::fs::metadata(&path).unwrap();
         let own = std::fs::metadata("/proc/self/ns/net").unwrap();
         use std::os::unix::fs::MetadataExt;
-        assert_ne!((ns.dev(), ns.ino()), (own.dev(), own.ino()), "a new namespace, not ours");
-        assert_eq!(list_ours(dir.path()), [name.clone()]);
+        assert_ne!(
+            (ns.dev(), ns.ino()),
+            (own.dev(), own.ino()),
+            "a new namespace, not ours"
+        );
+        assert_eq!(list_ours(dir.path()), std::slice::from_ref(&name));
         assert!(create(dir.path(), &name).is_err(), "names are unique");
         remove(&path).unwrap();
         assert!(!path.exists());

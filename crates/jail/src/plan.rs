@@ -108,7 +108,12 @@ impl JailSpec {
     /// Validates the spec and computes its plan against the host's cgroup hierarchy.
     pub fn plan(&self, hierarchy: &Hierarchy) -> Result<JailPlan, SpecError> {
         self.validate()?;
-        let exec_name = self.exec_file.file_name().expect("validated").to_string_lossy().into_owned();
+        let exec_name = self
+            .exec_file
+            .file_name()
+            .expect("validated")
+            .to_string_lossy()
+            .into_owned();
         let jail_dir = self.chroot_base_dir.join(&exec_name).join(self.id.as_str());
         let root_dir = jail_dir.join("root");
         let in_root = |p: &str| root_dir.join(p.trim_start_matches('/'));
@@ -129,23 +134,48 @@ impl JailSpec {
             ));
         }
 
-        let (uid, gid) = if self.jailed { (self.uid, self.gid) } else { (0, 0) };
-        let base_dev = nearest_existing(&self.chroot_base_dir).and_then(|p| std::fs::metadata(p).ok()).map(|m| m.dev());
+        let (uid, gid) = if self.jailed {
+            (self.uid, self.gid)
+        } else {
+            (0, 0)
+        };
+        let base_dev = nearest_existing(&self.chroot_base_dir)
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map(|m| m.dev());
         let mut staged = Vec::new();
         for f in &self.files {
             if f.name.is_empty() || f.name.contains('/') || f.name == "." || f.name == ".." {
-                return Err(SpecError::new(&f.field, format!("staged name {:?} is not a single file name", f.name)));
+                return Err(SpecError::new(
+                    &f.field,
+                    format!("staged name {:?} is not a single file name", f.name),
+                ));
             }
-            if staged.iter().any(|s: &StagedFile| s.dest.file_name().is_some_and(|n| n == f.name.as_str())) {
-                return Err(SpecError::new(&f.field, format!("staged name {:?} is used twice; give each drive its own id", f.name)));
+            if staged
+                .iter()
+                .any(|s: &StagedFile| s.dest.file_name().is_some_and(|n| n == f.name.as_str()))
+            {
+                return Err(SpecError::new(
+                    &f.field,
+                    format!(
+                        "staged name {:?} is used twice; give each drive its own id",
+                        f.name
+                    ),
+                ));
             }
-            let meta = std::fs::metadata(&f.source)
-                .map_err(|e| SpecError::new(&f.field, format!("{} cannot be read ({e})", f.source.display())))?;
-            let linkable = !f.writable
-                && base_dev == Some(meta.dev())
-                && readable_by(&meta, uid, gid);
+            let meta = std::fs::metadata(&f.source).map_err(|e| {
+                SpecError::new(
+                    &f.field,
+                    format!("{} cannot be read ({e})", f.source.display()),
+                )
+            })?;
+            let linkable =
+                !f.writable && base_dev == Some(meta.dev()) && readable_by(&meta, uid, gid);
             let dest = root_dir.join(&f.name);
-            let path_in_jail = if self.jailed { Path::new("/").join(&f.name) } else { dest.clone() };
+            let path_in_jail = if self.jailed {
+                Path::new("/").join(&f.name)
+            } else {
+                dest.clone()
+            };
             staged.push(if linkable {
                 StagedFile {
                     source: f.source.clone(),
@@ -185,13 +215,27 @@ impl JailSpec {
             hierarchy
                 .check(self.cgroup_version, &settings)
                 .map_err(|e| SpecError::new("cgroup_version", e.to_string()))?;
-            let mut dirs = hierarchy.vm_dirs(self.cgroup_version, &self.parent_cgroup, self.id.as_str(), &settings);
-            accounting = hierarchy.v1_accounting_dir(self.cgroup_version, &self.parent_cgroup, self.id.as_str());
+            let mut dirs = hierarchy.vm_dirs(
+                self.cgroup_version,
+                &self.parent_cgroup,
+                self.id.as_str(),
+                &settings,
+            );
+            accounting = hierarchy.v1_accounting_dir(
+                self.cgroup_version,
+                &self.parent_cgroup,
+                self.id.as_str(),
+            );
             dirs.extend(accounting.clone());
             dirs.sort();
             for s in &mut settings {
                 s.path = hierarchy
-                    .setting_dir(self.cgroup_version, &self.parent_cgroup, self.id.as_str(), s)
+                    .setting_dir(
+                        self.cgroup_version,
+                        &self.parent_cgroup,
+                        self.id.as_str(),
+                        s,
+                    )
                     .map(|d| d.join(&s.file));
             }
             (settings, dirs)
@@ -232,7 +276,13 @@ impl JailSpec {
             if self.new_pid_ns {
                 a.push("--new-pid-ns".into());
             }
-            a.extend(["--".into(), "--api-sock".into(), SOCKET_IN_JAIL.into(), "--log-path".into(), LOG_IN_JAIL.into()]);
+            a.extend([
+                "--".into(),
+                "--api-sock".into(),
+                SOCKET_IN_JAIL.into(),
+                "--log-path".into(),
+                LOG_IN_JAIL.into(),
+            ]);
             a
         } else {
             vec![
@@ -307,11 +357,23 @@ mod tests {
             chroot_base_dir: "/srv/jailer".into(),
             cgroup_version: version,
             parent_cgroup: "warden".into(),
-            limits: CgroupLimits { memory_bytes: Some(192 << 20), cpu_quota_pct: Some(50), pids_max: Some(64) },
-            resource_limits: ResourceLimits { no_file: Some(1024), fsize: Some(1 << 30) },
+            limits: CgroupLimits {
+                memory_bytes: Some(192 << 20),
+                cpu_quota_pct: Some(50),
+                pids_max: Some(64),
+            },
+            resource_limits: ResourceLimits {
+                no_file: Some(1024),
+                fsize: Some(1 << 30),
+            },
             new_pid_ns: true,
             netns: None,
-            files: vec![StageRequest { source: kernel.to_owned(), name: "kernel".into(), writable: true, field: "kernel_path".into() }],
+            files: vec![StageRequest {
+                source: kernel.to_owned(),
+                name: "kernel".into(),
+                writable: true,
+                field: "kernel_path".into(),
+            }],
         }
     }
 
@@ -327,23 +389,62 @@ mod tests {
         assert_eq!(
             plan.argv,
             [
-                "/usr/local/bin/jailer", "--id", "vm-golden", "--exec-file", "/usr/local/bin/firecracker",
-                "--uid", "10000", "--gid", "10001", "--chroot-base-dir", "/srv/jailer",
-                "--cgroup-version", "1", "--parent-cgroup", "warden",
-                "--cgroup", "memory.limit_in_bytes=201326592",
-                "--cgroup", "cpu.cfs_period_us=100000",
-                "--cgroup", "cpu.cfs_quota_us=50000",
-                "--cgroup", "pids.max=64",
-                "--resource-limit", "no-file=1024", "--resource-limit", "fsize=1073741824",
+                "/usr/local/bin/jailer",
+                "--id",
+                "vm-golden",
+                "--exec-file",
+                "/usr/local/bin/firecracker",
+                "--uid",
+                "10000",
+                "--gid",
+                "10001",
+                "--chroot-base-dir",
+                "/srv/jailer",
+                "--cgroup-version",
+                "1",
+                "--parent-cgroup",
+                "warden",
+                "--cgroup",
+                "memory.limit_in_bytes=201326592",
+                "--cgroup",
+                "cpu.cfs_period_us=100000",
+                "--cgroup",
+                "cpu.cfs_quota_us=50000",
+                "--cgroup",
+                "pids.max=64",
+                "--resource-limit",
+                "no-file=1024",
+                "--resource-limit",
+                "fsize=1073741824",
                 "--new-pid-ns",
-                "--", "--api-sock", "/run/firecracker.socket", "--log-path", "/firecracker.log",
+                "--",
+                "--api-sock",
+                "/run/firecracker.socket",
+                "--log-path",
+                "/firecracker.log",
             ]
         );
-        assert_eq!(plan.jail_dir, Path::new("/srv/jailer/firecracker/vm-golden"));
-        assert_eq!(plan.root_dir, Path::new("/srv/jailer/firecracker/vm-golden/root"));
-        assert_eq!(plan.socket_path, Path::new("/srv/jailer/firecracker/vm-golden/root/run/firecracker.socket"));
-        assert_eq!(plan.pid_file, Path::new("/srv/jailer/firecracker/vm-golden/root/firecracker.pid"));
-        let dirs: Vec<String> = plan.cgroup_dirs.iter().map(|d| d.display().to_string()).collect();
+        assert_eq!(
+            plan.jail_dir,
+            Path::new("/srv/jailer/firecracker/vm-golden")
+        );
+        assert_eq!(
+            plan.root_dir,
+            Path::new("/srv/jailer/firecracker/vm-golden/root")
+        );
+        assert_eq!(
+            plan.socket_path,
+            Path::new("/srv/jailer/firecracker/vm-golden/root/run/firecracker.socket")
+        );
+        assert_eq!(
+            plan.pid_file,
+            Path::new("/srv/jailer/firecracker/vm-golden/root/firecracker.pid")
+        );
+        let dirs: Vec<String> = plan
+            .cgroup_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
         assert_eq!(
             dirs,
             [
@@ -353,30 +454,63 @@ mod tests {
                 "/sys/fs/cgroup/pids/warden/vm-golden",
             ]
         );
-        assert_eq!(plan.cgroup_accounting_dir.as_deref(), Some(Path::new("/sys/fs/cgroup/cpuacct/warden/vm-golden")));
+        assert_eq!(
+            plan.cgroup_accounting_dir.as_deref(),
+            Some(Path::new("/sys/fs/cgroup/cpuacct/warden/vm-golden"))
+        );
         assert_eq!(
             plan.cgroups[0].path.as_deref(),
-            Some(Path::new("/sys/fs/cgroup/memory/warden/vm-golden/memory.limit_in_bytes"))
+            Some(Path::new(
+                "/sys/fs/cgroup/memory/warden/vm-golden/memory.limit_in_bytes"
+            ))
         );
         let staged = &plan.staged[0];
         assert_eq!(staged.path_in_jail, Path::new("/kernel"));
-        assert_eq!((staged.method, staged.uid, staged.gid, staged.mode), (StageMethod::Copy, 10000, 10001, 0o600));
-        assert_eq!(plan.rlimits, [("no-file".to_owned(), 1024), ("fsize".to_owned(), 1 << 30)]);
+        assert_eq!(
+            (staged.method, staged.uid, staged.gid, staged.mode),
+            (StageMethod::Copy, 10000, 10001, 0o600)
+        );
+        assert_eq!(
+            plan.rlimits,
+            [("no-file".to_owned(), 1024), ("fsize".to_owned(), 1 << 30)]
+        );
     }
 
     #[test]
     fn golden_v2_argv_and_paths_on_a_fake_unified_tree() {
         let k = kernel();
         let root = tempfile::tempdir().unwrap();
-        std::fs::write(root.path().join("cgroup.controllers"), "cpuset cpu io memory pids\n").unwrap();
-        let h = Hierarchy::parse(&format!("cgroup2 {} cgroup2 rw 0 0\n", root.path().display())).unwrap();
+        std::fs::write(
+            root.path().join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        let h = Hierarchy::parse(&format!(
+            "cgroup2 {} cgroup2 rw 0 0\n",
+            root.path().display()
+        ))
+        .unwrap();
         let plan = spec(CgroupVersion::V2, k.path()).plan(&h).unwrap();
-        let cg: Vec<&str> = plan.argv.iter().map(String::as_str).skip_while(|a| *a != "--cgroup-version").take(10).collect();
+        let cg: Vec<&str> = plan
+            .argv
+            .iter()
+            .map(String::as_str)
+            .skip_while(|a| *a != "--cgroup-version")
+            .take(10)
+            .collect();
         assert_eq!(
             cg,
             [
-                "--cgroup-version", "2", "--parent-cgroup", "warden",
-                "--cgroup", "memory.max=201326592", "--cgroup", "cpu.max=50000 100000", "--cgroup", "pids.max=64",
+                "--cgroup-version",
+                "2",
+                "--parent-cgroup",
+                "warden",
+                "--cgroup",
+                "memory.max=201326592",
+                "--cgroup",
+                "cpu.max=50000 100000",
+                "--cgroup",
+                "pids.max=64",
             ]
         );
         assert_eq!(plan.cgroup_dirs, [root.path().join("warden/vm-golden")]);
@@ -399,9 +533,14 @@ mod tests {
         s.jailed = false;
         let plan = s.plan(&h).unwrap();
         assert_eq!(plan.argv[0], "/usr/local/bin/firecracker");
-        assert!(plan.argv.contains(&"/srv/jailer/firecracker/vm-golden/root/run/firecracker.socket".to_owned()));
+        assert!(plan
+            .argv
+            .contains(&"/srv/jailer/firecracker/vm-golden/root/run/firecracker.socket".to_owned()));
         assert!(plan.cgroups.is_empty() && plan.cgroup_dirs.is_empty());
-        assert_eq!(plan.staged[0].path_in_jail, Path::new("/srv/jailer/firecracker/vm-golden/root/kernel"));
+        assert_eq!(
+            plan.staged[0].path_in_jail,
+            Path::new("/srv/jailer/firecracker/vm-golden/root/kernel")
+        );
         assert!(!plan.new_pid_ns);
     }
 }

@@ -22,7 +22,10 @@ pub struct ResourceLimits {
 impl Default for ResourceLimits {
     fn default() -> Self {
         // 2048 is the jailer's own default; we pass it explicitly so the plan shows it.
-        Self { no_file: Some(2048), fsize: None }
+        Self {
+            no_file: Some(2048),
+            fsize: None,
+        }
     }
 }
 
@@ -85,7 +88,10 @@ pub struct SpecError {
 impl SpecError {
     /// Builds an error for `field`.
     pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
-        Self { field: field.into(), problem: problem.into() }
+        Self {
+            field: field.into(),
+            problem: problem.into(),
+        }
     }
 }
 
@@ -103,11 +109,17 @@ impl JailSpec {
             if !self.chroot_base_dir.is_absolute() {
                 return Err(SpecError::new(
                     "chroot_base_dir",
-                    format!("{} is relative; use an absolute path such as /srv/jailer", self.chroot_base_dir.display()),
+                    format!(
+                        "{} is relative; use an absolute path such as /srv/jailer",
+                        self.chroot_base_dir.display()
+                    ),
                 ));
             }
             if self.parent_cgroup.is_empty()
-                || self.parent_cgroup.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+                || self
+                    .parent_cgroup
+                    .split('/')
+                    .any(|c| c.is_empty() || c == "." || c == "..")
             {
                 return Err(SpecError::new(
                     "parent_cgroup",
@@ -116,7 +128,10 @@ impl JailSpec {
             }
         }
         if self.exec_file.file_name().is_none() {
-            return Err(SpecError::new("exec_file", "has no file name; give the path of the firecracker binary"));
+            return Err(SpecError::new(
+                "exec_file",
+                "has no file name; give the path of the firecracker binary",
+            ));
         }
         for f in &self.files {
             check_source(&f.field, &f.source)?;
@@ -136,16 +151,37 @@ impl JailSpec {
 /// A file to stage must be a readable regular file.
 fn check_source(field: &str, path: &Path) -> Result<(), SpecError> {
     let meta = std::fs::metadata(path).map_err(|e| {
-        SpecError::new(field, format!("{} cannot be read ({e}); give the path of an existing file", path.display()))
+        SpecError::new(
+            field,
+            format!(
+                "{} cannot be read ({e}); give the path of an existing file",
+                path.display()
+            ),
+        )
     })?;
     if meta.is_dir() {
-        return Err(SpecError::new(field, format!("{} is a directory; give an image file", path.display())));
+        return Err(SpecError::new(
+            field,
+            format!("{} is a directory; give an image file", path.display()),
+        ));
     }
     if !meta.is_file() {
-        return Err(SpecError::new(field, format!("{} is not a regular file; give an image file", path.display())));
+        return Err(SpecError::new(
+            field,
+            format!(
+                "{} is not a regular file; give an image file",
+                path.display()
+            ),
+        ));
     }
     std::fs::File::open(path).map_err(|e| {
-        SpecError::new(field, format!("{} cannot be opened ({e}); check its permissions", path.display()))
+        SpecError::new(
+            field,
+            format!(
+                "{} cannot be opened ({e}); check its permissions",
+                path.display()
+            ),
+        )
     })?;
     Ok(())
 }

@@ -31,7 +31,11 @@ trait Ctx<T> {
 
 impl<T> Ctx<T> for io::Result<T> {
     fn ctx(self, action: &'static str, path: &Path) -> Result<T, StageError> {
-        self.map_err(|source| StageError { action, path: path.to_owned(), source })
+        self.map_err(|source| StageError {
+            action,
+            path: path.to_owned(),
+            source,
+        })
     }
 }
 
@@ -39,15 +43,33 @@ impl<T> Ctx<T> for io::Result<T> {
 /// the jail directory already exists (an id in use, or a leftover that must be cleaned first).
 pub fn stage(plan: &JailPlan) -> Result<(), StageError> {
     if let Some(parent) = plan.jail_dir.parent() {
-        fs::DirBuilder::new().recursive(true).mode(0o755).create(parent).ctx("create directory", parent)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .ctx("create directory", parent)?;
     }
-    fs::DirBuilder::new().mode(0o755).create(&plan.jail_dir).ctx("create jail directory", &plan.jail_dir)?;
-    fs::DirBuilder::new().mode(0o755).create(&plan.root_dir).ctx("create chroot", &plan.root_dir)?;
+    fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&plan.jail_dir)
+        .ctx("create jail directory", &plan.jail_dir)?;
+    fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&plan.root_dir)
+        .ctx("create chroot", &plan.root_dir)?;
     let run = plan.socket_path.parent().expect("socket has a parent");
-    fs::DirBuilder::new().mode(0o700).create(run).ctx("create socket directory", run)?;
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(run)
+        .ctx("create socket directory", run)?;
     chown(run, plan.uid, plan.gid)?;
-    fs::OpenOptions::new().write(true).create_new(true).open(&plan.log_file).ctx("create log file", &plan.log_file)?;
-    fs::set_permissions(&plan.log_file, fs::Permissions::from_mode(0o600)).ctx("chmod", &plan.log_file)?;
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&plan.log_file)
+        .ctx("create log file", &plan.log_file)?;
+    fs::set_permissions(&plan.log_file, fs::Permissions::from_mode(0o600))
+        .ctx("chmod", &plan.log_file)?;
     chown(&plan.log_file, plan.uid, plan.gid)?;
     for f in &plan.staged {
         stage_file(f)?;
@@ -74,7 +96,11 @@ fn stage_file(f: &StagedFile) -> Result<(), StageError> {
 fn copy(src: &Path, dest: &Path) -> Result<(), StageError> {
     use std::os::fd::AsRawFd;
     let from = fs::File::open(src).ctx("open", src)?;
-    let to = fs::OpenOptions::new().write(true).create_new(true).open(dest).ctx("create", dest)?;
+    let to = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dest)
+        .ctx("create", dest)?;
     // SAFETY: FICLONE takes the source fd as its argument; both fds are open for the call.
     let rc = unsafe { libc::ioctl(to.as_raw_fd(), libc::FICLONE, from.as_raw_fd()) };
     if rc == 0 {
@@ -118,7 +144,12 @@ mod tests {
     }
 
     fn req(source: &Path, name: &str, writable: bool) -> StageRequest {
-        StageRequest { source: source.to_owned(), name: name.into(), writable, field: name.into() }
+        StageRequest {
+            source: source.to_owned(),
+            name: name.into(),
+            writable,
+            field: name.into(),
+        }
     }
 
     #[test]
@@ -133,36 +164,67 @@ mod tests {
         fs::set_permissions(&kernel, fs::Permissions::from_mode(0o644)).unwrap();
         fs::set_permissions(&disk, fs::Permissions::from_mode(0o644)).unwrap();
         fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
-        let before: Vec<_> = [&kernel, &disk, &secret].iter().map(|p| fs::metadata(p).unwrap()).collect();
+        let before: Vec<_> = [&kernel, &disk, &secret]
+            .iter()
+            .map(|p| fs::metadata(p).unwrap())
+            .collect();
 
         let base = tmp.path().join("jail");
         let h = Hierarchy::parse("cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n").unwrap();
         let plan = spec(
             &base,
-            vec![req(&kernel, "kernel", false), req(&disk, "rootfs", true), req(&secret, "data", false)],
+            vec![
+                req(&kernel, "kernel", false),
+                req(&disk, "rootfs", true),
+                req(&secret, "data", false),
+            ],
         )
         .plan(&h)
         .unwrap();
         assert_eq!(plan.staged[0].method, StageMethod::HardLink);
-        assert_eq!(plan.staged[1].method, StageMethod::Copy, "writable drives are private copies");
-        assert_eq!(plan.staged[2].method, StageMethod::Copy, "unreadable by the jail user: copied");
+        assert_eq!(
+            plan.staged[1].method,
+            StageMethod::Copy,
+            "writable drives are private copies"
+        );
+        assert_eq!(
+            plan.staged[2].method,
+            StageMethod::Copy,
+            "unreadable by the jail user: copied"
+        );
         stage(&plan).unwrap();
 
         let root = base.join("firecracker/stage-test/root");
-        assert_eq!(fs::metadata(root.join("kernel")).unwrap().ino(), before[0].ino());
+        assert_eq!(
+            fs::metadata(root.join("kernel")).unwrap().ino(),
+            before[0].ino()
+        );
         let rootfs = fs::metadata(root.join("rootfs")).unwrap();
         assert_ne!(rootfs.ino(), before[1].ino());
-        assert_eq!((rootfs.uid(), rootfs.gid(), rootfs.mode() & 0o777), (4242, 4343, 0o600));
+        assert_eq!(
+            (rootfs.uid(), rootfs.gid(), rootfs.mode() & 0o777),
+            (4242, 4343, 0o600)
+        );
         let data = fs::metadata(root.join("data")).unwrap();
-        assert_eq!((data.uid(), data.gid(), data.mode() & 0o777), (4242, 4343, 0o400));
+        assert_eq!(
+            (data.uid(), data.gid(), data.mode() & 0o777),
+            (4242, 4343, 0o400)
+        );
         assert_eq!(fs::read(root.join("data")).unwrap(), b"secret");
         let run = fs::metadata(root.join("run")).unwrap();
         assert_eq!((run.uid(), run.mode() & 0o777), (4242, 0o700));
         for (p, m) in [&kernel, &disk, &secret].iter().zip(&before) {
             let now = fs::metadata(p).unwrap();
-            assert_eq!((now.uid(), now.gid(), now.mode()), (m.uid(), m.gid(), m.mode()), "{p:?} changed");
+            assert_eq!(
+                (now.uid(), now.gid(), now.mode()),
+                (m.uid(), m.gid(), m.mode()),
+                "{p:?} changed"
+            );
         }
         let err = stage(&plan).unwrap_err();
-        assert!(err.to_string().starts_with("cannot create jail directory"), "{err}");
+        assert!(
+            err.to_string().starts_with("cannot create jail directory"),
+            "{err}"
+        );
     }
 }

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use warden::daemon::state::VmState;
 use warden::daemon::store::VmSpec;
 use warden::daemon::{ErrorCode, Manager, ManagerError, VmInfo};
-use warden::daemon::state::VmState;
 
 use crate::{pb, ApiError, Code, VmService};
 
@@ -42,15 +42,23 @@ pub fn state_to_pb(s: VmState) -> pb::VmState {
 }
 
 fn spec_from_pb(c: pb::VmConfig) -> Result<VmSpec, ApiError> {
-    let vcpu_count = u8::try_from(c.vcpu_count)
-        .map_err(|_| ApiError::invalid_argument(format!("invalid config.vcpu_count: is {}; use 1 to 32", c.vcpu_count)))?;
+    let vcpu_count = u8::try_from(c.vcpu_count).map_err(|_| {
+        ApiError::invalid_argument(format!(
+            "invalid config.vcpu_count: is {}; use 1 to 32",
+            c.vcpu_count
+        ))
+    })?;
     Ok(VmSpec {
         vcpu_count,
         memory_mib: c.memory_mib,
         kernel_path: c.kernel_path,
         rootfs_path: c.rootfs_path,
         boot_args: c.boot_args,
-        drives: c.drives.into_iter().map(|d| (d.path, d.read_only)).collect(),
+        drives: c
+            .drives
+            .into_iter()
+            .map(|d| (d.path, d.read_only))
+            .collect(),
         enable_networking: c.enable_networking,
         memory_limit_mib: c.memory_limit_mib,
         cpu_quota_percent: c.cpu_quota_percent,
@@ -65,7 +73,14 @@ fn spec_to_pb(s: &VmSpec) -> pb::VmConfig {
         kernel_path: s.kernel_path.clone(),
         rootfs_path: s.rootfs_path.clone(),
         boot_args: s.boot_args.clone(),
-        drives: s.drives.iter().map(|(p, ro)| pb::Drive { path: p.clone(), read_only: *ro }).collect(),
+        drives: s
+            .drives
+            .iter()
+            .map(|(p, ro)| pb::Drive {
+                path: p.clone(),
+                read_only: *ro,
+            })
+            .collect(),
         enable_networking: s.enable_networking,
         memory_limit_mib: s.memory_limit_mib,
         cpu_quota_percent: s.cpu_quota_percent,
@@ -74,7 +89,10 @@ fn spec_to_pb(s: &VmSpec) -> pb::VmConfig {
 }
 
 fn layer(l: &warden::Layer) -> pb::IsolationLayer {
-    pb::IsolationLayer { active: l.active, detail: l.detail.clone() }
+    pb::IsolationLayer {
+        active: l.active,
+        detail: l.detail.clone(),
+    }
 }
 
 /// The proto view of a VM.
@@ -82,18 +100,33 @@ pub fn info_to_pb(v: &VmInfo) -> pb::VmInfo {
     let r = &v.record;
     let plan = r.plan.as_ref();
     let memory_limit = plan.and_then(|p| {
-        p.cgroups.iter().find(|c| c.file == "memory.limit_in_bytes" || c.file == "memory.max").and_then(|c| c.value.parse().ok())
+        p.cgroups
+            .iter()
+            .find(|c| c.file == "memory.limit_in_bytes" || c.file == "memory.max")
+            .and_then(|c| c.value.parse().ok())
     });
     pb::VmInfo {
         vm_id: r.id.clone(),
         state: state_to_pb(r.state) as i32,
         config: Some(spec_to_pb(&r.spec)),
         pid: r.pid.unwrap_or(0),
-        jailer_id: if plan.is_some_and(|p| p.jailed) { r.id.clone() } else { String::new() },
-        chroot_path: plan.map(|p| p.root_dir.display().to_string()).unwrap_or_default(),
-        socket_path: plan.map(|p| p.socket_path.display().to_string()).unwrap_or_default(),
+        jailer_id: if plan.is_some_and(|p| p.jailed) {
+            r.id.clone()
+        } else {
+            String::new()
+        },
+        chroot_path: plan
+            .map(|p| p.root_dir.display().to_string())
+            .unwrap_or_default(),
+        socket_path: plan
+            .map(|p| p.socket_path.display().to_string())
+            .unwrap_or_default(),
         cgroup: plan.map(|p| pb::CgroupInfo {
-            paths: p.cgroup_dirs.iter().map(|d| d.display().to_string()).collect(),
+            paths: p
+                .cgroup_dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect(),
             memory_bytes: v.stats.as_ref().and_then(|s| s.memory_bytes).unwrap_or(0),
             memory_limit_bytes: memory_limit.unwrap_or(0),
             cpu_usage_ns: v.stats.as_ref().and_then(|s| s.cpu_usage_ns).unwrap_or(0),
@@ -122,7 +155,11 @@ pub fn info_to_pb(v: &VmInfo) -> pb::VmInfo {
             pid_ns: Some(layer(&i.pid_ns)),
             net_ns: Some(layer(&i.net_ns)),
         }),
-        exit: r.exit.as_ref().map(|e| pb::ExitInfo { reason: e.reason.clone(), detail: e.detail.clone(), at_unix_ms: e.at_unix_ms }),
+        exit: r.exit.as_ref().map(|e| pb::ExitInfo {
+            reason: e.reason.clone(),
+            detail: e.detail.clone(),
+            at_unix_ms: e.at_unix_ms,
+        }),
         created_at_unix_ms: r.created_at,
         updated_at_unix_ms: r.updated_at,
         netns: r.netns.clone().unwrap_or_default(),
@@ -132,7 +169,9 @@ pub fn info_to_pb(v: &VmInfo) -> pb::VmInfo {
 
 fn need_id(id: &str) -> Result<&str, ApiError> {
     if id.is_empty() {
-        return Err(ApiError::invalid_argument("invalid vm_id: is empty; give the id CreateVm returned"));
+        return Err(ApiError::invalid_argument(
+            "invalid vm_id: is empty; give the id CreateVm returned",
+        ));
     }
     Ok(id)
 }
@@ -140,9 +179,16 @@ fn need_id(id: &str) -> Result<&str, ApiError> {
 #[crate::async_trait]
 impl VmService for ManagerService {
     async fn create_vm(&self, req: pb::CreateVmRequest) -> Result<pb::CreateVmResponse, ApiError> {
-        let config = req.config.ok_or_else(|| ApiError::invalid_argument("invalid config: missing; give {\"config\": {\"kernel_path\": ...}}"))?;
+        let config = req.config.ok_or_else(|| {
+            ApiError::invalid_argument(
+                "invalid config: missing; give {\"config\": {\"kernel_path\": ...}}",
+            )
+        })?;
         let rec = self.0.create(&req.vm_id, spec_from_pb(config)?).await?;
-        Ok(pb::CreateVmResponse { vm_id: rec.id, state: state_to_pb(rec.state) as i32 })
+        Ok(pb::CreateVmResponse {
+            vm_id: rec.id,
+            state: state_to_pb(rec.state) as i32,
+        })
     }
 
     async fn delete_vm(&self, req: pb::DeleteVmRequest) -> Result<pb::DeleteVmResponse, ApiError> {
@@ -152,37 +198,66 @@ impl VmService for ManagerService {
 
     async fn boot_vm(&self, req: pb::BootVmRequest) -> Result<pb::BootVmResponse, ApiError> {
         let s = self.0.boot(need_id(&req.vm_id)?).await?;
-        Ok(pb::BootVmResponse { success: true, state: state_to_pb(s) as i32 })
+        Ok(pb::BootVmResponse {
+            success: true,
+            state: state_to_pb(s) as i32,
+        })
     }
 
-    async fn shutdown_vm(&self, req: pb::ShutdownVmRequest) -> Result<pb::ShutdownVmResponse, ApiError> {
-        let timeout = (req.timeout_seconds > 0).then(|| Duration::from_secs(u64::from(req.timeout_seconds)));
-        let s = self.0.shutdown(need_id(&req.vm_id)?, req.force, timeout).await?;
-        Ok(pb::ShutdownVmResponse { success: true, state: state_to_pb(s) as i32 })
+    async fn shutdown_vm(
+        &self,
+        req: pb::ShutdownVmRequest,
+    ) -> Result<pb::ShutdownVmResponse, ApiError> {
+        let timeout =
+            (req.timeout_seconds > 0).then(|| Duration::from_secs(u64::from(req.timeout_seconds)));
+        let s = self
+            .0
+            .shutdown(need_id(&req.vm_id)?, req.force, timeout)
+            .await?;
+        Ok(pb::ShutdownVmResponse {
+            success: true,
+            state: state_to_pb(s) as i32,
+        })
     }
 
     async fn pause_vm(&self, req: pb::PauseVmRequest) -> Result<pb::PauseVmResponse, ApiError> {
         let s = self.0.pause(need_id(&req.vm_id)?).await?;
-        Ok(pb::PauseVmResponse { success: true, state: state_to_pb(s) as i32 })
+        Ok(pb::PauseVmResponse {
+            success: true,
+            state: state_to_pb(s) as i32,
+        })
     }
 
     async fn resume_vm(&self, req: pb::ResumeVmRequest) -> Result<pb::ResumeVmResponse, ApiError> {
         let s = self.0.resume(need_id(&req.vm_id)?).await?;
-        Ok(pb::ResumeVmResponse { success: true, state: state_to_pb(s) as i32 })
+        Ok(pb::ResumeVmResponse {
+            success: true,
+            state: state_to_pb(s) as i32,
+        })
     }
 
     async fn reboot_vm(&self, req: pb::RebootVmRequest) -> Result<pb::RebootVmResponse, ApiError> {
         let s = self.0.reboot(need_id(&req.vm_id)?).await?;
-        Ok(pb::RebootVmResponse { success: true, state: state_to_pb(s) as i32 })
+        Ok(pb::RebootVmResponse {
+            success: true,
+            state: state_to_pb(s) as i32,
+        })
     }
 
-    async fn get_vm_info(&self, req: pb::GetVmInfoRequest) -> Result<pb::GetVmInfoResponse, ApiError> {
+    async fn get_vm_info(
+        &self,
+        req: pb::GetVmInfoRequest,
+    ) -> Result<pb::GetVmInfoResponse, ApiError> {
         let info = self.0.get(need_id(&req.vm_id)?).await?;
-        Ok(pb::GetVmInfoResponse { vm: Some(info_to_pb(&info)) })
+        Ok(pb::GetVmInfoResponse {
+            vm: Some(info_to_pb(&info)),
+        })
     }
 
     async fn list_vms(&self, _req: pb::ListVmsRequest) -> Result<pb::ListVmsResponse, ApiError> {
         let vms = self.0.list().await?;
-        Ok(pb::ListVmsResponse { vms: vms.iter().map(info_to_pb).collect() })
+        Ok(pb::ListVmsResponse {
+            vms: vms.iter().map(info_to_pb).collect(),
+        })
     }
 }

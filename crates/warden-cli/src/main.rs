@@ -10,7 +10,11 @@ mod vm;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "warden", version, about = "Run Firecracker microVMs under the jailer, proven isolated, leaving nothing behind")]
+#[command(
+    name = "warden",
+    version,
+    about = "Run Firecracker microVMs under the jailer, proven isolated, leaving nothing behind"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -51,7 +55,10 @@ fn main() -> std::process::ExitCode {
     if !matches!(cli.command, Command::Serve(_)) {
         init_cli_logs();
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run::run(args).await,
@@ -67,7 +74,9 @@ fn main() -> std::process::ExitCode {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             report::print_error(&e);
-            let invalid = e.downcast_ref::<warden::Error>().is_some_and(|w| matches!(w, warden::Error::Invalid(_)));
+            let invalid = e
+                .downcast_ref::<warden::Error>()
+                .is_some_and(|w| matches!(w, warden::Error::Invalid(_)));
             std::process::ExitCode::from(if invalid { 2 } else { 1 })
         }
     }
@@ -77,7 +86,8 @@ fn init_cli_logs() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .init();
 }

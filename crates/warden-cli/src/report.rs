@@ -23,7 +23,11 @@ pub fn isolation(r: &IsolationReport) -> String {
         ("pid ns", &r.pid_ns),
         ("net ns", &r.net_ns),
     ] {
-        s.push_str(&format!("  {name:<8} {:<4} {}\n", if layer.active { "on" } else { "off" }, layer.detail));
+        s.push_str(&format!(
+            "  {name:<8} {:<4} {}\n",
+            if layer.active { "on" } else { "off" },
+            layer.detail
+        ));
     }
     s
 }
@@ -31,7 +35,15 @@ pub fn isolation(r: &IsolationReport) -> String {
 /// A plan for people.
 pub fn plan(p: &JailPlan) -> String {
     let mut s = String::new();
-    s.push_str(&format!("VM {} ({})\n", p.id, if p.jailed { "jailed" } else { "UNJAILED: development mode" }));
+    s.push_str(&format!(
+        "VM {} ({})\n",
+        p.id,
+        if p.jailed {
+            "jailed"
+        } else {
+            "UNJAILED: development mode"
+        }
+    ));
     s.push_str(&format!("command:\n  {}\n", shell_words(&p.argv)));
     s.push_str(&format!("jail directory: {}\n", p.jail_dir.display()));
     s.push_str(&format!("chroot:         {}\n", p.root_dir.display()));
@@ -39,10 +51,15 @@ pub fn plan(p: &JailPlan) -> String {
     s.push_str(&format!("pid file:       {}\n", p.pid_file.display()));
     s.push_str(&format!("log file:       {}\n", p.log_file.display()));
     s.push_str(&format!("runs as:        uid {} gid {}\n", p.uid, p.gid));
-    s.push_str(&format!("pid namespace:  {}\n", if p.new_pid_ns { "new" } else { "host's" }));
+    s.push_str(&format!(
+        "pid namespace:  {}\n",
+        if p.new_pid_ns { "new" } else { "host's" }
+    ));
     s.push_str(&format!(
         "net namespace:  {}\n",
-        p.netns.as_ref().map_or("host's".to_owned(), |n| n.display().to_string())
+        p.netns
+            .as_ref()
+            .map_or("host's".to_owned(), |n| n.display().to_string())
     ));
     s.push_str("staged files:\n");
     for f in &p.staged {
@@ -54,13 +71,20 @@ pub fn plan(p: &JailPlan) -> String {
             f.uid,
             f.gid,
             f.mode,
-            if f.writable { "read-write" } else { "read-only" },
+            if f.writable {
+                "read-write"
+            } else {
+                "read-only"
+            },
             f.source.display()
         ));
     }
     s.push_str(&format!("cgroups (v{}):\n", p.cgroup_version.as_arg()));
     for c in &p.cgroups {
-        let path = c.path.as_ref().map_or(c.file.clone(), |p| p.display().to_string());
+        let path = c
+            .path
+            .as_ref()
+            .map_or(c.file.clone(), |p| p.display().to_string());
         s.push_str(&format!("  {path} = {}\n", c.value));
     }
     if p.cgroups.is_empty() {
@@ -76,7 +100,9 @@ pub fn plan(p: &JailPlan) -> String {
 fn shell_words(argv: &[String]) -> String {
     argv.iter()
         .map(|a| {
-            if a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,".contains(c)) {
+            if a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./=:,".contains(c))
+            {
                 a.clone()
             } else {
                 format!("'{}'", a.replace('\'', "'\\''"))

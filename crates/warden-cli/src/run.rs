@@ -89,11 +89,18 @@ pub struct RunArgs {
 impl RunArgs {
     fn to_config(&self) -> anyhow::Result<(VmConfig, VmOptions)> {
         let config = VmConfig {
-            vm_id: self.id.clone().unwrap_or_else(|| format!("run-{}", std::process::id())),
+            vm_id: self
+                .id
+                .clone()
+                .unwrap_or_else(|| format!("run-{}", std::process::id())),
             vcpu_count: self.vcpus,
             memory_mb: self.memory,
             kernel_path: self.kernel.display().to_string(),
-            rootfs_path: self.rootfs.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            rootfs_path: self
+                .rootfs
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
             enable_networking: false,
         };
         let mut drives = Vec::new();
@@ -102,7 +109,10 @@ impl RunArgs {
                 Some(p) => (p, true),
                 None => (d.strip_suffix(":rw").unwrap_or(d), false),
             };
-            drives.push(DriveConfig { path: path.into(), read_only });
+            drives.push(DriveConfig {
+                path: path.into(),
+                read_only,
+            });
         }
         let defaults = JailerConfig::default();
         let options = VmOptions {
@@ -120,7 +130,10 @@ impl RunArgs {
                 pids_max: Some(self.pids_max),
                 new_pid_ns: self.new_pid_ns,
                 netns: self.netns.clone(),
-                resource_limits: jail::ResourceLimits { no_file: Some(self.no_file), fsize: self.fsize },
+                resource_limits: jail::ResourceLimits {
+                    no_file: Some(self.no_file),
+                    fsize: self.fsize,
+                },
                 ..defaults
             },
             jailer_mode: if self.no_jailer {
@@ -161,9 +174,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let (config, options) = args.to_config()?;
     // Registered before the VM starts: a signal that arrives while it boots is kept, and the VM
     // is then stopped as soon as it is up, never left behind.
-    let signals = (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
-    let vm = vm::start_vm(&config, &options).await.with_context(|| format!("cannot start VM {}", config.vm_id))?;
-    eprintln!("warden: VM {} running, pid {}, API socket {}", vm.vm_id, vm.pid, vm.socket_path.display());
+    let signals = (
+        signal(SignalKind::interrupt())?,
+        signal(SignalKind::terminate())?,
+    );
+    let vm = vm::start_vm(&config, &options)
+        .await
+        .with_context(|| format!("cannot start VM {}", config.vm_id))?;
+    eprintln!(
+        "warden: VM {} running, pid {}, API socket {}",
+        vm.vm_id,
+        vm.pid,
+        vm.socket_path.display()
+    );
     eprint!("{}", report::isolation(&vm.isolation));
     supervise_foreground(vm, signals).await
 }
@@ -190,7 +213,10 @@ async fn supervise_foreground(
         }
         exit
     };
-    eprintln!("warden: VM {vm_id} ended: {}; jail and cgroups removed", exit.reason);
+    eprintln!(
+        "warden: VM {vm_id} ended: {}; jail and cgroups removed",
+        exit.reason
+    );
     if matches!(exit.reason, ExitReason::FirecrackerError { .. }) && !exit.output.is_empty() {
         eprintln!("warden: Firecracker's last output:\n{}", exit.output);
     }
@@ -226,22 +252,54 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<u8> {
     };
     let options = VmOptions {
         boot_args: Some("mode=idle marker=hello-from-a-jailed-guest".into()),
-        jailer: JailerConfig { chroot_base_dir: args.chroot_base, new_pid_ns: true, ..JailerConfig::default() },
+        jailer: JailerConfig {
+            chroot_base_dir: args.chroot_base,
+            new_pid_ns: true,
+            ..JailerConfig::default()
+        },
         jailer_mode: JailerMode::Required,
         serial: Serial::CaptureAndEcho,
         ..VmOptions::default()
     };
-    eprintln!("warden demo: booting {} under {}", kernel.display(), options.jailer.jailer_binary.display());
-    let vm = vm::start_vm(&config, &options).await.context("cannot start the demo VM (did `make assets` run?)")?;
-    if !vm.wait_for_serial("WARDEN_MARKER", Duration::from_secs(5)).await {
-        anyhow::bail!("the guest printed no marker within 5 s; serial so far: {:?}", vm.serial_output());
+    eprintln!(
+        "warden demo: booting {} under {}",
+        kernel.display(),
+        options.jailer.jailer_binary.display()
+    );
+    let vm = vm::start_vm(&config, &options)
+        .await
+        .context("cannot start the demo VM (did `make assets` run?)")?;
+    if !vm
+        .wait_for_serial("WARDEN_MARKER", Duration::from_secs(5))
+        .await
+    {
+        anyhow::bail!(
+            "the guest printed no marker within 5 s; serial so far: {:?}",
+            vm.serial_output()
+        );
     }
-    println!("warden demo: VM {} pid {} socket {}", vm.vm_id, vm.pid, vm.socket_path.display());
+    println!(
+        "warden demo: VM {} pid {} socket {}",
+        vm.vm_id,
+        vm.pid,
+        vm.socket_path.display()
+    );
     print!("{}", report::isolation(&vm.isolation));
     let plan = vm.plan.clone();
     println!("warden demo: stopping with Ctrl-Alt-Del");
     let exit = vm::stop_firecracker(vm).await?;
-    let left: Vec<_> = std::iter::once(&plan.jail_dir).chain(&plan.cgroup_dirs).filter(|p| p.exists()).collect();
-    println!("warden demo: VM ended ({}); left behind: {}", exit.reason, if left.is_empty() { "nothing".into() } else { format!("{left:?}") });
+    let left: Vec<_> = std::iter::once(&plan.jail_dir)
+        .chain(&plan.cgroup_dirs)
+        .filter(|p| p.exists())
+        .collect();
+    println!(
+        "warden demo: VM ended ({}); left behind: {}",
+        exit.reason,
+        if left.is_empty() {
+            "nothing".into()
+        } else {
+            format!("{left:?}")
+        }
+    );
     Ok(if left.is_empty() && plan.jailed { 0 } else { 1 })
 }

@@ -29,7 +29,11 @@ pub struct ServeArgs {
     #[arg(long)]
     json: bool,
     /// Settings as flags: `--KEY VALUE`, `--KEY=VALUE`, or `--KEY` for true.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "--SETTING [VALUE]")]
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "--SETTING [VALUE]"
+    )]
     settings: Vec<String>,
 }
 
@@ -40,7 +44,9 @@ fn flags(args: &[String]) -> anyhow::Result<Vec<(&'static str, String)>> {
     while i < args.len() {
         let arg = &args[i];
         let Some(body) = arg.strip_prefix("--") else {
-            anyhow::bail!("unexpected argument {arg:?}; settings are given as --KEY VALUE (see --help)");
+            anyhow::bail!(
+                "unexpected argument {arg:?}; settings are given as --KEY VALUE (see --help)"
+            );
         };
         let (name, inline) = match body.split_once('=') {
             Some((n, v)) => (n, Some(v.to_owned())),
@@ -49,7 +55,9 @@ fn flags(args: &[String]) -> anyhow::Result<Vec<(&'static str, String)>> {
         let def = config::KEYS
             .iter()
             .find(|d| d.flag == Some(&arg[..2 + name.len()]))
-            .with_context(|| format!("unknown flag --{name}; the settings are listed in docs/configuration.md"))?;
+            .with_context(|| {
+                format!("unknown flag --{name}; the settings are listed in docs/configuration.md")
+            })?;
         let value = match inline {
             Some(v) => v,
             None if args.get(i + 1).is_some_and(|n| !n.starts_with("--")) => {
@@ -66,9 +74,19 @@ fn flags(args: &[String]) -> anyhow::Result<Vec<(&'static str, String)>> {
 
 /// Runs the daemon until SIGTERM/SIGINT.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
-    let effective = config::load(&Sources::from_process(args.config.clone(), flags(&args.settings)?))?;
+    let effective = config::load(&Sources::from_process(
+        args.config.clone(),
+        flags(&args.settings)?,
+    ))?;
     if args.print_config {
-        println!("{}", if args.json { effective.render_json() } else { effective.render() });
+        println!(
+            "{}",
+            if args.json {
+                effective.render_json()
+            } else {
+                effective.render()
+            }
+        );
         return Ok(0);
     }
     let cfg = effective.config.clone();
@@ -77,7 +95,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         tracing::warn!("{w}");
     }
     preflight(&cfg)?;
-    let manager = Manager::open(cfg.clone()).await.context("cannot open the daemon's state")?;
+    let manager = Manager::open(cfg.clone())
+        .await
+        .context("cannot open the daemon's state")?;
     let router = router(manager.clone(), &cfg);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -93,14 +113,25 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         .next()
         .with_context(|| format!("listen address {:?} resolves to nothing", cfg.listen))?;
     let mut servers = tokio::task::JoinSet::new();
-    servers.spawn(warden_api::serve_with_shutdown(router.clone(), Listen::Tcp(addr), shutdown()));
+    servers.spawn(warden_api::serve_with_shutdown(
+        router.clone(),
+        Listen::Tcp(addr),
+        shutdown(),
+    ));
     if let Some(path) = &cfg.unix_socket {
-        servers.spawn(warden_api::serve_with_shutdown(router, Listen::Unix(path.clone()), shutdown()));
+        servers.spawn(warden_api::serve_with_shutdown(
+            router,
+            Listen::Unix(path.clone()),
+            shutdown(),
+        ));
     }
     tracing::info!(listen = %addr, unix_socket = ?cfg.unix_socket, state_dir = %cfg.state_dir.display(), "warden serve ready");
 
     use tokio::signal::unix::{signal, SignalKind};
-    let (mut int, mut term) = (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
+    let (mut int, mut term) = (
+        signal(SignalKind::interrupt())?,
+        signal(SignalKind::terminate())?,
+    );
     let failed = tokio::select! {
         _ = int.recv() => None,
         _ = term.recv() => None,
@@ -118,7 +149,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
 
 fn router(manager: Arc<Manager>, cfg: &DaemonConfig) -> axum::Router {
     let service = Arc::new(ManagerService(manager.clone()));
-    let options = ServerOptions { bearer_token: cfg.auth_token.clone(), ..ServerOptions::default() };
+    let options = ServerOptions {
+        bearer_token: cfg.auth_token.clone(),
+        ..ServerOptions::default()
+    };
     let metrics = {
         let m = manager.clone();
         move || {
@@ -133,7 +167,10 @@ fn router(manager: Arc<Manager>, cfg: &DaemonConfig) -> axum::Router {
             async move {
                 match m.list().await {
                     Ok(_) => (axum::http::StatusCode::OK, "ready\n".to_owned()),
-                    Err(e) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+                    Err(e) => (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        format!("{e}\n"),
+                    ),
                 }
             }
         }
@@ -162,9 +199,15 @@ fn preflight(cfg: &DaemonConfig) -> anyhow::Result<()> {
     let report = warden::doctor::run(&input);
     for c in &report.checks {
         match c.status {
-            warden::doctor::Status::Pass => tracing::debug!(check = %c.name, detail = %c.detail, "preflight pass"),
-            warden::doctor::Status::Warn => tracing::warn!(check = %c.name, detail = %c.detail, fix = ?c.fix, "preflight warning"),
-            warden::doctor::Status::Fail => tracing::error!(check = %c.name, detail = %c.detail, fix = ?c.fix, "preflight failure"),
+            warden::doctor::Status::Pass => {
+                tracing::debug!(check = %c.name, detail = %c.detail, "preflight pass")
+            }
+            warden::doctor::Status::Warn => {
+                tracing::warn!(check = %c.name, detail = %c.detail, fix = ?c.fix, "preflight warning")
+            }
+            warden::doctor::Status::Fail => {
+                tracing::error!(check = %c.name, detail = %c.detail, fix = ?c.fix, "preflight failure")
+            }
         }
     }
     if cfg.require_jailer && report.has_failures() {
@@ -175,8 +218,11 @@ fn preflight(cfg: &DaemonConfig) -> anyhow::Result<()> {
 }
 
 fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG").unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),

@@ -10,7 +10,12 @@ use warden_api::{pb, Client, Endpoint};
 #[derive(Args, Debug)]
 pub struct VmArgs {
     /// The daemon: `http://HOST:PORT` or `unix:/path/to/socket`.
-    #[arg(long, global = true, env = "WARDEN_ENDPOINT", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "WARDEN_ENDPOINT",
+        default_value = "http://127.0.0.1:8080"
+    )]
     endpoint: String,
     /// Bearer token, if the daemon requires one.
     #[arg(long, global = true, env = "WARDEN_AUTH_TOKEN", hide_env_values = true)]
@@ -96,52 +101,88 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<u8> {
                 vcpu_count: c.vcpus,
                 memory_mib: c.memory,
                 kernel_path: c.kernel.display().to_string(),
-                rootfs_path: c.rootfs.map(|p| p.display().to_string()).unwrap_or_default(),
+                rootfs_path: c
+                    .rootfs
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
                 boot_args: c.boot_args.unwrap_or_default(),
                 drives: c
                     .drives
                     .iter()
                     .map(|d| match d.strip_suffix(":ro") {
-                        Some(p) => pb::Drive { path: p.into(), read_only: true },
-                        None => pb::Drive { path: d.strip_suffix(":rw").unwrap_or(d).into(), read_only: false },
+                        Some(p) => pb::Drive {
+                            path: p.into(),
+                            read_only: true,
+                        },
+                        None => pb::Drive {
+                            path: d.strip_suffix(":rw").unwrap_or(d).into(),
+                            read_only: false,
+                        },
                     })
                     .collect(),
                 memory_limit_mib: c.memory_limit,
                 cpu_quota_percent: c.cpu_quota,
                 ..Default::default()
             };
-            let created = client.create_vm(pb::CreateVmRequest { vm_id: c.id.unwrap_or_default(), config: Some(config) }).await?;
+            let created = client
+                .create_vm(pb::CreateVmRequest {
+                    vm_id: c.id.unwrap_or_default(),
+                    config: Some(config),
+                })
+                .await?;
             if c.boot {
-                let booted = client.boot_vm(pb::BootVmRequest { vm_id: created.vm_id.clone() }).await?;
-                print(json, &booted, || format!("{} {}", created.vm_id, state_name(booted.state)));
+                let booted = client
+                    .boot_vm(pb::BootVmRequest {
+                        vm_id: created.vm_id.clone(),
+                    })
+                    .await?;
+                print(json, &booted, || {
+                    format!("{} {}", created.vm_id, state_name(booted.state))
+                });
             } else {
-                print(json, &created, || format!("{} {}", created.vm_id, state_name(created.state)));
+                print(json, &created, || {
+                    format!("{} {}", created.vm_id, state_name(created.state))
+                });
             }
         }
         VmCommand::Boot { id } => {
-            let r = client.boot_vm(pb::BootVmRequest { vm_id: id.clone() }).await?;
+            let r = client
+                .boot_vm(pb::BootVmRequest { vm_id: id.clone() })
+                .await?;
             print(json, &r, || format!("{id} {}", state_name(r.state)));
         }
         VmCommand::Pause { id } => {
-            let r = client.pause_vm(pb::PauseVmRequest { vm_id: id.clone() }).await?;
+            let r = client
+                .pause_vm(pb::PauseVmRequest { vm_id: id.clone() })
+                .await?;
             print(json, &r, || format!("{id} {}", state_name(r.state)));
         }
         VmCommand::Resume { id } => {
-            let r = client.resume_vm(pb::ResumeVmRequest { vm_id: id.clone() }).await?;
+            let r = client
+                .resume_vm(pb::ResumeVmRequest { vm_id: id.clone() })
+                .await?;
             print(json, &r, || format!("{id} {}", state_name(r.state)));
         }
         VmCommand::Reboot { id } => {
-            let r = client.reboot_vm(pb::RebootVmRequest { vm_id: id.clone() }).await?;
+            let r = client
+                .reboot_vm(pb::RebootVmRequest { vm_id: id.clone() })
+                .await?;
             print(json, &r, || format!("{id} {}", state_name(r.state)));
         }
         VmCommand::Stop { id, force, timeout } => {
             let r = client
-                .shutdown_vm(pb::ShutdownVmRequest { vm_id: id.clone(), force, timeout_seconds: timeout.unwrap_or(0) })
+                .shutdown_vm(pb::ShutdownVmRequest {
+                    vm_id: id.clone(),
+                    force,
+                    timeout_seconds: timeout.unwrap_or(0),
+                })
                 .await?;
             print(json, &r, || format!("{id} {}", state_name(r.state)));
         }
         VmCommand::Rm { id } => {
-            let r = client.delete_vm(pb::DeleteVmRequest { vm_id: id.clone() }).await?;
+            let r = client
+                .delete_vm(pb::DeleteVmRequest { vm_id: id.clone() })
+                .await?;
             print(json, &r, || format!("{id} deleted"));
         }
         VmCommand::Ls => {
@@ -149,7 +190,9 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<u8> {
             print(json, &r, || table(&r.vms));
         }
         VmCommand::Get { id } => {
-            let r = client.get_vm_info(pb::GetVmInfoRequest { vm_id: id }).await?;
+            let r = client
+                .get_vm_info(pb::GetVmInfoRequest { vm_id: id })
+                .await?;
             print(json, &r, || r.vm.as_ref().map(details).unwrap_or_default());
         }
     }
@@ -166,20 +209,38 @@ fn print<T: serde::Serialize>(json: bool, msg: &T, human: impl FnOnce() -> Strin
 
 fn state_name(s: i32) -> String {
     pb::VmState::try_from(s)
-        .map(|s| s.as_str_name().trim_start_matches("VM_STATE_").to_lowercase())
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("VM_STATE_")
+                .to_lowercase()
+        })
         .unwrap_or_else(|_| format!("state {s}"))
 }
 
 fn table(vms: &[pb::VmInfo]) -> String {
-    let mut s = format!("{:<28} {:<9} {:>8} {:<9} {:>10} {}\n", "ID", "STATE", "PID", "SANDBOXED", "MEMORY", "EXIT");
+    let mut s = format!(
+        "{:<28} {:<9} {:>8} {:<9} {:>10} {}\n",
+        "ID", "STATE", "PID", "SANDBOXED", "MEMORY", "EXIT"
+    );
     for v in vms {
-        let mem = v.cgroup.as_ref().map(|c| c.memory_bytes).filter(|m| *m > 0).map_or("-".into(), |m| format!("{} MiB", m >> 20));
+        let mem = v
+            .cgroup
+            .as_ref()
+            .map(|c| c.memory_bytes)
+            .filter(|m| *m > 0)
+            .map_or("-".into(), |m| format!("{} MiB", m >> 20));
         s.push_str(&format!(
             "{:<28} {:<9} {:>8} {:<9} {:>10} {}\n",
             v.vm_id,
             state_name(v.state),
-            if v.pid == 0 { "-".into() } else { v.pid.to_string() },
-            v.isolation.as_ref().map_or("-", |i| if i.is_sandboxed { "yes" } else { "NO" }),
+            if v.pid == 0 {
+                "-".into()
+            } else {
+                v.pid.to_string()
+            },
+            v.isolation
+                .as_ref()
+                .map_or("-", |i| if i.is_sandboxed { "yes" } else { "NO" }),
             mem,
             v.exit.as_ref().map_or(String::new(), |e| e.reason.clone()),
         ));
@@ -188,11 +249,18 @@ fn table(vms: &[pb::VmInfo]) -> String {
 }
 
 fn details(v: &pb::VmInfo) -> String {
-    let mut s = format!("id:          {}\nstate:       {}\n", v.vm_id, state_name(v.state));
+    let mut s = format!(
+        "id:          {}\nstate:       {}\n",
+        v.vm_id,
+        state_name(v.state)
+    );
     if v.pid != 0 {
         s.push_str(&format!("pid:         {}\n", v.pid));
     }
-    s.push_str(&format!("jailer id:   {}\nchroot:      {}\nsocket:      {}\n", v.jailer_id, v.chroot_path, v.socket_path));
+    s.push_str(&format!(
+        "jailer id:   {}\nchroot:      {}\nsocket:      {}\n",
+        v.jailer_id, v.chroot_path, v.socket_path
+    ));
     if let Some(c) = &v.cgroup {
         s.push_str(&format!(
             "cgroups:     {}\nmemory:      {} bytes (limit {})\ncpu:         {:.3} s\noom kills:   {}\n",
@@ -204,13 +272,31 @@ fn details(v: &pb::VmInfo) -> String {
         ));
     }
     for a in &v.staged_assets {
-        s.push_str(&format!("staged:      {} -> {} ({}, {})\n", a.source, a.path_in_jail, a.method, if a.writable { "rw" } else { "ro" }));
+        s.push_str(&format!(
+            "staged:      {} -> {} ({}, {})\n",
+            a.source,
+            a.path_in_jail,
+            a.method,
+            if a.writable { "rw" } else { "ro" }
+        ));
     }
     if let Some(i) = &v.isolation {
         s.push_str(&format!("Sandboxed: {}\n", i.is_sandboxed));
-        for (name, l) in [("jailer", &i.jailer), ("uid/gid", &i.uid_gid), ("chroot", &i.chroot), ("cgroups", &i.cgroups), ("seccomp", &i.seccomp), ("pid ns", &i.pid_ns), ("net ns", &i.net_ns)] {
+        for (name, l) in [
+            ("jailer", &i.jailer),
+            ("uid/gid", &i.uid_gid),
+            ("chroot", &i.chroot),
+            ("cgroups", &i.cgroups),
+            ("seccomp", &i.seccomp),
+            ("pid ns", &i.pid_ns),
+            ("net ns", &i.net_ns),
+        ] {
             if let Some(l) = l {
-                s.push_str(&format!("  {name:<8} {:<4} {}\n", if l.active { "on" } else { "off" }, l.detail));
+                s.push_str(&format!(
+                    "  {name:<8} {:<4} {}\n",
+                    if l.active { "on" } else { "off" },
+                    l.detail
+                ));
             }
         }
     }

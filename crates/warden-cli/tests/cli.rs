@@ -10,12 +10,18 @@ fn warden() -> Command {
 
 fn assets() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/assets");
-    assert!(dir.join("testguest").is_file(), "run scripts/setup-assets.sh first");
+    assert!(
+        dir.join("testguest").is_file(),
+        "run scripts/setup-assets.sh first"
+    );
     dir
 }
 
 fn unique(prefix: &str) -> String {
-    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
     format!("cli-{prefix}-{}-{:x}", std::process::id(), n & 0xfffff)
 }
 
@@ -34,12 +40,20 @@ fn run_streams_the_guest_and_exits_0_on_guest_power_off() {
     let out = warden()
         .args(["run", "--id", &id, "--kernel"])
         .arg(assets().join("testguest"))
-        .args(["--boot-args", "mode=poweroff marker=cli-ok", "--require-jailer"])
+        .args([
+            "--boot-args",
+            "mode=poweroff marker=cli-ok",
+            "--require-jailer",
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "stdout: {stdout}\nstderr: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
     assert!(stdout.contains("WARDEN_MARKER cli-ok"), "{stdout}");
     assert!(stderr.contains("Sandboxed: true"), "{stderr}");
     assert!(stderr.contains("guest powered off"), "{stderr}");
@@ -59,16 +73,26 @@ fn ctrl_c_stops_the_vm_gracefully_and_exits_130() {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     loop {
-        let line = lines.next().expect("guest output ended before the marker").unwrap();
+        let line = lines
+            .next()
+            .expect("guest output ended before the marker")
+            .unwrap();
         if line.contains("WARDEN_MARKER waiting") {
             break;
         }
     }
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
-    assert!(rest.iter().any(|l| l.contains("testguest: ctrl-alt-del")), "graceful stop expected: {rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("testguest: ctrl-alt-del")),
+        "graceful stop expected: {rest:?}"
+    );
     assert_nothing_left(&id);
 }
 
@@ -76,12 +100,26 @@ fn ctrl_c_stops_the_vm_gracefully_and_exits_130() {
 fn oom_kill_exits_3() {
     let id = unique("oom");
     let out = warden()
-        .args(["run", "--id", &id, "--memory", "256", "--memory-limit", "128", "--kernel"])
+        .args([
+            "run",
+            "--id",
+            &id,
+            "--memory",
+            "256",
+            "--memory-limit",
+            "128",
+            "--kernel",
+        ])
         .arg(assets().join("testguest"))
         .args(["--boot-args", "mode=touch mib=200"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("OOM-killed"));
     assert_nothing_left(&id);
 }
@@ -90,21 +128,55 @@ fn oom_kill_exits_3() {
 fn plan_json_describes_the_jail_without_creating_it() {
     let id = unique("plan");
     let out = warden()
-        .args(["plan", "--json", "--id", &id, "--cpu-quota", "50", "--memory", "256", "--new-pid-ns", "--kernel"])
+        .args([
+            "plan",
+            "--json",
+            "--id",
+            &id,
+            "--cpu-quota",
+            "50",
+            "--memory",
+            "256",
+            "--new-pid-ns",
+            "--kernel",
+        ])
         .arg(assets().join("testguest"))
         .args(["--drive"])
         .arg(format!("{}:ro", assets().join("NOTICE").display()))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let argv: Vec<&str> = plan["argv"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let argv: Vec<&str> = plan["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
     assert!(argv[0].ends_with("jailer"));
-    assert!(argv.windows(2).any(|w| w == ["--cgroup", "memory.limit_in_bytes=335544320"]), "{argv:?}");
-    assert!(argv.windows(2).any(|w| w == ["--cgroup", "cpu.cfs_quota_us=50000"]), "{argv:?}");
+    assert!(
+        argv.windows(2)
+            .any(|w| w == ["--cgroup", "memory.limit_in_bytes=335544320"]),
+        "{argv:?}"
+    );
+    assert!(
+        argv.windows(2)
+            .any(|w| w == ["--cgroup", "cpu.cfs_quota_us=50000"]),
+        "{argv:?}"
+    );
     assert!(argv.contains(&"--new-pid-ns"));
-    assert_eq!(plan["socket_path"], format!("/srv/jailer/firecracker/{id}/root/run/firecracker.socket"));
-    assert_eq!(plan["pid_file"], format!("/srv/jailer/firecracker/{id}/root/firecracker.pid"));
+    assert_eq!(
+        plan["socket_path"],
+        format!("/srv/jailer/firecracker/{id}/root/run/firecracker.socket")
+    );
+    assert_eq!(
+        plan["pid_file"],
+        format!("/srv/jailer/firecracker/{id}/root/firecracker.pid")
+    );
     let staged = plan["staged"].as_array().unwrap();
     assert_eq!(staged.len(), 2);
     assert_eq!(staged[1]["path_in_jail"], "/drive1");
@@ -112,28 +184,54 @@ fn plan_json_describes_the_jail_without_creating_it() {
     assert_eq!(plan["rlimits"][0], serde_json::json!(["no-file", 2048]));
     assert_nothing_left(&id);
 
-    let human = warden().args(["plan", "--id", &id, "--kernel"]).arg(assets().join("testguest")).output().unwrap();
+    let human = warden()
+        .args(["plan", "--id", &id, "--kernel"])
+        .arg(assets().join("testguest"))
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&human.stdout);
-    assert!(text.contains(&format!("/sys/fs/cgroup/memory/warden/{id}/memory.limit_in_bytes = ")), "{text}");
+    assert!(
+        text.contains(&format!(
+            "/sys/fs/cgroup/memory/warden/{id}/memory.limit_in_bytes = "
+        )),
+        "{text}"
+    );
     assert!(text.contains("no-file = 2048"), "{text}");
 }
 
 #[test]
 fn bad_input_exits_2_naming_the_field() {
-    let out = warden().args(["run", "--id", "../etc", "--kernel"]).arg(assets().join("testguest")).output().unwrap();
+    let out = warden()
+        .args(["run", "--id", "../etc", "--kernel"])
+        .arg(assets().join("testguest"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("invalid vm_id") && err.contains("'.'"), "{err}");
-    let out = warden().args(["run", "--memory", "64", "--kernel"]).arg(assets().join("testguest")).output().unwrap();
+    assert!(
+        err.contains("invalid vm_id") && err.contains("'.'"),
+        "{err}"
+    );
+    let out = warden()
+        .args(["run", "--memory", "64", "--kernel"])
+        .arg(assets().join("testguest"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid memory_mb: is 64 MiB; use at least 128"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("invalid memory_mb: is 64 MiB; use at least 128"));
 }
 
 #[test]
 fn demo_boots_jailed_and_reports_sandboxed() {
     let out = warden().arg("demo").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("Sandboxed: true"), "{stdout}");
     assert!(stdout.contains("left behind: nothing"), "{stdout}");
 }

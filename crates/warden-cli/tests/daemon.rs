@@ -10,51 +10,129 @@ use common::*;
 use warden_api::{pb, Code};
 
 fn curl(url: &str, body: &str) -> serde_json::Value {
-    let out = Command::new("curl").args(["-sS", "-X", "POST", url, "-d", body]).output().unwrap();
-    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    let out = Command::new("curl")
+        .args(["-sS", "-X", "POST", url, "-d", body])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_seeds_curl_command_creates_and_boots_a_jailed_vm() {
-    let d = Daemon::start(&[("UNKEY_METALD_BACKEND", "firecracker"), ("UNKEY_METALD_JAILER_ENABLED", "true"), ("UNKEY_METALD_JAILER_UID", "10007")]);
+    let d = Daemon::start(&[
+        ("UNKEY_METALD_BACKEND", "firecracker"),
+        ("UNKEY_METALD_JAILER_ENABLED", "true"),
+        ("UNKEY_METALD_JAILER_UID", "10007"),
+    ]);
     let id = unique("curl");
     // As the guide writes it: `curl -X POST .../CreateVm -d '{"config":{...}}'` (a form content type).
     let created = curl(
         &format!("{}/vmprovisioner.v1.VmService/CreateVm", d.url()),
-        &format!(r#"{{"vm_id":"{id}","config":{{"kernel_path":"{}","boot_args":"mode=idle marker=seed","memory_mib":128}}}}"#, testguest()),
+        &format!(
+            r#"{{"vm_id":"{id}","config":{{"kernel_path":"{}","boot_args":"mode=idle marker=seed","memory_mib":128}}}}"#,
+            testguest()
+        ),
     );
     assert_eq!(created["state"], "VM_STATE_CREATED", "{created}");
-    let booted = curl(&format!("{}/vmprovisioner.v1.VmService/BootVm", d.url()), &format!(r#"{{"vm_id":"{id}"}}"#));
-    assert_eq!(booted["state"], "VM_STATE_RUNNING", "{booted}\n{}", d.logs());
+    let booted = curl(
+        &format!("{}/vmprovisioner.v1.VmService/BootVm", d.url()),
+        &format!(r#"{{"vm_id":"{id}"}}"#),
+    );
+    assert_eq!(
+        booted["state"],
+        "VM_STATE_RUNNING",
+        "{booted}\n{}",
+        d.logs()
+    );
 
     // The same VM through gRPC.
-    let mut grpc = pb::vm_service_client::VmServiceClient::connect(d.url()).await.unwrap();
-    let info = grpc.get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() }).await.unwrap().into_inner().vm.unwrap();
+    let mut grpc = pb::vm_service_client::VmServiceClient::connect(d.url())
+        .await
+        .unwrap();
+    let info = grpc
+        .get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .vm
+        .unwrap();
     assert_eq!(info.state, state(pb::VmState::Running));
     let iso = info.isolation.unwrap();
     assert!(iso.is_sandboxed, "{iso:?}");
     assert!(iso.uid_gid.unwrap().detail.contains("uid 10007"));
-    assert!(info.chroot_path.starts_with(&d.chroot.display().to_string()));
-    assert_eq!(std::fs::read_to_string(format!("/proc/{}/status", info.pid)).unwrap().lines().find(|l| l.starts_with("Uid:")).unwrap().split_whitespace().nth(1), Some("10007"));
-    let serial = std::fs::read_to_string(d.dir.path().join("state/vms").join(&id).join("serial.log")).unwrap();
+    assert!(info
+        .chroot_path
+        .starts_with(&d.chroot.display().to_string()));
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{}/status", info.pid))
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .unwrap()
+            .split_whitespace()
+            .nth(1),
+        Some("10007")
+    );
+    let serial =
+        std::fs::read_to_string(d.dir.path().join("state/vms").join(&id).join("serial.log"))
+            .unwrap();
     assert!(serial.contains("WARDEN_MARKER seed"), "{serial}");
 
     // And through `warden vm`.
     let out = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .args(["vm", "--endpoint", &d.url(), "create", "--boot", "--id", &format!("{id}-cli"), "--kernel", &testguest(), "--boot-args", "mode=idle"])
+        .args([
+            "vm",
+            "--endpoint",
+            &d.url(),
+            "create",
+            "--boot",
+            "--id",
+            &format!("{id}-cli"),
+            "--kernel",
+            &testguest(),
+            "--boot-args",
+            "mode=idle",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("{id}-cli running"));
-    let ls = Command::new(env!("CARGO_BIN_EXE_warden")).args(["vm", "--endpoint", &d.url(), "ls"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{id}-cli running")
+    );
+    let ls = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["vm", "--endpoint", &d.url(), "ls"])
+        .output()
+        .unwrap();
     let ls = String::from_utf8_lossy(&ls.stdout);
-    assert!(ls.lines().filter(|l| l.contains(" running ") && l.contains(" yes ")).count() == 2, "{ls}");
-    let get = Command::new(env!("CARGO_BIN_EXE_warden")).args(["vm", "--endpoint", &d.url(), "--json", "get", &id]).output().unwrap();
+    assert!(
+        ls.lines()
+            .filter(|l| l.contains(" running ") && l.contains(" yes "))
+            .count()
+            == 2,
+        "{ls}"
+    );
+    let get = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["vm", "--endpoint", &d.url(), "--json", "get", &id])
+        .output()
+        .unwrap();
     let get: serde_json::Value = serde_json::from_slice(&get.stdout).unwrap();
     assert_eq!(get["vm"]["isolation"]["isSandboxed"], true);
     for vm in [id.clone(), format!("{id}-cli")] {
-        let rm = Command::new(env!("CARGO_BIN_EXE_warden")).args(["vm", "--endpoint", &d.url(), "rm", &vm]).output().unwrap();
+        let rm = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["vm", "--endpoint", &d.url(), "rm", &vm])
+            .output()
+            .unwrap();
         assert!(rm.status.success());
     }
     d.assert_clean();
@@ -66,47 +144,117 @@ async fn every_lifecycle_call_and_the_transitions_it_forbids() {
     let c = d.client();
     let id = unique("life");
     c.create_vm(d.create_req(&id, "mode=idle")).await.unwrap();
-    let err = c.create_vm(d.create_req(&id, "mode=idle")).await.unwrap_err();
+    let err = c
+        .create_vm(d.create_req(&id, "mode=idle"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code, Code::AlreadyExists);
-    let err = c.pause_vm(pb::PauseVmRequest { vm_id: id.clone() }).await.unwrap_err();
+    let err = c
+        .pause_vm(pb::PauseVmRequest { vm_id: id.clone() })
+        .await
+        .unwrap_err();
     assert_eq!(err.code, Code::FailedPrecondition, "{err}");
-    assert!(err.message.contains("is created") && err.message.contains("running"), "{}", err.message);
+    assert!(
+        err.message.contains("is created") && err.message.contains("running"),
+        "{}",
+        err.message
+    );
 
-    c.boot_vm(pb::BootVmRequest { vm_id: id.clone() }).await.unwrap();
-    let info = c.get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() }).await.unwrap().vm.unwrap();
+    c.boot_vm(pb::BootVmRequest { vm_id: id.clone() })
+        .await
+        .unwrap();
+    let info = c
+        .get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() })
+        .await
+        .unwrap()
+        .vm
+        .unwrap();
     let fc = firecracker_api::Client::new(&info.socket_path);
-    assert_eq!(fc.instance_info().await.unwrap().state, firecracker_api::InstanceState::Running);
+    assert_eq!(
+        fc.instance_info().await.unwrap().state,
+        firecracker_api::InstanceState::Running
+    );
 
-    let err = c.boot_vm(pb::BootVmRequest { vm_id: id.clone() }).await.unwrap_err();
+    let err = c
+        .boot_vm(pb::BootVmRequest { vm_id: id.clone() })
+        .await
+        .unwrap_err();
     assert_eq!(err.code, Code::FailedPrecondition);
-    let err = c.resume_vm(pb::ResumeVmRequest { vm_id: id.clone() }).await.unwrap_err();
+    let err = c
+        .resume_vm(pb::ResumeVmRequest { vm_id: id.clone() })
+        .await
+        .unwrap_err();
     assert_eq!(err.code, Code::FailedPrecondition);
 
-    let r = c.pause_vm(pb::PauseVmRequest { vm_id: id.clone() }).await.unwrap();
+    let r = c
+        .pause_vm(pb::PauseVmRequest { vm_id: id.clone() })
+        .await
+        .unwrap();
     assert_eq!(r.state, state(pb::VmState::Paused));
-    assert_eq!(fc.instance_info().await.unwrap().state, firecracker_api::InstanceState::Paused);
-    let r = c.resume_vm(pb::ResumeVmRequest { vm_id: id.clone() }).await.unwrap();
+    assert_eq!(
+        fc.instance_info().await.unwrap().state,
+        firecracker_api::InstanceState::Paused
+    );
+    let r = c
+        .resume_vm(pb::ResumeVmRequest { vm_id: id.clone() })
+        .await
+        .unwrap();
     assert_eq!(r.state, state(pb::VmState::Running));
-    assert_eq!(fc.instance_info().await.unwrap().state, firecracker_api::InstanceState::Running);
+    assert_eq!(
+        fc.instance_info().await.unwrap().state,
+        firecracker_api::InstanceState::Running
+    );
 
     let old_pid = info.pid;
-    let r = c.reboot_vm(pb::RebootVmRequest { vm_id: id.clone() }).await.unwrap();
+    let r = c
+        .reboot_vm(pb::RebootVmRequest { vm_id: id.clone() })
+        .await
+        .unwrap();
     assert_eq!(r.state, state(pb::VmState::Running));
-    let info = c.get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() }).await.unwrap().vm.unwrap();
+    let info = c
+        .get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() })
+        .await
+        .unwrap()
+        .vm
+        .unwrap();
     assert_ne!(info.pid, old_pid, "a reboot starts a new Firecracker");
 
-    let r = c.shutdown_vm(pb::ShutdownVmRequest { vm_id: id.clone(), ..Default::default() }).await.unwrap();
+    let r = c
+        .shutdown_vm(pb::ShutdownVmRequest {
+            vm_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(r.state, state(pb::VmState::Stopped));
-    let info = c.get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() }).await.unwrap().vm.unwrap();
+    let info = c
+        .get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() })
+        .await
+        .unwrap()
+        .vm
+        .unwrap();
     assert_eq!(info.exit.unwrap().reason, "stopped_by_api");
     d.assert_clean();
-    let err = c.shutdown_vm(pb::ShutdownVmRequest { vm_id: id.clone(), ..Default::default() }).await.unwrap_err();
+    let err = c
+        .shutdown_vm(pb::ShutdownVmRequest {
+            vm_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code, Code::FailedPrecondition);
 
     // A stopped VM boots again.
-    c.boot_vm(pb::BootVmRequest { vm_id: id.clone() }).await.unwrap();
-    c.delete_vm(pb::DeleteVmRequest { vm_id: id.clone() }).await.unwrap();
-    let err = c.get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() }).await.unwrap_err();
+    c.boot_vm(pb::BootVmRequest { vm_id: id.clone() })
+        .await
+        .unwrap();
+    c.delete_vm(pb::DeleteVmRequest { vm_id: id.clone() })
+        .await
+        .unwrap();
+    let err = c
+        .get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() })
+        .await
+        .unwrap_err();
     assert_eq!(err.code, Code::NotFound);
     d.assert_clean();
 }
@@ -117,34 +265,67 @@ async fn a_vm_killed_from_outside_is_shown_stopped_with_the_reason_within_a_seco
     let c = d.client();
     let id = unique("kill");
     c.create_vm(d.create_req(&id, "mode=idle")).await.unwrap();
-    c.boot_vm(pb::BootVmRequest { vm_id: id.clone() }).await.unwrap();
-    let pid = c.get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() }).await.unwrap().vm.unwrap().pid;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    c.boot_vm(pb::BootVmRequest { vm_id: id.clone() })
+        .await
+        .unwrap();
+    let pid = c
+        .get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() })
+        .await
+        .unwrap()
+        .vm
+        .unwrap()
+        .pid;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let t0 = Instant::now();
     let info = loop {
-        let info = c.get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() }).await.unwrap().vm.unwrap();
+        let info = c
+            .get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() })
+            .await
+            .unwrap()
+            .vm
+            .unwrap();
         if info.state == state(pb::VmState::Stopped) || t0.elapsed() > Duration::from_secs(1) {
             break info;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    assert_eq!(info.state, state(pb::VmState::Stopped), "not noticed within a second");
+    assert_eq!(
+        info.state,
+        state(pb::VmState::Stopped),
+        "not noticed within a second"
+    );
     let exit = info.exit.unwrap();
     assert_eq!(exit.reason, "signaled", "{exit:?}");
     assert!(exit.detail.contains("signal 9"), "{exit:?}");
     d.assert_clean();
     // A guest that powers off by itself is recorded too.
     let id2 = unique("off");
-    c.create_vm(d.create_req(&id2, "mode=poweroff")).await.unwrap();
-    c.boot_vm(pb::BootVmRequest { vm_id: id2.clone() }).await.unwrap();
+    c.create_vm(d.create_req(&id2, "mode=poweroff"))
+        .await
+        .unwrap();
+    c.boot_vm(pb::BootVmRequest { vm_id: id2.clone() })
+        .await
+        .unwrap();
     assert!(
         eventually(Duration::from_secs(2), || {
             let rt = tokio::runtime::Handle::current();
             let c = c.clone();
             let id2 = id2.clone();
-            tokio::task::block_in_place(|| rt.block_on(async move {
-                c.get_vm_info(pb::GetVmInfoRequest { vm_id: id2 }).await.unwrap().vm.unwrap().exit.is_some_and(|e| e.reason == "guest_power_off")
-            }))
+            tokio::task::block_in_place(|| {
+                rt.block_on(async move {
+                    c.get_vm_info(pb::GetVmInfoRequest { vm_id: id2 })
+                        .await
+                        .unwrap()
+                        .vm
+                        .unwrap()
+                        .exit
+                        .is_some_and(|e| e.reason == "guest_power_off")
+                })
+            })
         })
         .await
     );
@@ -158,35 +339,99 @@ async fn bad_requests_get_the_right_code_and_create_nothing() {
     let url = format!("{}/vmprovisioner.v1.VmService/CreateVm", d.url());
     let k = testguest();
     let cases: Vec<(String, &str, &str)> = vec![
-        (format!(r#"{{"config":{{"kernel_path":"{k}","bogus":1}}}}"#), "invalid_argument", "bogus"),
-        (r#"{"config":{"vcpu_count":"two"}}"#.to_owned(), "invalid_argument", "vcpu_count"),
-        (format!(r#"{{"config":{{"kernel_path":"{k}","memory_mib":64}}}}"#), "invalid_argument", "config.memory_mib"),
-        (format!(r#"{{"config":{{"kernel_path":"{k}","vcpu_count":64}}}}"#), "invalid_argument", "config.vcpu_count"),
-        (format!(r#"{{"vm_id":"../etc","config":{{"kernel_path":"{k}"}}}}"#), "invalid_argument", "vm_id"),
-        (format!(r#"{{"vm_id":"a/b","config":{{"kernel_path":"{k}"}}}}"#), "invalid_argument", "vm_id"),
-        (r#"{"config":{"kernel_path":"/etc/passwd"}}"#.to_owned(), "invalid_argument", "outside the asset directories"),
-        (format!(r#"{{"config":{{"kernel_path":"{k}","drives":[{{"path":"/etc/shadow"}}]}}}}"#), "invalid_argument", "config.drives[0].path"),
+        (
+            format!(r#"{{"config":{{"kernel_path":"{k}","bogus":1}}}}"#),
+            "invalid_argument",
+            "bogus",
+        ),
+        (
+            r#"{"config":{"vcpu_count":"two"}}"#.to_owned(),
+            "invalid_argument",
+            "vcpu_count",
+        ),
+        (
+            format!(r#"{{"config":{{"kernel_path":"{k}","memory_mib":64}}}}"#),
+            "invalid_argument",
+            "config.memory_mib",
+        ),
+        (
+            format!(r#"{{"config":{{"kernel_path":"{k}","vcpu_count":64}}}}"#),
+            "invalid_argument",
+            "config.vcpu_count",
+        ),
+        (
+            format!(r#"{{"vm_id":"../etc","config":{{"kernel_path":"{k}"}}}}"#),
+            "invalid_argument",
+            "vm_id",
+        ),
+        (
+            format!(r#"{{"vm_id":"a/b","config":{{"kernel_path":"{k}"}}}}"#),
+            "invalid_argument",
+            "vm_id",
+        ),
+        (
+            r#"{"config":{"kernel_path":"/etc/passwd"}}"#.to_owned(),
+            "invalid_argument",
+            "outside the asset directories",
+        ),
+        (
+            format!(r#"{{"config":{{"kernel_path":"{k}","drives":[{{"path":"/etc/shadow"}}]}}}}"#),
+            "invalid_argument",
+            "config.drives[0].path",
+        ),
     ];
     for (body, code, needle) in cases {
         let v = curl(&url, &body);
         assert_eq!(v["code"], code, "{body} -> {v}");
-        assert!(v["message"].as_str().unwrap().contains(needle), "{body} -> {v}");
+        assert!(
+            v["message"].as_str().unwrap().contains(needle),
+            "{body} -> {v}"
+        );
     }
     // A symlink inside an asset directory that points outside it.
     let link = d.dir.path().join("assets/escape");
     std::os::unix::fs::symlink("/etc/shadow", &link).unwrap();
-    let v = curl(&url, &format!(r#"{{"config":{{"kernel_path":"{}"}}}}"#, link.display()));
+    let v = curl(
+        &url,
+        &format!(r#"{{"config":{{"kernel_path":"{}"}}}}"#, link.display()),
+    );
     assert_eq!(v["code"], "invalid_argument", "{v}");
-    assert!(v["message"].as_str().unwrap().contains("resolved to /etc/shadow"), "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("resolved to /etc/shadow"),
+        "{v}"
+    );
     // A 10 MiB body.
     let big = d.dir.path().join("big.json");
-    std::fs::write(&big, format!(r#"{{"config":{{"boot_args":"{}"}}}}"#, "x".repeat(10 << 20))).unwrap();
-    let out = Command::new("curl").args(["-sS", "-X", "POST", &url, "--data-binary"]).arg(format!("@{}", big.display())).output().unwrap();
+    std::fs::write(
+        &big,
+        format!(r#"{{"config":{{"boot_args":"{}"}}}}"#, "x".repeat(10 << 20)),
+    )
+    .unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", "-X", "POST", &url, "--data-binary"])
+        .arg(format!("@{}", big.display()))
+        .output()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["code"], "resource_exhausted", "{v}");
-    let err = c.get_vm_info(pb::GetVmInfoRequest { vm_id: "nope".into() }).await.unwrap_err();
+    let err = c
+        .get_vm_info(pb::GetVmInfoRequest {
+            vm_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code, Code::NotFound);
-    assert!(c.list_vms(pb::ListVmsRequest {}).await.unwrap().vms.is_empty(), "nothing was created");
+    assert!(
+        c.list_vms(pb::ListVmsRequest {})
+            .await
+            .unwrap()
+            .vms
+            .is_empty(),
+        "nothing was created"
+    );
     d.assert_clean();
 }
 
@@ -203,10 +448,14 @@ async fn fifty_concurrent_creates_and_deletes_leave_a_consistent_store_and_a_cle
             let id = req.vm_id.clone();
             c.create_vm(req).await.unwrap();
             if i % 5 == 0 {
-                c.boot_vm(pb::BootVmRequest { vm_id: id.clone() }).await.unwrap();
+                c.boot_vm(pb::BootVmRequest { vm_id: id.clone() })
+                    .await
+                    .unwrap();
             }
             if i % 2 == 0 {
-                c.delete_vm(pb::DeleteVmRequest { vm_id: id }).await.unwrap();
+                c.delete_vm(pb::DeleteVmRequest { vm_id: id })
+                    .await
+                    .unwrap();
             }
         });
     }
@@ -216,14 +465,27 @@ async fn fifty_concurrent_creates_and_deletes_leave_a_consistent_store_and_a_cle
     let vms = c.list_vms(pb::ListVmsRequest {}).await.unwrap().vms;
     let mut ids: Vec<String> = vms.iter().map(|v| v.vm_id.clone()).collect();
     ids.sort();
-    let mut want: Vec<String> = (0..50).filter(|i| i % 2 == 1).map(|i| format!("{base}-{i}")).collect();
+    let mut want: Vec<String> = (0..50)
+        .filter(|i| i % 2 == 1)
+        .map(|i| format!("{base}-{i}"))
+        .collect();
     want.sort();
     assert_eq!(ids, want);
-    let running = vms.iter().filter(|v| v.state == state(pb::VmState::Running)).count();
+    let running = vms
+        .iter()
+        .filter(|v| v.state == state(pb::VmState::Running))
+        .count();
     assert_eq!(running, 5, "ids 5, 15, 25, 35, 45 were booted and kept");
     for id in ids {
-        c.delete_vm(pb::DeleteVmRequest { vm_id: id }).await.unwrap();
+        c.delete_vm(pb::DeleteVmRequest { vm_id: id })
+            .await
+            .unwrap();
     }
-    assert!(c.list_vms(pb::ListVmsRequest {}).await.unwrap().vms.is_empty());
+    assert!(c
+        .list_vms(pb::ListVmsRequest {})
+        .await
+        .unwrap()
+        .vms
+        .is_empty());
     d.assert_clean();
 }

@@ -22,25 +22,60 @@ async fn each_seed_variable_reaches_the_jail() {
         ("UNKEY_METALD_JAILER_MEMORY_LIMIT", "268435456"),
         ("UNKEY_METALD_JAILER_CPU_QUOTA", "50"),
         ("UNKEY_METALD_JAILER_FD_LIMIT", "1000"),
-        ("UNKEY_METALD_JAILER_BINARY", &assets().join("jailer").display().to_string()),
-        ("UNKEY_METALD_FIRECRACKER_BINARY", &assets().join("firecracker").display().to_string()),
+        (
+            "UNKEY_METALD_JAILER_BINARY",
+            &assets().join("jailer").display().to_string(),
+        ),
+        (
+            "UNKEY_METALD_FIRECRACKER_BINARY",
+            &assets().join("firecracker").display().to_string(),
+        ),
     ]);
     let c = d.client();
     let id = unique("cfg");
     c.create_vm(d.create_req(&id, "mode=idle")).await.unwrap();
-    c.boot_vm(pb::BootVmRequest { vm_id: id.clone() }).await.unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
-    let info = c.get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() }).await.unwrap().vm.unwrap();
+    c.boot_vm(pb::BootVmRequest { vm_id: id.clone() })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
+    let info = c
+        .get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() })
+        .await
+        .unwrap()
+        .vm
+        .unwrap();
     let status = std::fs::read_to_string(format!("/proc/{}/status", info.pid)).unwrap();
-    let field = |k: &str| status.lines().find(|l| l.starts_with(k)).unwrap().split_whitespace().skip(1).map(str::to_owned).collect::<Vec<_>>();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .unwrap()
+            .split_whitespace()
+            .skip(1)
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
     assert_eq!(field("Uid:")[0], "10011");
     assert_eq!(field("Gid:")[0], "10012");
     assert_eq!(field("NSpid:").len(), 2, "own PID namespace");
-    let cg = |ctl: &str, f: &str| std::fs::read_to_string(Path::new("/sys/fs/cgroup").join(ctl).join(&d.parent_cgroup).join(&id).join(f)).unwrap().trim().to_owned();
+    let cg = |ctl: &str, f: &str| {
+        std::fs::read_to_string(
+            Path::new("/sys/fs/cgroup")
+                .join(ctl)
+                .join(&d.parent_cgroup)
+                .join(&id)
+                .join(f),
+        )
+        .unwrap()
+        .trim()
+        .to_owned()
+    };
     assert_eq!(cg("memory", "memory.limit_in_bytes"), "268435456");
     assert_eq!(cg("cpu", "cpu.cfs_quota_us"), "50000");
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", info.pid)).unwrap();
     assert!(limits.lines().any(|l| l.starts_with("Max open files") && l.split_whitespace().nth(3) == Some("1000")), "{limits}");
-    assert!(info.chroot_path.starts_with(&d.chroot.display().to_string()));
+    assert!(info
+        .chroot_path
+        .starts_with(&d.chroot.display().to_string()));
     // Its own, empty network namespace, named after the VM.
     assert_eq!(info.netns, format!("fc-vm-{id}"));
     let ns_file = Path::new("/var/run/netns").join(&info.netns);
@@ -49,7 +84,9 @@ async fn each_seed_variable_reaches_the_jail() {
     let got = std::fs::read_link(format!("/proc/{}/ns/net", info.pid)).unwrap();
     assert_eq!(got.display().to_string(), format!("net:[{want}]"));
     assert!(info.isolation.unwrap().net_ns.unwrap().active);
-    c.delete_vm(pb::DeleteVmRequest { vm_id: id }).await.unwrap();
+    c.delete_vm(pb::DeleteVmRequest { vm_id: id })
+        .await
+        .unwrap();
     assert!(!ns_file.exists(), "the namespace goes with the VM");
     d.assert_clean();
 }
@@ -81,28 +118,68 @@ fn a_bad_value_stops_start_up_naming_the_variable_and_the_form() {
         let out = serve_with(&[(var, value)], &["--listen", "127.0.0.1:1"]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{var}={value} was accepted");
-        assert!(err.contains(var) && err.contains(value), "{var}={value}: {err}");
-        assert!(err.to_lowercase().contains(form), "{var}={value}: no accepted form in: {err}");
+        assert!(
+            err.contains(var) && err.contains(value),
+            "{var}={value}: {err}"
+        );
+        assert!(
+            err.to_lowercase().contains(form),
+            "{var}={value}: no accepted form in: {err}"
+        );
     }
 }
 
 #[test]
 fn print_config_shows_each_value_and_where_it_came_from() {
-    let out = serve_with(&[("UNKEY_METALD_JAILER_UID", "1234"), ("WARDEN_AUTH_TOKEN", "s3cret")], &["--print-config", "--listen", "127.0.0.1:9999"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = serve_with(
+        &[
+            ("UNKEY_METALD_JAILER_UID", "1234"),
+            ("WARDEN_AUTH_TOKEN", "s3cret"),
+        ],
+        &["--print-config", "--listen", "127.0.0.1:9999"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = |k: &str| text.lines().find(|l| l.starts_with(&format!("{k} "))).unwrap_or_else(|| panic!("no {k} in {text}")).to_owned();
-    assert!(line("jailer_uid").contains("1234") && line("jailer_uid").contains("UNKEY_METALD_JAILER_UID"), "{text}");
-    assert!(line("listen").contains("127.0.0.1:9999") && line("listen").contains("--listen"), "{text}");
+    let line = |k: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{k} ")))
+            .unwrap_or_else(|| panic!("no {k} in {text}"))
+            .to_owned()
+    };
+    assert!(
+        line("jailer_uid").contains("1234")
+            && line("jailer_uid").contains("UNKEY_METALD_JAILER_UID"),
+        "{text}"
+    );
+    assert!(
+        line("listen").contains("127.0.0.1:9999") && line("listen").contains("--listen"),
+        "{text}"
+    );
     assert!(line("chroot_dir").contains("default"), "{text}");
     assert!(!text.contains("s3cret"), "the token is hidden");
 }
 
 #[test]
 fn production_mode_refuses_a_host_that_fails_the_checks() {
-    let out = serve_with(&[("WARDEN_REQUIRE_JAILER", "true"), ("UNKEY_METALD_JAILER_BINARY", "/nonexistent/jailer")], &["--listen", "127.0.0.1:1"]);
+    let out = serve_with(
+        &[
+            ("WARDEN_REQUIRE_JAILER", "true"),
+            ("UNKEY_METALD_JAILER_BINARY", "/nonexistent/jailer"),
+        ],
+        &["--listen", "127.0.0.1:1"],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("FAIL jailer") && err.contains("/nonexistent/jailer"), "{err}");
-    assert!(err.contains("refusing to start in production mode"), "{err}");
+    assert!(
+        err.contains("FAIL jailer") && err.contains("/nonexistent/jailer"),
+        "{err}"
+    );
+    assert!(
+        err.contains("refusing to start in production mode"),
+        "{err}"
+    );
 }

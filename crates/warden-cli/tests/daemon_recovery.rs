@@ -13,7 +13,10 @@ use common::*;
 use warden_api::pb;
 
 fn ip(args: &[&str]) {
-    assert!(Command::new("ip").args(args).status().unwrap().success(), "ip {args:?}");
+    assert!(
+        Command::new("ip").args(args).status().unwrap().success(),
+        "ip {args:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -24,24 +27,40 @@ async fn a_sigkilled_daemon_reattaches_running_vms_and_cleans_orphans() {
     let ids: Vec<String> = (0..10).map(|i| format!("{base}-{i}")).collect();
     for id in &ids {
         c.create_vm(d.create_req(id, "mode=idle")).await.unwrap();
-        c.boot_vm(pb::BootVmRequest { vm_id: id.clone() }).await.unwrap();
+        c.boot_vm(pb::BootVmRequest { vm_id: id.clone() })
+            .await
+            .unwrap();
     }
-    let victim = c.get_vm_info(pb::GetVmInfoRequest { vm_id: ids[9].clone() }).await.unwrap().vm.unwrap();
+    let victim = c
+        .get_vm_info(pb::GetVmInfoRequest {
+            vm_id: ids[9].clone(),
+        })
+        .await
+        .unwrap()
+        .vm
+        .unwrap();
     d.kill();
 
     // While the daemon is down: one VM dies, and orphans appear beside things that are not ours.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim.pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim.pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let orphan = format!("{base}-orphan");
     let orphan_jail = d.chroot.join("firecracker").join(&orphan).join("root");
     std::fs::create_dir_all(&orphan_jail).unwrap();
     std::fs::write(orphan_jail.join("kernel"), b"x").unwrap();
-    let orphan_cgroup = Path::new("/sys/fs/cgroup/memory").join(&d.parent_cgroup).join(&orphan);
+    let orphan_cgroup = Path::new("/sys/fs/cgroup/memory")
+        .join(&d.parent_cgroup)
+        .join(&orphan);
     std::fs::create_dir_all(&orphan_cgroup).unwrap();
     let orphan_ns = format!("fc-vm-{orphan}");
     ip(&["netns", "add", &orphan_ns]);
     let not_ours_dir = d.chroot.join("other-tool").join("keep");
     std::fs::create_dir_all(&not_ours_dir).unwrap();
-    let not_ours_cgroup = Path::new("/sys/fs/cgroup/memory").join(format!("{}-other", d.parent_cgroup));
+    let not_ours_cgroup =
+        Path::new("/sys/fs/cgroup/memory").join(format!("{}-other", d.parent_cgroup));
     std::fs::create_dir_all(&not_ours_cgroup).unwrap();
     let not_ours_ns = format!("keep-{base}");
     ip(&["netns", "add", &not_ours_ns]);
@@ -53,35 +72,83 @@ async fn a_sigkilled_daemon_reattaches_running_vms_and_cleans_orphans() {
     assert_eq!(vms.len(), 10);
     for id in &ids[..9] {
         let info = vms.iter().find(|v| &v.vm_id == id).unwrap();
-        assert_eq!(info.state, state(pb::VmState::Running), "{id}: {info:?}\n{}", d.logs());
+        assert_eq!(
+            info.state,
+            state(pb::VmState::Running),
+            "{id}: {info:?}\n{}",
+            d.logs()
+        );
         assert!(info.isolation.as_ref().unwrap().is_sandboxed);
     }
     let dead = vms.iter().find(|v| v.vm_id == ids[9]).unwrap();
     assert_eq!(dead.state, state(pb::VmState::Stopped));
     let exit = dead.exit.as_ref().unwrap();
-    assert!(exit.detail.contains("while the daemon was down"), "{exit:?}");
-    assert!(!Path::new(&victim.chroot_path).exists(), "the dead VM's jail was cleaned");
+    assert!(
+        exit.detail.contains("while the daemon was down"),
+        "{exit:?}"
+    );
+    assert!(
+        !Path::new(&victim.chroot_path).exists(),
+        "the dead VM's jail was cleaned"
+    );
 
-    assert!(!orphan_jail.exists() && !orphan_cgroup.exists(), "orphans removed\n{}", d.logs());
-    assert!(!Path::new("/var/run/netns").join(&orphan_ns).exists(), "orphan netns removed");
-    assert!(not_ours_dir.exists() && not_ours_cgroup.exists(), "not warden's: untouched");
-    assert!(Path::new("/var/run/netns").join(&not_ours_ns).exists(), "not warden's: untouched");
+    assert!(
+        !orphan_jail.exists() && !orphan_cgroup.exists(),
+        "orphans removed\n{}",
+        d.logs()
+    );
+    assert!(
+        !Path::new("/var/run/netns").join(&orphan_ns).exists(),
+        "orphan netns removed"
+    );
+    assert!(
+        not_ours_dir.exists() && not_ours_cgroup.exists(),
+        "not warden's: untouched"
+    );
+    assert!(
+        Path::new("/var/run/netns").join(&not_ours_ns).exists(),
+        "not warden's: untouched"
+    );
     ip(&["netns", "delete", &not_ours_ns]);
     std::fs::remove_dir(&not_ours_cgroup).unwrap();
 
     // Re-attached VMs are fully controllable.
     for id in &ids[..9] {
-        c.pause_vm(pb::PauseVmRequest { vm_id: id.clone() }).await.unwrap();
-        c.resume_vm(pb::ResumeVmRequest { vm_id: id.clone() }).await.unwrap();
+        c.pause_vm(pb::PauseVmRequest { vm_id: id.clone() })
+            .await
+            .unwrap();
+        c.resume_vm(pb::ResumeVmRequest { vm_id: id.clone() })
+            .await
+            .unwrap();
     }
     // And their exits are still noticed.
-    let watched = c.get_vm_info(pb::GetVmInfoRequest { vm_id: ids[0].clone() }).await.unwrap().vm.unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(watched.pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let watched = c
+        .get_vm_info(pb::GetVmInfoRequest {
+            vm_id: ids[0].clone(),
+        })
+        .await
+        .unwrap()
+        .vm
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(watched.pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = c.get_vm_info(pb::GetVmInfoRequest { vm_id: ids[0].clone() }).await.unwrap().vm.unwrap();
+    let after = c
+        .get_vm_info(pb::GetVmInfoRequest {
+            vm_id: ids[0].clone(),
+        })
+        .await
+        .unwrap()
+        .vm
+        .unwrap();
     assert_eq!(after.state, state(pb::VmState::Stopped), "{after:?}");
     for id in &ids {
-        c.delete_vm(pb::DeleteVmRequest { vm_id: id.clone() }).await.unwrap();
+        c.delete_vm(pb::DeleteVmRequest { vm_id: id.clone() })
+            .await
+            .unwrap();
     }
     d.assert_clean();
     eprintln!("daemon restart to 10 VMs reconciled: {reattach:?}");
@@ -93,7 +160,10 @@ async fn a_daemon_killed_mid_boot_leaves_a_known_running_vm_or_nothing() {
     let base = unique("mid");
     // SIGKILL at a spread of moments during BootVm: before the intent is stored, after it,
     // while the jail is staged, after spawn, while configuring.
-    for (i, delay_ms) in [0u64, 1, 2, 3, 5, 8, 12, 20, 35, 60].into_iter().enumerate() {
+    for (i, delay_ms) in [0u64, 1, 2, 3, 5, 8, 12, 20, 35, 60]
+        .into_iter()
+        .enumerate()
+    {
         let c = d.client();
         let id = format!("{base}-{i}");
         c.create_vm(d.create_req(&id, "mode=idle")).await.unwrap();
@@ -107,23 +177,56 @@ async fn a_daemon_killed_mid_boot_leaves_a_known_running_vm_or_nothing() {
         let _ = boot.await;
         d.restart();
         let c = d.client();
-        let info = c.get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() }).await.unwrap().vm.unwrap();
+        let info = c
+            .get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() })
+            .await
+            .unwrap()
+            .vm
+            .unwrap();
         let running = info.state == state(pb::VmState::Running);
         if running {
-            assert!(Path::new(&format!("/proc/{}", info.pid)).exists(), "running VM has a process");
-            c.pause_vm(pb::PauseVmRequest { vm_id: id.clone() }).await.unwrap();
+            assert!(
+                Path::new(&format!("/proc/{}", info.pid)).exists(),
+                "running VM has a process"
+            );
+            c.pause_vm(pb::PauseVmRequest { vm_id: id.clone() })
+                .await
+                .unwrap();
         } else {
             assert!(
-                [pb::VmState::Created, pb::VmState::Failed, pb::VmState::Stopped].iter().any(|s| info.state == state(*s)),
+                [
+                    pb::VmState::Created,
+                    pb::VmState::Failed,
+                    pb::VmState::Stopped
+                ]
+                .iter()
+                .any(|s| info.state == state(*s)),
                 "delay {delay_ms} ms: {info:?}"
             );
             let jail = d.chroot.join("firecracker").join(&id);
-            assert!(!jail.exists(), "delay {delay_ms} ms: {} left\n{}", jail.display(), d.logs());
-            assert!(!d.host_traces().iter().any(|p| p.ends_with(&id)), "delay {delay_ms} ms: {:?}", d.host_traces());
-            let procs = Command::new("pgrep").args(["-f", &format!("--id {id} ")]).output().unwrap();
-            assert!(procs.stdout.is_empty(), "delay {delay_ms} ms: a process of {id} survived");
+            assert!(
+                !jail.exists(),
+                "delay {delay_ms} ms: {} left\n{}",
+                jail.display(),
+                d.logs()
+            );
+            assert!(
+                !d.host_traces().iter().any(|p| p.ends_with(&id)),
+                "delay {delay_ms} ms: {:?}",
+                d.host_traces()
+            );
+            let procs = Command::new("pgrep")
+                .args(["-f", &format!("--id {id} ")])
+                .output()
+                .unwrap();
+            assert!(
+                procs.stdout.is_empty(),
+                "delay {delay_ms} ms: a process of {id} survived"
+            );
         }
-        c.delete_vm(pb::DeleteVmRequest { vm_id: id.clone() }).await.unwrap();
+        c.delete_vm(pb::DeleteVmRequest { vm_id: id.clone() })
+            .await
+            .unwrap();
     }
     d.assert_clean();
 }

@@ -30,7 +30,11 @@ pub fn dir() -> Option<PathBuf> {
         return Some(PathBuf::from(d));
     }
     let exe = std::env::current_exe().ok()?;
-    exe.ancestors().skip(1).take(4).map(|d| d.join("assets")).find(|d| d.is_dir())
+    exe.ancestors()
+        .skip(1)
+        .take(4)
+        .map(|d| d.join("assets"))
+        .find(|d| d.is_dir())
 }
 
 fn locate(var: &str, name: &str) -> PathBuf {

@@ -61,12 +61,12 @@ pub enum Error {
         vm_id: String,
         /// The tail of Firecracker's log.
         log: String,
-        /// The API error, with Firecracker's fault_message.
-        source: firecracker_api::Error,
+        /// The API error, with Firecracker's fault_message (boxed: it is large).
+        source: Box<firecracker_api::Error>,
     },
     /// Talking to a running VM's API failed.
     #[error(transparent)]
-    Api(#[from] firecracker_api::Error),
+    Api(Box<firecracker_api::Error>),
     /// Removing the VM's jail or cgroups failed.
     #[error(transparent)]
     Cleanup(#[from] jail::cleanup::CleanupError),
@@ -86,4 +86,10 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+}
+
+impl From<firecracker_api::Error> for Error {
+    fn from(e: firecracker_api::Error) -> Self {
+        Self::Api(Box::new(e))
+    }
 }

@@ -10,7 +10,9 @@ use warden::vm::start_vm;
 
 async fn refused(config: VmConfig, options: warden::vm::config::VmOptions, field: &str, fix: &str) {
     let id = config.vm_id.clone();
-    let err = start_vm(&config, &options).await.expect_err("must be refused");
+    let err = start_vm(&config, &options)
+        .await
+        .expect_err("must be refused");
     let msg = err.to_string();
     assert!(msg.starts_with(&format!("invalid {field}")), "{msg}");
     assert!(msg.contains(fix), "message lacks the fix {fix:?}: {msg}");
@@ -59,7 +61,13 @@ async fn bad_files_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (mut config, options) = guest("nokern", "");
     config.kernel_path = "/nonexistent/vmlinux".into();
-    refused(config, options, "kernel_path", "give the path of an existing file").await;
+    refused(
+        config,
+        options,
+        "kernel_path",
+        "give the path of an existing file",
+    )
+    .await;
 
     // Root reads any mode bits, so "unreadable" here is a kernel that is not a regular file.
     let fifo = dir.path().join("fifo");
@@ -73,7 +81,10 @@ async fn bad_files_are_refused() {
     refused(config, options, "rootfs_path", "is a directory").await;
 
     let (config, mut options) = guest("drivemiss", "");
-    options.drives.push(warden::vm::config::DriveConfig { path: "/nonexistent/disk".into(), read_only: true });
+    options.drives.push(warden::vm::config::DriveConfig {
+        path: "/nonexistent/disk".into(),
+        read_only: true,
+    });
     refused(config, options, "drives[0]", "existing file").await;
 }
 
@@ -83,7 +94,13 @@ async fn a_socket_path_over_107_bytes_is_refused() {
     let (mut config, mut options) = guest("sock", "");
     config.vm_id = format!("{}-{}", config.vm_id, "s".repeat(20));
     options.jailer.chroot_base_dir = long_base.clone();
-    refused(config.clone(), options, "chroot_base_dir", "over the kernel's limit of 107").await;
+    refused(
+        config.clone(),
+        options,
+        "chroot_base_dir",
+        "over the kernel's limit of 107",
+    )
+    .await;
     assert!(!long_base.exists(), "the long base was created");
 }
 

@@ -26,10 +26,18 @@ async fn guest_power_off_cleans_the_jail_and_cgroups() {
 async fn firecracker_killed_from_outside_is_reported_and_cleaned() {
     let (config, options) = guest("sigkill", "mode=idle");
     let vm = start_vm(&config, &options).await.unwrap();
-    assert!(vm.wait_for_serial("WARDEN_MARKER", Duration::from_secs(5)).await);
-    let status = std::process::Command::new("kill").args(["-KILL", &vm.pid.to_string()]).status().unwrap();
+    assert!(
+        vm.wait_for_serial("WARDEN_MARKER", Duration::from_secs(5))
+            .await
+    );
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &vm.pid.to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
-    let exit = tokio::time::timeout(Duration::from_secs(2), vm.wait()).await.expect("exit noticed");
+    let exit = tokio::time::timeout(Duration::from_secs(2), vm.wait())
+        .await
+        .expect("exit noticed");
     assert_eq!(exit.reason, ExitReason::Signaled { signal: 9 });
     assert_nothing_left(&base(), &config.vm_id);
 }
@@ -39,8 +47,14 @@ async fn firecracker_killed_from_outside_in_a_pid_namespace_is_reported_and_clea
     let (config, mut options) = guest("sigkillns", "mode=idle");
     options.jailer.new_pid_ns = true;
     let vm = start_vm(&config, &options).await.unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(vm.pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
-    let exit = tokio::time::timeout(Duration::from_secs(2), vm.wait()).await.expect("exit noticed");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(vm.pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(2), vm.wait())
+        .await
+        .expect("exit noticed");
     assert_eq!(exit.reason, ExitReason::Signaled { signal: 9 });
     assert_nothing_left(&base(), &config.vm_id);
 }
@@ -54,7 +68,11 @@ async fn a_stop_that_the_guest_ignores_ends_in_sigkill() {
     options.stop_timeout = Duration::from_millis(1);
     let vm = start_vm(&config, &options).await.unwrap();
     let exit = vm.stop().await.unwrap();
-    assert!(matches!(exit.reason, ExitReason::Killed | ExitReason::Stopped), "{:?}", exit.reason);
+    assert!(
+        matches!(exit.reason, ExitReason::Killed | ExitReason::Stopped),
+        "{:?}",
+        exit.reason
+    );
     assert_nothing_left(&base(), &config.vm_id);
 }
 
@@ -68,7 +86,10 @@ fn dropping_a_running_vm_kills_it_and_cleans_up() {
         // `vm` dropped here, inside the runtime.
     });
     drop(rt);
-    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "Firecracker {pid} survived its handle");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "Firecracker {pid} survived its handle"
+    );
     assert_nothing_left(&base(), &config.vm_id);
 }
 
@@ -80,9 +101,20 @@ async fn a_kernel_firecracker_rejects_fails_the_start_and_leaves_nothing() {
     let (mut config, options) = guest("badkernel", "mode=poweroff");
     config.kernel_path = bogus.display().to_string();
     let err = start_vm(&config, &options).await.unwrap_err();
-    let msg = format!("{err}: {}", std::error::Error::source(&err).map(|s| s.to_string()).unwrap_or_default());
-    assert!(msg.contains(&format!("configuring VM {}", config.vm_id)), "{msg}");
-    assert!(msg.contains("Firecracker refused"), "the fault_message must surface: {msg}");
+    let msg = format!(
+        "{err}: {}",
+        std::error::Error::source(&err)
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    );
+    assert!(
+        msg.contains(&format!("configuring VM {}", config.vm_id)),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("Firecracker refused"),
+        "the fault_message must surface: {msg}"
+    );
     assert_nothing_left(&base(), &config.vm_id);
 }
 
@@ -94,7 +126,10 @@ async fn a_jailer_failure_fails_the_start_and_leaves_nothing() {
     options.jailer.exec_file = "/bin/false".into();
     options.socket_timeout = Duration::from_secs(2);
     let err = start_vm(&config, &options).await.unwrap_err();
-    assert!(err.to_string().contains("exited before the VM was up"), "{err}");
+    assert!(
+        err.to_string().contains("exited before the VM was up"),
+        "{err}"
+    );
     let jail = base().join("false").join(&config.vm_id);
     assert!(!jail.exists(), "{} left", jail.display());
     assert_nothing_left(&base(), &config.vm_id);
@@ -105,6 +140,10 @@ async fn a_missing_kernel_is_refused_before_anything_is_created() {
     let (mut config, options) = guest("nokernel", "mode=poweroff");
     config.kernel_path = "/nonexistent/vmlinux".into();
     let err = start_vm(&config, &options).await.unwrap_err();
-    assert!(err.to_string().contains("invalid kernel_path: /nonexistent/vmlinux"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("invalid kernel_path: /nonexistent/vmlinux"),
+        "{err}"
+    );
     assert_nothing_left(&base(), &config.vm_id);
 }

@@ -46,7 +46,11 @@ struct Netns(String);
 
 impl Netns {
     fn add(name: &str) -> Self {
-        let ok = std::process::Command::new("ip").args(["netns", "add", name]).status().unwrap().success();
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "add", name])
+            .status()
+            .unwrap()
+            .success();
         assert!(ok, "ip netns add {name}");
         Self(name.to_owned())
     }
@@ -54,7 +58,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("ip").args(["netns", "delete", &self.0]).status();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
     }
 }
 
@@ -64,11 +70,12 @@ async fn direct_jailer_usage() -> anyhow::Result<()> {
 
     let jailer_id = unique_id("direct");
     let ns = Netns::add(&jailer_id);
+    let firecracker = asset("firecracker").display().to_string();
 
     // Configure Jailer
     let config = JailerConfig {
         jailer_id: jailer_id.clone(),
-        exec_file: PathBuf::from(asset("firecracker")),
+        exec_file: PathBuf::from(firecracker),
         cpu_count: 2,
         memory_limit_mb: 512,
         netns: Some(format!("/run/netns/{}", ns.0)),
@@ -87,11 +94,16 @@ async fn direct_jailer_usage() -> anyhow::Result<()> {
     let info = process.client().instance_info().await?;
     assert_eq!(info.vmm_version, "1.12.1");
     let fc_net = std::fs::read_link(format!("/proc/{}/ns/net", process.pid))?;
-    let ns_ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(format!("/run/netns/{}", ns.0))?);
+    let ns_ino =
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(format!("/run/netns/{}", ns.0))?);
     assert_eq!(fc_net.display().to_string(), format!("net:[{ns_ino}]"));
-    let mem = std::fs::read_to_string(format!("/sys/fs/cgroup/memory/warden/{jailer_id}/memory.limit_in_bytes"))?;
+    let mem = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory/warden/{jailer_id}/memory.limit_in_bytes"
+    ))?;
     assert_eq!(mem.trim(), (512u64 << 20).to_string());
-    let quota = std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/warden/{jailer_id}/cpu.cfs_quota_us"))?;
+    let quota = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/cpu/warden/{jailer_id}/cpu.cfs_quota_us"
+    ))?;
     assert_eq!(quota.trim(), "200000", "cpu_count 2 = two cores");
 
     process.stop().await?;

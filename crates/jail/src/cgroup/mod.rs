@@ -117,7 +117,12 @@ pub enum CgroupError {
 impl Hierarchy {
     /// A host without cgroups, for plans that use none (unjailed VMs).
     pub fn empty() -> Self {
-        Self { layout: Layout::Legacy, v1: Vec::new(), v2: None, v2_controllers: Vec::new() }
+        Self {
+            layout: Layout::Legacy,
+            v1: Vec::new(),
+            v2: None,
+            v2_controllers: Vec::new(),
+        }
     }
 
     /// Reads the host's mount table (`/proc/self/mounts`).
@@ -131,7 +136,9 @@ impl Hierarchy {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text).ok_or_else(|| CgroupError::NotMounted { mounts: path.to_owned() })
+        Self::parse(&text).ok_or_else(|| CgroupError::NotMounted {
+            mounts: path.to_owned(),
+        })
     }
 
     /// Parses a mount table; `None` when it has no cgroup mount. Reads the cgroup2 root's
@@ -168,7 +175,12 @@ impl Hierarchy {
             .and_then(|root| std::fs::read_to_string(root.join("cgroup.controllers")).ok())
             .map(|s| s.split_whitespace().map(str::to_owned).collect())
             .unwrap_or_default();
-        Some(Self { layout, v1, v2, v2_controllers })
+        Some(Self {
+            layout,
+            v1,
+            v2,
+            v2_controllers,
+        })
     }
 
     /// The version warden uses when none is configured: v1 when the v1 memory controller is
@@ -183,7 +195,10 @@ impl Hierarchy {
 
     /// The mount point of a v1 controller.
     pub fn v1_mount(&self, controller: &str) -> Option<&Path> {
-        self.v1.iter().find(|(c, _)| c == controller).map(|(_, p)| p.as_path())
+        self.v1
+            .iter()
+            .find(|(c, _)| c == controller)
+            .map(|(_, p)| p.as_path())
     }
 
     /// Checks that every controller the settings need is available in `version`.
@@ -207,9 +222,17 @@ impl Hierarchy {
     }
 
     /// The VM's directory holding a setting's file.
-    pub fn setting_dir(&self, version: CgroupVersion, parent: &str, id: &str, setting: &Setting) -> Option<PathBuf> {
+    pub fn setting_dir(
+        &self,
+        version: CgroupVersion,
+        parent: &str,
+        id: &str,
+        setting: &Setting,
+    ) -> Option<PathBuf> {
         match version {
-            CgroupVersion::V1 => self.v1_mount(setting.controller()).map(|m| m.join(parent).join(id)),
+            CgroupVersion::V1 => self
+                .v1_mount(setting.controller())
+                .map(|m| m.join(parent).join(id)),
             CgroupVersion::V2 => self.v2.as_ref().map(|root| root.join(parent).join(id)),
         }
     }
@@ -220,7 +243,12 @@ impl Hierarchy {
     /// `cpuacct.usage`, only accepts 0, and the jailer copies the parent's value into new
     /// directories, which the kernel refuses), so warden creates this directory and moves
     /// Firecracker into it itself.
-    pub fn v1_accounting_dir(&self, version: CgroupVersion, parent: &str, id: &str) -> Option<PathBuf> {
+    pub fn v1_accounting_dir(
+        &self,
+        version: CgroupVersion,
+        parent: &str,
+        id: &str,
+    ) -> Option<PathBuf> {
         if version != CgroupVersion::V1 {
             return None;
         }
@@ -237,8 +265,10 @@ impl Hierarchy {
         id: &str,
         settings: &[Setting],
     ) -> Vec<PathBuf> {
-        let mut dirs: Vec<PathBuf> =
-            settings.iter().filter_map(|s| self.setting_dir(version, parent, id, s)).collect();
+        let mut dirs: Vec<PathBuf> = settings
+            .iter()
+            .filter_map(|s| self.setting_dir(version, parent, id, s))
+            .collect();
         dirs.sort();
         dirs.dedup();
         dirs
@@ -291,7 +321,11 @@ pub struct Setting {
 
 impl Setting {
     fn new(file: &str, value: impl ToString) -> Self {
-        Self { file: file.to_owned(), value: value.to_string(), path: None }
+        Self {
+            file: file.to_owned(),
+            value: value.to_string(),
+            path: None,
+        }
     }
 
     /// The controller a file belongs to (the part before the first `.`), as the jailer reads it.
@@ -313,7 +347,6 @@ impl CgroupLimits {
             CgroupVersion::V2 => v2::settings(self),
         }
     }
-
 }
 
 /// What a VM's cgroup reports.
@@ -340,7 +373,10 @@ pub fn stats(version: CgroupVersion, dirs: &[PathBuf]) -> CgroupStats {
 /// Creates `dir` and moves process `pid` (all its threads) into it.
 pub fn attach(dir: &Path, pid: u32) -> Result<(), CgroupError> {
     let write = |path: &Path, f: &dyn Fn() -> io::Result<()>| {
-        f().map_err(|source| CgroupError::Write { path: path.to_owned(), source })
+        f().map_err(|source| CgroupError::Write {
+            path: path.to_owned(),
+            source,
+        })
     };
     write(dir, &|| std::fs::create_dir_all(dir))?;
     let procs = dir.join("cgroup.procs");
@@ -361,7 +397,10 @@ pub fn remove(dirs: &[PathBuf], deadline: Duration) -> Result<(), CgroupError> {
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 Err(source) => {
-                    return Err(CgroupError::Remove { path: dir.clone(), source });
+                    return Err(CgroupError::Remove {
+                        path: dir.clone(),
+                        source,
+                    });
                 }
             }
         }
@@ -407,9 +446,15 @@ mod tests {
         let h = Hierarchy::parse(HYBRID_MOUNTS).unwrap();
         assert_eq!(h.layout, Layout::Hybrid);
         assert_eq!(h.default_version(), CgroupVersion::V1);
-        assert_eq!(h.v1_mount("cpuacct"), Some(Path::new("/sys/fs/cgroup/cpuacct")));
+        assert_eq!(
+            h.v1_mount("cpuacct"),
+            Some(Path::new("/sys/fs/cgroup/cpuacct"))
+        );
         assert_eq!(h.v2.as_deref(), Some(Path::new("/sys/fs/cgroup/unified")));
-        assert!(h.v1_mount("systemd").is_none(), "named hierarchies are not controllers");
+        assert!(
+            h.v1_mount("systemd").is_none(),
+            "named hierarchies are not controllers"
+        );
         assert_eq!(
             h.v1_accounting_dir(CgroupVersion::V1, "warden", "vm"),
             Some(PathBuf::from("/sys/fs/cgroup/cpuacct/warden/vm"))
@@ -425,15 +470,25 @@ mod tests {
         .unwrap();
         assert_eq!(h.layout, Layout::Legacy);
         assert_eq!(h.v1_mount("cpu"), h.v1_mount("cpuacct"));
-        assert_eq!(h.v1_accounting_dir(CgroupVersion::V1, "warden", "vm"), None, "the cpu directory accounts");
+        assert_eq!(
+            h.v1_accounting_dir(CgroupVersion::V1, "warden", "vm"),
+            None,
+            "the cpu directory accounts"
+        );
     }
 
     #[test]
     fn detects_unified_and_reads_its_controllers() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("cgroup.controllers"), "cpuset cpu io memory pids\n")
-            .unwrap();
-        let mounts = format!("cgroup2 {} cgroup2 rw,nsdelegate 0 0\n", dir.path().display());
+        std::fs::write(
+            dir.path().join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        let mounts = format!(
+            "cgroup2 {} cgroup2 rw,nsdelegate 0 0\n",
+            dir.path().display()
+        );
         let h = Hierarchy::parse(&mounts).unwrap();
         assert_eq!(h.layout, Layout::Unified);
         assert_eq!(h.default_version(), CgroupVersion::V2);
@@ -448,10 +503,16 @@ mod tests {
     #[test]
     fn check_refuses_v2_without_controllers_as_on_hybrid_hosts() {
         let h = Hierarchy::parse(HYBRID_MOUNTS).unwrap();
-        let limits = CgroupLimits { memory_bytes: Some(1 << 28), ..Default::default() };
-        let err = h.check(CgroupVersion::V2, &limits.settings(CgroupVersion::V2)).unwrap_err();
+        let limits = CgroupLimits {
+            memory_bytes: Some(1 << 28),
+            ..Default::default()
+        };
+        let err = h
+            .check(CgroupVersion::V2, &limits.settings(CgroupVersion::V2))
+            .unwrap_err();
         assert!(err.to_string().contains("no memory controller"), "{err}");
-        h.check(CgroupVersion::V1, &limits.settings(CgroupVersion::V1)).unwrap();
+        h.check(CgroupVersion::V1, &limits.settings(CgroupVersion::V1))
+            .unwrap();
     }
 
     #[test]
@@ -462,7 +523,12 @@ mod tests {
             cpu_quota_pct: Some(50),
             pids_max: Some(64),
         };
-        let dirs = h.vm_dirs(CgroupVersion::V1, "warden", "vm1", &limits.settings(CgroupVersion::V1));
+        let dirs = h.vm_dirs(
+            CgroupVersion::V1,
+            "warden",
+            "vm1",
+            &limits.settings(CgroupVersion::V1),
+        );
         let want: Vec<PathBuf> = ["cpu", "memory", "pids"]
             .iter()
             .map(|c| PathBuf::from(format!("/sys/fs/cgroup/{c}/warden/vm1")))

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use super::{read_keyed, read_u64, CgroupLimits, CgroupStats, Setting, CPU_PERIOD_US};
 
 /// The v1 controllers warden knows of.
-pub const CONTROLLERS: &[&str] =
-    &["cpu", "cpuacct", "cpuset", "memory", "pids", "blkio", "devices", "freezer"];
+pub const CONTROLLERS: &[&str] = &[
+    "cpu", "cpuacct", "cpuset", "memory", "pids", "blkio", "devices", "freezer",
+];
 
 /// Maps limits to v1 files.
 pub fn settings(limits: &CgroupLimits) -> Vec<Setting> {
@@ -16,7 +17,10 @@ pub fn settings(limits: &CgroupLimits) -> Vec<Setting> {
     }
     if let Some(pct) = limits.cpu_quota_pct {
         out.push(Setting::new("cpu.cfs_period_us", CPU_PERIOD_US));
-        out.push(Setting::new("cpu.cfs_quota_us", CPU_PERIOD_US * u64::from(pct) / 100));
+        out.push(Setting::new(
+            "cpu.cfs_quota_us",
+            CPU_PERIOD_US * u64::from(pct) / 100,
+        ));
     }
     if let Some(max) = limits.pids_max {
         out.push(Setting::new("pids.max", max));
@@ -68,8 +72,11 @@ mod tests {
         std::fs::create_dir_all(&acct).unwrap();
         std::fs::write(mem.join("memory.usage_in_bytes"), "1048576\n").unwrap();
         std::fs::write(mem.join("memory.max_usage_in_bytes"), "2097152\n").unwrap();
-        std::fs::write(mem.join("memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n")
-            .unwrap();
+        std::fs::write(
+            mem.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
+        )
+        .unwrap();
         std::fs::write(acct.join("cpuacct.usage"), "123456789\n").unwrap();
         let s = stats(&[acct, mem]);
         assert_eq!(s.memory_bytes, Some(1 << 20));

@@ -25,7 +25,9 @@ pub fn settings(limits: &CgroupLimits) -> Vec<Setting> {
 
 /// Reads usage from the VM's v2 directory.
 pub fn stats(dirs: &[PathBuf]) -> CgroupStats {
-    let Some(dir) = dirs.first() else { return CgroupStats::default() };
+    let Some(dir) = dirs.first() else {
+        return CgroupStats::default();
+    };
     CgroupStats {
         memory_bytes: read_u64(&dir.join("memory.current")),
         memory_peak_bytes: read_u64(&dir.join("memory.peak")),
@@ -48,15 +50,28 @@ mod tests {
             pids_max: Some(128),
         };
         let args: Vec<String> = settings(&limits).iter().map(Setting::as_arg).collect();
-        assert_eq!(args, ["memory.max=314572800", "cpu.max=150000 100000", "pids.max=128"]);
+        assert_eq!(
+            args,
+            [
+                "memory.max=314572800",
+                "cpu.max=150000 100000",
+                "pids.max=128"
+            ]
+        );
     }
 
     /// A fake unified tree with the kernel's file names and formats, as the jailer leaves it.
     fn fake_tree() -> (tempfile::TempDir, Hierarchy, PathBuf) {
         let root = tempfile::tempdir().unwrap();
-        std::fs::write(root.path().join("cgroup.controllers"), "cpuset cpu io memory pids\n")
-            .unwrap();
-        let mounts = format!("cgroup2 {} cgroup2 rw,nsdelegate 0 0\n", root.path().display());
+        std::fs::write(
+            root.path().join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        let mounts = format!(
+            "cgroup2 {} cgroup2 rw,nsdelegate 0 0\n",
+            root.path().display()
+        );
         let h = Hierarchy::parse(&mounts).unwrap();
         let vm = root.path().join("warden/vm-1");
         std::fs::create_dir_all(&vm).unwrap();
@@ -78,11 +93,14 @@ mod tests {
     #[test]
     fn locates_reads_and_removes_a_vm_directory_in_a_fake_v2_tree() {
         let (_root, h, vm) = fake_tree();
-        let limits = CgroupLimits { memory_bytes: Some(1 << 28), ..Default::default() };
+        let limits = CgroupLimits {
+            memory_bytes: Some(1 << 28),
+            ..Default::default()
+        };
         let s = limits.settings(CgroupVersion::V2);
         h.check(CgroupVersion::V2, &s).unwrap();
         let dirs = h.vm_dirs(CgroupVersion::V2, "warden", "vm-1", &s);
-        assert_eq!(dirs, [vm.clone()]);
+        assert_eq!(dirs, std::slice::from_ref(&vm));
         let st = stats(&dirs);
         assert_eq!(st.memory_bytes, Some(4_096_000));
         assert_eq!(st.memory_peak_bytes, Some(8_192_000));
@@ -101,6 +119,8 @@ mod tests {
     #[test]
     fn no_limits_means_no_v2_directory() {
         let (_root, h, _vm) = fake_tree();
-        assert!(h.vm_dirs(CgroupVersion::V2, "warden", "vm-1", &[]).is_empty());
+        assert!(h
+            .vm_dirs(CgroupVersion::V2, "warden", "vm-1", &[])
+            .is_empty());
     }
 }

@@ -55,8 +55,19 @@ impl Row {
     fn new(name: &str, samples: &[Duration]) -> Self {
         let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
         ms.sort_by(f64::total_cmp);
-        let pick = |q: f64| ms.get(((ms.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN);
-        Self { name: name.to_owned(), n: ms.len(), median_ms: pick(0.5), p95_ms: pick(0.95), max_ms: pick(1.0), ratio: None }
+        let pick = |q: f64| {
+            ms.get(((ms.len() as f64 - 1.0) * q).round() as usize)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        Self {
+            name: name.to_owned(),
+            n: ms.len(),
+            median_ms: pick(0.5),
+            p95_ms: pick(0.95),
+            max_ms: pick(1.0),
+            ratio: None,
+        }
     }
 }
 
@@ -72,8 +83,14 @@ pub struct Report {
 
 impl Report {
     fn render(&self) -> String {
-        let mut s = format!("scenario: {}   machine: {}\n{}\n\n", self.scenario, self.machine, self.note);
-        s.push_str(&format!("{:<34} {:>4} {:>10} {:>10} {:>10} {:>8}\n", "series", "n", "median ms", "p95 ms", "max ms", "ratio"));
+        let mut s = format!(
+            "scenario: {}   machine: {}\n{}\n\n",
+            self.scenario, self.machine, self.note
+        );
+        s.push_str(&format!(
+            "{:<34} {:>4} {:>10} {:>10} {:>10} {:>8}\n",
+            "series", "n", "median ms", "p95 ms", "max ms", "ratio"
+        ));
         for r in &self.rows {
             s.push_str(&format!(
                 "{:<34} {:>4} {:>10.2} {:>10.2} {:>10.2} {:>8}\n",
@@ -88,7 +105,10 @@ impl Report {
         if !self.phases.is_empty() {
             s.push_str("\nphases of warden's path (library, jailed):\n");
             for r in &self.phases {
-                s.push_str(&format!("  {:<32} {:>4} {:>10.2} {:>10.2} {:>10.2}\n", r.name, r.n, r.median_ms, r.p95_ms, r.max_ms));
+                s.push_str(&format!(
+                    "  {:<32} {:>4} {:>10.2} {:>10.2} {:>10.2}\n",
+                    r.name, r.n, r.median_ms, r.p95_ms, r.max_ms
+                ));
             }
         }
         s
@@ -100,11 +120,20 @@ fn machine() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<u64>().ok()))
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<u64>().ok())
+        })
         .map_or(0, |kb| kb >> 20);
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_default();
     format!("{cpus} CPUs ({model}), {mem} GiB RAM")
 }

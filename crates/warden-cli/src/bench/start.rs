@@ -52,7 +52,12 @@ pub async fn run(args: StartArgs) -> anyhow::Result<Report> {
         base: args.chroot_base.clone(),
         tmp: tempfile::tempdir()?,
     };
-    let names = ["bare firecracker", "bare jailer", "warden run (jailed)", "library start_vm (jailed)"];
+    let names = [
+        "bare firecracker",
+        "bare jailer",
+        "warden run (jailed)",
+        "library start_vm (jailed)",
+    ];
     let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
     let mut phases: Vec<(String, Vec<Duration>)> = Vec::new();
     for round in 0..args.count {
@@ -77,7 +82,11 @@ pub async fn run(args: StartArgs) -> anyhow::Result<Report> {
             samples[which].push(t);
         }
     }
-    let mut rows: Vec<Row> = names.iter().zip(&samples).map(|(n, s)| Row::new(n, s)).collect();
+    let mut rows: Vec<Row> = names
+        .iter()
+        .zip(&samples)
+        .map(|(n, s)| Row::new(n, s))
+        .collect();
     let baseline = rows[1].median_ms;
     for r in rows.iter_mut().skip(1) {
         r.ratio = Some(r.median_ms / baseline);
@@ -96,14 +105,20 @@ pub async fn run(args: StartArgs) -> anyhow::Result<Report> {
 }
 
 fn need(p: PathBuf) -> anyhow::Result<PathBuf> {
-    anyhow::ensure!(p.is_file(), "{} is missing: run scripts/setup-assets.sh", p.display());
+    anyhow::ensure!(
+        p.is_file(),
+        "{} is missing: run scripts/setup-assets.sh",
+        p.display()
+    );
     Ok(p)
 }
 
 /// Spawns `cmd` with stdout piped and returns the time until `MARKER` appears, then waits for
 /// the process to exit.
 fn time_to_marker(mut cmd: Command) -> anyhow::Result<Duration> {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
     let t0 = Instant::now();
     let mut child = cmd.spawn()?;
     let mut out = child.stdout.take().expect("piped");
@@ -139,7 +154,8 @@ fn bare_firecracker(env: &Env, id: &str) -> anyhow::Result<Duration> {
     let cfg = env.tmp.path().join(format!("{id}.json"));
     std::fs::write(&cfg, vm_json(&env.kernel.display().to_string()))?;
     let mut cmd = Command::new(&env.firecracker);
-    cmd.args(["--no-api", "--id", id, "--config-file"]).arg(&cfg);
+    cmd.args(["--no-api", "--id", id, "--config-file"])
+        .arg(&cfg);
     let t = time_to_marker(cmd);
     std::fs::remove_file(&cfg)?;
     t
@@ -150,7 +166,8 @@ fn bare_jailer(env: &Env, id: &str) -> anyhow::Result<Duration> {
     let jail = env.base.join("firecracker").join(id);
     let root = jail.join("root");
     std::fs::create_dir_all(&root)?;
-    std::fs::hard_link(&env.kernel, root.join("kernel")).or_else(|_| std::fs::copy(&env.kernel, root.join("kernel")).map(|_| ()))?;
+    std::fs::hard_link(&env.kernel, root.join("kernel"))
+        .or_else(|_| std::fs::copy(&env.kernel, root.join("kernel")).map(|_| ()))?;
     std::fs::write(root.join("vm.json"), vm_json("/kernel"))?;
     chown(root.join("vm.json"), Some(10000), Some(10000))?;
     let mut cmd = Command::new(&env.jailer);
@@ -159,14 +176,32 @@ fn bare_jailer(env: &Env, id: &str) -> anyhow::Result<Duration> {
         .args(["--uid", "10000", "--gid", "10000", "--chroot-base-dir"])
         .arg(&env.base)
         .args(["--cgroup-version", "1", "--parent-cgroup", "warden-bench"])
-        .args(["--cgroup", &format!("memory.limit_in_bytes={}", 192u64 << 20)])
-        .args(["--cgroup", "cpu.cfs_period_us=100000", "--cgroup", "cpu.cfs_quota_us=100000"])
-        .args(["--cgroup", "pids.max=1024", "--resource-limit", "no-file=2048"])
+        .args([
+            "--cgroup",
+            &format!("memory.limit_in_bytes={}", 192u64 << 20),
+        ])
+        .args([
+            "--cgroup",
+            "cpu.cfs_period_us=100000",
+            "--cgroup",
+            "cpu.cfs_quota_us=100000",
+        ])
+        .args([
+            "--cgroup",
+            "pids.max=1024",
+            "--resource-limit",
+            "no-file=2048",
+        ])
         .args(["--", "--no-api", "--config-file", "/vm.json"]);
     let t = time_to_marker(cmd);
     std::fs::remove_dir_all(&jail)?;
     for c in ["memory", "cpu", "pids"] {
-        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(c).join("warden-bench").join(id));
+        let _ = std::fs::remove_dir(
+            Path::new("/sys/fs/cgroup")
+                .join(c)
+                .join("warden-bench")
+                .join(id),
+        );
     }
     t
 }
@@ -191,7 +226,10 @@ async fn library(env: &Env, id: &str) -> anyhow::Result<(Duration, Vec<(String, 
     };
     let options = VmOptions {
         boot_args: Some(BOOT_ARGS.into()),
-        jailer: JailerConfig { chroot_base_dir: env.base.clone(), ..JailerConfig::default() },
+        jailer: JailerConfig {
+            chroot_base_dir: env.base.clone(),
+            ..JailerConfig::default()
+        },
         jailer_mode: JailerMode::Required,
         serial: Serial::Capture,
         ..VmOptions::default()
@@ -199,13 +237,21 @@ async fn library(env: &Env, id: &str) -> anyhow::Result<(Duration, Vec<(String, 
     let t0 = Instant::now();
     let vm = warden::vm::start_vm(&config, &options).await?;
     let started = t0.elapsed();
-    anyhow::ensure!(vm.wait_for_serial(MARKER, Duration::from_secs(10)).await, "no marker");
+    anyhow::ensure!(
+        vm.wait_for_serial(MARKER, Duration::from_secs(10)).await,
+        "no marker"
+    );
     let t = t0.elapsed();
-    let mut phases: Vec<(String, Duration)> = vm.phases.iter().map(|(n, d)| (n.to_string(), *d)).collect();
+    let mut phases: Vec<(String, Duration)> =
+        vm.phases.iter().map(|(n, d)| (n.to_string(), *d)).collect();
     phases.push(("marker after start".into(), t - started));
     let t1 = Instant::now();
     let exit = vm.wait().await;
-    anyhow::ensure!(exit.cleanup_error.is_none(), "cleanup failed: {:?}", exit.cleanup_error);
+    anyhow::ensure!(
+        exit.cleanup_error.is_none(),
+        "cleanup failed: {:?}",
+        exit.cleanup_error
+    );
     phases.push(("power-off + cleanup".into(), t1.elapsed()));
     Ok((t, phases))
 }

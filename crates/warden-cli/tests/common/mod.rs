@@ -9,8 +9,14 @@ use std::time::{Duration, Instant};
 use warden_api::{pb, Client, Endpoint};
 
 pub fn assets() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/assets").canonicalize().expect("run scripts/setup-assets.sh");
-    assert!(dir.join("testguest").is_file(), "run scripts/setup-assets.sh first");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/assets")
+        .canonicalize()
+        .expect("run scripts/setup-assets.sh");
+    assert!(
+        dir.join("testguest").is_file(),
+        "run scripts/setup-assets.sh first"
+    );
     dir
 }
 
@@ -19,12 +25,19 @@ pub fn testguest() -> String {
 }
 
 pub fn unique(prefix: &str) -> String {
-    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
     format!("{prefix}-{}-{:x}", std::process::id(), n & 0xfffff)
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub struct Daemon {
@@ -40,15 +53,31 @@ pub struct Daemon {
 impl Daemon {
     /// Starts a daemon with the test's own directories plus `env`, and waits for /healthz.
     pub fn start(env: &[(&str, &str)]) -> Self {
-        let dir = tempfile::Builder::new().prefix("wd").tempdir_in("/tmp").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("wd")
+            .tempdir_in("/tmp")
+            .unwrap();
         let chroot = dir.path().join("j");
         std::fs::create_dir_all(dir.path().join("assets")).unwrap();
         let parent_cgroup = unique("wdt");
         let mut all: Vec<(String, String)> = vec![
-            ("WARDEN_STATE_DIR".into(), dir.path().join("state").display().to_string()),
-            ("WARDEN_JAILER_CHROOT_DIR".into(), chroot.display().to_string()),
+            (
+                "WARDEN_STATE_DIR".into(),
+                dir.path().join("state").display().to_string(),
+            ),
+            (
+                "WARDEN_JAILER_CHROOT_DIR".into(),
+                chroot.display().to_string(),
+            ),
             ("WARDEN_PARENT_CGROUP".into(), parent_cgroup.clone()),
-            ("WARDEN_ASSET_DIRS".into(), format!("{},{}", assets().display(), dir.path().join("assets").display())),
+            (
+                "WARDEN_ASSET_DIRS".into(),
+                format!(
+                    "{},{}",
+                    assets().display(),
+                    dir.path().join("assets").display()
+                ),
+            ),
             ("WARDEN_LOG_FORMAT".into(), "json".into()),
             ("WARDEN_STOP_TIMEOUT".into(), "2".into()),
         ];
@@ -56,13 +85,25 @@ impl Daemon {
             all.retain(|(key, _)| key != k);
             all.push((k.to_string(), v.to_string()));
         }
-        let mut d = Self { child: None, port: free_port(), log: dir.path().join("daemon.log"), dir, chroot, parent_cgroup, env: all };
+        let mut d = Self {
+            child: None,
+            port: free_port(),
+            log: dir.path().join("daemon.log"),
+            dir,
+            chroot,
+            parent_cgroup,
+            env: all,
+        };
         d.spawn();
         d
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_warden"));
         cmd.args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
             .env_clear()
@@ -80,7 +121,11 @@ impl Daemon {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("daemon exited at start ({status}): {}", self.logs());
             }
-            assert!(t0.elapsed() < Duration::from_secs(20), "daemon not up: {}", self.logs());
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "daemon not up: {}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -115,7 +160,10 @@ impl Daemon {
 
     pub fn terminate(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
             let _ = c.wait();
         }
     }
@@ -128,11 +176,19 @@ impl Daemon {
     /// Everything of this daemon's VMs on the host: jails, cgroup directories, namespaces.
     pub fn host_traces(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
-        for entry in std::fs::read_dir(self.chroot.join("firecracker")).into_iter().flatten().flatten() {
+        for entry in std::fs::read_dir(self.chroot.join("firecracker"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             out.push(entry.path());
         }
         for c in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-            for entry in std::fs::read_dir(c.path().join(&self.parent_cgroup)).into_iter().flatten().flatten() {
+            for entry in std::fs::read_dir(c.path().join(&self.parent_cgroup))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 if entry.path().is_dir() {
                     out.push(entry.path());
                 }
@@ -149,7 +205,13 @@ impl Daemon {
     pub fn create_req(&self, id: &str, boot_args: &str) -> pb::CreateVmRequest {
         pb::CreateVmRequest {
             vm_id: id.into(),
-            config: Some(pb::VmConfig { vcpu_count: 1, memory_mib: 128, kernel_path: testguest(), boot_args: boot_args.into(), ..Default::default() }),
+            config: Some(pb::VmConfig {
+                vcpu_count: 1,
+                memory_mib: 128,
+                kernel_path: testguest(),
+                boot_args: boot_args.into(),
+                ..Default::default()
+            }),
         }
     }
 }
@@ -161,11 +223,16 @@ impl Drop for Daemon {
             // Tests drop this inside their runtime: delete from a thread with its own.
             let client = self.client();
             let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
                 rt.block_on(async {
                     if let Ok(list) = client.list_vms(pb::ListVmsRequest {}).await {
                         for vm in list.vms {
-                            let _ = client.delete_vm(pb::DeleteVmRequest { vm_id: vm.vm_id }).await;
+                            let _ = client
+                                .delete_vm(pb::DeleteVmRequest { vm_id: vm.vm_id })
+                                .await;
                         }
                     }
                 });

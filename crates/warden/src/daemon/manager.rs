@@ -52,13 +52,18 @@ pub struct ManagerError {
 
 impl ManagerError {
     pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 
     fn from_vm(e: &crate::Error) -> Self {
         let code = match e {
             crate::Error::Invalid(_) => ErrorCode::InvalidArgument,
-            crate::Error::JailerMissing { .. } | crate::Error::FirecrackerMissing { .. } => ErrorCode::FailedPrecondition,
+            crate::Error::JailerMissing { .. } | crate::Error::FirecrackerMissing { .. } => {
+                ErrorCode::FailedPrecondition
+            }
             _ => ErrorCode::Internal,
         };
         Self::new(code, error_chain(e))
@@ -118,7 +123,12 @@ impl Manager {
     /// cleans VMs that died, removes orphans. See [`super::recovery`].
     pub async fn open(cfg: DaemonConfig) -> std::result::Result<Arc<Self>, ManagerError> {
         let store = Store::open(&cfg.state_dir).map_err(ManagerError::store)?;
-        let manager = Arc::new(Self { cfg, store, slots: Default::default(), metrics: Metrics::default() });
+        let manager = Arc::new(Self {
+            cfg,
+            store,
+            slots: Default::default(),
+            metrics: Metrics::default(),
+        });
         super::recovery::recover(&manager).await?;
         Ok(manager)
     }
@@ -129,12 +139,12 @@ impl Manager {
     }
 
     pub(crate) fn slot(&self, id: &str) -> Result<Arc<Mutex<Slot>>> {
-        self.slots
-            .lock()
-            .unwrap()
-            .get(id)
-            .cloned()
-            .ok_or_else(|| ManagerError::new(ErrorCode::NotFound, format!("no VM with id {id:?}; list them with ListVms")))
+        self.slots.lock().unwrap().get(id).cloned().ok_or_else(|| {
+            ManagerError::new(
+                ErrorCode::NotFound,
+                format!("no VM with id {id:?}; list them with ListVms"),
+            )
+        })
     }
 
     /// Locks a VM for a request that needs `op`, failing with `failed_precondition` when its
@@ -142,12 +152,19 @@ impl Manager {
     async fn lock_for(&self, id: &str, op: Op) -> Result<tokio::sync::OwnedMutexGuard<Slot>> {
         let slot = self.slot(id)?.lock_owned().await;
         if slot.rec.state == VmState::Deleted {
-            return Err(ManagerError::new(ErrorCode::NotFound, format!("VM {id:?} was deleted")));
+            return Err(ManagerError::new(
+                ErrorCode::NotFound,
+                format!("VM {id:?} was deleted"),
+            ));
         }
         if !slot.rec.state.allows(op) {
             return Err(ManagerError::new(
                 ErrorCode::FailedPrecondition,
-                format!("VM {id} is {}; {op:?} needs it to be {}", slot.rec.state, allowed_states(op)),
+                format!(
+                    "VM {id} is {}; {op:?} needs it to be {}",
+                    slot.rec.state,
+                    allowed_states(op)
+                ),
             ));
         }
         Ok(slot)
@@ -157,10 +174,15 @@ impl Manager {
     /// VM as `created`. Nothing is created on the host.
     pub async fn create(&self, id: &str, spec: VmSpec) -> Result<VmRecord> {
         let t0 = Instant::now();
-        let id = if id.is_empty() { generate_id() } else { id.to_owned() };
+        let id = if id.is_empty() {
+            generate_id()
+        } else {
+            id.to_owned()
+        };
         let spec = self.check_spec(spec)?;
         let (config, options) = self.vm_config(&id, &spec, None);
-        let (_, plan, _) = vm::plan_vm(&config, &options).map_err(|e| ManagerError::from_vm(&e).prefixed("config."))?;
+        let (_, plan, _) = vm::plan_vm(&config, &options)
+            .map_err(|e| ManagerError::from_vm(&e).prefixed("config."))?;
         let now = now_ms();
         let rec = VmRecord {
             id: id.clone(),
@@ -180,14 +202,27 @@ impl Manager {
         {
             let mut slots = self.slots.lock().unwrap();
             if slots.contains_key(&id) {
-                return Err(ManagerError::new(ErrorCode::AlreadyExists, format!("a VM with id {id:?} already exists")));
+                return Err(ManagerError::new(
+                    ErrorCode::AlreadyExists,
+                    format!("a VM with id {id:?} already exists"),
+                ));
             }
-            slots.insert(id.clone(), Arc::new(Mutex::new(Slot { rec: rec.clone(), vm: None, generation: 0 })));
+            slots.insert(
+                id.clone(),
+                Arc::new(Mutex::new(Slot {
+                    rec: rec.clone(),
+                    vm: None,
+                    generation: 0,
+                })),
+            );
         }
         match self.store.insert(&rec).await {
             Ok(true) => {}
             Ok(false) => {
-                return Err(ManagerError::new(ErrorCode::AlreadyExists, format!("a VM with id {id:?} already exists")));
+                return Err(ManagerError::new(
+                    ErrorCode::AlreadyExists,
+                    format!("a VM with id {id:?} already exists"),
+                ));
             }
             Err(e) => {
                 self.slots.lock().unwrap().remove(&id);
@@ -217,17 +252,24 @@ impl Manager {
         slot.rec.exit = None;
         self.put(&mut slot.rec).await?;
         let started = async {
-            std::fs::create_dir_all(self.vm_dir(&id))
-                .map_err(|e| ManagerError::new(ErrorCode::Internal, format!("cannot create {}: {e}", self.vm_dir(&id).display())))?;
+            std::fs::create_dir_all(self.vm_dir(&id)).map_err(|e| {
+                ManagerError::new(
+                    ErrorCode::Internal,
+                    format!("cannot create {}: {e}", self.vm_dir(&id).display()),
+                )
+            })?;
             if let Some(name) = &netns {
                 jail::netns::create(Path::new(jail::netns::NETNS_DIR), name)
                     .map_err(|e| ManagerError::new(ErrorCode::Internal, error_chain(&e)))?;
             }
             let (config, options) = self.vm_config(&id, &slot.rec.spec, netns.as_deref());
-            let (_, plan, _) = vm::plan_vm(&config, &options).map_err(|e| ManagerError::from_vm(&e))?;
+            let (_, plan, _) =
+                vm::plan_vm(&config, &options).map_err(|e| ManagerError::from_vm(&e))?;
             slot.rec.plan = Some(plan);
             self.put(&mut slot.rec).await?;
-            vm::start_vm(&config, &options).await.map_err(|e| ManagerError::from_vm(&e))
+            vm::start_vm(&config, &options)
+                .await
+                .map_err(|e| ManagerError::from_vm(&e))
         }
         .await;
         match started {
@@ -247,7 +289,11 @@ impl Manager {
             Err(e) => {
                 self.release_netns(&slot.rec);
                 slot.rec.state = VmState::Failed;
-                slot.rec.exit = Some(ExitRecord { reason: "boot_failed".into(), detail: e.message.clone(), at_unix_ms: now_ms() });
+                slot.rec.exit = Some(ExitRecord {
+                    reason: "boot_failed".into(),
+                    detail: e.message.clone(),
+                    at_unix_ms: now_ms(),
+                });
                 self.put(&mut slot.rec).await?;
                 self.metrics.failure("boot_failed");
                 tracing::warn!(vm_id = %id, error = %e.message, "boot failed");
@@ -268,10 +314,14 @@ impl Manager {
         let metrics = self.metrics.clone();
         let id = id.to_owned();
         tokio::spawn(async move {
-            let Ok(exit) = exit_rx.wait_for(Option::is_some).await.map(|e| e.clone()) else { return };
+            let Ok(exit) = exit_rx.wait_for(Option::is_some).await.map(|e| e.clone()) else {
+                return;
+            };
             let exit = exit.expect("waited for Some");
             let mut slot = slot.lock().await;
-            if slot.generation != generation || !matches!(slot.rec.state, VmState::Running | VmState::Paused) {
+            if slot.generation != generation
+                || !matches!(slot.rec.state, VmState::Running | VmState::Paused)
+            {
                 return;
             }
             slot.vm = None;
@@ -313,17 +363,28 @@ impl Manager {
 
     /// ShutdownVm: graceful within `timeout` (the daemon's default when `None`; zero or `force`
     /// kills at once), then everything of the VM is removed from the host.
-    pub async fn shutdown(&self, id: &str, force: bool, timeout: Option<Duration>) -> Result<VmState> {
+    pub async fn shutdown(
+        &self,
+        id: &str,
+        force: bool,
+        timeout: Option<Duration>,
+    ) -> Result<VmState> {
         let mut slot = self.lock_for(id, Op::Shutdown).await?;
-        let timeout = if force { Duration::ZERO } else { timeout.unwrap_or(self.stop_timeout()) };
-        self.stop_locked(&mut slot, timeout, "stopped_by_api").await?;
+        let timeout = if force {
+            Duration::ZERO
+        } else {
+            timeout.unwrap_or(self.stop_timeout())
+        };
+        self.stop_locked(&mut slot, timeout, "stopped_by_api")
+            .await?;
         Ok(VmState::Stopped)
     }
 
     /// RebootVm: a stop and a boot with the same configuration.
     pub async fn reboot(&self, id: &str) -> Result<VmState> {
         let mut slot = self.lock_for(id, Op::Reboot).await?;
-        self.stop_locked(&mut slot, self.stop_timeout(), "rebooted").await?;
+        self.stop_locked(&mut slot, self.stop_timeout(), "rebooted")
+            .await?;
         self.boot_locked(&mut slot).await
     }
 
@@ -332,7 +393,11 @@ impl Manager {
         slot.rec.state = VmState::Stopping;
         self.put(&mut slot.rec).await?;
         let outcome = match slot.vm.take() {
-            Some(vm) => vm.stop_within(timeout).await.map(|e| e.reason).map_err(|e| error_chain(&e)),
+            Some(vm) => vm
+                .stop_within(timeout)
+                .await
+                .map(|e| e.reason)
+                .map_err(|e| error_chain(&e)),
             None => Ok(ExitReason::Stopped),
         };
         // Whatever the process did, make sure nothing of it is left.
@@ -343,8 +408,16 @@ impl Manager {
             (_, Some(e)) => e.message.clone(),
             (Ok(r), None) => format!("stopped by the API ({r})"),
         };
-        slot.rec.state = if outcome.is_ok() && leftover.is_none() { VmState::Stopped } else { VmState::Failed };
-        slot.rec.exit = Some(ExitRecord { reason: reason.into(), detail, at_unix_ms: now_ms() });
+        slot.rec.state = if outcome.is_ok() && leftover.is_none() {
+            VmState::Stopped
+        } else {
+            VmState::Failed
+        };
+        slot.rec.exit = Some(ExitRecord {
+            reason: reason.into(),
+            detail,
+            at_unix_ms: now_ms(),
+        });
         self.put(&mut slot.rec).await?;
         self.metrics.observe("stop", t0.elapsed());
         match leftover {
@@ -375,7 +448,10 @@ impl Manager {
         let slot = self.slot(id)?;
         let slot = slot.lock().await;
         if slot.rec.state == VmState::Deleted {
-            return Err(ManagerError::new(ErrorCode::NotFound, format!("VM {id:?} was deleted")));
+            return Err(ManagerError::new(
+                ErrorCode::NotFound,
+                format!("VM {id:?} was deleted"),
+            ));
         }
         Ok(info(&slot))
     }
@@ -388,7 +464,11 @@ impl Manager {
             let info = match s.try_lock() {
                 Ok(slot) => info(&slot),
                 Err(_) => match self.store.get(&self.id_of(&s)).await {
-                    Ok(Some(rec)) => VmInfo { record: rec, stats: None, isolation: None },
+                    Ok(Some(rec)) => VmInfo {
+                        record: rec,
+                        stats: None,
+                        isolation: None,
+                    },
                     _ => continue,
                 },
             };
@@ -423,7 +503,9 @@ impl Manager {
             let mut slot = s.lock().await;
             if stop {
                 if slot.rec.state.allows(Op::Shutdown) {
-                    let _ = self.stop_locked(&mut slot, self.stop_timeout(), "daemon_exit").await;
+                    let _ = self
+                        .stop_locked(&mut slot, self.stop_timeout(), "daemon_exit")
+                        .await;
                 }
             } else if let Some(vm) = slot.vm.take() {
                 // Bump the generation so the watcher does not record a detach as an exit.
@@ -436,7 +518,8 @@ impl Manager {
     /// Removes the VM's jail, cgroups and namespace (idempotent).
     pub(crate) fn clean_host(&self, rec: &VmRecord) -> Result<()> {
         if let Some(plan) = &rec.plan {
-            jail::cleanup::remove(plan).map_err(|e| ManagerError::new(ErrorCode::Internal, error_chain(&e)))?;
+            jail::cleanup::remove(plan)
+                .map_err(|e| ManagerError::new(ErrorCode::Internal, error_chain(&e)))?;
         }
         self.release_netns(rec);
         Ok(())
@@ -468,7 +551,12 @@ impl Manager {
     }
 
     /// The library's view of a stored spec.
-    pub(crate) fn vm_config(&self, id: &str, spec: &VmSpec, netns: Option<&str>) -> (VmConfig, VmOptions) {
+    pub(crate) fn vm_config(
+        &self,
+        id: &str,
+        spec: &VmSpec,
+        netns: Option<&str>,
+    ) -> (VmConfig, VmOptions) {
         let config = VmConfig {
             vm_id: id.to_owned(),
             vcpu_count: spec.vcpu_count,
@@ -481,14 +569,28 @@ impl Manager {
         if spec.cpu_quota_percent.is_some() {
             jailer.cpu_quota_pct = spec.cpu_quota_percent;
         }
-        jailer.netns = netns.map(|n| Path::new(jail::netns::NETNS_DIR).join(n).display().to_string());
+        jailer.netns = netns.map(|n| {
+            Path::new(jail::netns::NETNS_DIR)
+                .join(n)
+                .display()
+                .to_string()
+        });
         let serial = self.serial_path(id);
         let options = VmOptions {
             boot_args: (!spec.boot_args.is_empty()).then(|| spec.boot_args.clone()),
-            drives: spec.drives.iter().map(|(p, ro)| DriveConfig { path: p.into(), read_only: *ro }).collect(),
+            drives: spec
+                .drives
+                .iter()
+                .map(|(p, ro)| DriveConfig {
+                    path: p.into(),
+                    read_only: *ro,
+                })
+                .collect(),
             jailer,
             jailer_mode: self.cfg.jailer_mode(),
-            memory_limit_mb: spec.memory_limit_mib.or_else(|| self.cfg.memory_limit_mb(spec.memory_mib)),
+            memory_limit_mb: spec
+                .memory_limit_mib
+                .or_else(|| self.cfg.memory_limit_mb(spec.memory_mib)),
             serial: Serial::File(serial),
             stop_timeout: self.stop_timeout(),
             ..VmOptions::default()
@@ -505,23 +607,47 @@ impl Manager {
         if spec.memory_mib == 0 {
             spec.memory_mib = 512;
         }
-        let invalid = |field: &str, problem: String| ManagerError::new(ErrorCode::InvalidArgument, format!("invalid {field}: {problem}"));
+        let invalid = |field: &str, problem: String| {
+            ManagerError::new(
+                ErrorCode::InvalidArgument,
+                format!("invalid {field}: {problem}"),
+            )
+        };
         if spec.kernel_path.is_empty() {
-            return Err(invalid("config.kernel_path", "is empty; give the path of a kernel image under an asset directory".into()));
+            return Err(invalid(
+                "config.kernel_path",
+                "is empty; give the path of a kernel image under an asset directory".into(),
+            ));
         }
-        spec.kernel_path = self.allowed(&spec.kernel_path).map_err(|p| invalid("config.kernel_path", p))?;
+        spec.kernel_path = self
+            .allowed(&spec.kernel_path)
+            .map_err(|p| invalid("config.kernel_path", p))?;
         if !spec.rootfs_path.is_empty() {
-            spec.rootfs_path = self.allowed(&spec.rootfs_path).map_err(|p| invalid("config.rootfs_path", p))?;
+            spec.rootfs_path = self
+                .allowed(&spec.rootfs_path)
+                .map_err(|p| invalid("config.rootfs_path", p))?;
         }
         for (i, (path, _)) in spec.drives.iter_mut().enumerate() {
-            *path = self.allowed(path).map_err(|p| invalid(&format!("config.drives[{i}].path"), p))?;
+            *path = self
+                .allowed(path)
+                .map_err(|p| invalid(&format!("config.drives[{i}].path"), p))?;
         }
         Ok(spec)
     }
 
     fn allowed(&self, path: &str) -> std::result::Result<String, String> {
-        let dirs: Vec<String> = self.cfg.asset_dirs.iter().map(|d| d.display().to_string()).collect();
-        let real = std::fs::canonicalize(path).map_err(|e| format!("{path} cannot be resolved ({e}); give an existing file under {}", dirs.join(", ")))?;
+        let dirs: Vec<String> = self
+            .cfg
+            .asset_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        let real = std::fs::canonicalize(path).map_err(|e| {
+            format!(
+                "{path} cannot be resolved ({e}); give an existing file under {}",
+                dirs.join(", ")
+            )
+        })?;
         let inside = self
             .cfg
             .asset_dirs
@@ -543,9 +669,17 @@ impl ManagerError {
     /// Names library fields as the API does (`memory_mb` is the API's `config.memory_mib`).
     fn prefixed(mut self, prefix: &str) -> Self {
         if let Some(rest) = self.message.strip_prefix("invalid ") {
-            let rest = rest.strip_prefix("memory_mb").map_or(rest.to_owned(), |r| format!("memory_mib{r}"));
-            let rest = rest.strip_prefix("memory_limit_mb").map_or(rest.clone(), |r| format!("memory_limit_mib{r}"));
-            self.message = if rest.starts_with(prefix) || rest.starts_with("vm_id") { format!("invalid {rest}") } else { format!("invalid {prefix}{rest}") };
+            let rest = rest
+                .strip_prefix("memory_mb")
+                .map_or(rest.to_owned(), |r| format!("memory_mib{r}"));
+            let rest = rest
+                .strip_prefix("memory_limit_mb")
+                .map_or(rest.clone(), |r| format!("memory_limit_mib{r}"));
+            self.message = if rest.starts_with(prefix) || rest.starts_with("vm_id") {
+                format!("invalid {rest}")
+            } else {
+                format!("invalid {prefix}{rest}")
+            };
         }
         self
     }
@@ -561,11 +695,18 @@ fn info(slot: &Slot) -> VmInfo {
 }
 
 fn not_live(id: &str) -> ManagerError {
-    ManagerError::new(ErrorCode::FailedPrecondition, format!("VM {id} has no running process"))
+    ManagerError::new(
+        ErrorCode::FailedPrecondition,
+        format!("VM {id} has no running process"),
+    )
 }
 
 fn allowed_states(op: Op) -> String {
-    let states: Vec<&str> = VmState::ALL.iter().filter(|s| s.allows(op)).map(|s| s.as_str()).collect();
+    let states: Vec<&str> = VmState::ALL
+        .iter()
+        .filter(|s| s.allows(op))
+        .map(|s| s.as_str())
+        .collect();
     states.join(" or ")
 }
 
@@ -585,13 +726,21 @@ pub(crate) fn exit_record(reason: &ExitReason, output: &str) -> ExitRecord {
         detail.push_str(": ");
         detail.push_str(output.lines().last().unwrap_or_default());
     }
-    ExitRecord { reason: code.into(), detail, at_unix_ms: now_ms() }
+    ExitRecord {
+        reason: code.into(),
+        detail,
+        at_unix_ms: now_ms(),
+    }
 }
 
 /// `vm-` and 16 hex digits.
 fn generate_id() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
     format!("vm-{:016x}", h.finish())
 }

@@ -49,42 +49,79 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("warden");
-        let latency = Family::<OpLabel, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 16)));
+        let latency = Family::<OpLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+        });
         let failures = Family::<ReasonLabel, Counter>::default();
         let vms = Family::<StateLabel, Gauge>::default();
         let memory = Family::<VmLabel, Gauge>::default();
         let cpu = Family::<VmLabel, Gauge>::default();
-        registry.register("request_duration_seconds", "Latency of create, boot and stop", latency.clone());
-        registry.register("vm_exits_or_failures", "VM failures and exits by reason", failures.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Latency of create, boot and stop",
+            latency.clone(),
+        );
+        registry.register(
+            "vm_exits_or_failures",
+            "VM failures and exits by reason",
+            failures.clone(),
+        );
         registry.register("vms", "VMs by state", vms.clone());
-        registry.register("vm_memory_bytes", "Memory charged to each VM's cgroup", memory.clone());
-        registry.register("vm_cpu_seconds", "CPU time used by each VM's cgroup", cpu.clone());
-        Self { registry: Arc::new(registry), latency, failures, vms, memory, cpu }
+        registry.register(
+            "vm_memory_bytes",
+            "Memory charged to each VM's cgroup",
+            memory.clone(),
+        );
+        registry.register(
+            "vm_cpu_seconds",
+            "CPU time used by each VM's cgroup",
+            cpu.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            latency,
+            failures,
+            vms,
+            memory,
+            cpu,
+        }
     }
 }
 
 impl Metrics {
     /// Records the latency of `op`.
     pub fn observe(&self, op: &str, d: Duration) {
-        self.latency.get_or_create(&OpLabel { op: op.into() }).observe(d.as_secs_f64());
+        self.latency
+            .get_or_create(&OpLabel { op: op.into() })
+            .observe(d.as_secs_f64());
     }
 
     /// Counts a failure or exit by reason.
     pub fn failure(&self, reason: &str) {
-        self.failures.get_or_create(&ReasonLabel { reason: reason.into() }).inc();
+        self.failures
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     /// Renders the text exposition format, with gauges refreshed from `vms`.
     pub fn render(&self, vms: &[VmInfo]) -> String {
         for s in VmState::ALL {
             let n = vms.iter().filter(|v| v.record.state == s).count();
-            self.vms.get_or_create(&StateLabel { state: s.as_str().into() }).set(n as i64);
+            self.vms
+                .get_or_create(&StateLabel {
+                    state: s.as_str().into(),
+                })
+                .set(n as i64);
         }
         self.memory.clear();
         self.cpu.clear();
         for v in vms {
             if let Some(st) = &v.stats {
-                let l = VmLabel { vm_id: v.record.id.clone() };
+                let l = VmLabel {
+                    vm_id: v.record.id.clone(),
+                };
                 if let Some(m) = st.memory_bytes {
                     self.memory.get_or_create(&l).set(m as i64);
                 }

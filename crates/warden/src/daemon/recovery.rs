@@ -23,12 +23,20 @@ use super::store::{now_ms, ExitRecord, VmRecord};
 use crate::vm::{ExitReason, VmHandle};
 
 pub(crate) async fn recover(m: &Arc<Manager>) -> Result<(), ManagerError> {
-    let records = m.store.list().await.map_err(|e| ManagerError::new(ErrorCode::Internal, error_chain(&e)))?;
+    let records = m
+        .store
+        .list()
+        .await
+        .map_err(|e| ManagerError::new(ErrorCode::Internal, error_chain(&e)))?;
     let mut known = HashSet::new();
     for rec in records {
         known.insert(rec.id.clone());
         let id = rec.id.clone();
-        let slot = Arc::new(Mutex::new(Slot { rec, vm: None, generation: 0 }));
+        let slot = Arc::new(Mutex::new(Slot {
+            rec,
+            vm: None,
+            generation: 0,
+        }));
         m.slots.lock().unwrap().insert(id, slot.clone());
         let mut slot = slot.lock().await;
         reconcile(m, &mut slot).await?;
@@ -41,10 +49,27 @@ async fn reconcile(m: &Manager, slot: &mut Slot) -> Result<(), ManagerError> {
     let id = slot.rec.id.clone();
     match slot.rec.state {
         VmState::Running | VmState::Paused => {
-            let (Some(plan), Some(pid), Some(start)) = (slot.rec.plan.clone(), slot.rec.pid, slot.rec.start_time) else {
-                return end(m, slot, "daemon_restart", "no process was recorded for this VM").await;
+            let (Some(plan), Some(pid), Some(start)) =
+                (slot.rec.plan.clone(), slot.rec.pid, slot.rec.start_time)
+            else {
+                return end(
+                    m,
+                    slot,
+                    "daemon_restart",
+                    "no process was recorded for this VM",
+                )
+                .await;
             };
-            match VmHandle::attach(&id, plan, pid, start, slot.rec.serial_path.clone(), m.stop_timeout()).await {
+            match VmHandle::attach(
+                &id,
+                plan,
+                pid,
+                start,
+                slot.rec.serial_path.clone(),
+                m.stop_timeout(),
+            )
+            .await
+            {
                 Ok(Some(vm)) => {
                     slot.generation += 1;
                     m.watch(&id, &vm, slot.generation);
@@ -63,7 +88,16 @@ async fn reconcile(m: &Manager, slot: &mut Slot) -> Result<(), ManagerError> {
                 }
                 Err(e) => {
                     kill_if_same(pid, start);
-                    end(m, slot, "unresponsive", &format!("its API did not answer after the daemon restarted: {}", error_chain(&e))).await
+                    end(
+                        m,
+                        slot,
+                        "unresponsive",
+                        &format!(
+                            "its API did not answer after the daemon restarted: {}",
+                            error_chain(&e)
+                        ),
+                    )
+                    .await
                 }
             }
         }
@@ -76,9 +110,15 @@ async fn reconcile(m: &Manager, slot: &mut Slot) -> Result<(), ManagerError> {
                 kill_jail_processes(&plan.pid_file, &plan.cgroup_dirs);
             }
             let (reason, detail) = if slot.rec.state == VmState::Booting {
-                ("daemon_restart", "the daemon stopped while this VM was booting; boot it again")
+                (
+                    "daemon_restart",
+                    "the daemon stopped while this VM was booting; boot it again",
+                )
             } else {
-                ("stopped_by_api", "the stop was finished after the daemon restarted")
+                (
+                    "stopped_by_api",
+                    "the stop was finished after the daemon restarted",
+                )
             };
             end(m, slot, reason, detail).await
         }
@@ -92,9 +132,17 @@ async fn reconcile(m: &Manager, slot: &mut Slot) -> Result<(), ManagerError> {
 /// Cleans and records a VM as failed (or stopped, for finished stops) with a reason.
 async fn end(m: &Manager, slot: &mut Slot, reason: &str, detail: &str) -> Result<(), ManagerError> {
     m.clean_host(&slot.rec)?;
-    slot.rec.state = if reason == "stopped_by_api" { VmState::Stopped } else { VmState::Failed };
+    slot.rec.state = if reason == "stopped_by_api" {
+        VmState::Stopped
+    } else {
+        VmState::Failed
+    };
     slot.rec.pid = None;
-    slot.rec.exit = Some(ExitRecord { reason: reason.into(), detail: detail.into(), at_unix_ms: now_ms() });
+    slot.rec.exit = Some(ExitRecord {
+        reason: reason.into(),
+        detail: detail.into(),
+        at_unix_ms: now_ms(),
+    });
     tracing::warn!(vm_id = %slot.rec.id, reason, detail, "vm ended during recovery; host resources cleaned");
     m.put(&mut slot.rec).await
 }
@@ -103,14 +151,21 @@ async fn end(m: &Manager, slot: &mut Slot, reason: &str, detail: &str) -> Result
 /// logged exit status.
 fn died_while_down(rec: &VmRecord) -> ExitRecord {
     let Some(plan) = &rec.plan else {
-        return ExitRecord { reason: "unknown".into(), detail: "exited while the daemon was down".into(), at_unix_ms: now_ms() };
+        return ExitRecord {
+            reason: "unknown".into(),
+            detail: "exited while the daemon was down".into(),
+            at_unix_ms: now_ms(),
+        };
     };
     let stats = jail::cgroup::stats(plan.cgroup_version, &plan.cgroup_dirs);
     let log = std::fs::read_to_string(&plan.log_file).unwrap_or_default();
     let reason = if stats.oom_kills.unwrap_or(0) > 0 {
         ExitReason::OomKilled
     } else {
-        match log.lines().rev().find_map(|l| l.rsplit_once("exit_code=").and_then(|(_, c)| c.trim().parse::<i32>().ok())) {
+        match log.lines().rev().find_map(|l| {
+            l.rsplit_once("exit_code=")
+                .and_then(|(_, c)| c.trim().parse::<i32>().ok())
+        }) {
             Some(0) => ExitReason::GuestPowerOff,
             Some(code) => ExitReason::FirecrackerError { code },
             None => ExitReason::Unknown,
@@ -123,7 +178,10 @@ fn died_while_down(rec: &VmRecord) -> ExitRecord {
 
 fn kill_if_same(pid: u32, start: u64) {
     if jail::inspect::start_time(Path::new("/proc"), pid) == Some(start) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
         wait_gone(pid);
     }
 }
@@ -143,7 +201,12 @@ fn kill_jail_processes(pid_file: &Path, cgroup_dirs: &[PathBuf]) {
             let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
             let in_jail = cgroup_dirs.iter().any(|d| {
                 let tail: Vec<_> = d.iter().rev().take(2).collect();
-                tail.len() == 2 && cg.contains(&format!("/{}/{}", tail[1].to_string_lossy(), tail[0].to_string_lossy()))
+                tail.len() == 2
+                    && cg.contains(&format!(
+                        "/{}/{}",
+                        tail[1].to_string_lossy(),
+                        tail[0].to_string_lossy()
+                    ))
             });
             if in_jail {
                 pids.push(pid);
@@ -153,7 +216,10 @@ fn kill_jail_processes(pid_file: &Path, cgroup_dirs: &[PathBuf]) {
     pids.sort_unstable();
     pids.dedup();
     for pid in pids {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
         wait_gone(pid);
     }
 }
@@ -162,7 +228,11 @@ fn wait_gone(pid: u32) {
     for _ in 0..200 {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         // Gone, or a zombie (its cgroup membership and files are released).
-        if stat.is_empty() || stat.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')) {
+        if stat.is_empty()
+            || stat
+                .rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
@@ -172,7 +242,11 @@ fn wait_gone(pid: u32) {
 /// Removes jails, cgroups and namespaces that carry warden's naming but belong to no known VM.
 fn remove_orphans(m: &Manager, known: &HashSet<String>) {
     let cfg = m.config();
-    let exec_name = cfg.firecracker_binary.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "firecracker".into());
+    let exec_name = cfg
+        .firecracker_binary
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "firecracker".into());
     let hierarchy = jail::cgroup::Hierarchy::host().ok();
     let mut parents: Vec<PathBuf> = Vec::new();
     if let Some(h) = &hierarchy {
@@ -181,7 +255,13 @@ fn remove_orphans(m: &Manager, known: &HashSet<String>) {
     }
     parents.sort();
     parents.dedup();
-    let cgroup_dirs_of = |id: &str| -> Vec<PathBuf> { parents.iter().map(|p| p.join(id)).filter(|d| d.is_dir()).collect() };
+    let cgroup_dirs_of = |id: &str| -> Vec<PathBuf> {
+        parents
+            .iter()
+            .map(|p| p.join(id))
+            .filter(|d| d.is_dir())
+            .collect()
+    };
 
     let jails = cfg.chroot_dir.join(&exec_name);
     let mut orphan_ids: HashSet<String> = HashSet::new();
@@ -199,10 +279,17 @@ fn remove_orphans(m: &Manager, known: &HashSet<String>) {
         }
         let jail_dir = jails.join(&id);
         let cgroup_dirs = cgroup_dirs_of(&id);
-        kill_jail_processes(&jail_dir.join("root").join(format!("{exec_name}.pid")), &cgroup_dirs);
+        kill_jail_processes(
+            &jail_dir.join("root").join(format!("{exec_name}.pid")),
+            &cgroup_dirs,
+        );
         match jail::cleanup::remove_paths(&jail_dir, &cgroup_dirs) {
-            Ok(()) => tracing::warn!(orphan = %id, jail = %jail_dir.display(), cgroups = ?cgroup_dirs, "removed an orphaned jail that belongs to no known VM"),
-            Err(e) => tracing::error!(orphan = %id, error = %error_chain(&e), "could not remove an orphaned jail"),
+            Ok(()) => {
+                tracing::warn!(orphan = %id, jail = %jail_dir.display(), cgroups = ?cgroup_dirs, "removed an orphaned jail that belongs to no known VM")
+            }
+            Err(e) => {
+                tracing::error!(orphan = %id, error = %error_chain(&e), "could not remove an orphaned jail")
+            }
         }
     }
     let netns_dir = Path::new(jail::netns::NETNS_DIR);
@@ -212,14 +299,23 @@ fn remove_orphans(m: &Manager, known: &HashSet<String>) {
             continue;
         }
         match jail::netns::remove(&netns_dir.join(&name)) {
-            Ok(()) => tracing::warn!(orphan = %name, "removed an orphaned network namespace that belongs to no known VM"),
-            Err(e) => tracing::error!(orphan = %name, error = %error_chain(&e), "could not remove an orphaned network namespace"),
+            Ok(()) => {
+                tracing::warn!(orphan = %name, "removed an orphaned network namespace that belongs to no known VM")
+            }
+            Err(e) => {
+                tracing::error!(orphan = %name, error = %error_chain(&e), "could not remove an orphaned network namespace")
+            }
         }
     }
 }
 
 fn subdirs(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().filter(|e| e.path().is_dir()).filter_map(|e| e.file_name().to_str().map(str::to_owned)).collect())
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().is_dir())
+                .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }

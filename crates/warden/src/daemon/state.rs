@@ -69,7 +69,10 @@ impl VmState {
 
     /// Whether a Firecracker process may exist in this state.
     pub fn may_have_process(self) -> bool {
-        matches!(self, Self::Booting | Self::Running | Self::Paused | Self::Stopping)
+        matches!(
+            self,
+            Self::Booting | Self::Running | Self::Paused | Self::Stopping
+        )
     }
 
     /// The snake_case name stored and shown.
@@ -111,7 +114,10 @@ mod tests {
             (Op::Resume, vec![Paused]),
             (Op::Shutdown, vec![Running, Paused]),
             (Op::Reboot, vec![Running, Paused]),
-            (Op::Delete, vec![Created, Booting, Running, Paused, Stopping, Stopped, Failed]),
+            (
+                Op::Delete,
+                vec![Created, Booting, Running, Paused, Stopping, Stopped, Failed],
+            ),
         ];
         for (op, allowed) in table {
             for s in VmState::ALL {

@@ -100,7 +100,9 @@ pub struct Store {
 
 /// Milliseconds since the epoch.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Store {
@@ -110,7 +112,11 @@ impl Store {
         let err = |what: &str| {
             let path = path.clone();
             let what = what.to_owned();
-            move |e: rusqlite::Error| StoreError { path, what, source: Box::new(e) }
+            move |e: rusqlite::Error| StoreError {
+                path,
+                what,
+                source: Box::new(e),
+            }
         };
         std::fs::create_dir_all(state_dir).map_err(|e| StoreError {
             path: path.clone(),
@@ -130,7 +136,10 @@ impl Store {
              );",
         )
         .map_err(err("creating the schema"))?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), path })
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            path,
+        })
     }
 
     /// The database file.
@@ -141,20 +150,31 @@ impl Store {
     async fn run<T: Send + 'static>(
         &self,
         what: String,
-        f: impl FnOnce(&Connection) -> Result<T, Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+        f: impl FnOnce(&Connection) -> Result<T, Box<dyn std::error::Error + Send + Sync>>
+            + Send
+            + 'static,
     ) -> Result<T, StoreError> {
         let conn = self.conn.clone();
         let path = self.path.clone();
         let what2 = what.clone();
         tokio::task::spawn_blocking(move || f(&conn.lock().unwrap()))
             .await
-            .map_err(|e| StoreError { path: path.clone(), what: what2, source: Box::new(e) })?
+            .map_err(|e| StoreError {
+                path: path.clone(),
+                what: what2,
+                source: Box::new(e),
+            })?
             .map_err(|source| StoreError { path, what, source })
     }
 
     /// Inserts a new record; `Ok(false)` if the id exists.
     pub async fn insert(&self, rec: &VmRecord) -> Result<bool, StoreError> {
-        let (id, state, json, at) = (rec.id.clone(), rec.state.as_str(), serde_json::to_string(rec).unwrap(), rec.updated_at);
+        let (id, state, json, at) = (
+            rec.id.clone(),
+            rec.state.as_str(),
+            serde_json::to_string(rec).unwrap(),
+            rec.updated_at,
+        );
         self.run(format!("inserting VM {id}"), move |c| {
             let n = c.execute(
                 "INSERT OR IGNORE INTO vms (id, state, record, updated_at) VALUES (?1, ?2, ?3, ?4)",
@@ -167,9 +187,17 @@ impl Store {
 
     /// Writes a record (which must exist).
     pub async fn put(&self, rec: &VmRecord) -> Result<(), StoreError> {
-        let (id, state, json, at) = (rec.id.clone(), rec.state.as_str(), serde_json::to_string(rec).unwrap(), rec.updated_at);
+        let (id, state, json, at) = (
+            rec.id.clone(),
+            rec.state.as_str(),
+            serde_json::to_string(rec).unwrap(),
+            rec.updated_at,
+        );
         self.run(format!("updating VM {id}"), move |c| {
-            c.execute("UPDATE vms SET state = ?2, record = ?3, updated_at = ?4 WHERE id = ?1", params![id, state, json, at])?;
+            c.execute(
+                "UPDATE vms SET state = ?2, record = ?3, updated_at = ?4 WHERE id = ?1",
+                params![id, state, json, at],
+            )?;
             Ok(())
         })
         .await
@@ -179,8 +207,11 @@ impl Store {
     pub async fn get(&self, id: &str) -> Result<Option<VmRecord>, StoreError> {
         let id = id.to_owned();
         self.run(format!("reading VM {id}"), move |c| {
-            let json: Option<String> =
-                c.query_row("SELECT record FROM vms WHERE id = ?1", params![id], |r| r.get(0)).optional()?;
+            let json: Option<String> = c
+                .query_row("SELECT record FROM vms WHERE id = ?1", params![id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
             Ok(match json {
                 Some(j) => Some(serde_json::from_str(&j)?),
                 None => None,
@@ -222,7 +253,12 @@ mod tests {
         VmRecord {
             id: id.into(),
             state: VmState::Created,
-            spec: VmSpec { vcpu_count: 1, memory_mib: 128, kernel_path: "/k".into(), ..Default::default() },
+            spec: VmSpec {
+                vcpu_count: 1,
+                memory_mib: 128,
+                kernel_path: "/k".into(),
+                ..Default::default()
+            },
             plan: None,
             pid: None,
             start_time: None,
@@ -251,7 +287,12 @@ mod tests {
         assert_eq!(store.list().await.unwrap().len(), 1);
         store.delete("a").await.unwrap();
         assert!(store.get("a").await.unwrap().is_none());
-        let mode: String = store.conn.lock().unwrap().query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        let mode: String = store
+            .conn
+            .lock()
+            .unwrap()
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(mode, "wal");
     }
 }

@@ -52,7 +52,8 @@ impl Default for VmConfig {
 impl VmConfig {
     /// Checks sizes and the id. Paths are checked when the jail is planned.
     pub fn validate(&self) -> Result<(), SpecError> {
-        jail::JailId::new(&self.vm_id).map_err(|e| SpecError::new("vm_id", format!("{:?} {e}", self.vm_id)))?;
+        jail::JailId::new(&self.vm_id)
+            .map_err(|e| SpecError::new("vm_id", format!("{:?} {e}", self.vm_id)))?;
         if self.vcpu_count == 0 || self.vcpu_count > MAX_VCPUS {
             return Err(SpecError::new(
                 "vcpu_count",
@@ -66,7 +67,10 @@ impl VmConfig {
             ));
         }
         if self.kernel_path.is_empty() {
-            return Err(SpecError::new("kernel_path", "is empty; give the path of a kernel image"));
+            return Err(SpecError::new(
+                "kernel_path",
+                "is empty; give the path of a kernel image",
+            ));
         }
         if self.enable_networking {
             return Err(SpecError::new(
@@ -170,26 +174,87 @@ mod tests {
     use super::*;
 
     fn ok() -> VmConfig {
-        VmConfig { vm_id: "vm-1".into(), kernel_path: "/k".into(), ..Default::default() }
+        VmConfig {
+            vm_id: "vm-1".into(),
+            kernel_path: "/k".into(),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn defaults_follow_the_guide() {
         let d = VmConfig::default();
-        assert_eq!((d.vm_id.as_str(), d.vcpu_count, d.memory_mb, d.enable_networking), ("default", 1, 512, false));
+        assert_eq!(
+            (
+                d.vm_id.as_str(),
+                d.vcpu_count,
+                d.memory_mb,
+                d.enable_networking
+            ),
+            ("default", 1, 512, false)
+        );
         ok().validate().unwrap();
     }
 
     #[test]
     fn bad_sizes_and_ids_name_the_field() {
         let cases = [
-            (VmConfig { memory_mb: 127, ..ok() }, "memory_mb", "at least 128"),
-            (VmConfig { vcpu_count: 0, ..ok() }, "vcpu_count", "1 to 32"),
-            (VmConfig { vcpu_count: 33, ..ok() }, "vcpu_count", "1 to 32"),
-            (VmConfig { vm_id: "a/b".into(), ..ok() }, "vm_id", "'/'"),
-            (VmConfig { vm_id: "..".into(), ..ok() }, "vm_id", "'.'"),
-            (VmConfig { vm_id: "vmé".into(), ..ok() }, "vm_id", "non-ASCII"),
-            (VmConfig { vm_id: "x".repeat(65), ..ok() }, "vm_id", "at most 64"),
+            (
+                VmConfig {
+                    memory_mb: 127,
+                    ..ok()
+                },
+                "memory_mb",
+                "at least 128",
+            ),
+            (
+                VmConfig {
+                    vcpu_count: 0,
+                    ..ok()
+                },
+                "vcpu_count",
+                "1 to 32",
+            ),
+            (
+                VmConfig {
+                    vcpu_count: 33,
+                    ..ok()
+                },
+                "vcpu_count",
+                "1 to 32",
+            ),
+            (
+                VmConfig {
+                    vm_id: "a/b".into(),
+                    ..ok()
+                },
+                "vm_id",
+                "'/'",
+            ),
+            (
+                VmConfig {
+                    vm_id: "..".into(),
+                    ..ok()
+                },
+                "vm_id",
+                "'.'",
+            ),
+            (
+                VmConfig {
+                    vm_id: "vmé".into(),
+                    ..ok()
+                },
+                "vm_id",
+                "non-ASCII",
+            ),
+            (
+                VmConfig {
+                    vm_id: "x".repeat(65),
+                    ..ok()
+                },
+                "vm_id",
+                "at most 64",
+            ),
         ];
         for (cfg, field, fix) in cases {
             let e = cfg.validate().unwrap_err();

@@ -11,8 +11,8 @@ use jail::spec::{JailSpec, ResourceLimits, SpecError, StageRequest};
 use jail::{JailId, JailPlan};
 
 use super::config::{Serial, MIN_MEMORY_MB};
-use super::Phases;
 use super::process::{Exit, Process};
+use super::Phases;
 use crate::{assets, Error};
 
 /// How a VM is jailed. Defaults are safe: an unprivileged uid/gid, cgroup limits, the
@@ -78,20 +78,31 @@ impl Default for JailerConfig {
 
 impl JailerConfig {
     /// Validates the config and turns it into a jail spec staging `files`.
-    pub(crate) fn spec(&self, jailed: bool, hierarchy: Option<&Hierarchy>, files: Vec<StageRequest>) -> Result<JailSpec, SpecError> {
+    pub(crate) fn spec(
+        &self,
+        jailed: bool,
+        hierarchy: Option<&Hierarchy>,
+        files: Vec<StageRequest>,
+    ) -> Result<JailSpec, SpecError> {
         let id = JailId::new(&self.jailer_id)
             .map_err(|e| SpecError::new("jailer_id", format!("{:?} {e}", self.jailer_id)))?;
         if self.memory_limit_mb < MIN_MEMORY_MB {
             return Err(SpecError::new(
                 "memory_limit_mb",
-                format!("is {} MiB; use at least {MIN_MEMORY_MB}", self.memory_limit_mb),
+                format!(
+                    "is {} MiB; use at least {MIN_MEMORY_MB}",
+                    self.memory_limit_mb
+                ),
             ));
         }
         if self.cpu_count == 0 {
             return Err(SpecError::new("cpu_count", "is 0; use at least 1"));
         }
         if let Some(0) = self.cpu_quota_pct {
-            return Err(SpecError::new("cpu_quota_pct", "is 0; use a percentage of one core, e.g. 50 or 200"));
+            return Err(SpecError::new(
+                "cpu_quota_pct",
+                "is 0; use a percentage of one core, e.g. 50 or 200",
+            ));
         }
         let cgroup_version = match (self.cgroup_version, hierarchy) {
             (Some(v), _) => v,
@@ -110,7 +121,10 @@ impl JailerConfig {
             parent_cgroup: self.parent_cgroup.clone(),
             limits: CgroupLimits {
                 memory_bytes: Some(u64::from(self.memory_limit_mb) << 20),
-                cpu_quota_pct: Some(self.cpu_quota_pct.unwrap_or(u32::from(self.cpu_count) * 100)),
+                cpu_quota_pct: Some(
+                    self.cpu_quota_pct
+                        .unwrap_or(u32::from(self.cpu_count) * 100),
+                ),
                 pids_max: self.pids_max,
             },
             resource_limits: self.resource_limits,
@@ -138,7 +152,9 @@ pub(crate) async fn launch(
 ) -> Result<(Process, Client), Error> {
     let program = PathBuf::from(&plan.argv[0]);
     if !is_executable(&spec.exec_file) {
-        return Err(Error::FirecrackerMissing { path: spec.exec_file.clone() });
+        return Err(Error::FirecrackerMissing {
+            path: spec.exec_file.clone(),
+        });
     }
     if spec.jailed && !is_executable(&program) {
         return Err(Error::JailerMissing { path: program });
@@ -240,8 +256,14 @@ pub async fn start_with_jailer(config: &JailerConfig) -> Result<JailedProcess, E
     let hierarchy = Hierarchy::host()?;
     let spec = config.spec(true, Some(&hierarchy), Vec::new())?;
     let plan = spec.plan(&hierarchy)?;
-    let (process, client) =
-        launch(&spec, plan, Serial::Discard, Duration::from_secs(5), &mut Phases::start()).await?;
+    let (process, client) = launch(
+        &spec,
+        plan,
+        Serial::Discard,
+        Duration::from_secs(5),
+        &mut Phases::start(),
+    )
+    .await?;
     Ok(JailedProcess {
         pid: process.pid,
         api_socket: process.plan.socket_path.clone(),

@@ -69,7 +69,10 @@ impl VmHandle {
         if client.instance_info().await.is_err() {
             // Not answering: not a VM we can control. It is ended (and cleaned) by the caller.
             return Err(Error::Os {
-                what: format!("probing the API socket {} of VM {vm_id} (pid {pid})", plan.socket_path.display()),
+                what: format!(
+                    "probing the API socket {} of VM {vm_id} (pid {pid})",
+                    plan.socket_path.display()
+                ),
                 source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
             });
         }
@@ -170,14 +173,18 @@ impl VmHandle {
     pub async fn stop_within(self, timeout: Duration) -> Result<Exit, Error> {
         if self.process.exited().is_none() {
             self.process.note_stop_requested();
-            let graceful = !timeout.is_zero() && self.client.action(ActionType::SendCtrlAltDel).await.is_ok();
+            let graceful =
+                !timeout.is_zero() && self.client.action(ActionType::SendCtrlAltDel).await.is_ok();
             if !graceful || self.process.wait_timeout(timeout).await.is_none() {
                 self.process.kill();
             }
         }
         let exit = self.process.wait().await;
         match &exit.cleanup_error {
-            Some(detail) => Err(Error::Leftover { vm_id: self.vm_id.clone(), detail: detail.clone() }),
+            Some(detail) => Err(Error::Leftover {
+                vm_id: self.vm_id.clone(),
+                detail: detail.clone(),
+            }),
             None => Ok(exit),
         }
     }
@@ -214,17 +221,28 @@ pub async fn stop_firecracker(vm: VmHandle) -> Result<Exit, Error> {
 /// Decides jailed or not, and builds the jail spec and its plan, without touching the host.
 ///
 /// Returns the spec, its plan, and why the VM would run unjailed (if it would).
-pub fn plan_vm(config: &VmConfig, options: &VmOptions) -> Result<(jail::JailSpec, JailPlan, Option<String>), Error> {
+pub fn plan_vm(
+    config: &VmConfig,
+    options: &VmOptions,
+) -> Result<(jail::JailSpec, JailPlan, Option<String>), Error> {
     config.validate()?;
     let jailer_found = jailer::is_executable(&options.jailer.jailer_binary);
     let (jailed, unjailed_reason) = match options.jailer_mode {
-        JailerMode::Disabled => (false, Some("jailer disabled by configuration (development mode)".to_owned())),
+        JailerMode::Disabled => (
+            false,
+            Some("jailer disabled by configuration (development mode)".to_owned()),
+        ),
         JailerMode::Required if !jailer_found => {
-            return Err(Error::JailerMissing { path: options.jailer.jailer_binary.clone() })
+            return Err(Error::JailerMissing {
+                path: options.jailer.jailer_binary.clone(),
+            })
         }
         JailerMode::Auto if !jailer_found => (
             false,
-            Some(format!("jailer not found at {} (development mode)", options.jailer.jailer_binary.display())),
+            Some(format!(
+                "jailer not found at {} (development mode)",
+                options.jailer.jailer_binary.display()
+            )),
         ),
         _ => (true, None),
     };
@@ -253,9 +271,15 @@ pub fn plan_vm(config: &VmConfig, options: &VmOptions) -> Result<(jail::JailSpec
     let mut jc = options.jailer.clone();
     jc.jailer_id = config.vm_id.clone();
     jc.cpu_count = config.vcpu_count;
-    jc.memory_limit_mb = options.memory_limit_mb.unwrap_or(config.memory_mb + VMM_OVERHEAD_MB);
+    jc.memory_limit_mb = options
+        .memory_limit_mb
+        .unwrap_or(config.memory_mb + VMM_OVERHEAD_MB);
     // An unjailed VM has no cgroups, so the host's need not be read.
-    let hierarchy = if jailed { Hierarchy::host()? } else { Hierarchy::empty() };
+    let hierarchy = if jailed {
+        Hierarchy::host()?
+    } else {
+        Hierarchy::empty()
+    };
     let spec = jc.spec(jailed, Some(&hierarchy), files)?;
     let plan = spec.plan(&hierarchy)?;
     Ok((spec, plan, unjailed_reason))
@@ -274,8 +298,14 @@ pub async fn start_vm(config: &VmConfig, options: &VmOptions) -> Result<VmHandle
             );
         }
     }
-    let (process, client) =
-        jailer::launch(&spec, plan, options.serial.clone(), options.socket_timeout, &mut phases).await?;
+    let (process, client) = jailer::launch(
+        &spec,
+        plan,
+        options.serial.clone(),
+        options.socket_timeout,
+        &mut phases,
+    )
+    .await?;
     let plan = process.plan.clone();
     // From here a failure must end the process; dropping `process` kills it and cleans up.
     let configured = configure(config, options, &plan, &client).await;
@@ -291,10 +321,16 @@ pub async fn start_vm(config: &VmConfig, options: &VmOptions) -> Result<VmHandle
         process.note_stop_requested();
         process.kill();
         let exit = process.wait().await;
-        return Err(Error::Configure { vm_id: config.vm_id.clone(), log: exit.output, source });
+        return Err(Error::Configure {
+            vm_id: config.vm_id.clone(),
+            log: exit.output,
+            source: Box::new(source),
+        });
     }
     let after = isolation_report(&process, &plan, unjailed_reason.as_deref(), true).await;
-    let isolation = if process.exited().is_some() || !std::path::Path::new(&format!("/proc/{}/status", process.pid)).exists() {
+    let isolation = if process.exited().is_some()
+        || !std::path::Path::new(&format!("/proc/{}/status", process.pid)).exists()
+    {
         before
     } else {
         after
@@ -314,8 +350,18 @@ pub async fn start_vm(config: &VmConfig, options: &VmOptions) -> Result<VmHandle
     })
 }
 
-async fn configure(config: &VmConfig, options: &VmOptions, plan: &JailPlan, client: &Client) -> Result<(), firecracker_api::Error> {
-    let path = |name: &str| plan.path_in_jail(name).expect("staged").display().to_string();
+async fn configure(
+    config: &VmConfig,
+    options: &VmOptions,
+    plan: &JailPlan,
+    client: &Client,
+) -> Result<(), firecracker_api::Error> {
+    let path = |name: &str| {
+        plan.path_in_jail(name)
+            .expect("staged")
+            .display()
+            .to_string()
+    };
     client
         .put_machine_config(&MachineConfiguration {
             vcpu_count: config.vcpu_count,
@@ -326,12 +372,22 @@ async fn configure(config: &VmConfig, options: &VmOptions, plan: &JailPlan, clie
     client
         .put_boot_source(&BootSource {
             kernel_image_path: path("kernel"),
-            boot_args: Some(options.boot_args.clone().unwrap_or_else(|| DEFAULT_BOOT_ARGS.to_owned())),
+            boot_args: Some(
+                options
+                    .boot_args
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_BOOT_ARGS.to_owned()),
+            ),
             initrd_path: None,
         })
         .await?;
     for f in &plan.staged {
-        let name = f.dest.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let name = f
+            .dest
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         if name == "kernel" {
             continue;
         }
@@ -350,7 +406,12 @@ async fn configure(config: &VmConfig, options: &VmOptions, plan: &JailPlan, clie
 
 /// Reads the isolation report. vCPU threads install their seccomp filters as they start, so after
 /// InstanceStart a jailed VM is re-read briefly until every thread shows one.
-async fn isolation_report(process: &process::Process, plan: &JailPlan, unjailed_reason: Option<&str>, settle: bool) -> IsolationReport {
+async fn isolation_report(
+    process: &process::Process,
+    plan: &JailPlan,
+    unjailed_reason: Option<&str>,
+    settle: bool,
+) -> IsolationReport {
     let expected = inspect::Expected {
         jailed: plan.jailed,
         root_dir: &plan.root_dir,

@@ -21,12 +21,12 @@ use std::time::{Duration, Instant};
 
 use jail::JailPlan;
 use serde::Serialize;
-use tokio::io::AsyncReadExt;
 use tokio::io::unix::AsyncFd;
+use tokio::io::AsyncReadExt;
 use tokio::sync::{watch, Notify};
 
-use crate::error::Error;
 use super::config::Serial;
+use crate::error::Error;
 
 /// Why a VM's Firecracker process ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -63,7 +63,9 @@ impl std::fmt::Display for ExitReason {
             Self::OomKilled => f.write_str("OOM-killed: memory cgroup limit reached"),
             Self::Signaled { signal } => write!(f, "killed by signal {signal}"),
             Self::FirecrackerError { code } => write!(f, "Firecracker exited with status {code}"),
-            Self::Unknown => f.write_str("exited without logging a status (likely killed by a signal)"),
+            Self::Unknown => {
+                f.write_str("exited without logging a status (likely killed by a signal)")
+            }
         }
     }
 }
@@ -104,8 +106,16 @@ impl SerialBuf {
                 return true;
             }
             // A file has no notifications: poll it.
-            let wait = if self.file.is_some() { tokio::time::Instant::now() + Duration::from_millis(5) } else { deadline };
-            if tokio::time::timeout_at(wait.min(deadline), notified).await.is_err() && tokio::time::Instant::now() >= deadline {
+            let wait = if self.file.is_some() {
+                tokio::time::Instant::now() + Duration::from_millis(5)
+            } else {
+                deadline
+            };
+            if tokio::time::timeout_at(wait.min(deadline), notified)
+                .await
+                .is_err()
+                && tokio::time::Instant::now() >= deadline
+            {
                 return self.text().contains(needle);
             }
         }
@@ -134,7 +144,11 @@ pub(crate) struct Process {
 impl Process {
     /// Runs the plan's argv and returns once Firecracker's pid is known. On error, whatever was
     /// started is killed; the caller removes the jail.
-    pub(crate) async fn spawn(plan: JailPlan, serial: Serial, wait_timeout: Duration) -> Result<Self, Error> {
+    pub(crate) async fn spawn(
+        plan: JailPlan,
+        serial: Serial,
+        wait_timeout: Duration,
+    ) -> Result<Self, Error> {
         let program = PathBuf::from(&plan.argv[0]);
         if plan.new_pid_ns {
             become_subreaper()?;
@@ -142,7 +156,10 @@ impl Process {
         let (stdout, stderr_to) = match &serial {
             Serial::Discard => (Stdio::null(), Stdio::piped()),
             Serial::Capture | Serial::CaptureAndEcho => (Stdio::piped(), Stdio::piped()),
-            Serial::File(path) => (Stdio::from(append(path)?), Stdio::from(append(&Serial::stderr_path(path))?)),
+            Serial::File(path) => (
+                Stdio::from(append(path)?),
+                Stdio::from(append(&Serial::stderr_path(path))?),
+            ),
         };
         let mut cmd = Command::new(&program);
         cmd.args(&plan.argv[1..])
@@ -151,13 +168,25 @@ impl Process {
             .stderr(stderr_to)
             // Its own process group: a Ctrl-C at our terminal is ours to handle, not the VM's.
             .process_group(0);
-        let mut child = cmd.spawn().map_err(|source| Error::Spawn { program: program.clone(), source })?;
-        let serial_buf = Arc::new(SerialBuf { file: match &serial { Serial::File(p) => Some(p.clone()), _ => None }, ..Default::default() });
+        let mut child = cmd.spawn().map_err(|source| Error::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+        let serial_buf = Arc::new(SerialBuf {
+            file: match &serial {
+                Serial::File(p) => Some(p.clone()),
+                _ => None,
+            },
+            ..Default::default()
+        });
         if let Some(out) = child.stdout.take() {
             spawn_serial_reader(out, serial_buf.clone(), serial == Serial::CaptureAndEcho);
         }
         let stderr = Arc::new(Mutex::new(Vec::new()));
-        let stderr_done = child.stderr.take().map(|err| spawn_stderr_reader(err, stderr.clone()));
+        let stderr_done = child
+            .stderr
+            .take()
+            .map(|err| spawn_stderr_reader(err, stderr.clone()));
         let stderr_file = match &serial {
             Serial::File(p) => Some(Serial::stderr_path(p)),
             _ => None,
@@ -195,16 +224,39 @@ impl Process {
         // Not waited on through `child`: the supervisor reaps it through the pidfd.
         drop(child);
         let pidfd = pidfd_open(pid)?;
-        Ok(Self::supervised(pid, plan, pidfd, serial_buf, stderr, stderr_done, stderr_file))
+        Ok(Self::supervised(
+            pid,
+            plan,
+            pidfd,
+            serial_buf,
+            stderr,
+            stderr_done,
+            stderr_file,
+        ))
     }
 
     /// Takes charge of a Firecracker started earlier (by a daemon that has since restarted).
     /// The caller has checked that `pid` is that VM's Firecracker (process start time).
-    pub(crate) fn attach(plan: JailPlan, pid: u32, serial_file: Option<PathBuf>) -> Result<Self, Error> {
+    pub(crate) fn attach(
+        plan: JailPlan,
+        pid: u32,
+        serial_file: Option<PathBuf>,
+    ) -> Result<Self, Error> {
         let pidfd = pidfd_open(pid)?;
         let stderr_file = serial_file.as_deref().map(Serial::stderr_path);
-        let serial = Arc::new(SerialBuf { file: serial_file, ..Default::default() });
-        Ok(Self::supervised(pid, plan, pidfd, serial, Arc::default(), None, stderr_file))
+        let serial = Arc::new(SerialBuf {
+            file: serial_file,
+            ..Default::default()
+        });
+        Ok(Self::supervised(
+            pid,
+            plan,
+            pidfd,
+            serial,
+            Arc::default(),
+            None,
+            stderr_file,
+        ))
     }
 
     fn supervised(
@@ -220,13 +272,25 @@ impl Process {
         let (tx, exit) = watch::channel(None);
         let flags = Arc::new(Mutex::new(Flags::default()));
         let cleanup_done = Arc::new(Mutex::new(false));
-        let p = Self { pid, plan, pidfd, flags, serial, exit, cleanup_done };
+        let p = Self {
+            pid,
+            plan,
+            pidfd,
+            flags,
+            serial,
+            exit,
+            cleanup_done,
+        };
         tokio::spawn(supervise(
             p.pidfd.clone(),
             p.plan.clone(),
             p.flags.clone(),
             p.cleanup_done.clone(),
-            Output { stderr, stderr_done, stderr_file },
+            Output {
+                stderr,
+                stderr_done,
+                stderr_file,
+            },
             tx,
         ));
         p
@@ -252,7 +316,11 @@ impl Process {
             }
             if rx.changed().await.is_err() {
                 // The supervisor is gone without a result (runtime shutting down).
-                return Exit { reason: ExitReason::Killed, output: String::new(), cleanup_error: None };
+                return Exit {
+                    reason: ExitReason::Killed,
+                    output: String::new(),
+                    cleanup_error: None,
+                };
             }
         }
     }
@@ -320,7 +388,9 @@ async fn supervise(
 ) {
     // SAFETY: the pidfd stays open for as long as the AsyncFd (it holds an Arc to it), and it is
     // registered only here.
-    if let Ok(fd) = unsafe { AsyncFd::register_with_interest(PidFd(pidfd.clone()), tokio::io::Interest::READABLE) } {
+    if let Ok(fd) = unsafe {
+        AsyncFd::register_with_interest(PidFd(pidfd.clone()), tokio::io::Interest::READABLE)
+    } {
         let _ = fd.readable().await;
     } else {
         wait_pidfd_blocking(&pidfd, Duration::from_secs(u64::MAX / 4));
@@ -356,11 +426,17 @@ async fn supervise(
     let output = tail(&output);
     let cleanup_error = clean_once(&cleanup_done, &plan);
     tracing::info!(vm_id = %plan.id, %reason, pid_exit = ?status, "vm exited and was cleaned up");
-    let _ = tx.send(Some(Exit { reason, output, cleanup_error }));
+    let _ = tx.send(Some(Exit {
+        reason,
+        output,
+        cleanup_error,
+    }));
 }
 
 fn spawn_serial_reader(out: std::process::ChildStdout, buf: Arc<SerialBuf>, echo: bool) {
-    let Ok(mut out) = tokio::process::ChildStdout::from_std(out) else { return };
+    let Ok(mut out) = tokio::process::ChildStdout::from_std(out) else {
+        return;
+    };
     tokio::spawn(async move {
         let mut chunk = [0u8; 4096];
         loop {
@@ -381,7 +457,10 @@ fn spawn_serial_reader(out: std::process::ChildStdout, buf: Arc<SerialBuf>, echo
     });
 }
 
-fn spawn_stderr_reader(err: std::process::ChildStderr, into: Arc<Mutex<Vec<u8>>>) -> tokio::task::JoinHandle<()> {
+fn spawn_stderr_reader(
+    err: std::process::ChildStderr,
+    into: Arc<Mutex<Vec<u8>>>,
+) -> tokio::task::JoinHandle<()> {
     tokio::task::spawn_blocking(move || {
         let mut err = err;
         let mut chunk = [0u8; 4096];
@@ -400,7 +479,10 @@ fn spawn_stderr_reader(err: std::process::ChildStderr, into: Arc<Mutex<Vec<u8>>>
     })
 }
 
-async fn wait_child(child: &mut std::process::Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+async fn wait_child(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(Some(s)) = child.try_wait() {
@@ -414,10 +496,16 @@ async fn wait_child(child: &mut std::process::Child, timeout: Duration) -> Optio
 }
 
 fn read_pid_file(path: &std::path::Path) -> Result<u32, Error> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| Error::Os { what: format!("reading the jailer's pid file {}", path.display()), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Os {
+        what: format!("reading the jailer's pid file {}", path.display()),
+        source,
+    })?;
     text.trim().parse().map_err(|_| Error::Os {
-        what: format!("parsing the jailer's pid file {} ({:?})", path.display(), text.trim()),
+        what: format!(
+            "parsing the jailer's pid file {} ({:?})",
+            path.display(),
+            text.trim()
+        ),
         source: std::io::Error::from(std::io::ErrorKind::InvalidData),
     })
 }
@@ -425,7 +513,13 @@ fn read_pid_file(path: &std::path::Path) -> Result<u32, Error> {
 /// The exit status Firecracker logged as it exited (`... exit_code=N`), if it did.
 fn logged_exit_code(log: &str) -> Option<i32> {
     let line = log.lines().rev().find(|l| l.contains("exit_code="))?;
-    line.rsplit("exit_code=").next()?.trim().split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    line.rsplit("exit_code=")
+        .next()?
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Opens a file for appending, creating it (0600).
@@ -436,7 +530,10 @@ fn append(path: &std::path::Path) -> Result<std::fs::File, Error> {
         .append(true)
         .mode(0o600)
         .open(path)
-        .map_err(|source| Error::Os { what: format!("opening {}", path.display()), source })
+        .map_err(|source| Error::Os {
+            what: format!("opening {}", path.display()),
+            source,
+        })
 }
 
 /// The last lines of a process's output, for error messages.
@@ -460,7 +557,10 @@ fn become_subreaper() -> Result<(), Error> {
     // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes one integer argument and touches no memory.
     let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     if rc != 0 {
-        return Err(Error::Os { what: "prctl(PR_SET_CHILD_SUBREAPER)".into(), source: std::io::Error::last_os_error() });
+        return Err(Error::Os {
+            what: "prctl(PR_SET_CHILD_SUBREAPER)".into(),
+            source: std::io::Error::last_os_error(),
+        });
     }
     Ok(())
 }
@@ -469,7 +569,10 @@ fn pidfd_open(pid: u32) -> Result<OwnedFd, Error> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
     if fd < 0 {
-        return Err(Error::Os { what: format!("pidfd_open({pid})"), source: std::io::Error::last_os_error() });
+        return Err(Error::Os {
+            what: format!("pidfd_open({pid})"),
+            source: std::io::Error::last_os_error(),
+        });
     }
     // SAFETY: the syscall returned a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
@@ -478,12 +581,22 @@ fn pidfd_open(pid: u32) -> Result<OwnedFd, Error> {
 fn pidfd_send_signal(fd: &OwnedFd, signal: i32) {
     // SAFETY: pidfd_send_signal with a null siginfo and no flags; the fd is open.
     unsafe {
-        libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), signal, std::ptr::null::<libc::siginfo_t>(), 0);
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        );
     }
 }
 
 fn wait_pidfd_blocking(fd: &OwnedFd, timeout: Duration) {
-    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
     // SAFETY: one valid pollfd for the duration of the call.
     unsafe { libc::poll(&mut pfd, 1, ms) };
@@ -500,7 +613,14 @@ fn reap(fd: &OwnedFd) -> Option<WaitStatus> {
     // SAFETY: zeroed siginfo is a valid out-parameter for waitid.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     // SAFETY: waitid fills `info`; P_PIDFD takes the fd as id.
-    let rc = unsafe { libc::waitid(libc::P_PIDFD, fd.as_raw_fd() as libc::id_t, &mut info, libc::WEXITED) };
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            fd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED,
+        )
+    };
     if rc != 0 {
         return None;
     }

@@ -11,8 +11,16 @@ use warden::vm::jailer::JailerConfig;
 /// A VM id unique across parallel test processes and runs.
 pub fn unique_id(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    format!("t-{prefix}-{}-{}-{:x}", std::process::id(), N.fetch_add(1, Ordering::Relaxed), nanos & 0xffff)
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "t-{prefix}-{}-{}-{:x}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        nanos & 0xffff
+    )
 }
 
 /// An asset built by scripts/setup-assets.sh; fails (never skips) when it is missing.
@@ -22,7 +30,11 @@ pub fn asset(name: &str) -> PathBuf {
         "jailer" => warden::assets::jailer(),
         _ => warden::assets::firecracker(),
     };
-    assert!(p.is_file(), "{} is missing: run scripts/setup-assets.sh (or `make assets`)", p.display());
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/setup-assets.sh (or `make assets`)",
+        p.display()
+    );
     p
 }
 
@@ -38,7 +50,11 @@ pub fn guest(prefix: &str, boot_args: &str) -> (VmConfig, VmOptions) {
     };
     let options = VmOptions {
         boot_args: Some(boot_args.to_owned()),
-        jailer: JailerConfig { jailer_binary: asset("jailer"), exec_file: asset("firecracker"), ..JailerConfig::default() },
+        jailer: JailerConfig {
+            jailer_binary: asset("jailer"),
+            exec_file: asset("firecracker"),
+            ..JailerConfig::default()
+        },
         jailer_mode: JailerMode::Required,
         ..VmOptions::default()
     };
