@@ -15,6 +15,7 @@ pub enum Mode {
     Touch,
     Spin,
     Blk,
+    Net,
 }
 
 /// A virtio-mmio device announced on the command line.
@@ -22,8 +23,7 @@ pub enum Mode {
 pub struct VirtioMmio {
     pub base: u64,
     pub size: u64,
-    /// Interrupt line (unused: everything is polled).
-    #[allow(dead_code)]
+    /// Interrupt line (IOAPIC pin). Only `mode=net` uses it, to wake from `hlt`.
     pub irq: u32,
 }
 
@@ -34,6 +34,8 @@ pub struct Config {
     pub mib: Option<u64>,
     pub secs: Option<u64>,
     pub then_idle: bool,
+    /// The guest's IPv4 address: the first field of a Linux-style `ip=` word, if it is one.
+    pub ip: Option<[u8; 4]>,
     pub virtio: [Option<VirtioMmio>; MAX_VIRTIO],
     pub virtio_count: usize,
 }
@@ -47,6 +49,7 @@ pub fn parse(line: &'static [u8]) -> Result<Config, &'static str> {
         mib: None,
         secs: None,
         then_idle: false,
+        ip: None,
         virtio: [None; MAX_VIRTIO],
         virtio_count: 0,
     };
@@ -60,6 +63,7 @@ pub fn parse(line: &'static [u8]) -> Result<Config, &'static str> {
                     "touch" => Mode::Touch,
                     "spin" => Mode::Spin,
                     "blk" => Mode::Blk,
+                    "net" => Mode::Net,
                     _ => return Err("unknown mode"),
                 }
             }
@@ -72,6 +76,9 @@ pub fn parse(line: &'static [u8]) -> Result<Config, &'static str> {
                 "poweroff" => cfg.then_idle = false,
                 _ => return Err("bad then="),
             },
+            // Linux form `ip=<client>:<server>:<gw>:<netmask>:<host>:<dev>:<autoconf>`; only
+            // the client address matters. Other forms (`ip=dhcp`, `ip=off`) mean "no address".
+            "ip" => cfg.ip = parse_ipv4(value.split(':').next().unwrap_or("")),
             "virtio_mmio.device" => {
                 let dev = parse_virtio(value).ok_or("bad virtio_mmio.device=")?;
                 if cfg.virtio_count == MAX_VIRTIO {
@@ -98,6 +105,23 @@ fn parse_u64(s: &str) -> Option<u64> {
         None if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s.parse().ok(),
         None => None,
     }
+}
+
+/// Dotted-quad IPv4 address.
+fn parse_ipv4(s: &str) -> Option<[u8; 4]> {
+    let mut ip = [0u8; 4];
+    let mut parts = s.split('.');
+    for b in ip.iter_mut() {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 3 || !p.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        *b = p.parse().ok()?;
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(ip)
 }
 
 /// `<size>[KMG]@<base>:<irq>[:<id>]` as in Linux's `virtio_mmio.device=`.

@@ -14,6 +14,8 @@ use core::sync::atomic::AtomicU64;
 pub const TIMER_VECTOR: u8 = 0x20;
 /// Vector for the i8042 keyboard IRQ (IOAPIC pin 1).
 pub const KBD_VECTOR: u8 = 0x21;
+/// Vector for a virtio-net device's IRQ (`mode=net`, only to wake from `hlt`).
+pub const NET_VECTOR: u8 = 0x22;
 /// Spurious-interrupt vector of the LAPIC.
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 

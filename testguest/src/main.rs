@@ -11,7 +11,8 @@
 //! in a batch and fails the VM (`KVM_EXIT_INTERNAL_ERROR`) on SSE instructions such as the
 //! `xorps`/`movaps` LLVM uses to clear structs. SSE is still enabled in case `core` uses it.
 //!
-//! Everything is synchronous and polled, except the LAPIC timer used to wake `hlt` while idle.
+//! Everything is synchronous and polled; interrupts only wake `hlt` (the LAPIC timer, the
+//! keyboard and, in `mode=net`, the virtio-net device).
 #![no_std]
 #![no_main]
 

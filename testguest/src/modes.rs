@@ -24,6 +24,7 @@ pub fn run(bp: &BootParams) -> ! {
         Mode::Touch => touch(bp, cfg.mib.unwrap_or(0)),
         Mode::Spin => spin(cfg.secs.unwrap_or(0)),
         Mode::Blk => blk(&cfg),
+        Mode::Net => virtio::net::run(&cfg),
     }
 }
 

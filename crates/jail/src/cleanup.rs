@@ -22,12 +22,19 @@ pub enum CleanupError {
     /// A cgroup directory could not be removed.
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    /// The VM's network could not be removed.
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
 }
 
 /// Removes the jail directory (chroot included) and the VM's cgroup directories. Safe to call
 /// more than once and on a jail that was only partly made. Call it after Firecracker is gone.
 pub fn remove(plan: &JailPlan) -> Result<(), CleanupError> {
-    remove_paths(&plan.jail_dir, &plan.cgroup_dirs)
+    remove_paths(&plan.jail_dir, &plan.cgroup_dirs)?;
+    if let Some(net) = &plan.net {
+        crate::net::teardown(net)?;
+    }
+    Ok(())
 }
 
 /// [`remove`] for a jail known only by its paths (e.g. from the store after a restart).

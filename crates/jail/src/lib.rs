@@ -14,7 +14,7 @@ pub mod cgroup;
 pub mod cleanup;
 pub mod id;
 pub mod inspect;
-pub mod netns;
+pub mod net;
 pub mod plan;
 pub mod spec;
 pub mod stage;

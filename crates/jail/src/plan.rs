@@ -90,6 +90,8 @@ pub struct JailPlan {
     pub new_pid_ns: bool,
     /// Network namespace joined.
     pub netns: Option<PathBuf>,
+    /// The VM's own network, if it has one.
+    pub net: Option<crate::net::NetPlan>,
     /// Files staged into the jail.
     pub staged: Vec<StagedFile>,
 }
@@ -269,7 +271,7 @@ impl JailSpec {
                 a.push("--resource-limit".into());
                 a.push(format!("{name}={value}"));
             }
-            if let Some(ns) = &self.netns {
+            if let Some(ns) = self.net.as_ref().map(|n| &n.netns_path).or(self.netns.as_ref()) {
                 a.push("--netns".into());
                 a.push(ns.display().to_string());
             }
@@ -313,7 +315,8 @@ impl JailSpec {
             cgroup_accounting_dir: accounting,
             rlimits,
             new_pid_ns: self.jailed && self.new_pid_ns,
-            netns: self.netns.clone().filter(|_| self.jailed),
+            netns: self.net.as_ref().map(|n| n.netns_path.clone()).or_else(|| self.netns.clone()).filter(|_| self.jailed),
+            net: self.net.clone(),
             staged,
         })
     }
@@ -368,6 +371,7 @@ mod tests {
             },
             new_pid_ns: true,
             netns: None,
+            net: None,
             files: vec![StageRequest {
                 source: kernel.to_owned(),
                 name: "kernel".into(),

@@ -69,8 +69,10 @@ pub struct JailSpec {
     pub resource_limits: ResourceLimits,
     /// Exec Firecracker in a new PID namespace.
     pub new_pid_ns: bool,
-    /// Network namespace file to join (`--netns`).
+    /// Network namespace file to join (`--netns`), made by someone else.
     pub netns: Option<PathBuf>,
+    /// The VM's own network (namespace, TAP, links), made by warden; its namespace is joined.
+    pub net: Option<crate::net::NetPlan>,
     /// Files to stage into the jail.
     pub files: Vec<StageRequest>,
 }
@@ -135,6 +137,9 @@ impl JailSpec {
         }
         for f in &self.files {
             check_source(&f.field, &f.source)?;
+        }
+        if let (Some(_), Some(_)) = (&self.netns, &self.net) {
+            return Err(SpecError::new("netns", "cannot be combined with networking: a networked VM gets its own namespace; drop netns"));
         }
         if let Some(ns) = &self.netns {
             if !ns.exists() {

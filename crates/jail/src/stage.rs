@@ -139,6 +139,7 @@ mod tests {
             resource_limits: ResourceLimits::default(),
             new_pid_ns: false,
             netns: None,
+            net: None,
             files,
         }
     }

@@ -41,6 +41,28 @@ pub fn state_to_pb(s: VmState) -> pb::VmState {
     }
 }
 
+fn limiter_from_pb(r: Option<pb::RateLimiter>) -> Option<firecracker_api::RateLimiter> {
+    let bucket = |b: Option<pb::TokenBucket>| {
+        b.map(|b| firecracker_api::TokenBucket {
+            size: b.size,
+            one_time_burst: (b.one_time_burst > 0).then_some(b.one_time_burst),
+            refill_time: b.refill_time_ms,
+        })
+    };
+    r.map(|r| firecracker_api::RateLimiter { bandwidth: bucket(r.bandwidth), ops: bucket(r.ops) })
+}
+
+fn limiter_to_pb(r: &Option<firecracker_api::RateLimiter>) -> Option<pb::RateLimiter> {
+    let bucket = |b: &Option<firecracker_api::TokenBucket>| {
+        b.as_ref().map(|b| pb::TokenBucket {
+            size: b.size,
+            one_time_burst: b.one_time_burst.unwrap_or(0),
+            refill_time_ms: b.refill_time,
+        })
+    };
+    r.as_ref().map(|r| pb::RateLimiter { bandwidth: bucket(&r.bandwidth), ops: bucket(&r.ops) })
+}
+
 fn spec_from_pb(c: pb::VmConfig) -> Result<VmSpec, ApiError> {
     let vcpu_count = u8::try_from(c.vcpu_count).map_err(|_| {
         ApiError::invalid_argument(format!(
@@ -63,6 +85,9 @@ fn spec_from_pb(c: pb::VmConfig) -> Result<VmSpec, ApiError> {
         memory_limit_mib: c.memory_limit_mib,
         cpu_quota_percent: c.cpu_quota_percent,
         metadata: c.metadata.into_iter().collect(),
+        net_rx_rate_limiter: limiter_from_pb(c.net_rx_rate_limiter),
+        net_tx_rate_limiter: limiter_from_pb(c.net_tx_rate_limiter),
+        drive_rate_limiter: limiter_from_pb(c.drive_rate_limiter),
     })
 }
 
@@ -85,6 +110,9 @@ fn spec_to_pb(s: &VmSpec) -> pb::VmConfig {
         memory_limit_mib: s.memory_limit_mib,
         cpu_quota_percent: s.cpu_quota_percent,
         metadata: s.metadata.clone().into_iter().collect(),
+        net_rx_rate_limiter: limiter_to_pb(&s.net_rx_rate_limiter),
+        net_tx_rate_limiter: limiter_to_pb(&s.net_tx_rate_limiter),
+        drive_rate_limiter: limiter_to_pb(&s.drive_rate_limiter),
     }
 }
 
@@ -99,6 +127,7 @@ fn layer(l: &warden::Layer) -> pb::IsolationLayer {
 pub fn info_to_pb(v: &VmInfo) -> pb::VmInfo {
     let r = &v.record;
     let plan = r.plan.as_ref();
+    let net = plan.and_then(|p| p.net.as_ref());
     let memory_limit = plan.and_then(|p| {
         p.cgroups
             .iter()
@@ -164,6 +193,10 @@ pub fn info_to_pb(v: &VmInfo) -> pb::VmInfo {
         updated_at_unix_ms: r.updated_at,
         netns: r.netns.clone().unwrap_or_default(),
         tap_device: r.tap.clone().unwrap_or_default(),
+        mac: net.map(|n| n.mac.clone()).unwrap_or_default(),
+        guest_ip: net.and_then(|n| n.guest).map(|g| format!("{}/{}", g.address, g.prefix_len)).unwrap_or_default(),
+        host_veth: net.and_then(|n| n.host_veth.clone()).unwrap_or_default(),
+        bridge: net.and_then(|n| n.bridge.clone()).unwrap_or_default(),
     }
 }
 

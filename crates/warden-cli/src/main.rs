@@ -87,7 +87,7 @@ fn init_cli_logs() {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| "warn,netlink_packet_route=error".into()),
         )
         .init();
 }

@@ -69,6 +69,20 @@ pub struct RunArgs {
     /// Join this network namespace (e.g. /run/netns/NAME).
     #[arg(long)]
     netns: Option<String>,
+    /// Give the VM a network device in its own namespace: `none` (the TAP is reachable only
+    /// inside the namespace) or `bridge` (a veth pair to the host bridge).
+    #[arg(long, value_name = "none|bridge")]
+    net: Option<jail::net::NetMode>,
+    /// Host bridge for `--net bridge`.
+    #[arg(long, default_value = "warden0")]
+    bridge: String,
+    /// The guest's address, `A.B.C.D/PREFIX` (required with `--net bridge`); its gateway is the
+    /// subnet's first address unless `--gateway` says otherwise.
+    #[arg(long, value_name = "A.B.C.D/PREFIX")]
+    guest_ip: Option<String>,
+    /// The guest's gateway (the bridge's address).
+    #[arg(long)]
+    gateway: Option<std::net::Ipv4Addr>,
     /// rlimit no-file for Firecracker.
     #[arg(long, default_value_t = 2048)]
     no_file: u64,
@@ -101,7 +115,23 @@ impl RunArgs {
                 .as_ref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
-            enable_networking: false,
+            enable_networking: self.net.is_some(),
+        };
+        let guest = match &self.guest_ip {
+            None => None,
+            Some(cidr) => {
+                let (a, p) = cidr.split_once('/').unwrap_or((cidr, "24"));
+                let address: std::net::Ipv4Addr =
+                    a.parse().map_err(|_| anyhow::anyhow!("invalid --guest-ip {cidr:?}: use A.B.C.D/PREFIX"))?;
+                let prefix_len: u8 = p
+                    .parse()
+                    .ok()
+                    .filter(|p| (8..=30).contains(p))
+                    .ok_or_else(|| anyhow::anyhow!("invalid --guest-ip {cidr:?}: the prefix must be 8 to 30"))?;
+                let mask = u32::MAX << (32 - u32::from(prefix_len));
+                let gateway = self.gateway.unwrap_or(((u32::from(address) & mask) + 1).into());
+                Some(jail::net::GuestAddr { address, gateway, prefix_len })
+            }
         };
         let mut drives = Vec::new();
         for d in &self.drives {
@@ -145,6 +175,12 @@ impl RunArgs {
             },
             memory_limit_mb: self.memory_limit,
             serial: Serial::CaptureAndEcho,
+            network: warden::vm::config::NetworkOptions {
+                mode: self.net.unwrap_or(jail::net::NetMode::None),
+                bridge: self.bridge.clone(),
+                guest,
+                ..Default::default()
+            },
             ..VmOptions::default()
         };
         Ok((config, options))

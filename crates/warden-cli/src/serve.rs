@@ -219,7 +219,7 @@ fn preflight(cfg: &DaemonConfig) -> anyhow::Result<()> {
 
 fn init_logs(format: LogFormat) {
     let filter =
-        tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG").unwrap_or_else(|_| "info".into());
+        tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG").unwrap_or_else(|_| "info,netlink_packet_route=error".into());
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter);

@@ -86,6 +86,9 @@ struct CreateArgs {
     /// CPU cap in percent of one core.
     #[arg(long)]
     cpu_quota: Option<u32>,
+    /// Give the VM a network device (the daemon's network_mode decides how it reaches the host).
+    #[arg(long)]
+    net: bool,
     /// Boot it right after creating it.
     #[arg(long)]
     boot: bool,
@@ -121,6 +124,7 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<u8> {
                     })
                     .collect(),
                 memory_limit_mib: c.memory_limit,
+                enable_networking: c.net,
                 cpu_quota_percent: c.cpu_quota,
                 ..Default::default()
             };
@@ -270,6 +274,12 @@ fn details(v: &pb::VmInfo) -> String {
             c.cpu_usage_ns as f64 / 1e9,
             c.oom_kills
         ));
+    }
+    if !v.netns.is_empty() {
+        s.push_str(&format!("netns:       {}\n", v.netns));
+    }
+    if !v.mac.is_empty() {
+        s.push_str(&format!("network:     TAP {} MAC {} {}{}\n", v.tap_device, v.mac, v.guest_ip, if v.host_veth.is_empty() { String::new() } else { format!(" via {} on {}", v.host_veth, v.bridge) }));
     }
     for a in &v.staged_assets {
         s.push_str(&format!(

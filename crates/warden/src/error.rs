@@ -67,6 +67,9 @@ pub enum Error {
     /// Talking to a running VM's API failed.
     #[error(transparent)]
     Api(Box<firecracker_api::Error>),
+    /// Creating the VM's network failed (what was made was removed).
+    #[error(transparent)]
+    Net(#[from] jail::net::NetError),
     /// Removing the VM's jail or cgroups failed.
     #[error(transparent)]
     Cleanup(#[from] jail::cleanup::CleanupError),

@@ -138,9 +138,9 @@ impl Blk {
 }
 
 /// Formats into a byte buffer (truncating).
-struct Cursor<'a> {
-    buf: &'a mut [u8],
-    pos: usize,
+pub(super) struct Cursor<'a> {
+    pub buf: &'a mut [u8],
+    pub pos: usize,
 }
 
 impl core::fmt::Write for Cursor<'_> {

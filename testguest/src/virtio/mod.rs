@@ -1,8 +1,9 @@
 //! virtio over MMIO (version 2 register layout) and split virtqueues, polled without
-//! interrupts. Kept device-agnostic so block (see [`blk`]) and a later net driver share it.
+//! interrupts. Kept device-agnostic so block (see [`blk`]) and net (see [`net`]) share it.
 
 pub mod blk;
 pub mod mmio;
+pub mod net;
 pub mod queue;
 
 /// Memory the devices read and write (rings, request headers, data buffers).
@@ -15,7 +16,7 @@ pub mod dma {
 
     /// Size of one allocation unit.
     pub const PAGE: usize = 4096;
-    const PAGES: usize = 32;
+    const PAGES: usize = 64;
 
     #[repr(C, align(4096))]
     struct Pool([[u8; PAGE]; PAGES]);

@@ -7,8 +7,11 @@
 
 use core::sync::atomic::{fence, Ordering};
 
-/// Number of descriptors (a power of two; small is enough for polled test I/O).
+/// Default number of descriptors (a power of two; small is enough for polled test I/O).
 pub const SIZE: u16 = 16;
+/// Largest queue that fits the one-page layout (64 descriptors = 0x400 bytes; the used ring,
+/// 4 + 8 * 64 bytes, still fits in the last 0x800 bytes).
+pub const MAX_SIZE: u16 = 64;
 
 const DESC_OFF: u64 = 0x000;
 const AVAIL_OFF: u64 = 0x400;
@@ -38,6 +41,7 @@ pub struct Buf {
 /// Driver state of one virtqueue.
 pub struct Queue {
     page: u64,
+    size: u16,
     free_head: u16,
     num_free: u16,
     avail_idx: u16,
@@ -45,18 +49,27 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// A queue in a fresh zeroed DMA page.
+    /// A queue of [`SIZE`] descriptors in a fresh zeroed DMA page.
     pub fn new() -> Option<Self> {
+        Self::with_size(SIZE)
+    }
+
+    /// A queue of `size` descriptors (a power of two, at most [`MAX_SIZE`]) in a fresh zeroed
+    /// DMA page.
+    pub fn with_size(size: u16) -> Option<Self> {
+        if !size.is_power_of_two() || size > MAX_SIZE {
+            return None;
+        }
         let page = super::dma::alloc_page()?;
-        let mut q = Queue { page, free_head: 0, num_free: SIZE, avail_idx: 0, last_used: 0 };
-        for i in 0..SIZE {
-            q.desc(i).next = (i + 1) % SIZE;
+        let mut q = Queue { page, size, free_head: 0, num_free: size, avail_idx: 0, last_used: 0 };
+        for i in 0..size {
+            q.desc(i).next = (i + 1) % size;
         }
         Some(q)
     }
 
     pub fn size(&self) -> u16 {
-        SIZE
+        self.size
     }
 
     /// (descriptor table, available ring, used ring) guest-physical addresses.
@@ -65,9 +78,9 @@ impl Queue {
     }
 
     fn desc(&mut self, i: u16) -> &mut Desc {
-        // SAFETY: the descriptor table is SIZE entries at the start of our own DMA page; the
+        // SAFETY: the descriptor table is `size` entries at the start of our own DMA page; the
         // device only reads descriptors of chains we made available (not free ones).
-        unsafe { &mut *((self.page + DESC_OFF) as *mut Desc).add((i % SIZE) as usize) }
+        unsafe { &mut *((self.page + DESC_OFF) as *mut Desc).add((i % self.size) as usize) }
     }
 
     fn avail_ptr(&self, off: u64) -> *mut u16 {
@@ -96,8 +109,8 @@ impl Queue {
             }
         }
         self.num_free -= bufs.len() as u16;
-        let slot = (self.avail_idx % SIZE) as u64;
-        // SAFETY: the available ring (flags, idx, ring[SIZE]) is in our DMA page; the device
+        let slot = (self.avail_idx % self.size) as u64;
+        // SAFETY: the available ring (flags, idx, ring[size]) is in our DMA page; the device
         // only reads it. The fence orders descriptor/ring writes before the index update.
         unsafe {
             self.avail_ptr(4 + 2 * slot).write_volatile(head);
@@ -111,7 +124,7 @@ impl Queue {
     /// Collect one completed chain: (head descriptor index, bytes written by the device).
     pub fn pop_used(&mut self) -> Option<(u16, u32)> {
         let used = self.page + USED_OFF;
-        // SAFETY: the used ring (flags, idx, ring[SIZE] of {u32 id, u32 len}) is in our DMA
+        // SAFETY: the used ring (flags, idx, ring[size] of {u32 id, u32 len}) is in our DMA
         // page; the device writes it, so every read is volatile, and the fence keeps the ring
         // entry (and the buffers) from being read before the index that publishes them.
         let (id, len) = unsafe {
@@ -120,12 +133,12 @@ impl Queue {
                 return None;
             }
             fence(Ordering::SeqCst);
-            let elem = used + 4 + 8 * (self.last_used % SIZE) as u64;
+            let elem = used + 4 + 8 * (self.last_used % self.size) as u64;
             ((elem as *const u32).read_volatile(), ((elem + 4) as *const u32).read_volatile())
         };
         self.last_used = self.last_used.wrapping_add(1);
         // Return the chain to the free list.
-        let head = id as u16 % SIZE;
+        let head = id as u16 % self.size;
         let mut i = head;
         let mut n = 1;
         while self.desc(i).flags & F_NEXT != 0 {

@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use jail::cgroup::CgroupVersion;
+use jail::net::NetMode;
 use jail::spec::ResourceLimits;
 use serde::Serialize;
 
@@ -98,6 +99,12 @@ pub struct DaemonConfig {
     pub unix_socket: Option<PathBuf>,
     /// Bearer token required on the TCP API.
     pub auth_token: Option<String>,
+    /// How networked VMs reach the host.
+    pub network_mode: NetMode,
+    /// Host bridge of bridge mode.
+    pub bridge: String,
+    /// Subnet of bridge-mode addresses: (network address, prefix length).
+    pub address_pool: (std::net::Ipv4Addr, u8),
     /// Where the daemon keeps its state.
     pub state_dir: PathBuf,
     /// Folders that kernels, root filesystems and drives must lie under.
@@ -131,6 +138,9 @@ impl Default for DaemonConfig {
             listen: "127.0.0.1:8080".into(),
             unix_socket: None,
             auth_token: None,
+            network_mode: NetMode::None,
+            bridge: "warden0".into(),
+            address_pool: (std::net::Ipv4Addr::new(172, 31, 0, 0), 16),
             state_dir: PathBuf::from("/var/lib/warden"),
             asset_dirs: assets::dir().into_iter().collect(),
             stop_timeout_secs: 5,
@@ -162,6 +172,9 @@ impl fmt::Debug for DaemonConfig {
             .field("listen", &self.listen)
             .field("unix_socket", &self.unix_socket)
             .field("auth_token", &self.auth_token.as_ref().map(|_| "***"))
+            .field("network_mode", &self.network_mode)
+            .field("bridge", &self.bridge)
+            .field("address_pool", &self.address_pool)
             .field("state_dir", &self.state_dir)
             .field("asset_dirs", &self.asset_dirs)
             .field("stop_timeout_secs", &self.stop_timeout_secs)
@@ -429,6 +442,18 @@ fn parse_id(raw: &Raw) -> Option<u32> {
 fn abs_path(s: &str) -> Option<PathBuf> {
     let p = Path::new(s);
     p.is_absolute().then(|| p.to_path_buf())
+}
+
+fn parse_cidr(s: &str) -> Option<(std::net::Ipv4Addr, u8)> {
+    let (addr, prefix) = s.split_once('/')?;
+    let addr: std::net::Ipv4Addr = addr.parse().ok()?;
+    let prefix: u8 = prefix.parse().ok()?;
+    if !(8..=30).contains(&prefix) {
+        return None;
+    }
+    // The network address itself.
+    let mask = u32::MAX << (32 - u32::from(prefix));
+    Some((std::net::Ipv4Addr::from(u32::from(addr) & mask), prefix))
 }
 
 fn parse_path(raw: &Raw) -> Option<PathBuf> {
@@ -748,6 +773,50 @@ pub const KEYS: &[KeyDef] = &[
                 .as_ref()
                 .map_or(Shown::Unset("none"), |_| Shown::Str("***".into()))
         },
+    },
+    KeyDef {
+        key: "network_mode",
+        env: "NETWORK_MODE",
+        flag: Some("--network-mode"),
+        doc: "How networked VMs (`enable_networking`) reach the host: `none` (their TAP is \
+              reachable only inside their namespace) or `bridge` (a veth pair joins each VM's \
+              namespace to `bridge`, with an address from `address_pool`).",
+        default: "`none`",
+        expected: "none or bridge",
+        secret: false,
+        kind: Kind::String,
+        set: |c, r| text(r)?.parse().ok().map(|v| c.network_mode = v),
+        get: |c| Shown::Str(match c.network_mode { NetMode::None => "none".into(), NetMode::Bridge => "bridge".into() }),
+    },
+    KeyDef {
+        key: "bridge",
+        env: "BRIDGE",
+        flag: Some("--bridge"),
+        doc: "Host bridge of bridge mode; created if missing, with the pool's first address as \
+              the VMs' gateway.",
+        default: "`warden0`",
+        expected: "an interface name of 1 to 15 letters, digits, '-' or '_' (e.g. warden0)",
+        secret: false,
+        kind: Kind::String,
+        set: |c, r| {
+            let v = text(r)?;
+            (!v.is_empty() && v.len() <= 15 && v.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_'))
+                .then(|| c.bridge = v.to_owned())
+        },
+        get: |c| Shown::Str(c.bridge.clone()),
+    },
+    KeyDef {
+        key: "address_pool",
+        env: "ADDRESS_POOL",
+        flag: Some("--address-pool"),
+        doc: "IPv4 subnet that bridge-mode VMs get addresses from: the first address is the \
+              gateway on the bridge, the rest go to VMs, one each, released on delete.",
+        default: "`172.31.0.0/16`",
+        expected: "an IPv4 subnet in CIDR form with a prefix of 8 to 30 (e.g. 172.31.0.0/16)",
+        secret: false,
+        kind: Kind::String,
+        set: |c, r| parse_cidr(text(r)?).map(|v| c.address_pool = v),
+        get: |c| Shown::Str(format!("{}/{}", c.address_pool.0, c.address_pool.1)),
     },
     KeyDef {
         key: "state_dir",
@@ -1226,6 +1295,9 @@ mod tests {
         ("listen", "[::1]:9000", "\"[::1]:9000\""),
         ("unix_socket", "/run/w.sock", "\"/run/w.sock\""),
         ("auth_token", "s3cret", "\"***\""),
+        ("network_mode", "bridge", "\"bridge\""),
+        ("bridge", "br-test", "\"br-test\""),
+        ("address_pool", "10.9.8.7/24", "\"10.9.8.0/24\""),
         ("state_dir", "/tmp/state", "\"/tmp/state\""),
         ("asset_dirs", "/a, /b", "[\"/a\", \"/b\"]"),
         ("stop_timeout_secs", "9", "9"),

@@ -112,6 +112,8 @@ pub struct Manager {
     pub(crate) cfg: DaemonConfig,
     pub(crate) store: Store,
     pub(crate) slots: std::sync::Mutex<HashMap<String, Arc<Mutex<Slot>>>>,
+    /// Pool addresses in use (as integers), by any VM in the store.
+    pub(crate) addresses: std::sync::Mutex<std::collections::BTreeSet<u32>>,
     /// Prometheus metrics.
     pub metrics: Metrics,
 }
@@ -127,6 +129,7 @@ impl Manager {
             cfg,
             store,
             slots: Default::default(),
+            addresses: Default::default(),
             metrics: Metrics::default(),
         });
         super::recovery::recover(&manager).await?;
@@ -193,6 +196,7 @@ impl Manager {
             start_time: None,
             netns: None,
             tap: None,
+            address: None,
             serial_path: Some(self.serial_path(&id)),
             exit: None,
             created_at: now,
@@ -243,10 +247,16 @@ impl Manager {
     async fn boot_locked(&self, slot: &mut Slot) -> Result<VmState> {
         let t0 = Instant::now();
         let id = slot.rec.id.clone();
-        let netns = self.cfg.netns.then(|| jail::netns::name_for(&id));
+        let networked = slot.rec.spec.enable_networking;
+        // A networked VM's namespace is made with its network; otherwise an empty one if asked.
+        let netns = (self.cfg.netns || networked).then(|| jail::net::netns::name_for(&id));
+        if networked && self.cfg.network_mode == jail::net::NetMode::Bridge && slot.rec.address.is_none() {
+            slot.rec.address = Some(self.allocate_address(&id)?);
+        }
         // Intent first: a crash from here on leaves a record of what may exist.
         slot.rec.state = VmState::Booting;
         slot.rec.netns = netns.clone();
+        slot.rec.tap = networked.then(|| jail::net::TAP_NAME.to_owned());
         slot.rec.pid = None;
         slot.rec.start_time = None;
         slot.rec.exit = None;
@@ -258,11 +268,14 @@ impl Manager {
                     format!("cannot create {}: {e}", self.vm_dir(&id).display()),
                 )
             })?;
-            if let Some(name) = &netns {
-                jail::netns::create(Path::new(jail::netns::NETNS_DIR), name)
+            if let (Some(name), false) = (&netns, networked) {
+                jail::net::netns::create(Path::new(jail::net::netns::NETNS_DIR), name)
                     .map_err(|e| ManagerError::new(ErrorCode::Internal, error_chain(&e)))?;
             }
-            let (config, options) = self.vm_config(&id, &slot.rec.spec, netns.as_deref());
+            let joined = netns.as_deref().filter(|_| !networked);
+            let (mut config, mut options) = self.vm_config(&id, &slot.rec.spec, joined);
+            config.enable_networking = networked;
+            options.network.guest = slot.rec.address.map(|a| self.guest_addr(a));
             let (_, plan, _) =
                 vm::plan_vm(&config, &options).map_err(|e| ManagerError::from_vm(&e))?;
             slot.rec.plan = Some(plan);
@@ -329,7 +342,7 @@ impl Manager {
             tracing::info!(vm_id = %id, reason = %record.reason, detail = %record.detail, "vm exited; host resources cleaned");
             metrics.failure(&record.reason);
             if let Some(ns) = &slot.rec.netns {
-                let _ = jail::netns::remove(&Path::new(jail::netns::NETNS_DIR).join(ns));
+                let _ = jail::net::netns::remove(&Path::new(jail::net::netns::NETNS_DIR).join(ns));
             }
             slot.rec.state = VmState::Stopped;
             slot.rec.pid = None;
@@ -437,6 +450,9 @@ impl Manager {
         self.clean_host(&slot.rec)?;
         let _ = std::fs::remove_dir_all(self.vm_dir(id));
         self.store.delete(id).await.map_err(ManagerError::store)?;
+        if let Some(a) = slot.rec.address {
+            self.addresses.lock().unwrap().remove(&u32::from(a));
+        }
         slot.rec.state = VmState::Deleted;
         self.slots.lock().unwrap().remove(id);
         tracing::info!(vm_id = %id, "vm deleted");
@@ -527,7 +543,7 @@ impl Manager {
 
     fn release_netns(&self, rec: &VmRecord) {
         if let Some(ns) = &rec.netns {
-            if let Err(e) = jail::netns::remove(&Path::new(jail::netns::NETNS_DIR).join(ns)) {
+            if let Err(e) = jail::net::netns::remove(&Path::new(jail::net::netns::NETNS_DIR).join(ns)) {
                 tracing::warn!(vm_id = %rec.id, error = %error_chain(&e), "removing the network namespace failed");
             }
         }
@@ -570,7 +586,7 @@ impl Manager {
             jailer.cpu_quota_pct = spec.cpu_quota_percent;
         }
         jailer.netns = netns.map(|n| {
-            Path::new(jail::netns::NETNS_DIR)
+            Path::new(jail::net::netns::NETNS_DIR)
                 .join(n)
                 .display()
                 .to_string()
@@ -593,9 +609,39 @@ impl Manager {
                 .or_else(|| self.cfg.memory_limit_mb(spec.memory_mib)),
             serial: Serial::File(serial),
             stop_timeout: self.stop_timeout(),
+            network: crate::vm::config::NetworkOptions {
+                mode: self.cfg.network_mode,
+                bridge: self.cfg.bridge.clone(),
+                guest: None,
+                rx_rate_limiter: spec.net_rx_rate_limiter.clone(),
+                tx_rate_limiter: spec.net_tx_rate_limiter.clone(),
+            },
+            drive_rate_limiter: spec.drive_rate_limiter.clone(),
             ..VmOptions::default()
         };
         (config, options)
+    }
+
+    /// The lowest free address of the pool (after the gateway), recorded as taken.
+    fn allocate_address(&self, id: &str) -> Result<std::net::Ipv4Addr> {
+        let (net, prefix) = self.cfg.address_pool;
+        let first = u32::from(net) + 2;
+        let last = u32::from(net) + (1u32 << (32 - u32::from(prefix))) - 2;
+        let mut used = self.addresses.lock().unwrap();
+        let free = (first..=last).find(|a| !used.contains(a)).ok_or_else(|| {
+            ManagerError::new(
+                ErrorCode::ResourceExhausted,
+                format!("no free address left in {}/{} for VM {id}; delete VMs or widen address_pool", net, prefix),
+            )
+        })?;
+        used.insert(free);
+        Ok(free.into())
+    }
+
+    /// A pool address with its gateway and prefix.
+    pub(crate) fn guest_addr(&self, address: std::net::Ipv4Addr) -> jail::net::GuestAddr {
+        let (net, prefix) = self.cfg.address_pool;
+        jail::net::GuestAddr { address, gateway: (u32::from(net) + 1).into(), prefix_len: prefix }
     }
 
     /// Applies defaults and checks that every host path lies inside an asset directory (after

@@ -31,6 +31,9 @@ pub(crate) async fn recover(m: &Arc<Manager>) -> Result<(), ManagerError> {
     let mut known = HashSet::new();
     for rec in records {
         known.insert(rec.id.clone());
+        if let Some(a) = rec.address {
+            m.addresses.lock().unwrap().insert(u32::from(a));
+        }
         let id = rec.id.clone();
         let slot = Arc::new(Mutex::new(Slot {
             rec,
@@ -292,13 +295,28 @@ fn remove_orphans(m: &Manager, known: &HashSet<String>) {
             }
         }
     }
-    let netns_dir = Path::new(jail::netns::NETNS_DIR);
-    for name in jail::netns::list_ours(netns_dir) {
-        let owner = name.trim_start_matches(jail::netns::PREFIX);
+    // Host ends of veth pairs carry a hash of their VM's id.
+    let ours: HashSet<String> = known.iter().map(|id| jail::net::link_name(jail::net::HOST_VETH_PREFIX, id)).collect();
+    for link in jail::net::link::list_with_prefix(jail::net::HOST_VETH_PREFIX).unwrap_or_default() {
+        if ours.contains(&link) || link.len() != 15 {
+            continue;
+        }
+        match jail::net::link::delete(&link) {
+            Ok(()) => tracing::warn!(orphan = %link, "removed an orphaned veth that belongs to no known VM"),
+            Err(e) => tracing::error!(orphan = %link, error = %error_chain(&e), "could not remove an orphaned veth"),
+        }
+    }
+    let netns_dir = Path::new(jail::net::netns::NETNS_DIR);
+    for name in jail::net::netns::list_ours(netns_dir) {
+        let owner = name.trim_start_matches(jail::net::netns::PREFIX);
         if known.contains(owner) {
             continue;
         }
-        match jail::netns::remove(&netns_dir.join(&name)) {
+        if let Some(pid) = process_in_netns(&netns_dir.join(&name)) {
+            tracing::warn!(orphan = %name, pid, "left an unknown network namespace alone: a live process is in it");
+            continue;
+        }
+        match jail::net::netns::remove(&netns_dir.join(&name)) {
             Ok(()) => {
                 tracing::warn!(orphan = %name, "removed an orphaned network namespace that belongs to no known VM")
             }
@@ -307,6 +325,16 @@ fn remove_orphans(m: &Manager, known: &HashSet<String>) {
             }
         }
     }
+}
+
+/// A process whose network namespace is the one bound at `file`, if any.
+fn process_in_netns(file: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let want = format!("net:[{}]", std::fs::metadata(file).ok()?.ino());
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        (std::fs::read_link(e.path().join("ns/net")).ok()?.to_str()? == want).then_some(pid)
+    })
 }
 
 fn subdirs(dir: &Path) -> Vec<String> {

@@ -36,6 +36,15 @@ pub struct VmSpec {
     pub cpu_quota_percent: Option<u32>,
     /// Caller's labels.
     pub metadata: std::collections::BTreeMap<String, String>,
+    /// Rate limiter for traffic into the guest.
+    #[serde(default)]
+    pub net_rx_rate_limiter: Option<firecracker_api::RateLimiter>,
+    /// Rate limiter for traffic from the guest.
+    #[serde(default)]
+    pub net_tx_rate_limiter: Option<firecracker_api::RateLimiter>,
+    /// Rate limiter for every drive.
+    #[serde(default)]
+    pub drive_rate_limiter: Option<firecracker_api::RateLimiter>,
 }
 
 /// Why a VM ended.
@@ -68,6 +77,9 @@ pub struct VmRecord {
     pub netns: Option<String>,
     /// TAP device name, when it has one.
     pub tap: Option<String>,
+    /// The guest's address from the pool (bridge mode); kept until the VM is deleted.
+    #[serde(default)]
+    pub address: Option<std::net::Ipv4Addr>,
     /// Serial console log file.
     pub serial_path: Option<PathBuf>,
     /// Why it last ended.
@@ -264,6 +276,7 @@ mod tests {
             start_time: None,
             netns: None,
             tap: None,
+            address: None,
             serial_path: None,
             exit: None,
             created_at: now_ms(),

@@ -72,12 +72,6 @@ impl VmConfig {
                 "is empty; give the path of a kernel image",
             ));
         }
-        if self.enable_networking {
-            return Err(SpecError::new(
-                "enable_networking",
-                "is not supported yet (network namespaces and TAP devices are planned); set it to false",
-            ));
-        }
         Ok(())
     }
 }
@@ -89,6 +83,29 @@ pub struct DriveConfig {
     pub path: PathBuf,
     /// Attach read-only.
     pub read_only: bool,
+}
+
+/// The network of a VM with `enable_networking`: its own namespace and a TAP owned by the jail
+/// user, reachable as `mode` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkOptions {
+    /// `None`: the TAP is reachable only inside the VM's namespace. `Bridge`: a veth pair joins
+    /// the namespace to the host bridge `bridge`.
+    pub mode: jail::net::NetMode,
+    /// Host bridge for bridge mode (created if missing).
+    pub bridge: String,
+    /// The guest's address, told to it with the kernel's `ip=` argument.
+    pub guest: Option<jail::net::GuestAddr>,
+    /// Firecracker rate limiter for traffic into the guest.
+    pub rx_rate_limiter: Option<firecracker_api::RateLimiter>,
+    /// Firecracker rate limiter for traffic from the guest.
+    pub tx_rate_limiter: Option<firecracker_api::RateLimiter>,
+}
+
+impl Default for NetworkOptions {
+    fn default() -> Self {
+        Self { mode: jail::net::NetMode::None, bridge: "warden0".into(), guest: None, rx_rate_limiter: None, tx_rate_limiter: None }
+    }
 }
 
 /// Whether the jailer must be used.
@@ -151,6 +168,10 @@ pub struct VmOptions {
     pub stop_timeout: Duration,
     /// How long the API socket may take to appear.
     pub socket_timeout: Duration,
+    /// Network settings, used when `enable_networking` is on.
+    pub network: NetworkOptions,
+    /// Firecracker rate limiter applied to every drive.
+    pub drive_rate_limiter: Option<firecracker_api::RateLimiter>,
 }
 
 impl Default for VmOptions {
@@ -165,6 +186,8 @@ impl Default for VmOptions {
             serial: Serial::Capture,
             stop_timeout: Duration::from_secs(3),
             socket_timeout: Duration::from_secs(5),
+            network: NetworkOptions::default(),
+            drive_rate_limiter: None,
         }
     }
 }

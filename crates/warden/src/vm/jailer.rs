@@ -83,6 +83,7 @@ impl JailerConfig {
         jailed: bool,
         hierarchy: Option<&Hierarchy>,
         files: Vec<StageRequest>,
+        net: Option<jail::net::NetPlan>,
     ) -> Result<JailSpec, SpecError> {
         let id = JailId::new(&self.jailer_id)
             .map_err(|e| SpecError::new("jailer_id", format!("{:?} {e}", self.jailer_id)))?;
@@ -130,6 +131,7 @@ impl JailerConfig {
             resource_limits: self.resource_limits,
             new_pid_ns: self.new_pid_ns,
             netns: self.netns.as_ref().map(PathBuf::from),
+            net,
             files,
         })
     }
@@ -254,7 +256,7 @@ impl JailedProcess {
 /// [`JailedProcess::client`] or any Firecracker client. Requires the jailer.
 pub async fn start_with_jailer(config: &JailerConfig) -> Result<JailedProcess, Error> {
     let hierarchy = Hierarchy::host()?;
-    let spec = config.spec(true, Some(&hierarchy), Vec::new())?;
+    let spec = config.spec(true, Some(&hierarchy), Vec::new(), None)?;
     let plan = spec.plan(&hierarchy)?;
     let (process, client) = launch(
         &spec,

@@ -280,7 +280,33 @@ pub fn plan_vm(
     } else {
         Hierarchy::empty()
     };
-    let spec = jc.spec(jailed, Some(&hierarchy), files)?;
+    let net = config.enable_networking.then(|| {
+        let n = &options.network;
+        let (uid, gid) = if jailed { (jc.uid, jc.gid) } else { (0, 0) };
+        let bridge = match (n.mode, n.guest) {
+            (jail::net::NetMode::Bridge, Some(g)) => Some((n.bridge.clone(), g)),
+            (_, Some(g)) => Some((String::new(), g)),
+            _ => None,
+        };
+        jail::net::NetPlan::new(&config.vm_id, n.mode, uid, gid, bridge)
+    });
+    if let Some(n) = &net {
+        if n.mode == jail::net::NetMode::Bridge && n.guest.is_none() {
+            return Err(jail::SpecError::new(
+                "network.guest",
+                "is missing; bridge mode needs the guest's address and gateway",
+            )
+            .into());
+        }
+        if jc.netns.is_some() {
+            return Err(jail::SpecError::new(
+                "netns",
+                "cannot be combined with enable_networking: a networked VM gets its own namespace; drop netns",
+            )
+            .into());
+        }
+    }
+    let spec = jc.spec(jailed, Some(&hierarchy), files, net)?;
     let plan = spec.plan(&hierarchy)?;
     Ok((spec, plan, unjailed_reason))
 }
@@ -289,6 +315,13 @@ pub fn plan_vm(
 pub async fn start_vm(config: &VmConfig, options: &VmOptions) -> Result<VmHandle, Error> {
     let mut phases = Phases::start();
     let (spec, plan, unjailed_reason) = plan_vm(config, options)?;
+    if let Some(net) = plan.net.clone() {
+        // Before the jail: the jailer joins this namespace.
+        tokio::task::spawn_blocking(move || jail::net::setup(&net))
+            .await
+            .map_err(|e| Error::Os { what: "network setup".into(), source: std::io::Error::other(e) })??;
+        phases.mark("network");
+    }
     if let Some(reason) = &unjailed_reason {
         if options.jailer_mode == JailerMode::Auto {
             tracing::warn!(
@@ -298,14 +331,25 @@ pub async fn start_vm(config: &VmConfig, options: &VmOptions) -> Result<VmHandle
             );
         }
     }
-    let (process, client) = jailer::launch(
+    let net = plan.net.clone();
+    let launched = jailer::launch(
         &spec,
         plan,
         options.serial.clone(),
         options.socket_timeout,
         &mut phases,
     )
-    .await?;
+    .await;
+    let (process, client) = match launched {
+        Ok(x) => x,
+        Err(e) => {
+            // Launch removes the jail it made; the network was made before it.
+            if let Some(n) = net {
+                let _ = tokio::task::spawn_blocking(move || jail::net::teardown(&n)).await;
+            }
+            return Err(e);
+        }
+    };
     let plan = process.plan.clone();
     // From here a failure must end the process; dropping `process` kills it and cleans up.
     let configured = configure(config, options, &plan, &client).await;
@@ -369,18 +413,25 @@ async fn configure(
             ..Default::default()
         })
         .await?;
+    let mut boot_args = options.boot_args.clone().unwrap_or_else(|| DEFAULT_BOOT_ARGS.to_owned());
+    if let Some(ip) = plan.net.as_ref().and_then(|n| n.boot_arg()) {
+        boot_args.push(' ');
+        boot_args.push_str(&ip);
+    }
     client
-        .put_boot_source(&BootSource {
-            kernel_image_path: path("kernel"),
-            boot_args: Some(
-                options
-                    .boot_args
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_BOOT_ARGS.to_owned()),
-            ),
-            initrd_path: None,
-        })
+        .put_boot_source(&BootSource { kernel_image_path: path("kernel"), boot_args: Some(boot_args), initrd_path: None })
         .await?;
+    if let Some(net) = &plan.net {
+        client
+            .put_network_interface(&firecracker_api::NetworkInterface {
+                iface_id: "eth0".into(),
+                host_dev_name: net.tap.clone(),
+                guest_mac: Some(net.mac.clone()),
+                rx_rate_limiter: options.network.rx_rate_limiter.clone(),
+                tx_rate_limiter: options.network.tx_rate_limiter.clone(),
+            })
+            .await?;
+    }
     for f in &plan.staged {
         let name = f
             .dest
@@ -397,6 +448,7 @@ async fn configure(
                 path_on_host: path(&name),
                 is_root_device: name == "rootfs",
                 is_read_only: !f.writable,
+                rate_limiter: options.drive_rate_limiter.clone(),
                 ..Default::default()
             })
             .await?;

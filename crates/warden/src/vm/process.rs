@@ -363,7 +363,7 @@ impl Drop for Process {
 
 /// Removes the jail once, whoever gets there first (the supervisor or a drop).
 fn clean_once(done: &Mutex<bool>, plan: &JailPlan) -> Option<String> {
-    let mut done = done.lock().unwrap();
+    let mut done = done.lock().unwrap_or_else(|e| e.into_inner());
     if *done {
         return None;
     }

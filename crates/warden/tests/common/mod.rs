@@ -2,6 +2,8 @@
 //! check that a VM left nothing behind.
 #![allow(dead_code)]
 
+pub mod net;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 

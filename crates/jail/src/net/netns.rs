@@ -88,6 +88,18 @@ pub fn remove(path: &Path) -> Result<(), NetnsError> {
     }
 }
 
+/// Runs `f` on a thread that has joined the namespace at `path`, and returns its result. The
+/// calling thread's namespace is never changed.
+pub fn run_in<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
+    let ns = std::fs::File::open(path)?;
+    std::thread::spawn(move || -> io::Result<T> {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        Ok(f())
+    })
+    .join()
+    .unwrap_or_else(|_| Err(io::Error::other("namespace thread panicked")))
+}
+
 /// Names under `dir` that carry warden's prefix.
 pub fn list_ours(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
