@@ -183,7 +183,10 @@ impl Manager {
             id.to_owned()
         };
         let spec = self.check_spec(spec)?;
-        let (config, options) = self.vm_config(&id, &spec, None);
+        let (config, mut options) = self.vm_config(&id, &spec, None);
+        // Addresses are taken at boot; validate with the pool's first one.
+        let (net, _) = self.cfg.address_pool;
+        options.network.guest = Some(self.guest_addr((u32::from(net) + 2).into()));
         let (_, plan, _) = vm::plan_vm(&config, &options)
             .map_err(|e| ManagerError::from_vm(&e).prefixed("config."))?;
         let now = now_ms();
