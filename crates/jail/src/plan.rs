@@ -271,7 +271,12 @@ impl JailSpec {
                 a.push("--resource-limit".into());
                 a.push(format!("{name}={value}"));
             }
-            if let Some(ns) = self.net.as_ref().map(|n| &n.netns_path).or(self.netns.as_ref()) {
+            if let Some(ns) = self
+                .net
+                .as_ref()
+                .map(|n| &n.netns_path)
+                .or(self.netns.as_ref())
+            {
                 a.push("--netns".into());
                 a.push(ns.display().to_string());
             }
@@ -315,7 +320,12 @@ impl JailSpec {
             cgroup_accounting_dir: accounting,
             rlimits,
             new_pid_ns: self.jailed && self.new_pid_ns,
-            netns: self.net.as_ref().map(|n| n.netns_path.clone()).or_else(|| self.netns.clone()).filter(|_| self.jailed),
+            netns: self
+                .net
+                .as_ref()
+                .map(|n| n.netns_path.clone())
+                .or_else(|| self.netns.clone())
+                .filter(|_| self.jailed),
             net: self.net.clone(),
             staged,
         })

@@ -121,29 +121,40 @@ impl RunArgs {
             None => None,
             Some(cidr) => {
                 let (a, p) = cidr.split_once('/').unwrap_or((cidr, "24"));
-                let address: std::net::Ipv4Addr =
-                    a.parse().map_err(|_| anyhow::anyhow!("invalid --guest-ip {cidr:?}: use A.B.C.D/PREFIX"))?;
-                let prefix_len: u8 = p
-                    .parse()
-                    .ok()
-                    .filter(|p| (8..=30).contains(p))
-                    .ok_or_else(|| anyhow::anyhow!("invalid --guest-ip {cidr:?}: the prefix must be 8 to 30"))?;
+                let address: std::net::Ipv4Addr = a.parse().map_err(|_| {
+                    anyhow::anyhow!("invalid --guest-ip {cidr:?}: use A.B.C.D/PREFIX")
+                })?;
+                let prefix_len: u8 =
+                    p.parse()
+                        .ok()
+                        .filter(|p| (8..=30).contains(p))
+                        .ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "invalid --guest-ip {cidr:?}: the prefix must be 8 to 30"
+                            )
+                        })?;
                 let mask = u32::MAX << (32 - u32::from(prefix_len));
-                let gateway = self.gateway.unwrap_or(((u32::from(address) & mask) + 1).into());
-                Some(jail::net::GuestAddr { address, gateway, prefix_len })
+                let gateway = self
+                    .gateway
+                    .unwrap_or(((u32::from(address) & mask) + 1).into());
+                Some(jail::net::GuestAddr {
+                    address,
+                    gateway,
+                    prefix_len,
+                })
             }
         };
-        let mut drives = Vec::new();
-        for d in &self.drives {
-            let (path, read_only) = match d.strip_suffix(":ro") {
-                Some(p) => (p, true),
-                None => (d.strip_suffix(":rw").unwrap_or(d), false),
-            };
-            drives.push(DriveConfig {
-                path: path.into(),
-                read_only,
-            });
-        }
+        let drives = self
+            .drives
+            .iter()
+            .map(|d| {
+                let (path, read_only) = parse_drive(d);
+                DriveConfig {
+                    path: path.into(),
+                    read_only,
+                }
+            })
+            .collect();
         let defaults = JailerConfig::default();
         let options = VmOptions {
             boot_args: self.boot_args.clone(),
@@ -184,6 +195,14 @@ impl RunArgs {
             ..VmOptions::default()
         };
         Ok((config, options))
+    }
+}
+
+/// A `--drive` value: `PATH`, `PATH:rw` or `PATH:ro`, as (path, read-only).
+pub fn parse_drive(arg: &str) -> (&str, bool) {
+    match arg.strip_suffix(":ro") {
+        Some(p) => (p, true),
+        None => (arg.strip_suffix(":rw").unwrap_or(arg), false),
     }
 }
 

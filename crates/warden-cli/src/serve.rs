@@ -157,7 +157,7 @@ fn router(manager: Arc<Manager>, cfg: &DaemonConfig) -> axum::Router {
         let m = manager.clone();
         move || {
             let m = m.clone();
-            async move { m.metrics.render(&m.snapshot().await) }
+            async move { m.metrics.render(&m.list().await.unwrap_or_default()) }
         }
     };
     let ready = {
@@ -218,8 +218,8 @@ fn preflight(cfg: &DaemonConfig) -> anyhow::Result<()> {
 }
 
 fn init_logs(format: LogFormat) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG").unwrap_or_else(|_| "info,netlink_packet_route=error".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG")
+        .unwrap_or_else(|_| "info,netlink_packet_route=error".into());
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter);

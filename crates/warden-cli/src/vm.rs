@@ -112,15 +112,12 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<u8> {
                 drives: c
                     .drives
                     .iter()
-                    .map(|d| match d.strip_suffix(":ro") {
-                        Some(p) => pb::Drive {
-                            path: p.into(),
-                            read_only: true,
-                        },
-                        None => pb::Drive {
-                            path: d.strip_suffix(":rw").unwrap_or(d).into(),
-                            read_only: false,
-                        },
+                    .map(|d| {
+                        let (path, read_only) = crate::run::parse_drive(d);
+                        pb::Drive {
+                            path: path.into(),
+                            read_only,
+                        }
                     })
                     .collect(),
                 memory_limit_mib: c.memory_limit,
@@ -279,7 +276,17 @@ fn details(v: &pb::VmInfo) -> String {
         s.push_str(&format!("netns:       {}\n", v.netns));
     }
     if !v.mac.is_empty() {
-        s.push_str(&format!("network:     TAP {} MAC {} {}{}\n", v.tap_device, v.mac, v.guest_ip, if v.host_veth.is_empty() { String::new() } else { format!(" via {} on {}", v.host_veth, v.bridge) }));
+        s.push_str(&format!(
+            "network:     TAP {} MAC {} {}{}\n",
+            v.tap_device,
+            v.mac,
+            v.guest_ip,
+            if v.host_veth.is_empty() {
+                String::new()
+            } else {
+                format!(" via {} on {}", v.host_veth, v.bridge)
+            }
+        ));
     }
     for a in &v.staged_assets {
         s.push_str(&format!(

@@ -203,18 +203,50 @@ fn plan_json_describes_the_jail_without_creating_it() {
 fn plan_shows_the_network_a_vm_would_get() {
     let id = unique("plannet");
     let out = warden()
-        .args(["plan", "--id", &id, "--net", "bridge", "--bridge", "wplan0", "--guest-ip", "10.216.0.7/24", "--kernel"])
+        .args([
+            "plan",
+            "--id",
+            &id,
+            "--net",
+            "bridge",
+            "--bridge",
+            "wplan0",
+            "--guest-ip",
+            "10.216.0.7/24",
+            "--kernel",
+        ])
         .arg(assets().join("testguest"))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains(&format!("namespace fc-vm-{id} (/var/run/netns/fc-vm-{id})")), "{text}");
-    assert!(text.contains("TAP tap0 in the namespace, owned by 10000:10000, guest MAC 06:"), "{text}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("namespace fc-vm-{id} (/var/run/netns/fc-vm-{id})")),
+        "{text}"
+    );
+    assert!(
+        text.contains("TAP tap0 in the namespace, owned by 10000:10000, guest MAC 06:"),
+        "{text}"
+    );
     assert!(text.contains("on bridge wplan0"), "{text}");
-    assert!(text.contains("guest address: ip=10.216.0.7::10.216.0.1:255.255.255.0::eth0:off"), "{text}");
-    assert!(text.contains(&format!("--netns /var/run/netns/fc-vm-{id}")), "{text}");
-    assert!(!Path::new("/var/run/netns").join(format!("fc-vm-{id}")).exists(), "plan creates nothing");
+    assert!(
+        text.contains("guest address: ip=10.216.0.7::10.216.0.1:255.255.255.0::eth0:off"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("--netns /var/run/netns/fc-vm-{id}")),
+        "{text}"
+    );
+    assert!(
+        !Path::new("/var/run/netns")
+            .join(format!("fc-vm-{id}"))
+            .exists(),
+        "plan creates nothing"
+    );
 }
 
 #[test]

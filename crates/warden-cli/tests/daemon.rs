@@ -51,6 +51,51 @@ async fn the_seeds_curl_command_creates_and_boots_a_jailed_vm() {
         d.logs()
     );
 
+    // Health, readiness and metrics beside the API.
+    let get = |path: &str| {
+        let out = Command::new("curl")
+            .args(["-sS", "-w", "\n%{http_code}", &format!("{}{path}", d.url())])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(get("/healthz").ends_with("200"));
+    assert!(get("/readyz").ends_with("200"));
+    let metrics = get("/metrics");
+    assert!(
+        metrics.contains("warden_vms{state=\"running\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("warden_vm_memory_bytes{{vm_id=\"{id}\"}}")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("warden_request_duration_seconds_count{op=\"boot\"} 1"),
+        "{metrics}"
+    );
+    // JSON logs carry the guide's fields, and the VM id on every line about a VM.
+    let start_line = d
+        .logs()
+        .lines()
+        .find(|l| l.contains("starting firecracker") && l.contains(&id))
+        .map(str::to_owned)
+        .expect("start logged");
+    let log: serde_json::Value = serde_json::from_str(&start_line).unwrap();
+    for field in [
+        "jailer_binary",
+        "jailer_id",
+        "chroot_path",
+        "uid",
+        "gid",
+        "memory_limit",
+        "cpu_quota",
+        "vm_id",
+    ] {
+        assert!(!log[field].is_null(), "{field} missing in {start_line}");
+    }
+    assert_eq!(log["uid"], 10007);
+
     // The same VM through gRPC.
     let mut grpc = pb::vm_service_client::VmServiceClient::connect(d.url())
         .await

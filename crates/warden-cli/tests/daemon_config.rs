@@ -183,3 +183,48 @@ fn production_mode_refuses_a_host_that_fails_the_checks() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bearer_token_guards_tcp_and_a_0600_unix_socket_serves_too() {
+    let sock_dir = tempfile::tempdir().unwrap();
+    let sock = sock_dir.path().join("warden.sock");
+    let d = Daemon::start(&[
+        ("WARDEN_AUTH_TOKEN", "t0ken"),
+        ("WARDEN_UNIX_SOCKET", &sock.display().to_string()),
+    ]);
+    let err = d
+        .client()
+        .list_vms(pb::ListVmsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, warden_api::Code::Unauthenticated);
+    let authed = warden_api::Client::new(warden_api::Endpoint::Tcp(d.url()), Some("t0ken".into()));
+    authed.list_vms(pb::ListVmsRequest {}).await.unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let local = warden_api::Client::new(
+        warden_api::Endpoint::Unix(sock.clone()),
+        Some("t0ken".into()),
+    );
+    local.list_vms(pb::ListVmsRequest {}).await.unwrap();
+    // `warden vm` over the Unix socket.
+    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args([
+            "vm",
+            "--endpoint",
+            &format!("unix:{}", sock.display()),
+            "--token",
+            "t0ken",
+            "ls",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

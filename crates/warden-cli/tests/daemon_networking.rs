@@ -14,7 +14,10 @@ fn netns_exists(name: &str) -> bool {
 }
 
 fn host_links(prefix: &str) -> Vec<String> {
-    let out = std::process::Command::new("ip").args(["-br", "link"]).output().unwrap();
+    let out = std::process::Command::new("ip")
+        .args(["-br", "link"])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().next())
@@ -26,7 +29,9 @@ fn host_links(prefix: &str) -> Vec<String> {
 struct BridgeGuard(String);
 impl Drop for BridgeGuard {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("ip").args(["link", "del", &self.0]).status();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.0])
+            .status();
     }
 }
 
@@ -39,7 +44,11 @@ fn networked(d: &Daemon, id: &str) -> pb::CreateVmRequest {
 fn bridged_daemon(subnet: u8) -> (Daemon, BridgeGuard) {
     let bridge = format!("wdb{:x}", std::process::id() & 0xffff);
     let pool = format!("10.215.{subnet}.0/24");
-    let d = Daemon::start(&[("WARDEN_NETWORK_MODE", "bridge"), ("WARDEN_BRIDGE", &bridge), ("WARDEN_ADDRESS_POOL", &pool)]);
+    let d = Daemon::start(&[
+        ("WARDEN_NETWORK_MODE", "bridge"),
+        ("WARDEN_BRIDGE", &bridge),
+        ("WARDEN_ADDRESS_POOL", &pool),
+    ]);
     (d, BridgeGuard(bridge))
 }
 
@@ -55,8 +64,15 @@ async fn thirty_networked_vms_created_and_deleted_concurrently_leave_nothing_and
         tasks.spawn(async move {
             let id = req.vm_id.clone();
             c.create_vm(req).await.unwrap();
-            c.boot_vm(pb::BootVmRequest { vm_id: id.clone() }).await.unwrap();
-            let info = c.get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() }).await.unwrap().vm.unwrap();
+            c.boot_vm(pb::BootVmRequest { vm_id: id.clone() })
+                .await
+                .unwrap();
+            let info = c
+                .get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() })
+                .await
+                .unwrap()
+                .vm
+                .unwrap();
             (id, info)
         });
     }
@@ -71,7 +87,10 @@ async fn thirty_networked_vms_created_and_deleted_concurrently_leave_nothing_and
     for (id, info) in &infos {
         assert_eq!(info.netns, format!("fc-vm-{id}"));
         assert_eq!(info.tap_device, "tap0");
-        assert!(info.host_veth.starts_with("wv") && info.host_veth.len() == 15, "{info:?}");
+        assert!(
+            info.host_veth.starts_with("wv") && info.host_veth.len() == 15,
+            "{info:?}"
+        );
         assert!(info.mac.starts_with("06:"));
         assert!(netns_exists(&info.netns));
     }
@@ -80,7 +99,11 @@ async fn thirty_networked_vms_created_and_deleted_concurrently_leave_nothing_and
     for (id, _) in &infos {
         let c = c.clone();
         let id = id.clone();
-        tasks.spawn(async move { c.delete_vm(pb::DeleteVmRequest { vm_id: id }).await.unwrap() });
+        tasks.spawn(async move {
+            c.delete_vm(pb::DeleteVmRequest { vm_id: id })
+                .await
+                .unwrap()
+        });
     }
     while let Some(r) = tasks.join_next().await {
         r.unwrap();
@@ -89,15 +112,27 @@ async fn thirty_networked_vms_created_and_deleted_concurrently_leave_nothing_and
         assert!(!netns_exists(&info.netns), "{id}: namespace left");
     }
     let left = host_links("wv");
-    assert!(veths.iter().all(|v| !left.contains(v)), "veths left: {left:?}");
+    assert!(
+        veths.iter().all(|v| !left.contains(v)),
+        "veths left: {left:?}"
+    );
     d.assert_clean();
     // The pool is whole again: the next VM gets the first address.
     let id = format!("{base}-again");
     c.create_vm(networked(&d, &id)).await.unwrap();
-    c.boot_vm(pb::BootVmRequest { vm_id: id.clone() }).await.unwrap();
-    let info = c.get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() }).await.unwrap().vm.unwrap();
+    c.boot_vm(pb::BootVmRequest { vm_id: id.clone() })
+        .await
+        .unwrap();
+    let info = c
+        .get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() })
+        .await
+        .unwrap()
+        .vm
+        .unwrap();
     assert_eq!(info.guest_ip, "10.215.1.2/24");
-    c.delete_vm(pb::DeleteVmRequest { vm_id: id }).await.unwrap();
+    c.delete_vm(pb::DeleteVmRequest { vm_id: id })
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -109,29 +144,64 @@ async fn killed_firecrackers_and_a_killed_daemon_leave_no_network_behind() {
     let mut infos = Vec::new();
     for id in &ids {
         c.create_vm(networked(&d, id)).await.unwrap();
-        c.boot_vm(pb::BootVmRequest { vm_id: id.clone() }).await.unwrap();
-        infos.push(c.get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() }).await.unwrap().vm.unwrap());
+        c.boot_vm(pb::BootVmRequest { vm_id: id.clone() })
+            .await
+            .unwrap();
+        infos.push(
+            c.get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() })
+                .await
+                .unwrap()
+                .vm
+                .unwrap(),
+        );
     }
     // A Firecracker killed while the daemon runs: its network goes at once.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(infos[0].pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(infos[0].pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!netns_exists(&infos[0].netns));
     assert!(!host_links("wv").contains(&infos[0].host_veth));
     // The daemon killed, then one more Firecracker while it is down.
     d.kill();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(infos[1].pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(infos[1].pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     d.restart();
     let c = d.client();
-    let dead = c.get_vm_info(pb::GetVmInfoRequest { vm_id: ids[1].clone() }).await.unwrap().vm.unwrap();
+    let dead = c
+        .get_vm_info(pb::GetVmInfoRequest {
+            vm_id: ids[1].clone(),
+        })
+        .await
+        .unwrap()
+        .vm
+        .unwrap();
     assert_eq!(dead.state, state(pb::VmState::Stopped));
-    assert!(!netns_exists(&infos[1].netns), "namespace of a VM that died while the daemon was down");
+    assert!(
+        !netns_exists(&infos[1].netns),
+        "namespace of a VM that died while the daemon was down"
+    );
     assert!(!host_links("wv").contains(&infos[1].host_veth));
-    let alive = c.get_vm_info(pb::GetVmInfoRequest { vm_id: ids[2].clone() }).await.unwrap().vm.unwrap();
+    let alive = c
+        .get_vm_info(pb::GetVmInfoRequest {
+            vm_id: ids[2].clone(),
+        })
+        .await
+        .unwrap()
+        .vm
+        .unwrap();
     assert_eq!(alive.state, state(pb::VmState::Running), "re-attached");
     assert!(netns_exists(&infos[2].netns));
     for id in &ids {
-        c.delete_vm(pb::DeleteVmRequest { vm_id: id.clone() }).await.unwrap();
+        c.delete_vm(pb::DeleteVmRequest { vm_id: id.clone() })
+            .await
+            .unwrap();
     }
     for i in &infos {
         assert!(!netns_exists(&i.netns));

@@ -48,7 +48,9 @@ impl std::str::FromStr for NetMode {
         match s {
             "none" => Ok(Self::None),
             "bridge" => Ok(Self::Bridge),
-            other => Err(format!("unknown network mode {other:?}; use none or bridge")),
+            other => Err(format!(
+                "unknown network mode {other:?}; use none or bridge"
+            )),
         }
     }
 }
@@ -93,7 +95,13 @@ pub struct NetPlan {
 
 impl NetPlan {
     /// Plans the network of VM `vm_id`.
-    pub fn new(vm_id: &str, mode: NetMode, uid: u32, gid: u32, bridge: Option<(String, GuestAddr)>) -> Self {
+    pub fn new(
+        vm_id: &str,
+        mode: NetMode,
+        uid: u32,
+        gid: u32,
+        bridge: Option<(String, GuestAddr)>,
+    ) -> Self {
         let netns = netns::name_for(vm_id);
         let (bridge, guest) = match (mode, bridge) {
             (NetMode::Bridge, Some((b, g))) => (Some(b), Some(g)),
@@ -117,8 +125,15 @@ impl NetPlan {
     /// The Linux `ip=` kernel argument that configures the guest's `eth0`, if it has an address.
     pub fn boot_arg(&self) -> Option<String> {
         let g = self.guest?;
-        let mask = Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(g.prefix_len)).unwrap_or(0));
-        Some(format!("ip={}::{}:{}::eth0:off", g.address, g.gateway, mask))
+        let mask = Ipv4Addr::from(
+            u32::MAX
+                .checked_shl(32 - u32::from(g.prefix_len))
+                .unwrap_or(0),
+        );
+        Some(format!(
+            "ip={}::{}:{}::eth0:off",
+            g.address, g.gateway, mask
+        ))
     }
 }
 
@@ -131,7 +146,10 @@ pub fn mac_for(vm_id: &str) -> [u8; 6] {
 
 /// `aa:bb:cc:dd:ee:ff`.
 pub fn format_mac(m: &[u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// A host interface name for a VM: `<prefix>` and 13 hex digits of a hash of the id, 15 bytes,
@@ -155,18 +173,31 @@ pub struct NetError {
 }
 
 impl NetError {
-    pub(crate) fn new(action: impl Into<String>, what: impl Into<String>, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        Self { action: action.into(), what: what.into(), source: source.into() }
+    pub(crate) fn new(
+        action: impl Into<String>,
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self {
+            action: action.into(),
+            what: what.into(),
+            source: source.into(),
+        }
     }
 }
 
 /// Creates the namespace, the TAP (owned by the jail user) and, in bridge mode, the veth pair,
 /// the bridges and the gateway address. On error, whatever was made is removed.
 pub fn setup(plan: &NetPlan) -> Result<(), NetError> {
-    let dir = plan.netns_path.parent().expect("namespace file has a directory");
+    let dir = plan
+        .netns_path
+        .parent()
+        .expect("namespace file has a directory");
     netns::create(dir, &plan.netns).map_err(|e| NetError::new("create", plan.netns.clone(), e))?;
     let made = (|| {
-        if let (Some(host), Some(peer), Some(bridge), Some(g)) = (&plan.host_veth, &plan.peer_veth, &plan.bridge, &plan.guest) {
+        if let (Some(host), Some(peer), Some(bridge), Some(g)) =
+            (&plan.host_veth, &plan.peer_veth, &plan.bridge, &plan.guest)
+        {
             link::host_side(host, peer, bridge, g, &plan.netns_path)?;
         }
         let inside = plan.clone();
@@ -215,10 +246,19 @@ mod tests {
 
     #[test]
     fn boot_arg_is_the_linux_ip_form() {
-        let g = GuestAddr { address: "172.31.0.5".parse().unwrap(), gateway: "172.31.0.1".parse().unwrap(), prefix_len: 16 };
+        let g = GuestAddr {
+            address: "172.31.0.5".parse().unwrap(),
+            gateway: "172.31.0.1".parse().unwrap(),
+            prefix_len: 16,
+        };
         let p = NetPlan::new("vm", NetMode::Bridge, 1, 1, Some(("warden0".into(), g)));
-        assert_eq!(p.boot_arg().unwrap(), "ip=172.31.0.5::172.31.0.1:255.255.0.0::eth0:off");
+        assert_eq!(
+            p.boot_arg().unwrap(),
+            "ip=172.31.0.5::172.31.0.1:255.255.0.0::eth0:off"
+        );
         assert_eq!(p.netns, "fc-vm-vm");
-        assert!(NetPlan::new("vm", NetMode::None, 1, 1, None).boot_arg().is_none());
+        assert!(NetPlan::new("vm", NetMode::None, 1, 1, None)
+            .boot_arg()
+            .is_none());
     }
 }

@@ -90,7 +90,10 @@ pub fn remove(path: &Path) -> Result<(), NetnsError> {
 
 /// Runs `f` on a thread that has joined the namespace at `path`, and returns its result. The
 /// calling thread's namespace is never changed.
-pub fn run_in<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
+pub fn run_in<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<T> {
     let ns = std::fs::File::open(path)?;
     std::thread::spawn(move || -> io::Result<T> {
         nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;

@@ -25,17 +25,32 @@ struct IfReq {
 pub fn create(name: &str, uid: u32, gid: u32) -> Result<(), NetError> {
     let err = |action: &str, e: std::io::Error| NetError::new(action, format!("TAP {name}"), e);
     if name.len() >= libc::IFNAMSIZ {
-        return Err(err("name", std::io::Error::from(std::io::ErrorKind::InvalidInput)));
+        return Err(err(
+            "name",
+            std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        ));
     }
-    let tun = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun").map_err(|e| err("open /dev/net/tun for", e))?;
-    let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, _pad: [0; 22] };
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map_err(|e| err("open /dev/net/tun for", e))?;
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
+        _pad: [0; 22],
+    };
     req.name[..name.len()].copy_from_slice(name.as_bytes());
     let fd = tun.as_raw_fd();
     // SAFETY: TUNSETIFF reads and writes an ifreq that lives for the call.
     if unsafe { libc::ioctl(fd, TUNSETIFF, &mut req) } < 0 {
         return Err(err("create", std::io::Error::last_os_error()));
     }
-    for (op, value, what) in [(TUNSETOWNER, uid as libc::c_ulong, "set the owner of"), (TUNSETGROUP, gid as libc::c_ulong, "set the group of"), (TUNSETPERSIST, 1, "make persistent")] {
+    for (op, value, what) in [
+        (TUNSETOWNER, uid as libc::c_ulong, "set the owner of"),
+        (TUNSETGROUP, gid as libc::c_ulong, "set the group of"),
+        (TUNSETPERSIST, 1, "make persistent"),
+    ] {
         // SAFETY: these ioctls take an integer argument.
         if unsafe { libc::ioctl(fd, op, value) } < 0 {
             return Err(err(what, std::io::Error::last_os_error()));

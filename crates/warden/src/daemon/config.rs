@@ -786,7 +786,12 @@ pub const KEYS: &[KeyDef] = &[
         secret: false,
         kind: Kind::String,
         set: |c, r| text(r)?.parse().ok().map(|v| c.network_mode = v),
-        get: |c| Shown::Str(match c.network_mode { NetMode::None => "none".into(), NetMode::Bridge => "bridge".into() }),
+        get: |c| {
+            Shown::Str(match c.network_mode {
+                NetMode::None => "none".into(),
+                NetMode::Bridge => "bridge".into(),
+            })
+        },
     },
     KeyDef {
         key: "bridge",
@@ -800,8 +805,11 @@ pub const KEYS: &[KeyDef] = &[
         kind: Kind::String,
         set: |c, r| {
             let v = text(r)?;
-            (!v.is_empty() && v.len() <= 15 && v.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_'))
-                .then(|| c.bridge = v.to_owned())
+            (!v.is_empty()
+                && v.len() <= 15
+                && v.chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_'))
+            .then(|| c.bridge = v.to_owned())
         },
         get: |c| Shown::Str(c.bridge.clone()),
     },

@@ -253,7 +253,10 @@ impl Manager {
         let networked = slot.rec.spec.enable_networking;
         // A networked VM's namespace is made with its network; otherwise an empty one if asked.
         let netns = (self.cfg.netns || networked).then(|| jail::net::netns::name_for(&id));
-        if networked && self.cfg.network_mode == jail::net::NetMode::Bridge && slot.rec.address.is_none() {
+        if networked
+            && self.cfg.network_mode == jail::net::NetMode::Bridge
+            && slot.rec.address.is_none()
+        {
             slot.rec.address = Some(self.allocate_address(&id)?);
         }
         // Intent first: a crash from here on leaves a record of what may exist.
@@ -475,14 +478,20 @@ impl Manager {
         Ok(info(&slot))
     }
 
-    /// ListVms, by id. VMs busy with a request are shown as last recorded.
+    /// ListVms, by id. A VM busy with a request is shown as last stored.
     pub async fn list(&self) -> Result<Vec<VmInfo>> {
-        let slots: Vec<Arc<Mutex<Slot>>> = self.slots.lock().unwrap().values().cloned().collect();
+        let slots: Vec<(String, Arc<Mutex<Slot>>)> = self
+            .slots
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let mut out = Vec::with_capacity(slots.len());
-        for s in slots {
+        for (id, s) in slots {
             let info = match s.try_lock() {
                 Ok(slot) => info(&slot),
-                Err(_) => match self.store.get(&self.id_of(&s)).await {
+                Err(_) => match self.store.get(&id).await {
                     Ok(Some(rec)) => VmInfo {
                         record: rec,
                         stats: None,
@@ -497,21 +506,6 @@ impl Manager {
         }
         out.sort_by(|a, b| a.record.id.cmp(&b.record.id));
         Ok(out)
-    }
-
-    fn id_of(&self, slot: &Arc<Mutex<Slot>>) -> String {
-        self.slots
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|(_, s)| Arc::ptr_eq(s, slot))
-            .map(|(k, _)| k.clone())
-            .unwrap_or_default()
-    }
-
-    /// Counts of VMs by state, and per-VM readings, for /metrics.
-    pub async fn snapshot(&self) -> Vec<VmInfo> {
-        self.list().await.unwrap_or_default()
     }
 
     /// At daemon shutdown: stop every VM (`stop == true`) or let them run on for the next start
@@ -546,7 +540,9 @@ impl Manager {
 
     fn release_netns(&self, rec: &VmRecord) {
         if let Some(ns) = &rec.netns {
-            if let Err(e) = jail::net::netns::remove(&Path::new(jail::net::netns::NETNS_DIR).join(ns)) {
+            if let Err(e) =
+                jail::net::netns::remove(&Path::new(jail::net::netns::NETNS_DIR).join(ns))
+            {
                 tracing::warn!(vm_id = %rec.id, error = %error_chain(&e), "removing the network namespace failed");
             }
         }
@@ -634,7 +630,10 @@ impl Manager {
         let free = (first..=last).find(|a| !used.contains(a)).ok_or_else(|| {
             ManagerError::new(
                 ErrorCode::ResourceExhausted,
-                format!("no free address left in {}/{} for VM {id}; delete VMs or widen address_pool", net, prefix),
+                format!(
+                    "no free address left in {}/{} for VM {id}; delete VMs or widen address_pool",
+                    net, prefix
+                ),
             )
         })?;
         used.insert(free);
@@ -644,7 +643,11 @@ impl Manager {
     /// A pool address with its gateway and prefix.
     pub(crate) fn guest_addr(&self, address: std::net::Ipv4Addr) -> jail::net::GuestAddr {
         let (net, prefix) = self.cfg.address_pool;
-        jail::net::GuestAddr { address, gateway: (u32::from(net) + 1).into(), prefix_len: prefix }
+        jail::net::GuestAddr {
+            address,
+            gateway: (u32::from(net) + 1).into(),
+            prefix_len: prefix,
+        }
     }
 
     /// Applies defaults and checks that every host path lies inside an asset directory (after

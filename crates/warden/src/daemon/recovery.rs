@@ -165,10 +165,7 @@ fn died_while_down(rec: &VmRecord) -> ExitRecord {
     let reason = if stats.oom_kills.unwrap_or(0) > 0 {
         ExitReason::OomKilled
     } else {
-        match log.lines().rev().find_map(|l| {
-            l.rsplit_once("exit_code=")
-                .and_then(|(_, c)| c.trim().parse::<i32>().ok())
-        }) {
+        match crate::vm::logged_exit_code(&log) {
             Some(0) => ExitReason::GuestPowerOff,
             Some(code) => ExitReason::FirecrackerError { code },
             None => ExitReason::Unknown,
@@ -296,14 +293,21 @@ fn remove_orphans(m: &Manager, known: &HashSet<String>) {
         }
     }
     // Host ends of veth pairs carry a hash of their VM's id.
-    let ours: HashSet<String> = known.iter().map(|id| jail::net::link_name(jail::net::HOST_VETH_PREFIX, id)).collect();
+    let ours: HashSet<String> = known
+        .iter()
+        .map(|id| jail::net::link_name(jail::net::HOST_VETH_PREFIX, id))
+        .collect();
     for link in jail::net::link::list_with_prefix(jail::net::HOST_VETH_PREFIX).unwrap_or_default() {
         if ours.contains(&link) || link.len() != 15 {
             continue;
         }
         match jail::net::link::delete(&link) {
-            Ok(()) => tracing::warn!(orphan = %link, "removed an orphaned veth that belongs to no known VM"),
-            Err(e) => tracing::error!(orphan = %link, error = %error_chain(&e), "could not remove an orphaned veth"),
+            Ok(()) => {
+                tracing::warn!(orphan = %link, "removed an orphaned veth that belongs to no known VM")
+            }
+            Err(e) => {
+                tracing::error!(orphan = %link, error = %error_chain(&e), "could not remove an orphaned veth")
+            }
         }
     }
     let netns_dir = Path::new(jail::net::netns::NETNS_DIR);

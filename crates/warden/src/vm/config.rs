@@ -104,7 +104,13 @@ pub struct NetworkOptions {
 
 impl Default for NetworkOptions {
     fn default() -> Self {
-        Self { mode: jail::net::NetMode::None, bridge: "warden0".into(), guest: None, rx_rate_limiter: None, tx_rate_limiter: None }
+        Self {
+            mode: jail::net::NetMode::None,
+            bridge: "warden0".into(),
+            guest: None,
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
+        }
     }
 }
 

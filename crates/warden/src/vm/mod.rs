@@ -21,6 +21,7 @@ use jail::JailPlan;
 
 use crate::Error;
 use config::{JailerMode, VmConfig, VmOptions, DEFAULT_BOOT_ARGS, VMM_OVERHEAD_MB};
+pub(crate) use process::logged_exit_code;
 pub use process::{Exit, ExitReason};
 
 /// A running microVM. Stop it with [`stop_firecracker`]; dropping it kills the VM and removes
@@ -319,7 +320,10 @@ pub async fn start_vm(config: &VmConfig, options: &VmOptions) -> Result<VmHandle
         // Before the jail: the jailer joins this namespace.
         tokio::task::spawn_blocking(move || jail::net::setup(&net))
             .await
-            .map_err(|e| Error::Os { what: "network setup".into(), source: std::io::Error::other(e) })??;
+            .map_err(|e| Error::Os {
+                what: "network setup".into(),
+                source: std::io::Error::other(e),
+            })??;
         phases.mark("network");
     }
     if let Some(reason) = &unjailed_reason {
@@ -413,13 +417,20 @@ async fn configure(
             ..Default::default()
         })
         .await?;
-    let mut boot_args = options.boot_args.clone().unwrap_or_else(|| DEFAULT_BOOT_ARGS.to_owned());
+    let mut boot_args = options
+        .boot_args
+        .clone()
+        .unwrap_or_else(|| DEFAULT_BOOT_ARGS.to_owned());
     if let Some(ip) = plan.net.as_ref().and_then(|n| n.boot_arg()) {
         boot_args.push(' ');
         boot_args.push_str(&ip);
     }
     client
-        .put_boot_source(&BootSource { kernel_image_path: path("kernel"), boot_args: Some(boot_args), initrd_path: None })
+        .put_boot_source(&BootSource {
+            kernel_image_path: path("kernel"),
+            boot_args: Some(boot_args),
+            initrd_path: None,
+        })
         .await?;
     if let Some(net) = &plan.net {
         client

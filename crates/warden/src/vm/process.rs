@@ -511,7 +511,7 @@ fn read_pid_file(path: &std::path::Path) -> Result<u32, Error> {
 }
 
 /// The exit status Firecracker logged as it exited (`... exit_code=N`), if it did.
-fn logged_exit_code(log: &str) -> Option<i32> {
+pub(crate) fn logged_exit_code(log: &str) -> Option<i32> {
     let line = log.lines().rev().find(|l| l.contains("exit_code="))?;
     line.rsplit("exit_code=")
         .next()?

@@ -36,20 +36,44 @@ impl Packet {
         sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
         sll.sll_ifindex = ifindex;
         // SAFETY: bind with a sockaddr_ll of the right size.
-        let rc = unsafe { libc::bind(fd.as_raw_fd(), &sll as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_ll>() as u32) };
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &sll as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
         if rc < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
         // SAFETY: SO_RCVTIMEO with a timeval.
-        unsafe { libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv as *const _ as *const libc::c_void, std::mem::size_of::<libc::timeval>() as u32) };
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
         Ok(Self { fd, ifindex })
     }
 
     /// Sends one frame out of the interface.
     pub fn send(&self, frame: &[u8]) -> std::io::Result<()> {
         // SAFETY: a valid buffer for the call.
-        let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr() as *const libc::c_void, frame.len(), 0) };
+        let n = unsafe {
+            libc::send(
+                self.fd.as_raw_fd(),
+                frame.as_ptr() as *const libc::c_void,
+                frame.len(),
+                0,
+            )
+        };
         if n < 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -58,12 +82,23 @@ impl Packet {
     }
 
     /// Waits up to `timeout` for a frame matching `pred`.
-    pub fn recv_until(&self, timeout: Duration, mut pred: impl FnMut(&[u8]) -> bool) -> Option<Vec<u8>> {
+    pub fn recv_until(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&[u8]) -> bool,
+    ) -> Option<Vec<u8>> {
         let t0 = Instant::now();
         let mut buf = vec![0u8; 65536];
         while t0.elapsed() < timeout {
             // SAFETY: a valid buffer for the call.
-            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.len(),
+                    0,
+                )
+            };
             if n > 0 && pred(&buf[..n as usize]) {
                 return Some(buf[..n as usize].to_vec());
             }
@@ -74,7 +109,10 @@ impl Packet {
 
 /// `aa:bb:..` to bytes.
 pub fn parse_mac(s: &str) -> [u8; 6] {
-    let v: Vec<u8> = s.split(':').map(|h| u8::from_str_radix(h, 16).unwrap()).collect();
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
     v.try_into().unwrap()
 }
 
@@ -103,7 +141,10 @@ pub fn ping_pong(packet: &Packet, guest: [u8; 6], nonce: &str) -> bool {
     let src = [0x02, 0, 0, 0, 0, 0x01];
     for _ in 0..30 {
         packet.send(&ping(guest, src, nonce)).unwrap();
-        if packet.recv_until(Duration::from_millis(200), |f| is_pong(f, guest, nonce)).is_some() {
+        if packet
+            .recv_until(Duration::from_millis(200), |f| is_pong(f, guest, nonce))
+            .is_some()
+        {
             return true;
         }
     }
