@@ -49,7 +49,10 @@ fn limiter_from_pb(r: Option<pb::RateLimiter>) -> Option<firecracker_api::RateLi
             refill_time: b.refill_time_ms,
         })
     };
-    r.map(|r| firecracker_api::RateLimiter { bandwidth: bucket(r.bandwidth), ops: bucket(r.ops) })
+    r.map(|r| firecracker_api::RateLimiter {
+        bandwidth: bucket(r.bandwidth),
+        ops: bucket(r.ops),
+    })
 }
 
 fn limiter_to_pb(r: &Option<firecracker_api::RateLimiter>) -> Option<pb::RateLimiter> {
@@ -60,7 +63,10 @@ fn limiter_to_pb(r: &Option<firecracker_api::RateLimiter>) -> Option<pb::RateLim
             refill_time_ms: b.refill_time,
         })
     };
-    r.as_ref().map(|r| pb::RateLimiter { bandwidth: bucket(&r.bandwidth), ops: bucket(&r.ops) })
+    r.as_ref().map(|r| pb::RateLimiter {
+        bandwidth: bucket(&r.bandwidth),
+        ops: bucket(&r.ops),
+    })
 }
 
 fn spec_from_pb(c: pb::VmConfig) -> Result<VmSpec, ApiError> {
@@ -194,7 +200,10 @@ pub fn info_to_pb(v: &VmInfo) -> pb::VmInfo {
         netns: r.netns.clone().unwrap_or_default(),
         tap_device: r.tap.clone().unwrap_or_default(),
         mac: net.map(|n| n.mac.clone()).unwrap_or_default(),
-        guest_ip: net.and_then(|n| n.guest).map(|g| format!("{}/{}", g.address, g.prefix_len)).unwrap_or_default(),
+        guest_ip: net
+            .and_then(|n| n.guest)
+            .map(|g| format!("{}/{}", g.address, g.prefix_len))
+            .unwrap_or_default(),
         host_veth: net.and_then(|n| n.host_veth.clone()).unwrap_or_default(),
         bridge: net.and_then(|n| n.bridge.clone()).unwrap_or_default(),
     }

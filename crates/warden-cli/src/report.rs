@@ -63,10 +63,20 @@ pub fn plan(p: &JailPlan) -> String {
     ));
     if let Some(n) = &p.net {
         s.push_str(&format!("network ({:?}):\n", n.mode));
-        s.push_str(&format!("  namespace {} ({})\n", n.netns, n.netns_path.display()));
-        s.push_str(&format!("  TAP {} in the namespace, owned by {}:{}, guest MAC {}\n", n.tap, n.uid, n.gid, n.mac));
+        s.push_str(&format!(
+            "  namespace {} ({})\n",
+            n.netns,
+            n.netns_path.display()
+        ));
+        s.push_str(&format!(
+            "  TAP {} in the namespace, owned by {}:{}, guest MAC {}\n",
+            n.tap, n.uid, n.gid, n.mac
+        ));
         if let (Some(h), Some(peer), Some(b)) = (&n.host_veth, &n.peer_veth, &n.bridge) {
-            s.push_str(&format!("  veth {h} (host, on bridge {b}) <-> {peer} (namespace, on br0 with {})\n", n.tap));
+            s.push_str(&format!(
+                "  veth {h} (host, on bridge {b}) <-> {peer} (namespace, on br0 with {})\n",
+                n.tap
+            ));
         }
         if let Some(arg) = n.boot_arg() {
             s.push_str(&format!("  guest address: {arg}\n"));
