@@ -230,3 +230,30 @@ async fn a_daemon_killed_mid_boot_leaves_a_known_running_vm_or_nothing() {
     }
     d.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_graceful_daemon_exit_leaves_vms_running_unless_told_to_stop_them() {
+    let mut d = Daemon::start(&[]);
+    let c = d.client();
+    let id = unique("term");
+    c.create_vm(d.create_req(&id, "mode=idle")).await.unwrap();
+    c.boot_vm(pb::BootVmRequest { vm_id: id.clone() }).await.unwrap();
+    let pid = c.get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() }).await.unwrap().vm.unwrap().pid;
+    d.terminate();
+    assert!(Path::new(&format!("/proc/{pid}")).exists(), "SIGTERM must leave the VM running");
+    d.env.push(("WARDEN_STOP_VMS_ON_EXIT".into(), "true".into()));
+    d.restart();
+    let c = d.client();
+    let info = c.get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() }).await.unwrap().vm.unwrap();
+    assert_eq!((info.state, info.pid), (state(pb::VmState::Running), pid), "re-attached after a graceful exit");
+    d.terminate();
+    assert!(!Path::new(&format!("/proc/{pid}/status")).exists() || std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap().contains("zombie"), "stop_vms_on_exit stops the VM");
+    assert!(!d.chroot.join("firecracker").join(&id).exists(), "and cleans it");
+    d.env.retain(|(k, _)| k != "WARDEN_STOP_VMS_ON_EXIT");
+    d.restart();
+    let info = d.client().get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() }).await.unwrap().vm.unwrap();
+    assert_eq!(info.state, state(pb::VmState::Stopped));
+    assert_eq!(info.exit.unwrap().reason, "daemon_exit");
+    d.client().delete_vm(pb::DeleteVmRequest { vm_id: id }).await.unwrap();
+    d.assert_clean();
+}
