@@ -40,6 +40,9 @@ enum Command {
     Demo(run::DemoArgs),
     /// Run the VmService daemon (Connect + gRPC on one port; see docs/configuration.md).
     Serve(serve::ServeArgs),
+    /// Reconcile the daemon's state with the host once (re-attach, record dead VMs, remove
+    /// orphaned jails, cgroups, namespaces and veths) without serving. Takes serve's settings.
+    Gc(serve::ServeArgs),
     /// Talk to the daemon: create, boot, ls, get, pause, resume, reboot, stop, rm.
     Vm(vm::VmArgs),
     /// Check that this host can run jailed VMs (KVM, cgroups, binaries, chroot base, jail
@@ -67,6 +70,7 @@ fn main() -> std::process::ExitCode {
             Command::Bench(args) => bench::bench(args).await,
             Command::Doctor(args) => doctor::doctor(args).await,
             Command::Serve(args) => serve::serve(args).await,
+            Command::Gc(args) => serve::gc(args).await,
             Command::Vm(args) => vm::vm(args).await,
         }
     });

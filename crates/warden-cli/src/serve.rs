@@ -147,6 +147,27 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// `warden gc`: what the daemon does at start, once, without serving: re-attach (and leave
+/// running) live VMs, record and clean VMs that died, remove orphans. Refused while a daemon
+/// owns the same state directory (it already did this at its start).
+pub async fn gc(args: ServeArgs) -> anyhow::Result<u8> {
+    let effective = config::load(&Sources::from_process(
+        args.config.clone(),
+        flags(&args.settings)?,
+    ))?;
+    let manager = Manager::open(effective.config.clone())
+        .await
+        .context("cannot reconcile the daemon's state")?;
+    let vms = manager.list().await?;
+    manager.shutdown_all(false).await;
+    let running = vms
+        .iter()
+        .filter(|v| v.record.state == warden::daemon::state::VmState::Running)
+        .count();
+    println!("warden gc: {} VMs known, {running} running and left running; orphans removed (see the log above)", vms.len());
+    Ok(0)
+}
+
 fn router(manager: Arc<Manager>, cfg: &DaemonConfig) -> axum::Router {
     let service = Arc::new(ManagerService(manager.clone()));
     let options = ServerOptions {

@@ -237,23 +237,94 @@ async fn a_graceful_daemon_exit_leaves_vms_running_unless_told_to_stop_them() {
     let c = d.client();
     let id = unique("term");
     c.create_vm(d.create_req(&id, "mode=idle")).await.unwrap();
-    c.boot_vm(pb::BootVmRequest { vm_id: id.clone() }).await.unwrap();
-    let pid = c.get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() }).await.unwrap().vm.unwrap().pid;
+    c.boot_vm(pb::BootVmRequest { vm_id: id.clone() })
+        .await
+        .unwrap();
+    let pid = c
+        .get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() })
+        .await
+        .unwrap()
+        .vm
+        .unwrap()
+        .pid;
     d.terminate();
-    assert!(Path::new(&format!("/proc/{pid}")).exists(), "SIGTERM must leave the VM running");
-    d.env.push(("WARDEN_STOP_VMS_ON_EXIT".into(), "true".into()));
+    assert!(
+        Path::new(&format!("/proc/{pid}")).exists(),
+        "SIGTERM must leave the VM running"
+    );
+    d.env
+        .push(("WARDEN_STOP_VMS_ON_EXIT".into(), "true".into()));
     d.restart();
     let c = d.client();
-    let info = c.get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() }).await.unwrap().vm.unwrap();
-    assert_eq!((info.state, info.pid), (state(pb::VmState::Running), pid), "re-attached after a graceful exit");
+    let info = c
+        .get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() })
+        .await
+        .unwrap()
+        .vm
+        .unwrap();
+    assert_eq!(
+        (info.state, info.pid),
+        (state(pb::VmState::Running), pid),
+        "re-attached after a graceful exit"
+    );
     d.terminate();
-    assert!(!Path::new(&format!("/proc/{pid}/status")).exists() || std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap().contains("zombie"), "stop_vms_on_exit stops the VM");
-    assert!(!d.chroot.join("firecracker").join(&id).exists(), "and cleans it");
+    assert!(
+        !Path::new(&format!("/proc/{pid}/status")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .unwrap()
+                .contains("zombie"),
+        "stop_vms_on_exit stops the VM"
+    );
+    assert!(
+        !d.chroot.join("firecracker").join(&id).exists(),
+        "and cleans it"
+    );
     d.env.retain(|(k, _)| k != "WARDEN_STOP_VMS_ON_EXIT");
     d.restart();
-    let info = d.client().get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() }).await.unwrap().vm.unwrap();
+    let info = d
+        .client()
+        .get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() })
+        .await
+        .unwrap()
+        .vm
+        .unwrap();
     assert_eq!(info.state, state(pb::VmState::Stopped));
     assert_eq!(info.exit.unwrap().reason, "daemon_exit");
-    d.client().delete_vm(pb::DeleteVmRequest { vm_id: id }).await.unwrap();
+    d.client()
+        .delete_vm(pb::DeleteVmRequest { vm_id: id })
+        .await
+        .unwrap();
     d.assert_clean();
+}
+
+#[test]
+fn gc_removes_orphans_and_refuses_while_a_daemon_owns_the_state() {
+    let mut d = Daemon::start(&[]);
+    let orphan = d.chroot.join("firecracker").join(unique("gc-orphan"));
+    std::fs::create_dir_all(orphan.join("root")).unwrap();
+    let gc = |d: &Daemon| {
+        Command::new(env!("CARGO_BIN_EXE_warden"))
+            .arg("gc")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(d.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .unwrap()
+    };
+    let busy = gc(&d);
+    assert!(!busy.status.success());
+    assert!(
+        String::from_utf8_lossy(&busy.stderr).contains("another `warden serve`"),
+        "{}",
+        String::from_utf8_lossy(&busy.stderr)
+    );
+    d.terminate();
+    let out = gc(&d);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!orphan.exists(), "orphan removed");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("removed an orphaned jail"));
 }

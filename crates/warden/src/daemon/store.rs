@@ -103,11 +103,13 @@ pub struct StoreError {
     pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
-/// The VM table. Cheap to clone; calls run on the blocking pool.
+/// The VM table. Cheap to clone; calls run on the blocking pool. Holds an exclusive lock on
+/// the state directory for as long as it lives, so two daemons never share one state.
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+    _lock: Arc<nix::fcntl::Flock<std::fs::File>>,
 }
 
 /// Milliseconds since the epoch.
@@ -135,6 +137,23 @@ impl Store {
             what: format!("creating the state directory {}", state_dir.display()),
             source: Box::new(e),
         })?;
+        let lock_path = state_dir.join("warden.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError {
+                path: lock_path.clone(),
+                what: "opening the lock file".into(),
+                source: Box::new(e),
+            })?;
+        let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| StoreError {
+                path: lock_path.clone(),
+                what: "locking the state directory (is another `warden serve` or `warden gc` using it?)".into(),
+                source: Box::new(e),
+            })?;
         let conn = Connection::open(&path).map_err(err("opening"))?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL;
@@ -151,6 +170,7 @@ impl Store {
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             path,
+            _lock: Arc::new(lock),
         })
     }
 
@@ -282,6 +302,21 @@ mod tests {
             created_at: now_ms(),
             updated_at: now_ms(),
         }
+    }
+
+    #[test]
+    fn one_state_directory_one_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Store::open(dir.path()).unwrap();
+        let second = Store::open(dir.path())
+            .err()
+            .expect("a second owner is refused");
+        assert!(
+            second.to_string().contains("another `warden serve`"),
+            "{second}"
+        );
+        drop(first);
+        Store::open(dir.path()).unwrap();
     }
 
     #[tokio::test]
