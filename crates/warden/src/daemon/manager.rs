@@ -475,7 +475,7 @@ impl Manager {
                 format!("VM {id:?} was deleted"),
             ));
         }
-        Ok(info(&slot))
+        Ok(info(&slot, Report::Live))
     }
 
     /// ListVms, by id. A VM busy with a request is shown as last stored.
@@ -490,7 +490,7 @@ impl Manager {
         let mut out = Vec::with_capacity(slots.len());
         for (id, s) in slots {
             let info = match s.try_lock() {
-                Ok(slot) => info(&slot),
+                Ok(slot) => info(&slot, Report::AtStart),
                 Err(_) => match self.store.get(&id).await {
                     Ok(Some(rec)) => VmInfo {
                         record: rec,
@@ -737,12 +737,24 @@ impl ManagerError {
     }
 }
 
-fn info(slot: &Slot) -> VmInfo {
+/// How fresh a VM's isolation report must be.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Report {
+    /// Read from /proc now (GetVmInfo: one VM, proven at the moment of asking).
+    Live,
+    /// The one read when the VM started or was re-attached (ListVms: every VM, cheaply).
+    AtStart,
+}
+
+fn info(slot: &Slot, report: Report) -> VmInfo {
     let live = slot.vm.as_ref().filter(|vm| vm.exited().is_none());
     VmInfo {
         record: slot.rec.clone(),
         stats: live.map(|vm| vm.cgroup_stats()),
-        isolation: live.map(|vm| vm.isolation_now()),
+        isolation: live.map(|vm| match report {
+            Report::Live => vm.isolation_now(),
+            Report::AtStart => vm.isolation.clone(),
+        }),
     }
 }
 

@@ -11,7 +11,6 @@
 //! to init and its exit status lost, so we become a child subreaper first
 //! (`PR_SET_CHILD_SUBREAPER`) and reap it ourselves.
 
-use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -461,10 +460,12 @@ fn spawn_stderr_reader(
     err: std::process::ChildStderr,
     into: Arc<Mutex<Vec<u8>>>,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::task::spawn_blocking(move || {
-        let mut err = err;
+    tokio::spawn(async move {
+        let Ok(mut err) = tokio::process::ChildStderr::from_std(err) else {
+            return;
+        };
         let mut chunk = [0u8; 4096];
-        while let Ok(n) = err.read(&mut chunk) {
+        while let Ok(n) = err.read(&mut chunk).await {
             if n == 0 {
                 break;
             }
