@@ -6,9 +6,13 @@
 //!   config file written) and the same cgroup values warden passes; preparation and cleanup are
 //!   not timed;
 //! - `warden run`: the CLI, jailed, from exec to the marker on its stdout;
-//! - `library start_vm`: `warden::vm::start_vm`, jailed, from the call to the marker.
+//! - `library start_vm`: `warden::vm::start_vm`, jailed, from the call to the marker;
+//! - `daemon CreateVm+BootVm`: through a `warden serve` the bench started (its own state dir,
+//!   chroot dir, parent cgroup and port), from the CreateVm call to the marker in the VM's
+//!   serial log file; then (untimed) wait for `stopped` and DeleteVm.
 //!
 //! Each boot ends with the guest powering off; the next starts after the previous is cleaned.
+//! The jailed series share one parent cgroup of the bench's own (removed at the end).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -19,7 +23,9 @@ use clap::Args;
 use warden::vm::config::{JailerMode, Serial, VmConfig, VmOptions};
 use warden::vm::jailer::JailerConfig;
 
-use super::{machine, Report, Row};
+use super::daemon::{self, BenchDaemon};
+use super::host::{self, HostGuard};
+use super::{Report, Row};
 
 /// Arguments of `warden bench start`.
 #[derive(Args, Debug)]
@@ -30,52 +36,87 @@ pub struct StartArgs {
     /// Base directory of jails.
     #[arg(long, default_value = "/srv/jailer")]
     chroot_base: PathBuf,
+    /// Let the bench's daemon give each Firecracker its own PID namespace (the daemon's
+    /// default; off here so that it runs the same jailer flags as the other series).
+    #[arg(long)]
+    daemon_pidns: bool,
 }
 
 const MARKER: &str = "WARDEN_MARKER bench";
 const BOOT_ARGS: &str = "mode=poweroff marker=bench";
 
-struct Env {
+/// What the bare and library series need: binaries, the jail base, the parent cgroup.
+pub(super) struct Env {
     firecracker: PathBuf,
     jailer: PathBuf,
     kernel: PathBuf,
     base: PathBuf,
+    pub(super) parent_cgroup: String,
     tmp: tempfile::TempDir,
+}
+
+impl Env {
+    pub(super) fn new(chroot_base: &Path) -> anyhow::Result<Self> {
+        Ok(Env {
+            firecracker: need(warden::assets::firecracker())?,
+            jailer: need(warden::assets::jailer())?,
+            kernel: need(warden::assets::testguest())?,
+            base: chroot_base.to_owned(),
+            parent_cgroup: host::cgroup_prefix(),
+            tmp: tempfile::Builder::new()
+                .prefix(&host::tmp_prefix())
+                .tempdir_in("/tmp")?,
+        })
+    }
+
+    /// A guard that removes whatever the bare and library VMs left, whatever happens.
+    pub(super) fn guard(&self) -> HostGuard {
+        HostGuard {
+            chroot_base: self.base.clone(),
+            parent_cgroup: self.parent_cgroup.clone(),
+        }
+    }
 }
 
 /// Runs the scenario.
 pub async fn run(args: StartArgs) -> anyhow::Result<Report> {
-    let env = Env {
-        firecracker: need(warden::assets::firecracker())?,
-        jailer: need(warden::assets::jailer())?,
-        kernel: need(warden::assets::testguest())?,
-        base: args.chroot_base.clone(),
-        tmp: tempfile::tempdir()?,
-    };
+    let env = Env::new(&args.chroot_base)?;
+    let guard = env.guard();
+    let daemon = BenchDaemon::start(args.daemon_pidns)?;
     let names = [
         "bare firecracker",
         "bare jailer",
         "warden run (jailed)",
         "library start_vm (jailed)",
+        "daemon CreateVm+BootVm (jailed)",
     ];
     let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
     let mut phases: Vec<(String, Vec<Duration>)> = Vec::new();
+    let mut add_phases = |p: Vec<(String, Duration)>| {
+        for (name, d) in p {
+            match phases.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, v)) => v.push(d),
+                None => phases.push((name, vec![d])),
+            }
+        }
+    };
     for round in 0..args.count {
         for k in 0..names.len() {
+            super::check_interrupted()?;
             let which = (round + k) % names.len();
-            let id = format!("bench-{}-{round}-{which}", std::process::id());
+            let id = format!("{}{round}-{which}", host::id_prefix());
             let t = match which {
                 0 => bare_firecracker(&env, &id)?,
                 1 => bare_jailer(&env, &id)?,
                 2 => warden_run(&env, &id)?,
-                _ => {
+                3 => {
                     let (t, p) = library(&env, &id).await?;
-                    for (i, (name, d)) in p.into_iter().enumerate() {
-                        if phases.len() <= i {
-                            phases.push((name, Vec::new()));
-                        }
-                        phases[i].1.push(d);
-                    }
+                    add_phases(p);
+                    t
+                }
+                _ => {
+                    let (t, p) = via_daemon(&daemon, &id).await?;
+                    add_phases(p);
                     t
                 }
             };
@@ -92,19 +133,24 @@ pub async fn run(args: StartArgs) -> anyhow::Result<Report> {
         r.ratio = Some(r.median_ms / baseline);
     }
     rows[0].ratio = Some(rows[0].median_ms / baseline);
-    Ok(Report {
-        scenario: "start".into(),
-        machine: machine(),
-        note: format!(
-            "process start to guest marker, {} boots per series, interleaved; ratio = median / bare jailer median",
-            args.count
+    let mut report = Report::new(
+        "start",
+        format!(
+            "process start (daemon: CreateVm call) to guest marker, {} boots per series, interleaved; ratio = median / bare jailer median; daemon pidns {}",
+            args.count,
+            if args.daemon_pidns { "on" } else { "off" }
         ),
-        rows,
-        phases: phases.iter().map(|(n, s)| Row::new(n, s)).collect(),
-    })
+    );
+    report.rows = rows;
+    report.phases = phases.iter().map(|(n, s)| Row::new(n, s)).collect();
+    let left = daemon.finish().await?;
+    report.leftovers = left.add(guard.finish());
+    drop(env);
+    report.leftovers.temp_dirs = host::temp_dirs_left();
+    Ok(report)
 }
 
-fn need(p: PathBuf) -> anyhow::Result<PathBuf> {
+pub(super) fn need(p: PathBuf) -> anyhow::Result<PathBuf> {
     anyhow::ensure!(
         p.is_file(),
         "{} is missing: run scripts/setup-assets.sh",
@@ -153,15 +199,21 @@ fn vm_json(kernel: &str) -> String {
 fn bare_firecracker(env: &Env, id: &str) -> anyhow::Result<Duration> {
     let cfg = env.tmp.path().join(format!("{id}.json"));
     std::fs::write(&cfg, vm_json(&env.kernel.display().to_string()))?;
+    // Firecracker's log goes to a file, as warden's does, not into the serial output.
+    let log = env.tmp.path().join(format!("{id}.log"));
+    std::fs::write(&log, b"")?;
     let mut cmd = Command::new(&env.firecracker);
     cmd.args(["--no-api", "--id", id, "--config-file"])
-        .arg(&cfg);
+        .arg(&cfg)
+        .arg("--log-path")
+        .arg(&log);
     let t = time_to_marker(cmd);
     std::fs::remove_file(&cfg)?;
+    std::fs::remove_file(&log)?;
     t
 }
 
-fn bare_jailer(env: &Env, id: &str) -> anyhow::Result<Duration> {
+pub(super) fn bare_jailer(env: &Env, id: &str) -> anyhow::Result<Duration> {
     use std::os::unix::fs::chown;
     let jail = env.base.join("firecracker").join(id);
     let root = jail.join("root");
@@ -170,12 +222,20 @@ fn bare_jailer(env: &Env, id: &str) -> anyhow::Result<Duration> {
         .or_else(|_| std::fs::copy(&env.kernel, root.join("kernel")).map(|_| ()))?;
     std::fs::write(root.join("vm.json"), vm_json("/kernel"))?;
     chown(root.join("vm.json"), Some(10000), Some(10000))?;
+    // Firecracker's log goes to a file in the jail, as warden's does.
+    std::fs::write(root.join("firecracker.log"), b"")?;
+    chown(root.join("firecracker.log"), Some(10000), Some(10000))?;
     let mut cmd = Command::new(&env.jailer);
     cmd.args(["--id", id, "--exec-file"])
         .arg(&env.firecracker)
         .args(["--uid", "10000", "--gid", "10000", "--chroot-base-dir"])
         .arg(&env.base)
-        .args(["--cgroup-version", "1", "--parent-cgroup", "warden-bench"])
+        .args([
+            "--cgroup-version",
+            "1",
+            "--parent-cgroup",
+            &env.parent_cgroup,
+        ])
         .args([
             "--cgroup",
             &format!("memory.limit_in_bytes={}", 192u64 << 20),
@@ -192,14 +252,21 @@ fn bare_jailer(env: &Env, id: &str) -> anyhow::Result<Duration> {
             "--resource-limit",
             "no-file=2048",
         ])
-        .args(["--", "--no-api", "--config-file", "/vm.json"]);
+        .args([
+            "--",
+            "--no-api",
+            "--config-file",
+            "/vm.json",
+            "--log-path",
+            "/firecracker.log",
+        ]);
     let t = time_to_marker(cmd);
     std::fs::remove_dir_all(&jail)?;
     for c in ["memory", "cpu", "pids"] {
         let _ = std::fs::remove_dir(
             Path::new("/sys/fs/cgroup")
                 .join(c)
-                .join("warden-bench")
+                .join(&env.parent_cgroup)
                 .join(id),
         );
     }
@@ -211,11 +278,13 @@ fn warden_run(env: &Env, id: &str) -> anyhow::Result<Duration> {
     cmd.args(["run", "--require-jailer", "--id", id, "--kernel"])
         .arg(&env.kernel)
         .args(["--boot-args", BOOT_ARGS, "--chroot-base"])
-        .arg(&env.base);
+        .arg(&env.base)
+        .args(["--parent-cgroup", &env.parent_cgroup]);
     time_to_marker(cmd)
 }
 
-async fn library(env: &Env, id: &str) -> anyhow::Result<(Duration, Vec<(String, Duration)>)> {
+/// The library's configuration of one poweroff guest, jailed like the other series.
+pub(super) fn library_config(env: &Env, id: &str) -> (VmConfig, VmOptions) {
     let config = VmConfig {
         vm_id: id.to_owned(),
         vcpu_count: 1,
@@ -228,12 +297,20 @@ async fn library(env: &Env, id: &str) -> anyhow::Result<(Duration, Vec<(String, 
         boot_args: Some(BOOT_ARGS.into()),
         jailer: JailerConfig {
             chroot_base_dir: env.base.clone(),
+            jailer_binary: env.jailer.clone(),
+            exec_file: env.firecracker.clone(),
+            parent_cgroup: env.parent_cgroup.clone(),
             ..JailerConfig::default()
         },
         jailer_mode: JailerMode::Required,
         serial: Serial::Capture,
         ..VmOptions::default()
     };
+    (config, options)
+}
+
+async fn library(env: &Env, id: &str) -> anyhow::Result<(Duration, Vec<(String, Duration)>)> {
+    let (config, options) = library_config(env, id);
     let t0 = Instant::now();
     let vm = warden::vm::start_vm(&config, &options).await?;
     let started = t0.elapsed();
@@ -254,4 +331,58 @@ async fn library(env: &Env, id: &str) -> anyhow::Result<(Duration, Vec<(String, 
     );
     phases.push(("power-off + cleanup".into(), t1.elapsed()));
     Ok((t, phases))
+}
+
+/// CreateVm + BootVm through the daemon, timed to the marker in the serial log file; then,
+/// untimed, wait for the guest's power-off to be recorded and DeleteVm.
+async fn via_daemon(
+    daemon: &BenchDaemon,
+    id: &str,
+) -> anyhow::Result<(Duration, Vec<(String, Duration)>)> {
+    let client = daemon.client();
+    let serial = daemon.serial_path(id);
+    let t0 = Instant::now();
+    client
+        .create_vm(daemon.create_req(id, daemon::POWEROFF))
+        .await?;
+    let created = t0.elapsed();
+    client
+        .boot_vm(warden_api::pb::BootVmRequest { vm_id: id.into() })
+        .await?;
+    let booted = t0.elapsed();
+    // A tight poll: this is the measured moment.
+    loop {
+        if let Ok(s) = std::fs::read(&serial) {
+            if s.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()) {
+                break;
+            }
+        }
+        anyhow::ensure!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no marker in {}; daemon log: {}",
+            serial.display(),
+            daemon.logs()
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let t = t0.elapsed();
+    daemon::wait_for_state(
+        &client,
+        id,
+        warden_api::pb::VmState::Stopped,
+        Duration::from_millis(2),
+        Duration::from_secs(20),
+    )
+    .await?;
+    client
+        .delete_vm(warden_api::pb::DeleteVmRequest { vm_id: id.into() })
+        .await?;
+    Ok((
+        t,
+        vec![
+            ("daemon: CreateVm".into(), created),
+            ("daemon: BootVm".into(), booted - created),
+            ("daemon: marker after BootVm".into(), t - booted),
+        ],
+    ))
 }
