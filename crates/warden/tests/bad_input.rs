@@ -112,8 +112,13 @@ async fn uid_0_is_refused_for_a_jailed_vm() {
 }
 
 #[tokio::test]
-async fn networking_is_refused_until_supported() {
-    let (mut config, options) = guest("net", "");
+async fn networking_that_cannot_work_is_refused() {
+    let (mut config, mut options) = guest("net", "");
     config.enable_networking = true;
-    refused(config, options, "enable_networking", "set it to false").await;
+    options.network.mode = jail::net::NetMode::Bridge;
+    refused(config, options, "network.guest", "needs the guest's address").await;
+    let (mut config, mut options) = guest("netns", "");
+    config.enable_networking = true;
+    options.jailer.netns = Some("/run/netns/elsewhere".into());
+    refused(config, options, "netns", "drop netns").await;
 }
