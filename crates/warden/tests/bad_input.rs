@@ -116,7 +116,13 @@ async fn networking_that_cannot_work_is_refused() {
     let (mut config, mut options) = guest("net", "");
     config.enable_networking = true;
     options.network.mode = jail::net::NetMode::Bridge;
-    refused(config, options, "network.guest", "needs the guest's address").await;
+    refused(
+        config,
+        options,
+        "network.guest",
+        "needs the guest's address",
+    )
+    .await;
     let (mut config, mut options) = guest("netns", "");
     config.enable_networking = true;
     options.jailer.netns = Some("/run/netns/elsewhere".into());
