@@ -205,15 +205,8 @@ async fn every_lifecycle_call_and_the_transitions_it_forbids() {
         err.message
     );
 
-    c.boot_vm(pb::BootVmRequest { vm_id: id.clone() })
-        .await
-        .unwrap();
-    let info = c
-        .get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() })
-        .await
-        .unwrap()
-        .vm
-        .unwrap();
+    boot(&c, id.clone()).await;
+    let info = vm_info(&c, id.clone()).await;
     let fc = firecracker_api::Client::new(&info.socket_path);
     assert_eq!(
         fc.instance_info().await.unwrap().state,
@@ -256,12 +249,7 @@ async fn every_lifecycle_call_and_the_transitions_it_forbids() {
         .await
         .unwrap();
     assert_eq!(r.state, state(pb::VmState::Running));
-    let info = c
-        .get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() })
-        .await
-        .unwrap()
-        .vm
-        .unwrap();
+    let info = vm_info(&c, id.clone()).await;
     assert_ne!(info.pid, old_pid, "a reboot starts a new Firecracker");
 
     let r = c
@@ -272,12 +260,7 @@ async fn every_lifecycle_call_and_the_transitions_it_forbids() {
         .await
         .unwrap();
     assert_eq!(r.state, state(pb::VmState::Stopped));
-    let info = c
-        .get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() })
-        .await
-        .unwrap()
-        .vm
-        .unwrap();
+    let info = vm_info(&c, id.clone()).await;
     assert_eq!(info.exit.unwrap().reason, "stopped_by_api");
     d.assert_clean();
     let err = c
@@ -290,9 +273,7 @@ async fn every_lifecycle_call_and_the_transitions_it_forbids() {
     assert_eq!(err.code, Code::FailedPrecondition);
 
     // A stopped VM boots again.
-    c.boot_vm(pb::BootVmRequest { vm_id: id.clone() })
-        .await
-        .unwrap();
+    boot(&c, id.clone()).await;
     c.delete_vm(pb::DeleteVmRequest { vm_id: id.clone() })
         .await
         .unwrap();
@@ -310,16 +291,8 @@ async fn a_vm_killed_from_outside_is_shown_stopped_with_the_reason_within_a_seco
     let c = d.client();
     let id = unique("kill");
     c.create_vm(d.create_req(&id, "mode=idle")).await.unwrap();
-    c.boot_vm(pb::BootVmRequest { vm_id: id.clone() })
-        .await
-        .unwrap();
-    let pid = c
-        .get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() })
-        .await
-        .unwrap()
-        .vm
-        .unwrap()
-        .pid;
+    boot(&c, id.clone()).await;
+    let pid = vm_info(&c, id.clone()).await.pid;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -327,12 +300,7 @@ async fn a_vm_killed_from_outside_is_shown_stopped_with_the_reason_within_a_seco
     .unwrap();
     let t0 = Instant::now();
     let info = loop {
-        let info = c
-            .get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() })
-            .await
-            .unwrap()
-            .vm
-            .unwrap();
+        let info = vm_info(&c, id.clone()).await;
         if info.state == state(pb::VmState::Stopped) || t0.elapsed() > Duration::from_secs(1) {
             break info;
         }
@@ -352,9 +320,7 @@ async fn a_vm_killed_from_outside_is_shown_stopped_with_the_reason_within_a_seco
     c.create_vm(d.create_req(&id2, "mode=poweroff"))
         .await
         .unwrap();
-    c.boot_vm(pb::BootVmRequest { vm_id: id2.clone() })
-        .await
-        .unwrap();
+    boot(&c, id2.clone()).await;
     assert!(
         eventually(Duration::from_secs(2), || {
             let rt = tokio::runtime::Handle::current();
@@ -362,11 +328,8 @@ async fn a_vm_killed_from_outside_is_shown_stopped_with_the_reason_within_a_seco
             let id2 = id2.clone();
             tokio::task::block_in_place(|| {
                 rt.block_on(async move {
-                    c.get_vm_info(pb::GetVmInfoRequest { vm_id: id2 })
+                    vm_info(&c, id2)
                         .await
-                        .unwrap()
-                        .vm
-                        .unwrap()
                         .exit
                         .is_some_and(|e| e.reason == "guest_power_off")
                 })
@@ -493,9 +456,7 @@ async fn fifty_concurrent_creates_and_deletes_leave_a_consistent_store_and_a_cle
             let id = req.vm_id.clone();
             c.create_vm(req).await.unwrap();
             if i % 5 == 0 {
-                c.boot_vm(pb::BootVmRequest { vm_id: id.clone() })
-                    .await
-                    .unwrap();
+                boot(&c, id.clone()).await;
             }
             if i % 2 == 0 {
                 c.delete_vm(pb::DeleteVmRequest { vm_id: id })

@@ -37,12 +37,7 @@ async fn each_seed_variable_reaches_the_jail() {
     c.boot_vm(pb::BootVmRequest { vm_id: id.clone() })
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
-    let info = c
-        .get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() })
-        .await
-        .unwrap()
-        .vm
-        .unwrap();
+    let info = vm_info(&c, id.clone()).await;
     let status = std::fs::read_to_string(format!("/proc/{}/status", info.pid)).unwrap();
     let field = |k: &str| {
         status

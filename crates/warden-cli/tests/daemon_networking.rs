@@ -64,15 +64,8 @@ async fn thirty_networked_vms_created_and_deleted_concurrently_leave_nothing_and
         tasks.spawn(async move {
             let id = req.vm_id.clone();
             c.create_vm(req).await.unwrap();
-            c.boot_vm(pb::BootVmRequest { vm_id: id.clone() })
-                .await
-                .unwrap();
-            let info = c
-                .get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() })
-                .await
-                .unwrap()
-                .vm
-                .unwrap();
+            boot(&c, id.clone()).await;
+            let info = vm_info(&c, id.clone()).await;
             (id, info)
         });
     }
@@ -120,15 +113,8 @@ async fn thirty_networked_vms_created_and_deleted_concurrently_leave_nothing_and
     // The pool is whole again: the next VM gets the first address.
     let id = format!("{base}-again");
     c.create_vm(networked(&d, &id)).await.unwrap();
-    c.boot_vm(pb::BootVmRequest { vm_id: id.clone() })
-        .await
-        .unwrap();
-    let info = c
-        .get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() })
-        .await
-        .unwrap()
-        .vm
-        .unwrap();
+    boot(&c, id.clone()).await;
+    let info = vm_info(&c, id.clone()).await;
     assert_eq!(info.guest_ip, "10.215.1.2/24");
     c.delete_vm(pb::DeleteVmRequest { vm_id: id })
         .await
@@ -144,16 +130,8 @@ async fn killed_firecrackers_and_a_killed_daemon_leave_no_network_behind() {
     let mut infos = Vec::new();
     for id in &ids {
         c.create_vm(networked(&d, id)).await.unwrap();
-        c.boot_vm(pb::BootVmRequest { vm_id: id.clone() })
-            .await
-            .unwrap();
-        infos.push(
-            c.get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() })
-                .await
-                .unwrap()
-                .vm
-                .unwrap(),
-        );
+        boot(&c, id.clone()).await;
+        infos.push(vm_info(&c, id.clone()).await);
     }
     // A Firecracker killed while the daemon runs: its network goes at once.
     nix::sys::signal::kill(
@@ -174,28 +152,14 @@ async fn killed_firecrackers_and_a_killed_daemon_leave_no_network_behind() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     d.restart();
     let c = d.client();
-    let dead = c
-        .get_vm_info(pb::GetVmInfoRequest {
-            vm_id: ids[1].clone(),
-        })
-        .await
-        .unwrap()
-        .vm
-        .unwrap();
+    let dead = vm_info(&c, ids[1].clone()).await;
     assert_eq!(dead.state, state(pb::VmState::Stopped));
     assert!(
         !netns_exists(&infos[1].netns),
         "namespace of a VM that died while the daemon was down"
     );
     assert!(!host_links("wv").contains(&infos[1].host_veth));
-    let alive = c
-        .get_vm_info(pb::GetVmInfoRequest {
-            vm_id: ids[2].clone(),
-        })
-        .await
-        .unwrap()
-        .vm
-        .unwrap();
+    let alive = vm_info(&c, ids[2].clone()).await;
     assert_eq!(alive.state, state(pb::VmState::Running), "re-attached");
     assert!(netns_exists(&infos[2].netns));
     for id in &ids {

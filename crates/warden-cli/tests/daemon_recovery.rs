@@ -27,18 +27,9 @@ async fn a_sigkilled_daemon_reattaches_running_vms_and_cleans_orphans() {
     let ids: Vec<String> = (0..10).map(|i| format!("{base}-{i}")).collect();
     for id in &ids {
         c.create_vm(d.create_req(id, "mode=idle")).await.unwrap();
-        c.boot_vm(pb::BootVmRequest { vm_id: id.clone() })
-            .await
-            .unwrap();
+        boot(&c, id.clone()).await;
     }
-    let victim = c
-        .get_vm_info(pb::GetVmInfoRequest {
-            vm_id: ids[9].clone(),
-        })
-        .await
-        .unwrap()
-        .vm
-        .unwrap();
+    let victim = vm_info(&c, ids[9].clone()).await;
     d.kill();
 
     // While the daemon is down: one VM dies, and orphans appear beside things that are not ours.
@@ -122,28 +113,14 @@ async fn a_sigkilled_daemon_reattaches_running_vms_and_cleans_orphans() {
             .unwrap();
     }
     // And their exits are still noticed.
-    let watched = c
-        .get_vm_info(pb::GetVmInfoRequest {
-            vm_id: ids[0].clone(),
-        })
-        .await
-        .unwrap()
-        .vm
-        .unwrap();
+    let watched = vm_info(&c, ids[0].clone()).await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(watched.pid as i32),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = c
-        .get_vm_info(pb::GetVmInfoRequest {
-            vm_id: ids[0].clone(),
-        })
-        .await
-        .unwrap()
-        .vm
-        .unwrap();
+    let after = vm_info(&c, ids[0].clone()).await;
     assert_eq!(after.state, state(pb::VmState::Stopped), "{after:?}");
     for id in &ids {
         c.delete_vm(pb::DeleteVmRequest { vm_id: id.clone() })
@@ -177,12 +154,7 @@ async fn a_daemon_killed_mid_boot_leaves_a_known_running_vm_or_nothing() {
         let _ = boot.await;
         d.restart();
         let c = d.client();
-        let info = c
-            .get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() })
-            .await
-            .unwrap()
-            .vm
-            .unwrap();
+        let info = vm_info(&c, id.clone()).await;
         let running = info.state == state(pb::VmState::Running);
         if running {
             assert!(
@@ -237,16 +209,8 @@ async fn a_graceful_daemon_exit_leaves_vms_running_unless_told_to_stop_them() {
     let c = d.client();
     let id = unique("term");
     c.create_vm(d.create_req(&id, "mode=idle")).await.unwrap();
-    c.boot_vm(pb::BootVmRequest { vm_id: id.clone() })
-        .await
-        .unwrap();
-    let pid = c
-        .get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() })
-        .await
-        .unwrap()
-        .vm
-        .unwrap()
-        .pid;
+    boot(&c, id.clone()).await;
+    let pid = vm_info(&c, id.clone()).await.pid;
     d.terminate();
     assert!(
         Path::new(&format!("/proc/{pid}")).exists(),
@@ -256,12 +220,7 @@ async fn a_graceful_daemon_exit_leaves_vms_running_unless_told_to_stop_them() {
         .push(("WARDEN_STOP_VMS_ON_EXIT".into(), "true".into()));
     d.restart();
     let c = d.client();
-    let info = c
-        .get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() })
-        .await
-        .unwrap()
-        .vm
-        .unwrap();
+    let info = vm_info(&c, id.clone()).await;
     assert_eq!(
         (info.state, info.pid),
         (state(pb::VmState::Running), pid),

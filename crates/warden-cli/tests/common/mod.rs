@@ -261,3 +261,19 @@ pub async fn eventually<F: FnMut() -> bool>(timeout: Duration, mut f: F) -> bool
 pub fn state(s: pb::VmState) -> i32 {
     s as i32
 }
+
+/// GetVmInfo's VM.
+pub async fn vm_info(c: &Client, id: impl Into<String>) -> pb::VmInfo {
+    c.get_vm_info(pb::GetVmInfoRequest { vm_id: id.into() })
+        .await
+        .unwrap()
+        .vm
+        .unwrap()
+}
+
+/// BootVm, which must succeed.
+pub async fn boot(c: &Client, id: impl Into<String>) {
+    c.boot_vm(pb::BootVmRequest { vm_id: id.into() })
+        .await
+        .unwrap();
+}
