@@ -209,7 +209,11 @@ pub fn parse_drive(arg: &str) -> (&str, bool) {
 /// `warden plan`.
 pub fn plan(args: RunArgs, json: bool) -> anyhow::Result<u8> {
     let (config, options) = args.to_config()?;
-    let (_, plan, unjailed) = vm::plan_vm(&config, &options)?;
+    let vm::Planned {
+        plan,
+        unjailed_reason: unjailed,
+        ..
+    } = vm::plan_vm(&config, &options)?;
     if json {
         let mut v = serde_json::to_value(&plan)?;
         v["unjailed_reason"] = serde_json::json!(unjailed);

@@ -187,7 +187,8 @@ impl Manager {
         // Addresses are taken at boot; validate with the pool's first one.
         let (net, _) = self.cfg.address_pool;
         options.network.guest = Some(self.guest_addr((u32::from(net) + 2).into()));
-        let (_, plan, _) = vm::plan_vm(&config, &options)
+        let plan = vm::plan_vm(&config, &options)
+            .map(|p| p.plan)
             .map_err(|e| ManagerError::from_vm(&e).prefixed("config."))?;
         let now = now_ms();
         let rec = VmRecord {
@@ -282,11 +283,11 @@ impl Manager {
             let (mut config, mut options) = self.vm_config(&id, &slot.rec.spec, joined);
             config.enable_networking = networked;
             options.network.guest = slot.rec.address.map(|a| self.guest_addr(a));
-            let (_, plan, _) =
-                vm::plan_vm(&config, &options).map_err(|e| ManagerError::from_vm(&e))?;
-            slot.rec.plan = Some(plan);
+            let phases = vm::Phases::start();
+            let planned = vm::plan_vm(&config, &options).map_err(|e| ManagerError::from_vm(&e))?;
+            slot.rec.plan = Some(planned.plan.clone());
             self.put(&mut slot.rec).await?;
-            vm::start_vm(&config, &options)
+            vm::start_planned(&config, &options, planned, phases)
                 .await
                 .map_err(|e| ManagerError::from_vm(&e))
         }

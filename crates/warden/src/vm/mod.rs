@@ -193,10 +193,11 @@ impl VmHandle {
 
 /// Durations of the steps of a start, for benchmarks and logs.
 #[derive(Debug)]
-pub(crate) struct Phases(Vec<(&'static str, Duration)>, std::time::Instant);
+pub struct Phases(Vec<(&'static str, Duration)>, std::time::Instant);
 
 impl Phases {
-    pub(crate) fn start() -> Self {
+    /// Starts timing now.
+    pub fn start() -> Self {
         Self(Vec::new(), std::time::Instant::now())
     }
 
@@ -219,13 +220,19 @@ pub async fn stop_firecracker(vm: VmHandle) -> Result<Exit, Error> {
     vm.stop().await
 }
 
+/// A VM's validated jail spec and plan, ready for [`start_planned`].
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// The validated spec.
+    pub spec: jail::JailSpec,
+    /// Every path, argv and cgroup value.
+    pub plan: JailPlan,
+    /// Why the VM would run unjailed, if it would.
+    pub unjailed_reason: Option<String>,
+}
+
 /// Decides jailed or not, and builds the jail spec and its plan, without touching the host.
-///
-/// Returns the spec, its plan, and why the VM would run unjailed (if it would).
-pub fn plan_vm(
-    config: &VmConfig,
-    options: &VmOptions,
-) -> Result<(jail::JailSpec, JailPlan, Option<String>), Error> {
+pub fn plan_vm(config: &VmConfig, options: &VmOptions) -> Result<Planned, Error> {
     config.validate()?;
     let jailer_found = jailer::is_executable(&options.jailer.jailer_binary);
     let (jailed, unjailed_reason) = match options.jailer_mode {
@@ -309,13 +316,33 @@ pub fn plan_vm(
     }
     let spec = jc.spec(jailed, Some(&hierarchy), files, net)?;
     let plan = spec.plan(&hierarchy)?;
-    Ok((spec, plan, unjailed_reason))
+    Ok(Planned {
+        spec,
+        plan,
+        unjailed_reason,
+    })
 }
 
 /// Boots a VM: jail, configure, InstanceStart, isolation report.
 pub async fn start_vm(config: &VmConfig, options: &VmOptions) -> Result<VmHandle, Error> {
-    let mut phases = Phases::start();
-    let (spec, plan, unjailed_reason) = plan_vm(config, options)?;
+    let phases = Phases::start();
+    let planned = plan_vm(config, options)?;
+    start_planned(config, options, planned, phases).await
+}
+
+/// Boots a VM from a plan made by [`plan_vm`] with the same config and options (for callers
+/// that record the plan before acting on it, as the daemon does).
+pub async fn start_planned(
+    config: &VmConfig,
+    options: &VmOptions,
+    planned: Planned,
+    mut phases: Phases,
+) -> Result<VmHandle, Error> {
+    let Planned {
+        spec,
+        plan,
+        unjailed_reason,
+    } = planned;
     if let Some(net) = plan.net.clone() {
         // Before the jail: the jailer joins this namespace.
         tokio::task::spawn_blocking(move || jail::net::setup(&net))
