@@ -392,7 +392,11 @@ async fn supervise(
     } {
         let _ = fd.readable().await;
     } else {
-        wait_pidfd_blocking(&pidfd, Duration::from_secs(u64::MAX / 4));
+        let fd = pidfd.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            wait_pidfd_blocking(&fd, Duration::from_secs(u64::MAX / 4))
+        })
+        .await;
     }
     let status = reap(&pidfd);
     if let Some(done) = out.stderr_done {
@@ -423,7 +427,14 @@ async fn supervise(
     }
     output.push_str(&log);
     let output = tail(&output);
-    let cleanup_error = clean_once(&cleanup_done, &plan);
+    // Removing the jail, the cgroups (rmdir may need retries while the kernel releases the
+    // task) and the network blocks: off the async workers.
+    let cleanup_error = {
+        let plan = plan.clone();
+        tokio::task::spawn_blocking(move || clean_once(&cleanup_done, &plan))
+            .await
+            .unwrap_or_else(|e| Some(format!("cleanup task failed: {e}")))
+    };
     tracing::info!(vm_id = %plan.id, %reason, pid_exit = ?status, "vm exited and was cleaned up");
     let _ = tx.send(Some(Exit {
         reason,
