@@ -164,7 +164,15 @@ impl JailSpec {
                     ),
                 ));
             }
-            let meta = std::fs::metadata(&f.source).map_err(|e| {
+            // Staging uses the resolved path and refuses symlinks (O_NOFOLLOW), so a path that
+            // is swapped for a symlink after this point is never followed.
+            let source = std::fs::canonicalize(&f.source).map_err(|e| {
+                SpecError::new(
+                    &f.field,
+                    format!("{} cannot be resolved ({e})", f.source.display()),
+                )
+            })?;
+            let meta = std::fs::metadata(&source).map_err(|e| {
                 SpecError::new(
                     &f.field,
                     format!("{} cannot be read ({e})", f.source.display()),
@@ -180,7 +188,7 @@ impl JailSpec {
             };
             staged.push(if linkable {
                 StagedFile {
-                    source: f.source.clone(),
+                    source: source.clone(),
                     dest,
                     path_in_jail,
                     method: StageMethod::HardLink,
@@ -191,7 +199,7 @@ impl JailSpec {
                 }
             } else {
                 StagedFile {
-                    source: f.source.clone(),
+                    source: source.clone(),
                     dest,
                     path_in_jail,
                     method: StageMethod::Copy,

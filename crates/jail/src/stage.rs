@@ -95,7 +95,14 @@ fn stage_file(f: &StagedFile) -> Result<(), StageError> {
 /// (`copy_file_range`, which some filesystems also turn into a shared-extent copy).
 fn copy(src: &Path, dest: &Path) -> Result<(), StageError> {
     use std::os::fd::AsRawFd;
-    let from = fs::File::open(src).ctx("open", src)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NOFOLLOW: a file swapped for a symlink after validation is refused, never followed
+    // (the caller's allowlist was checked on the resolved path).
+    let from = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(src)
+        .ctx("open", src)?;
     let to = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -227,5 +234,28 @@ mod tests {
             err.to_string().starts_with("cannot create jail directory"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn symlinked_sources_are_resolved_at_plan_time_and_never_followed_at_stage_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("rootfs.img");
+        fs::write(&real, b"disk").unwrap();
+        let link = tmp.path().join("current.img");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let base = tmp.path().join("jail");
+        let h = Hierarchy::parse("cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n").unwrap();
+        let plan = spec(&base, vec![req(&link, "rootfs", true)])
+            .plan(&h)
+            .unwrap();
+        assert_eq!(plan.staged[0].source, real.canonicalize().unwrap());
+        // The file is swapped for a symlink to a secret after the plan: staging refuses it.
+        let secret = tmp.path().join("secret");
+        fs::write(&secret, b"secret").unwrap();
+        fs::remove_file(&real).unwrap();
+        std::os::unix::fs::symlink(&secret, &real).unwrap();
+        let err = stage(&plan).unwrap_err();
+        assert_eq!(err.action, "open");
+        assert_eq!(err.source.raw_os_error(), Some(libc::ELOOP));
     }
 }
