@@ -297,8 +297,9 @@ pub struct DemoArgs {
     chroot_base: PathBuf,
 }
 
-/// `warden demo`: the test guest, jailed in a new PID namespace, its isolation report, a
-/// graceful stop, and proof that nothing is left.
+/// `warden demo`: the test guest, jailed in a new PID namespace and its own network namespace
+/// (with a TAP only it can reach), its isolation report, a graceful stop, and proof that
+/// nothing is left.
 pub async fn demo(args: DemoArgs) -> anyhow::Result<u8> {
     let kernel = warden::assets::testguest();
     let config = VmConfig {
@@ -307,10 +308,14 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<u8> {
         memory_mb: 128,
         kernel_path: kernel.display().to_string(),
         rootfs_path: String::new(),
-        enable_networking: false,
+        enable_networking: true,
     };
     let options = VmOptions {
         boot_args: Some("mode=idle marker=hello-from-a-jailed-guest".into()),
+        network: warden::vm::config::NetworkOptions {
+            mode: jail::net::NetMode::None,
+            ..Default::default()
+        },
         jailer: JailerConfig {
             chroot_base_dir: args.chroot_base,
             new_pid_ns: true,
@@ -328,8 +333,12 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<u8> {
     let vm = vm::start_vm(&config, &options)
         .await
         .context("cannot start the demo VM (did `make assets` run?)")?;
+    // The whole marker line: it is echoed before it is buffered, so our lines come after it.
     if !vm
-        .wait_for_serial("WARDEN_MARKER", Duration::from_secs(5))
+        .wait_for_serial(
+            "WARDEN_MARKER hello-from-a-jailed-guest\n",
+            Duration::from_secs(5),
+        )
         .await
     {
         anyhow::bail!(
@@ -349,6 +358,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<u8> {
     let exit = vm::stop_firecracker(vm).await?;
     let left: Vec<_> = std::iter::once(&plan.jail_dir)
         .chain(&plan.cgroup_dirs)
+        .chain(plan.net.as_ref().map(|n| &n.netns_path))
         .filter(|p| p.exists())
         .collect();
     println!(
