@@ -3,7 +3,7 @@
 //! handles, and a watcher per running VM that records its exit.
 //!
 //! Each step writes its intent to the store before its side effect: `booting` with the plan and
-//! namespace before anything is staged, `stopping` before a stop. Recovery ([`super::recovery`])
+//! namespace before anything is staged, `stopping` before a stop. Recovery (the `recovery` module)
 //! relies on that.
 
 use std::collections::HashMap;
@@ -122,7 +122,7 @@ type Result<T> = std::result::Result<T, ManagerError>;
 
 impl Manager {
     /// Opens the store and reconciles it with the host: re-attaches running VMs, records and
-    /// cleans VMs that died, removes orphans. See [`super::recovery`].
+    /// cleans VMs that died, removes orphans. See the `recovery` module.
     pub async fn open(cfg: DaemonConfig) -> std::result::Result<Arc<Self>, ManagerError> {
         let store = Store::open(&cfg.state_dir).map_err(ManagerError::store)?;
         let manager = Arc::new(Self {
