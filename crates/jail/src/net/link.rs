@@ -101,11 +101,17 @@ pub fn host_side(
         let br = match index(&h, &bridge).await? {
             Some(i) => i,
             None => {
-                h.link()
+                // Another VM's start may create it at the same moment: EEXIST is that one.
+                match h
+                    .link()
                     .add(LinkBridge::new(&bridge).build())
                     .execute()
                     .await
-                    .map_err(|e| NetError::new("create bridge", &bridge, e))?;
+                {
+                    Ok(()) => {}
+                    Err(e) if is_exists(&e) => {}
+                    Err(e) => return Err(NetError::new("create bridge", &bridge, e)),
+                }
                 must_index(&h, &bridge).await?
             }
         };
@@ -149,11 +155,16 @@ async fn ensure_address(
             return Ok(());
         }
     }
-    h.address()
-        .add(index, addr.into(), prefix)
-        .execute()
-        .await
-        .map_err(|e| NetError::new(format!("add {addr}/{prefix} to"), name, e))
+    match h.address().add(index, addr.into(), prefix).execute().await {
+        Ok(()) => Ok(()),
+        // Added by a concurrent start since we looked.
+        Err(e) if is_exists(&e) => Ok(()),
+        Err(e) => Err(NetError::new(format!("add {addr}/{prefix} to"), name, e)),
+    }
+}
+
+fn is_exists(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::EEXIST)
 }
 
 /// Namespace side (run in a thread that joined the VM's namespace): `lo` and the TAP up; in
