@@ -131,7 +131,7 @@ impl Client {
     }
 
     rpcs! {
-        /// `CreateVm`: validates and records a VM, and stages its jail.
+        /// `CreateVm`: validates and records a VM; nothing is created on the host.
         create_vm(CreateVmRequest) -> CreateVmResponse, "CreateVm";
         /// `DeleteVm`: stops the VM if it runs, removes its host resources, forgets it.
         delete_vm(DeleteVmRequest) -> DeleteVmResponse, "DeleteVm";

@@ -57,7 +57,7 @@ pub const METHODS: [&str; 9] = [
 /// the server maps [`ApiError`] to a Connect error or a gRPC status.
 #[async_trait]
 pub trait VmService: Send + Sync + 'static {
-    /// Validates and records a VM, and stages its jail; does not start it.
+    /// Validates everything and records a VM; creates nothing on the host and does not start it.
     async fn create_vm(&self, req: pb::CreateVmRequest) -> Result<pb::CreateVmResponse, ApiError>;
     /// Stops the VM if it runs, removes every host resource, and forgets it.
     async fn delete_vm(&self, req: pb::DeleteVmRequest) -> Result<pb::DeleteVmResponse, ApiError>;

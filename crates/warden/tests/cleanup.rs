@@ -61,18 +61,17 @@ async fn firecracker_killed_from_outside_in_a_pid_namespace_is_reported_and_clea
 
 #[tokio::test]
 async fn a_stop_that_the_guest_ignores_ends_in_sigkill() {
-    // mode=touch does not poll the keyboard while it works, so a long touch ignores
-    // Ctrl-Alt-Del; the deadline then forces SIGKILL.
-    let (mut config, mut options) = guest("stubborn", "mode=spin secs=30");
-    config.memory_mb = 128;
-    options.stop_timeout = Duration::from_millis(1);
+    // A paused guest cannot answer Ctrl-Alt-Del: the deadline passes and SIGKILL follows.
+    let (config, mut options) = guest("stubborn", "mode=idle");
+    options.stop_timeout = Duration::from_millis(300);
     let vm = start_vm(&config, &options).await.unwrap();
-    let exit = vm.stop().await.unwrap();
     assert!(
-        matches!(exit.reason, ExitReason::Killed | ExitReason::Stopped),
-        "{:?}",
-        exit.reason
+        vm.wait_for_serial("WARDEN_MARKER", Duration::from_secs(5))
+            .await
     );
+    vm.pause().await.unwrap();
+    let exit = vm.stop().await.unwrap();
+    assert_eq!(exit.reason, ExitReason::Killed);
     assert_nothing_left(&base(), &config.vm_id);
 }
 

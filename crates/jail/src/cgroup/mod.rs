@@ -277,21 +277,26 @@ impl Hierarchy {
 
 /// `/proc/mounts` escapes spaces and a few other bytes as octal.
 fn unescape_mount_path(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
+    // Works on bytes: an escaped byte may be part of a multi-byte UTF-8 character.
     let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() {
-            if let Ok(n) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(n as char);
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                out.push((d[0] - b'0') << 6 | (d[1] - b'0') << 3 | (d[2] - b'0'));
                 i += 4;
-                continue;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
             }
         }
-        out.push(b[i] as char);
-        i += 1;
     }
-    out
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Resource limits for one VM, before they are mapped to a cgroup version's files.
@@ -540,5 +545,7 @@ mod tests {
     fn unescapes_octal_in_mount_paths() {
         assert_eq!(unescape_mount_path("/a\\040b"), "/a b");
         assert_eq!(unescape_mount_path("/plain"), "/plain");
+        assert_eq!(unescape_mount_path("/données\\040x"), "/données x");
+        assert_eq!(unescape_mount_path("/trailing\\04"), "/trailing\\04");
     }
 }

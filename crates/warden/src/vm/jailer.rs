@@ -81,7 +81,7 @@ impl JailerConfig {
     pub(crate) fn spec(
         &self,
         jailed: bool,
-        hierarchy: Option<&Hierarchy>,
+        hierarchy: &Hierarchy,
         files: Vec<StageRequest>,
         net: Option<jail::net::NetPlan>,
     ) -> Result<JailSpec, SpecError> {
@@ -105,11 +105,9 @@ impl JailerConfig {
                 "is 0; use a percentage of one core, e.g. 50 or 200",
             ));
         }
-        let cgroup_version = match (self.cgroup_version, hierarchy) {
-            (Some(v), _) => v,
-            (None, Some(h)) => h.default_version(),
-            (None, None) => CgroupVersion::V1,
-        };
+        let cgroup_version = self
+            .cgroup_version
+            .unwrap_or_else(|| hierarchy.default_version());
         Ok(JailSpec {
             id,
             jailed,
@@ -256,7 +254,7 @@ impl JailedProcess {
 /// [`JailedProcess::client`] or any Firecracker client. Requires the jailer.
 pub async fn start_with_jailer(config: &JailerConfig) -> Result<JailedProcess, Error> {
     let hierarchy = Hierarchy::host()?;
-    let spec = config.spec(true, Some(&hierarchy), Vec::new(), None)?;
+    let spec = config.spec(true, &hierarchy, Vec::new(), None)?;
     let plan = spec.plan(&hierarchy)?;
     let (process, client) = launch(
         &spec,

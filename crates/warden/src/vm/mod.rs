@@ -314,7 +314,7 @@ pub fn plan_vm(config: &VmConfig, options: &VmOptions) -> Result<Planned, Error>
             .into());
         }
     }
-    let spec = jc.spec(jailed, Some(&hierarchy), files, net)?;
+    let spec = jc.spec(jailed, &hierarchy, files, net)?;
     let plan = spec.plan(&hierarchy)?;
     Ok(Planned {
         spec,
