@@ -12,13 +12,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::cgroup::{CgroupVersion, Hierarchy, Setting};
+pub use crate::layout::{LOG_IN_JAIL, SOCKET_IN_JAIL};
+use crate::layout::Layout;
 use crate::spec::{JailSpec, SpecError};
 use crate::MAX_SOCKET_PATH;
-
-/// The API socket's path inside the jail.
-pub const SOCKET_IN_JAIL: &str = "/run/firecracker.socket";
-/// Firecracker's log file inside the jail (created by us: Firecracker only opens it).
-pub const LOG_IN_JAIL: &str = "/firecracker.log";
 
 /// How a file reaches the jail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +68,8 @@ pub struct JailPlan {
     pub pid_file: PathBuf,
     /// Firecracker's log, as seen from the host.
     pub log_file: PathBuf,
+    /// The owner record's copy in the jail directory.
+    pub owner_file: PathBuf,
     /// User Firecracker runs as.
     pub uid: u32,
     /// Group Firecracker runs as.
@@ -90,6 +89,9 @@ pub struct JailPlan {
     pub new_pid_ns: bool,
     /// Network namespace joined.
     pub netns: Option<PathBuf>,
+    /// Whether warden makes (and removes) the namespace at `netns` itself; false when it was
+    /// made by someone else, or belongs to `net`.
+    pub netns_owned: bool,
     /// The VM's own network, if it has one.
     pub net: Option<crate::net::NetPlan>,
     /// Files staged into the jail.
@@ -107,21 +109,27 @@ impl JailPlan {
 }
 
 impl JailSpec {
+    /// The layout of this spec's jails on a host with these cgroup mounts.
+    pub fn layout(&self, hierarchy: &Hierarchy) -> Layout {
+        Layout::new(
+            &self.chroot_base_dir,
+            &self.exec_file,
+            &self.parent_cgroup,
+            self.cgroup_version,
+            hierarchy.clone(),
+        )
+    }
+
     /// Validates the spec and computes its plan against the host's cgroup hierarchy.
     pub fn plan(&self, hierarchy: &Hierarchy) -> Result<JailPlan, SpecError> {
         self.validate()?;
-        let exec_name = self
-            .exec_file
-            .file_name()
-            .expect("validated")
-            .to_string_lossy()
-            .into_owned();
-        let jail_dir = self.chroot_base_dir.join(&exec_name).join(self.id.as_str());
-        let root_dir = jail_dir.join("root");
-        let in_root = |p: &str| root_dir.join(p.trim_start_matches('/'));
-        let socket_path = in_root(SOCKET_IN_JAIL);
-        let log_file = in_root(LOG_IN_JAIL);
-        let pid_file = root_dir.join(format!("{exec_name}.pid"));
+        let layout = self.layout(hierarchy);
+        let id = self.id.as_str();
+        let jail_dir = layout.jail_dir(id);
+        let root_dir = layout.root_dir(id);
+        let socket_path = layout.socket_path(id);
+        let log_file = layout.log_file(id);
+        let pid_file = layout.pid_file(id);
 
         let socket_len = socket_path.as_os_str().len();
         if socket_len > MAX_SOCKET_PATH {
@@ -225,28 +233,13 @@ impl JailSpec {
             hierarchy
                 .check(self.cgroup_version, &settings)
                 .map_err(|e| SpecError::new("cgroup_version", e.to_string()))?;
-            let mut dirs = hierarchy.vm_dirs(
-                self.cgroup_version,
-                &self.parent_cgroup,
-                self.id.as_str(),
-                &settings,
-            );
-            accounting = hierarchy.v1_accounting_dir(
-                self.cgroup_version,
-                &self.parent_cgroup,
-                self.id.as_str(),
-            );
+            let mut dirs = layout.cgroup_dirs(id, &settings);
+            accounting = layout.accounting_dir(id);
             dirs.extend(accounting.clone());
             dirs.sort();
+            dirs.dedup();
             for s in &mut settings {
-                s.path = hierarchy
-                    .setting_dir(
-                        self.cgroup_version,
-                        &self.parent_cgroup,
-                        self.id.as_str(),
-                        s,
-                    )
-                    .map(|d| d.join(&s.file));
+                s.path = layout.setting_dir(id, s).map(|d| d.join(&s.file));
             }
             (settings, dirs)
         } else {
@@ -320,6 +313,7 @@ impl JailSpec {
             socket_path,
             pid_file,
             log_file,
+            owner_file: layout.owner_file(id),
             uid,
             gid,
             cgroup_version: self.cgroup_version,
@@ -334,6 +328,7 @@ impl JailSpec {
                 .map(|n| n.netns_path.clone())
                 .or_else(|| self.netns.clone())
                 .filter(|_| self.jailed),
+            netns_owned: self.jailed && self.net.is_none() && self.netns.is_some() && self.make_netns,
             net: self.net.clone(),
             staged,
         })
@@ -389,6 +384,7 @@ mod tests {
             },
             new_pid_ns: true,
             netns: None,
+            make_netns: false,
             net: None,
             files: vec![StageRequest {
                 source: kernel.to_owned(),

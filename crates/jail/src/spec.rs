@@ -69,8 +69,12 @@ pub struct JailSpec {
     pub resource_limits: ResourceLimits,
     /// Exec Firecracker in a new PID namespace.
     pub new_pid_ns: bool,
-    /// Network namespace file to join (`--netns`), made by someone else.
+    /// Network namespace file to join (`--netns`): made by someone else, or by warden when
+    /// `make_netns` is set.
     pub netns: Option<PathBuf>,
+    /// Warden makes the (empty) namespace at `netns` when the jail is applied, and removes it
+    /// with the jail.
+    pub make_netns: bool,
     /// The VM's own network (namespace, TAP, links), made by warden; its namespace is joined.
     pub net: Option<crate::net::NetPlan>,
     /// Files to stage into the jail.
@@ -141,7 +145,7 @@ impl JailSpec {
         if let (Some(_), Some(_)) = (&self.netns, &self.net) {
             return Err(SpecError::new("netns", "cannot be combined with networking: a networked VM gets its own namespace; drop netns"));
         }
-        if let Some(ns) = &self.netns {
+        if let (Some(ns), false) = (&self.netns, self.make_netns) {
             if !ns.exists() {
                 return Err(SpecError::new(
                     "netns",

@@ -42,6 +42,13 @@ impl<T> Ctx<T> for io::Result<T> {
 /// Creates the jail's root, its `run/` directory and log file, and stages every file. Fails if
 /// the jail directory already exists (an id in use, or a leftover that must be cleaned first).
 pub fn stage(plan: &JailPlan) -> Result<(), StageError> {
+    create_jail_dir(plan)?;
+    stage_into(plan)
+}
+
+/// Creates the jail directory (and its parents). Fails if it already exists: it is then someone
+/// else's, and must not be touched.
+pub fn create_jail_dir(plan: &JailPlan) -> Result<(), StageError> {
     if let Some(parent) = plan.jail_dir.parent() {
         fs::DirBuilder::new()
             .recursive(true)
@@ -52,7 +59,12 @@ pub fn stage(plan: &JailPlan) -> Result<(), StageError> {
     fs::DirBuilder::new()
         .mode(0o755)
         .create(&plan.jail_dir)
-        .ctx("create jail directory", &plan.jail_dir)?;
+        .ctx("create jail directory", &plan.jail_dir)
+}
+
+/// Fills a jail directory made by [`create_jail_dir`]: the chroot, `run/`, the log file and the
+/// staged files.
+pub fn stage_into(plan: &JailPlan) -> Result<(), StageError> {
     fs::DirBuilder::new()
         .mode(0o755)
         .create(&plan.root_dir)
@@ -146,6 +158,7 @@ mod tests {
             resource_limits: ResourceLimits::default(),
             new_pid_ns: false,
             netns: None,
+            make_netns: false,
             net: None,
             files,
         }

@@ -233,10 +233,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let (config, options) = args.to_config()?;
     // Registered before the VM starts: a signal that arrives while it boots is kept, and the VM
     // is then stopped as soon as it is up, never left behind.
-    let signals = (
+    // SIGHUP (a closed terminal or ssh session) and SIGQUIT stop the VM like Ctrl-C: warden run
+    // never leaves its VM behind silently.
+    let signals = [
         signal(SignalKind::interrupt())?,
         signal(SignalKind::terminate())?,
-    );
+        signal(SignalKind::hangup())?,
+        signal(SignalKind::quit())?,
+    ];
     let vm = vm::start_vm(&config, &options)
         .await
         .with_context(|| format!("cannot start VM {}", config.vm_id))?;
@@ -250,16 +254,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     supervise_foreground(vm, signals).await
 }
 
-/// Waits for the guest to power off or for Ctrl-C/SIGTERM (then stops the VM gracefully), and
-/// turns the way it ended into an exit status.
+/// Waits for the guest to power off or for Ctrl-C, SIGTERM, SIGHUP or SIGQUIT (then stops the
+/// VM gracefully), and turns the way it ended into an exit status.
 async fn supervise_foreground(
     vm: VmHandle,
-    (mut int, mut term): (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
+    [mut int, mut term, mut hup, mut quit]: [tokio::signal::unix::Signal; 4],
 ) -> anyhow::Result<u8> {
     let interrupted = tokio::select! {
         _ = vm.wait() => false,
         _ = int.recv() => true,
         _ = term.recv() => true,
+        _ = hup.recv() => true,
+        _ = quit.recv() => true,
     };
     let vm_id = vm.vm_id.clone();
     let exit = if interrupted {

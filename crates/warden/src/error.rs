@@ -33,9 +33,10 @@ pub enum Error {
     /// The host's cgroups could not be read.
     #[error(transparent)]
     Cgroup(#[from] jail::cgroup::CgroupError),
-    /// Placing files into the jail failed (everything made was removed).
+    /// Making the VM's host state (id reservation, network, chroot, staged files) failed;
+    /// what was made was removed, and nothing of another owner was touched.
     #[error(transparent)]
-    Stage(#[from] jail::stage::StageError),
+    Apply(#[from] jail::ApplyError),
     /// The jailer or Firecracker could not be executed.
     #[error("cannot execute {}", program.display())]
     Spawn {
@@ -67,12 +68,9 @@ pub enum Error {
     /// Talking to a running VM's API failed.
     #[error(transparent)]
     Api(Box<firecracker_api::Error>),
-    /// Creating the VM's network failed (what was made was removed).
+    /// Removing the VM's host state failed; every failed step is listed.
     #[error(transparent)]
-    Net(#[from] jail::net::NetError),
-    /// Removing the VM's jail or cgroups failed.
-    #[error(transparent)]
-    Cleanup(#[from] jail::cleanup::CleanupError),
+    Remove(#[from] jail::RemoveError),
     /// The VM ended but something of it could not be removed.
     #[error("VM {vm_id} stopped but not everything was removed: {detail}")]
     Leftover {

@@ -276,7 +276,7 @@ impl Hierarchy {
 }
 
 /// `/proc/mounts` escapes spaces and a few other bytes as octal.
-fn unescape_mount_path(s: &str) -> String {
+pub(crate) fn unescape_mount_path(s: &str) -> String {
     // Works on bytes: an escaped byte may be part of a multi-byte UTF-8 character.
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -375,6 +375,14 @@ pub fn stats(version: CgroupVersion, dirs: &[PathBuf]) -> CgroupStats {
     }
 }
 
+/// Creates a cgroup directory (and its parents).
+pub fn create(dir: &Path) -> Result<(), CgroupError> {
+    std::fs::create_dir_all(dir).map_err(|source| CgroupError::Write {
+        path: dir.to_owned(),
+        source,
+    })
+}
+
 /// Creates `dir` and moves process `pid` (all its threads) into it.
 pub fn attach(dir: &Path, pid: u32) -> Result<(), CgroupError> {
     let write = |path: &Path, f: &dyn Fn() -> io::Result<()>| {
@@ -411,6 +419,35 @@ pub fn remove(dirs: &[PathBuf], deadline: Duration) -> Result<(), CgroupError> {
         }
     }
     Ok(())
+}
+
+/// SIGKILLs every task in these cgroup directories (v2: through `cgroup.kill` where the kernel
+/// has it) and waits up to `deadline` until none is left. Each directory is exactly one VM's, so
+/// every task in it is that VM's.
+pub fn kill_tasks(dirs: &[PathBuf], deadline: Duration) {
+    let start = Instant::now();
+    let tasks = |dir: &Path| -> Vec<i32> {
+        std::fs::read_to_string(dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    };
+    for dir in dirs {
+        let kill_file = dir.join("cgroup.kill");
+        if kill_file.exists() && std::fs::write(&kill_file, "1").is_ok() {
+            continue;
+        }
+        for pid in tasks(dir) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    while dirs.iter().any(|d| !tasks(d).is_empty()) && start.elapsed() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 pub(crate) fn read_u64(path: &Path) -> Option<u64> {

@@ -94,22 +94,27 @@ pub struct NetPlan {
 }
 
 impl NetPlan {
-    /// Plans the network of VM `vm_id`.
+    /// Plans the network of VM `vm_id`, whose namespace file is `netns_path` (from
+    /// [`crate::Layout::netns_path`]).
     pub fn new(
         vm_id: &str,
+        netns_path: &std::path::Path,
         mode: NetMode,
         uid: u32,
         gid: u32,
         bridge: Option<(String, GuestAddr)>,
     ) -> Self {
-        let netns = netns::name_for(vm_id);
+        let netns = netns_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| netns::name_for(vm_id));
         let (bridge, guest) = match (mode, bridge) {
             (NetMode::Bridge, Some((b, g))) => (Some(b), Some(g)),
             (_, other) => (None, other.map(|(_, g)| g)),
         };
         Self {
             mode,
-            netns_path: PathBuf::from(netns::NETNS_DIR).join(&netns),
+            netns_path: netns_path.to_owned(),
             netns,
             tap: TAP_NAME.into(),
             mac: format_mac(&mac_for(vm_id)),
@@ -251,13 +256,14 @@ mod tests {
             gateway: "172.31.0.1".parse().unwrap(),
             prefix_len: 16,
         };
-        let p = NetPlan::new("vm", NetMode::Bridge, 1, 1, Some(("warden0".into(), g)));
+        let ns = std::path::Path::new("/var/run/netns/fc-vm-vm");
+        let p = NetPlan::new("vm", ns, NetMode::Bridge, 1, 1, Some(("warden0".into(), g)));
         assert_eq!(
             p.boot_arg().unwrap(),
             "ip=172.31.0.5::172.31.0.1:255.255.0.0::eth0:off"
         );
         assert_eq!(p.netns, "fc-vm-vm");
-        assert!(NetPlan::new("vm", NetMode::None, 1, 1, None)
+        assert!(NetPlan::new("vm", ns, NetMode::None, 1, 1, None)
             .boot_arg()
             .is_none());
     }

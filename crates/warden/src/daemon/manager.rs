@@ -7,7 +7,7 @@
 //! relies on that.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,11 +59,17 @@ impl ManagerError {
     }
 
     fn from_vm(e: &crate::Error) -> Self {
+        use jail::owner::RegistryError;
+        use jail::ApplyError;
         let code = match e {
             crate::Error::Invalid(_) => ErrorCode::InvalidArgument,
             crate::Error::JailerMissing { .. } | crate::Error::FirecrackerMissing { .. } => {
                 ErrorCode::FailedPrecondition
             }
+            crate::Error::Apply(ApplyError::Reserve(RegistryError::Taken { .. })) => {
+                ErrorCode::AlreadyExists
+            }
+            crate::Error::Apply(ApplyError::JailExists { .. }) => ErrorCode::FailedPrecondition,
             _ => ErrorCode::Internal,
         };
         Self::new(code, error_chain(e))
@@ -114,6 +120,10 @@ pub struct Manager {
     pub(crate) slots: std::sync::Mutex<HashMap<String, Arc<Mutex<Slot>>>>,
     /// Pool addresses in use (as integers), by any VM in the store.
     pub(crate) addresses: std::sync::Mutex<std::collections::BTreeSet<u32>>,
+    /// This instance, as the owner of its VMs' host state.
+    pub(crate) owner: jail::Owner,
+    /// The host-wide registry of VM ids.
+    pub(crate) registry: jail::Registry,
     /// Prometheus metrics.
     pub metrics: Metrics,
 }
@@ -126,6 +136,8 @@ impl Manager {
     pub async fn open(cfg: DaemonConfig) -> std::result::Result<Arc<Self>, ManagerError> {
         let store = Store::open(&cfg.state_dir).map_err(ManagerError::store)?;
         let manager = Arc::new(Self {
+            owner: jail::Owner::daemon(&cfg.state_dir),
+            registry: jail::Registry::default(),
             cfg,
             store,
             slots: Default::default(),
@@ -183,7 +195,18 @@ impl Manager {
             id.to_owned()
         };
         let spec = self.check_spec(spec)?;
-        let (config, mut options) = self.vm_config(&id, &spec, None);
+        if let Ok(Some(r)) = self.registry.read(&id) {
+            if r.owner != self.owner {
+                return Err(ManagerError::new(
+                    ErrorCode::AlreadyExists,
+                    format!(
+                        "VM id {id:?} is in use on this host by {}; choose another id",
+                        r.owner
+                    ),
+                ));
+            }
+        }
+        let (config, mut options) = self.vm_config(&id, &spec);
         // Addresses are taken at boot; validate with the pool's first one.
         let (net, _) = self.cfg.address_pool;
         options.network.guest = Some(self.guest_addr((u32::from(net) + 2).into()));
@@ -275,12 +298,7 @@ impl Manager {
                     format!("cannot create {}: {e}", self.vm_dir(&id).display()),
                 )
             })?;
-            if let (Some(name), false) = (&netns, networked) {
-                jail::net::netns::create(Path::new(jail::net::netns::NETNS_DIR), name)
-                    .map_err(|e| ManagerError::new(ErrorCode::Internal, error_chain(&e)))?;
-            }
-            let joined = netns.as_deref().filter(|_| !networked);
-            let (mut config, mut options) = self.vm_config(&id, &slot.rec.spec, joined);
+            let (mut config, mut options) = self.vm_config(&id, &slot.rec.spec);
             config.enable_networking = networked;
             options.network.guest = slot.rec.address.map(|a| self.guest_addr(a));
             let phases = vm::Phases::start();
@@ -307,7 +325,7 @@ impl Manager {
                 Ok(VmState::Running)
             }
             Err(e) => {
-                self.release_netns(&slot.rec);
+                // The library removed what it made; a refused id touched nothing of its owner.
                 slot.rec.state = VmState::Failed;
                 slot.rec.exit = Some(ExitRecord {
                     reason: "boot_failed".into(),
@@ -348,9 +366,6 @@ impl Manager {
             let record = exit_record(&exit.reason, &exit.output);
             tracing::info!(vm_id = %id, reason = %record.reason, detail = %record.detail, "vm exited; host resources cleaned");
             metrics.failure(&record.reason);
-            if let Some(ns) = &slot.rec.netns {
-                let _ = jail::net::netns::remove(&Path::new(jail::net::netns::NETNS_DIR).join(ns));
-            }
             slot.rec.state = VmState::Stopped;
             slot.rec.pid = None;
             slot.rec.exit = Some(record);
@@ -421,7 +436,7 @@ impl Manager {
             None => Ok(ExitReason::Stopped),
         };
         // Whatever the process did, make sure nothing of it is left.
-        let leftover = self.clean_host(&slot.rec).err();
+        let leftover = self.clean_host(&slot.rec.id).await.err();
         slot.rec.pid = None;
         let detail = match (&outcome, &leftover) {
             (Err(e), _) => e.clone(),
@@ -454,7 +469,7 @@ impl Manager {
             self.put(&mut slot.rec).await?;
             let _ = vm.stop_within(self.stop_timeout()).await;
         }
-        self.clean_host(&slot.rec)?;
+        self.clean_host(id).await?;
         let _ = std::fs::remove_dir_all(self.vm_dir(id));
         self.store.delete(id).await.map_err(ManagerError::store)?;
         if let Some(a) = slot.rec.address {
@@ -529,24 +544,27 @@ impl Manager {
         }
     }
 
-    /// Removes the VM's jail, cgroups and namespace (idempotent).
-    pub(crate) fn clean_host(&self, rec: &VmRecord) -> Result<()> {
-        if let Some(plan) = &rec.plan {
-            jail::cleanup::remove(plan)
-                .map_err(|e| ManagerError::new(ErrorCode::Internal, error_chain(&e)))?;
-        }
-        self.release_netns(rec);
-        Ok(())
-    }
-
-    fn release_netns(&self, rec: &VmRecord) {
-        if let Some(ns) = &rec.netns {
-            if let Err(e) =
-                jail::net::netns::remove(&Path::new(jail::net::netns::NETNS_DIR).join(ns))
-            {
-                tracing::warn!(vm_id = %rec.id, error = %error_chain(&e), "removing the network namespace failed");
+    /// Removes everything of VM `id` on the host that this instance owns, from its owner record
+    /// (idempotent: a VM already removed has no record). A record of another owner is never
+    /// touched. Runs on the blocking pool.
+    pub(crate) async fn clean_host(&self, id: &str) -> Result<()> {
+        let registry = self.registry.clone();
+        let owner = self.owner.clone();
+        let id = id.to_owned();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            match registry.read(&id) {
+                Ok(Some(rec)) if rec.owner == owner => jail::lifecycle::remove(rec, &registry)
+                    .map_err(|e| ManagerError::new(ErrorCode::Internal, error_chain(&e))),
+                Ok(Some(rec)) => {
+                    tracing::warn!(vm_id = %id, owner = %rec.owner, "host state of this id belongs to another owner; left alone");
+                    Ok(())
+                }
+                Ok(None) => Ok(()),
+                Err(e) => Err(ManagerError::new(ErrorCode::Internal, error_chain(&e))),
             }
-        }
+        })
+        .await
+        .map_err(|e| ManagerError::new(ErrorCode::Internal, format!("cleanup task failed: {e}")))?
     }
 
     pub(crate) async fn put(&self, rec: &mut VmRecord) -> Result<()> {
@@ -567,12 +585,7 @@ impl Manager {
     }
 
     /// The library's view of a stored spec.
-    pub(crate) fn vm_config(
-        &self,
-        id: &str,
-        spec: &VmSpec,
-        netns: Option<&str>,
-    ) -> (VmConfig, VmOptions) {
+    pub(crate) fn vm_config(&self, id: &str, spec: &VmSpec) -> (VmConfig, VmOptions) {
         let config = VmConfig {
             vm_id: id.to_owned(),
             vcpu_count: spec.vcpu_count,
@@ -585,12 +598,6 @@ impl Manager {
         if spec.cpu_quota_percent.is_some() {
             jailer.cpu_quota_pct = spec.cpu_quota_percent;
         }
-        jailer.netns = netns.map(|n| {
-            Path::new(jail::net::netns::NETNS_DIR)
-                .join(n)
-                .display()
-                .to_string()
-        });
         let serial = self.serial_path(id);
         let options = VmOptions {
             boot_args: (!spec.boot_args.is_empty()).then(|| spec.boot_args.clone()),
@@ -617,6 +624,11 @@ impl Manager {
                 tx_rate_limiter: spec.net_tx_rate_limiter.clone(),
             },
             drive_rate_limiter: spec.drive_rate_limiter.clone(),
+            own_netns: self.cfg.netns,
+            owner: Some(self.owner.clone()),
+            registry: self.registry.clone(),
+            // The daemon's VMs outlive it and are re-attached at its next start.
+            die_with_owner: false,
             ..VmOptions::default()
         };
         (config, options)

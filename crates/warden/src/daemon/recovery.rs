@@ -6,13 +6,18 @@
 //!   exit status, or the cgroup's OOM count) and their host resources are removed.
 //! - VMs caught mid-boot or mid-stop are ended and cleaned: a boot that was not confirmed is
 //!   not trusted.
-//! - Jail directories, cgroup directories and network namespaces that carry warden's naming
-//!   but belong to no known VM are removed (after killing a process still in them), and logged.
-//!   Nothing outside `<chroot_dir>/<firecracker>/`, `<cgroup>/<parent_cgroup>/` and
-//!   `/var/run/netns/fc-vm-*` is ever touched.
+//! - Host state is attributed by owner records (see [`jail::owner`]), never by naming: a record
+//!   of this instance for a VM its store does not know, or a record whose owner is provably dead
+//!   (a `warden run` that was killed, a daemon whose state directory is gone), is removed with
+//!   every process still in it. A record of a live foreign owner (another daemon, a running
+//!   `warden run`, a library user) is logged and left alone, and anything without a record
+//!   (the plain jailer, other tools) is never touched.
+//!
+//! What to do with a stored VM is decided by [`decide`], a pure function of its state and of
+//! what the host shows, so every case is tested without a host.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use tokio::sync::Mutex;
@@ -44,28 +49,108 @@ pub(crate) async fn recover(m: &Arc<Manager>) -> Result<(), ManagerError> {
         let mut slot = slot.lock().await;
         reconcile(m, &mut slot).await?;
     }
-    remove_orphans(m, &known);
+    let (m2, known) = (m.clone(), known);
+    tokio::task::spawn_blocking(move || remove_orphans(&m2, &known))
+        .await
+        .map_err(|e| ManagerError::new(ErrorCode::Internal, format!("orphan scan failed: {e}")))?;
     Ok(())
+}
+
+/// What the host shows of a stored VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Seen {
+    /// Its owner record is ours and its recorded Firecracker still runs.
+    Running,
+    /// Its owner record is ours (or there is none) and no recorded process runs.
+    Gone,
+    /// Another live owner holds its id on this host.
+    Foreign,
+}
+
+/// What recovery does with one stored VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Take charge of the running VM again.
+    Reattach,
+    /// It died while the daemon was down: record why, and clean.
+    RecordExit,
+    /// End whatever runs and clean: a boot or stop that was not confirmed.
+    EndUnconfirmed,
+    /// Nothing should exist; make sure of it.
+    Clean,
+    /// Its id belongs to someone else now: touch nothing, record that.
+    LeaveForeign,
+}
+
+/// The decision for one stored VM.
+pub(crate) fn decide(state: VmState, seen: Seen) -> Action {
+    match (state, seen) {
+        (_, Seen::Foreign) => Action::LeaveForeign,
+        (VmState::Running | VmState::Paused, Seen::Running) => Action::Reattach,
+        (VmState::Running | VmState::Paused, Seen::Gone) => Action::RecordExit,
+        (VmState::Booting | VmState::Stopping, _) => Action::EndUnconfirmed,
+        (VmState::Created | VmState::Stopped | VmState::Failed | VmState::Deleted, _) => {
+            Action::Clean
+        }
+    }
 }
 
 async fn reconcile(m: &Manager, slot: &mut Slot) -> Result<(), ManagerError> {
     let id = slot.rec.id.clone();
-    match slot.rec.state {
-        VmState::Running | VmState::Paused => {
+    let record = m.registry.read(&id).ok().flatten();
+    let seen = match &record {
+        Some(r) if r.owner != m.owner => Seen::Foreign,
+        _ => match (slot.rec.pid, slot.rec.start_time) {
+            (Some(pid), Some(start))
+                if jail::inspect::is_running(Path::new("/proc"), pid, start) =>
+            {
+                Seen::Running
+            }
+            _ => Seen::Gone,
+        },
+    };
+    match decide(slot.rec.state, seen) {
+        Action::LeaveForeign => {
+            let owner = record.map(|r| r.owner.to_string()).unwrap_or_default();
+            tracing::warn!(vm_id = %id, %owner, "the id of this VM is held by another owner on this host; its host state was left alone");
+            if matches!(slot.rec.state, VmState::Created | VmState::Stopped | VmState::Failed) {
+                return Ok(());
+            }
+            slot.rec.state = VmState::Failed;
+            slot.rec.pid = None;
+            slot.rec.exit = Some(ExitRecord {
+                reason: "daemon_restart".into(),
+                detail: format!("after the daemon restarted, its id was held by {owner}"),
+                at_unix_ms: now_ms(),
+            });
+            m.put(&mut slot.rec).await
+        }
+        Action::Reattach => {
             let (Some(plan), Some(pid), Some(start)) =
                 (slot.rec.plan.clone(), slot.rec.pid, slot.rec.start_time)
             else {
-                return end(
-                    m,
-                    slot,
-                    "daemon_restart",
-                    "no process was recorded for this VM",
-                )
-                .await;
+                return end(m, slot, "daemon_restart", "no process was recorded for this VM").await;
+            };
+            let jail = match record {
+                Some(r) => jail::Jail::adopt(r, &m.registry, Arc::new(jail::RealHost)),
+                None => {
+                    // A running VM without a record (its /run was wiped): record it again.
+                    let r = jail::OwnerRecord {
+                        id: id.clone(),
+                        owner: m.owner.clone(),
+                        plan,
+                        firecracker: Some(jail::owner::ProcessRef { pid, start_time: start }),
+                        reserved_at_unix_ms: now_ms() as u64,
+                    };
+                    if m.registry.reserve(&r).is_err() {
+                        return end(m, slot, "daemon_restart", "its owner record could not be made again").await;
+                    }
+                    jail::Jail::adopt(r, &m.registry, Arc::new(jail::RealHost))
+                }
             };
             match VmHandle::attach(
                 &id,
-                plan,
+                jail,
                 pid,
                 start,
                 slot.rec.serial_path.clone(),
@@ -80,17 +165,8 @@ async fn reconcile(m: &Manager, slot: &mut Slot) -> Result<(), ManagerError> {
                     slot.vm = Some(vm);
                     Ok(())
                 }
-                Ok(None) => {
-                    let record = died_while_down(&slot.rec);
-                    tracing::warn!(vm_id = %id, reason = %record.reason, "vm exited while the daemon was down; cleaning");
-                    m.clean_host(&slot.rec)?;
-                    slot.rec.state = VmState::Stopped;
-                    slot.rec.pid = None;
-                    slot.rec.exit = Some(record);
-                    m.put(&mut slot.rec).await
-                }
+                Ok(None) => record_exit(m, slot).await,
                 Err(e) => {
-                    kill_if_same(pid, start);
                     end(
                         m,
                         slot,
@@ -104,14 +180,10 @@ async fn reconcile(m: &Manager, slot: &mut Slot) -> Result<(), ManagerError> {
                 }
             }
         }
-        VmState::Booting | VmState::Stopping => {
-            // Unconfirmed: end whatever process the jail holds, then clean.
-            if let (Some(pid), Some(start)) = (slot.rec.pid, slot.rec.start_time) {
-                kill_if_same(pid, start);
-            }
-            if let Some(plan) = &slot.rec.plan {
-                kill_jail_processes(&plan.pid_file, &plan.cgroup_dirs);
-            }
+        Action::RecordExit => record_exit(m, slot).await,
+        Action::EndUnconfirmed => {
+            // The record's removal kills the recorded Firecracker and every task in the VM's
+            // cgroups before it removes anything.
             let (reason, detail) = if slot.rec.state == VmState::Booting {
                 (
                     "daemon_restart",
@@ -125,16 +197,26 @@ async fn reconcile(m: &Manager, slot: &mut Slot) -> Result<(), ManagerError> {
             };
             end(m, slot, reason, detail).await
         }
-        VmState::Created | VmState::Stopped | VmState::Failed | VmState::Deleted => {
-            // Nothing should exist; make sure of it.
-            m.clean_host(&slot.rec)
-        }
+        Action::Clean => m.clean_host(&id).await,
     }
+}
+
+async fn record_exit(m: &Manager, slot: &mut Slot) -> Result<(), ManagerError> {
+    let rec = slot.rec.clone();
+    let record = tokio::task::spawn_blocking(move || died_while_down(&rec))
+        .await
+        .map_err(|e| ManagerError::new(ErrorCode::Internal, e.to_string()))?;
+    tracing::warn!(vm_id = %slot.rec.id, reason = %record.reason, "vm exited while the daemon was down; cleaning");
+    m.clean_host(&slot.rec.id).await?;
+    slot.rec.state = VmState::Stopped;
+    slot.rec.pid = None;
+    slot.rec.exit = Some(record);
+    m.put(&mut slot.rec).await
 }
 
 /// Cleans and records a VM as failed (or stopped, for finished stops) with a reason.
 async fn end(m: &Manager, slot: &mut Slot, reason: &str, detail: &str) -> Result<(), ManagerError> {
-    m.clean_host(&slot.rec)?;
+    m.clean_host(&slot.rec.id).await?;
     slot.rec.state = if reason == "stopped_by_api" {
         VmState::Stopped
     } else {
@@ -176,178 +258,91 @@ fn died_while_down(rec: &VmRecord) -> ExitRecord {
     r
 }
 
-fn kill_if_same(pid: u32, start: u64) {
-    if jail::inspect::start_time(Path::new("/proc"), pid) == Some(start) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        wait_gone(pid);
-    }
-}
-
-/// Kills the processes of a jail: the pid in its pid file if that process is in the jail's
-/// cgroup, and every task listed in the jail's cgroups (all of them are that jail's).
-fn kill_jail_processes(pid_file: &Path, cgroup_dirs: &[PathBuf]) {
-    let mut pids: Vec<u32> = Vec::new();
-    for dir in cgroup_dirs {
-        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-            pids.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
-        }
-    }
-    if let Ok(text) = std::fs::read_to_string(pid_file) {
-        if let Ok(pid) = text.trim().parse::<u32>() {
-            // Only if that pid really is in one of the jail's cgroups (pids get reused).
-            let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-            let in_jail = cgroup_dirs.iter().any(|d| {
-                let tail: Vec<_> = d.iter().rev().take(2).collect();
-                tail.len() == 2
-                    && cg.contains(&format!(
-                        "/{}/{}",
-                        tail[1].to_string_lossy(),
-                        tail[0].to_string_lossy()
-                    ))
-            });
-            if in_jail {
-                pids.push(pid);
-            }
-        }
-    }
-    pids.sort_unstable();
-    pids.dedup();
-    for pid in pids {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        wait_gone(pid);
-    }
-}
-
-fn wait_gone(pid: u32) {
-    for _ in 0..200 {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // Gone, or a zombie (its cgroup membership and files are released).
-        if stat.is_empty()
-            || stat
-                .rsplit_once(')')
-                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-        {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-}
-
-/// Removes jails, cgroups and namespaces that carry warden's naming but belong to no known VM.
+/// Removes the host state of every owner record that is this instance's and unknown to its
+/// store, or whose owner is provably dead; leaves every other record alone. Records are found in
+/// the registry and, for jails that outlived it (a reboot), in this layout's jail directories.
 fn remove_orphans(m: &Manager, known: &HashSet<String>) {
     let cfg = m.config();
-    let exec_name = cfg
-        .firecracker_binary
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "firecracker".into());
-    let hierarchy = jail::cgroup::Hierarchy::host().ok();
-    let mut parents: Vec<PathBuf> = Vec::new();
-    if let Some(h) = &hierarchy {
-        parents.extend(h.v1.iter().map(|(_, mount)| mount.join(&cfg.parent_cgroup)));
-        parents.extend(h.v2.iter().map(|root| root.join(&cfg.parent_cgroup)));
-    }
-    parents.sort();
-    parents.dedup();
-    let cgroup_dirs_of = |id: &str| -> Vec<PathBuf> {
-        parents
-            .iter()
-            .map(|p| p.join(id))
-            .filter(|d| d.is_dir())
-            .collect()
-    };
-
-    let jails = cfg.chroot_dir.join(&exec_name);
-    let mut orphan_ids: HashSet<String> = HashSet::new();
-    for dir in subdirs(&jails) {
-        orphan_ids.insert(dir);
-    }
-    for p in &parents {
-        for dir in subdirs(p) {
-            orphan_ids.insert(dir);
-        }
-    }
-    for id in orphan_ids.into_iter().filter(|id| !known.contains(id)) {
-        if jail::JailId::new(&id).is_err() {
-            continue;
-        }
-        let jail_dir = jails.join(&id);
-        let cgroup_dirs = cgroup_dirs_of(&id);
-        kill_jail_processes(
-            &jail_dir.join("root").join(format!("{exec_name}.pid")),
-            &cgroup_dirs,
-        );
-        match jail::cleanup::remove_paths(&jail_dir, &cgroup_dirs) {
-            Ok(()) => {
-                tracing::warn!(orphan = %id, jail = %jail_dir.display(), cgroups = ?cgroup_dirs, "removed an orphaned jail that belongs to no known VM")
-            }
+    let layout = jail::Layout::new(
+        &cfg.chroot_dir,
+        &cfg.firecracker_binary,
+        &cfg.parent_cgroup,
+        jail::CgroupVersion::V1,
+        jail::cgroup::Hierarchy::empty(),
+    );
+    let mut ids: Vec<String> = m.registry.ids();
+    ids.extend(layout.owned_jail_ids());
+    ids.sort();
+    ids.dedup();
+    let proc_root = Path::new("/proc");
+    for id in ids {
+        let record = match m.registry.read(&id) {
+            Ok(Some(r)) => r,
+            Ok(None) => match std::fs::read(layout.owner_file(&id))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<jail::OwnerRecord>(&b).ok())
+            {
+                Some(r) if r.id == id && r.plan.jail_dir == layout.jail_dir(&id) => r,
+                _ => {
+                    tracing::warn!(orphan = %id, "left a jail alone: its owner file cannot be read");
+                    continue;
+                }
+            },
             Err(e) => {
-                tracing::error!(orphan = %id, error = %error_chain(&e), "could not remove an orphaned jail")
+                tracing::warn!(orphan = %id, error = %error_chain(&e), "left an owner record alone: it cannot be read");
+                continue;
             }
-        }
-    }
-    // Host ends of veth pairs carry a hash of their VM's id.
-    let ours: HashSet<String> = known
-        .iter()
-        .map(|id| jail::net::link_name(jail::net::HOST_VETH_PREFIX, id))
-        .collect();
-    for link in jail::net::link::list_with_prefix(jail::net::HOST_VETH_PREFIX).unwrap_or_default() {
-        if ours.contains(&link) || link.len() != 15 {
-            continue;
-        }
-        match jail::net::link::delete(&link) {
-            Ok(()) => {
-                tracing::warn!(orphan = %link, "removed an orphaned veth that belongs to no known VM")
+        };
+        let alive = record.owner.liveness(proc_root);
+        match jail::owner::judge(&record, &m.owner, known.contains(&id), alive) {
+            jail::owner::Verdict::Known => {}
+            jail::owner::Verdict::Foreign => {
+                tracing::info!(vm = %id, owner = %record.owner, "left a VM of another live owner alone");
             }
-            Err(e) => {
-                tracing::error!(orphan = %link, error = %error_chain(&e), "could not remove an orphaned veth")
-            }
-        }
-    }
-    let netns_dir = Path::new(jail::net::netns::NETNS_DIR);
-    for name in jail::net::netns::list_ours(netns_dir) {
-        let owner = name.trim_start_matches(jail::net::netns::PREFIX);
-        if known.contains(owner) {
-            continue;
-        }
-        if let Some(pid) = process_in_netns(&netns_dir.join(&name)) {
-            tracing::warn!(orphan = %name, pid, "left an unknown network namespace alone: a live process is in it");
-            continue;
-        }
-        match jail::net::netns::remove(&netns_dir.join(&name)) {
-            Ok(()) => {
-                tracing::warn!(orphan = %name, "removed an orphaned network namespace that belongs to no known VM")
-            }
-            Err(e) => {
-                tracing::error!(orphan = %name, error = %error_chain(&e), "could not remove an orphaned network namespace")
+            verdict @ (jail::owner::Verdict::OwnLeftover | jail::owner::Verdict::DeadOwner) => {
+                let owner = record.owner.to_string();
+                match jail::lifecycle::remove(record, &m.registry) {
+                    Ok(()) => {
+                        tracing::warn!(orphan = %id, %owner, ?verdict, "removed the host state of a VM that no live owner knows")
+                    }
+                    Err(e) => {
+                        tracing::error!(orphan = %id, %owner, error = %error_chain(&e), "could not remove an orphaned VM's host state")
+                    }
+                }
             }
         }
     }
 }
 
-/// A process whose network namespace is the one bound at `file`, if any.
-fn process_in_netns(file: &Path) -> Option<u32> {
-    use std::os::unix::fs::MetadataExt;
-    let want = format!("net:[{}]", std::fs::metadata(file).ok()?.ino());
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        (std::fs::read_link(e.path().join("ns/net")).ok()?.to_str()? == want).then_some(pid)
-    })
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn subdirs(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter(|e| e.path().is_dir())
-                .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
+    #[test]
+    fn each_stored_state_gets_its_action() {
+        use Action::*;
+        use VmState::*;
+        let cases = [
+            (Running, Seen::Running, Reattach),
+            (Paused, Seen::Running, Reattach),
+            (Running, Seen::Gone, RecordExit),
+            (Paused, Seen::Gone, RecordExit),
+            (Booting, Seen::Running, EndUnconfirmed),
+            (Booting, Seen::Gone, EndUnconfirmed),
+            (Stopping, Seen::Running, EndUnconfirmed),
+            (Created, Seen::Gone, Clean),
+            (Stopped, Seen::Running, Clean),
+            (Failed, Seen::Gone, Clean),
+        ];
+        for (state, seen, want) in cases {
+            assert_eq!(decide(state, seen), want, "{state:?} {seen:?}");
+        }
+        for state in VmState::ALL {
+            assert_eq!(
+                decide(state, Seen::Foreign),
+                LeaveForeign,
+                "another owner's id is never touched, whatever our store says ({state:?})"
+            );
+        }
+    }
 }

@@ -178,6 +178,17 @@ pub struct VmOptions {
     pub network: NetworkOptions,
     /// Firecracker rate limiter applied to every drive.
     pub drive_rate_limiter: Option<firecracker_api::RateLimiter>,
+    /// Give a VM without networking an empty network namespace of its own (made and removed
+    /// with the VM) instead of the host's.
+    pub own_netns: bool,
+    /// Who owns the VM's host resources; `None` is this process (its VMs end with it).
+    pub owner: Option<jail::Owner>,
+    /// The host-wide registry where the VM's id is reserved before anything is made.
+    pub registry: jail::Registry,
+    /// End Firecracker when this process dies, even by SIGKILL (a small watchdog process waits
+    /// for that); its host state is then removed by the next `warden gc`. A daemon turns this
+    /// off: its VMs outlive it and are re-attached.
+    pub die_with_owner: bool,
 }
 
 impl Default for VmOptions {
@@ -194,6 +205,10 @@ impl Default for VmOptions {
             socket_timeout: Duration::from_secs(5),
             network: NetworkOptions::default(),
             drive_rate_limiter: None,
+            own_netns: false,
+            owner: None,
+            registry: jail::Registry::default(),
+            die_with_owner: true,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! that configure the VM themselves.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use firecracker_api::Client;
@@ -129,6 +130,7 @@ impl JailerConfig {
             resource_limits: self.resource_limits,
             new_pid_ns: self.new_pid_ns,
             netns: self.netns.as_ref().map(PathBuf::from),
+            make_netns: false,
             net,
             files,
         })
@@ -141,11 +143,21 @@ pub(crate) fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// Validates, plans and stages a jail, then spawns it and waits for the API socket. Anything
-/// made is removed again on failure.
+/// Who owns a VM's host state and whether it must end with its owner.
+#[derive(Debug, Clone)]
+pub(crate) struct Ownership {
+    pub(crate) owner: jail::Owner,
+    pub(crate) registry: jail::Registry,
+    pub(crate) die_with_owner: bool,
+}
+
+/// Makes the jail's host state ([`jail::apply`]: id reservation, network, chroot, staged files),
+/// spawns the jailer and waits for the API socket. Anything made is removed again on failure;
+/// an id that another owner holds stops everything before any change.
 pub(crate) async fn launch(
     spec: &JailSpec,
     plan: JailPlan,
+    ownership: Ownership,
     serial: Serial,
     socket_timeout: Duration,
     phases: &mut Phases,
@@ -160,13 +172,22 @@ pub(crate) async fn launch(
         return Err(Error::JailerMissing { path: program });
     }
     phases.mark("validate+plan");
-    if let Err(e) = jail::stage::stage(&plan) {
-        // A jail directory that already existed is someone else's: leave it.
-        if e.action != "create jail directory" {
-            let _ = jail::cleanup::remove(&plan);
-        }
-        return Err(e.into());
-    }
+    let Ownership {
+        owner,
+        registry,
+        die_with_owner,
+    } = ownership;
+    // Copies, netlink and mounts block: off the async workers.
+    let applied = tokio::task::spawn_blocking(move || {
+        jail::apply(&plan, owner, &registry, Arc::new(jail::RealHost))
+    })
+    .await
+    .map_err(|e| Error::Os {
+        what: "preparing the jail".into(),
+        source: std::io::Error::other(e),
+    })?;
+    let jail = Arc::new(applied?);
+    let plan = jail.plan();
     phases.mark("stage");
     tracing::info!(
         vm_id = %plan.id,
@@ -180,21 +201,40 @@ pub(crate) async fn launch(
         jailed = plan.jailed,
         "starting firecracker"
     );
-    let process = match Process::spawn(plan.clone(), serial, socket_timeout).await {
+    let process = match Process::spawn(jail.clone(), serial, socket_timeout, die_with_owner).await
+    {
         Ok(p) => p,
         Err(e) => {
-            let _ = jail::cleanup::remove(&plan);
+            let _ = tokio::task::spawn_blocking(move || jail.remove()).await;
             return Err(e);
         }
     };
     phases.mark("spawn");
-    if let Some(dir) = &plan.cgroup_accounting_dir {
-        // Before InstanceStart, so the vCPU threads are born in it.
-        if let Err(e) = jail::cgroup::attach(dir, process.pid) {
-            process.kill();
-            process.wait().await;
-            return Err(e.into());
-        }
+    let pid = process.pid;
+    let recorded = {
+        let jail = jail.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), Error> {
+            // Before InstanceStart, so the vCPU threads are born in it.
+            jail.attach_accounting(pid)?;
+            let start_time = jail::inspect::start_time(Path::new("/proc"), pid).unwrap_or(0);
+            jail.set_firecracker(jail::owner::ProcessRef { pid, start_time })
+                .map_err(|e| Error::Os {
+                    what: "recording Firecracker's pid in the VM's owner record".into(),
+                    source: std::io::Error::other(jail::error_chain(&e)),
+                })
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(Error::Os {
+                what: "recording the VM's process".into(),
+                source: std::io::Error::other(e),
+            })
+        })
+    };
+    if let Err(e) = recorded {
+        process.kill();
+        process.wait().await;
+        return Err(e);
     }
     let client = Client::new(&process.plan.socket_path);
     let mut exit = process.exit_watch();
@@ -259,6 +299,11 @@ pub async fn start_with_jailer(config: &JailerConfig) -> Result<JailedProcess, E
     let (process, client) = launch(
         &spec,
         plan,
+        Ownership {
+            owner: jail::Owner::this_process(),
+            registry: jail::Registry::default(),
+            die_with_owner: true,
+        },
         Serial::Discard,
         Duration::from_secs(5),
         &mut Phases::start(),

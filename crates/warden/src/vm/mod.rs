@@ -55,7 +55,7 @@ impl VmHandle {
     /// process is gone or is not that VM's Firecracker.
     pub async fn attach(
         vm_id: &str,
-        plan: JailPlan,
+        jail: jail::Jail,
         pid: u32,
         start_time: u64,
         serial_file: Option<PathBuf>,
@@ -63,9 +63,11 @@ impl VmHandle {
     ) -> Result<Option<VmHandle>, Error> {
         let proc_root = std::path::Path::new("/proc");
         if !inspect::is_running(proc_root, pid, start_time) {
+            jail.disarm();
             return Ok(None);
         }
-        let process = process::Process::attach(plan.clone(), pid, serial_file)?;
+        let plan = jail.plan();
+        let process = process::Process::attach(std::sync::Arc::new(jail), pid, serial_file)?;
         let client = Client::new(&plan.socket_path).with_timeout(Duration::from_secs(2));
         if client.instance_info().await.is_err() {
             // Not answering: not a VM we can control. It is ended (and cleaned) by the caller.
@@ -296,7 +298,15 @@ pub fn plan_vm(config: &VmConfig, options: &VmOptions) -> Result<Planned, Error>
             (_, Some(g)) => Some((String::new(), g)),
             _ => None,
         };
-        jail::net::NetPlan::new(&config.vm_id, n.mode, uid, gid, bridge)
+        let netns = jail::layout::Layout::new(
+            &jc.chroot_base_dir,
+            &jc.exec_file,
+            &jc.parent_cgroup,
+            jail::CgroupVersion::V1,
+            Hierarchy::empty(),
+        )
+        .netns_path(&config.vm_id);
+        jail::net::NetPlan::new(&config.vm_id, &netns, n.mode, uid, gid, bridge)
     });
     if let Some(n) = &net {
         if n.mode == jail::net::NetMode::Bridge && n.guest.is_none() {
@@ -314,7 +324,18 @@ pub fn plan_vm(config: &VmConfig, options: &VmOptions) -> Result<Planned, Error>
             .into());
         }
     }
-    let spec = jc.spec(jailed, &hierarchy, files, net)?;
+    let mut spec = jc.spec(jailed, &hierarchy, files, net)?;
+    if options.own_netns && !config.enable_networking {
+        if spec.netns.is_some() {
+            return Err(jail::SpecError::new(
+                "netns",
+                "cannot be combined with own_netns: the VM gets a namespace of its own; drop one",
+            )
+            .into());
+        }
+        spec.netns = Some(spec.layout(&hierarchy).netns_path(&config.vm_id));
+        spec.make_netns = true;
+    }
     let plan = spec.plan(&hierarchy)?;
     Ok(Planned {
         spec,
@@ -343,16 +364,6 @@ pub async fn start_planned(
         plan,
         unjailed_reason,
     } = planned;
-    if let Some(net) = plan.net.clone() {
-        // Before the jail: the jailer joins this namespace.
-        tokio::task::spawn_blocking(move || jail::net::setup(&net))
-            .await
-            .map_err(|e| Error::Os {
-                what: "network setup".into(),
-                source: std::io::Error::other(e),
-            })??;
-        phases.mark("network");
-    }
     if let Some(reason) = &unjailed_reason {
         if options.jailer_mode == JailerMode::Auto {
             tracing::warn!(
@@ -362,25 +373,24 @@ pub async fn start_planned(
             );
         }
     }
-    let net = plan.net.clone();
-    let launched = jailer::launch(
+    let ownership = jailer::Ownership {
+        owner: options
+            .owner
+            .clone()
+            .unwrap_or_else(jail::Owner::this_process),
+        registry: options.registry.clone(),
+        die_with_owner: options.die_with_owner,
+    };
+    // Launch removes whatever it made when it fails.
+    let (process, client) = jailer::launch(
         &spec,
         plan,
+        ownership,
         options.serial.clone(),
         options.socket_timeout,
         &mut phases,
     )
-    .await;
-    let (process, client) = match launched {
-        Ok(x) => x,
-        Err(e) => {
-            // Launch removes the jail it made; the network was made before it.
-            if let Some(n) = net {
-                let _ = tokio::task::spawn_blocking(move || jail::net::teardown(&n)).await;
-            }
-            return Err(e);
-        }
-    };
+    .await?;
     let plan = process.plan.clone();
     // From here a failure must end the process; dropping `process` kills it and cleans up.
     let configured = configure(config, options, &plan, &client).await;

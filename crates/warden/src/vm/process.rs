@@ -10,6 +10,12 @@
 //! With `--new-pid-ns` the jailer forks Firecracker and exits; Firecracker would be reparented
 //! to init and its exit status lost, so we become a child subreaper first
 //! (`PR_SET_CHILD_SUBREAPER`) and reap it ourselves.
+//!
+//! A parent-death signal cannot tie Firecracker to its owner: the kernel clears it when the
+//! jailer drops to the jail uid. So an owner whose VMs must end with it (`warden run`, library
+//! users) forks a tiny watchdog per VM that holds a pidfd on the owner and one on Firecracker,
+//! in a session of its own: when the owner dies, even by SIGKILL, the watchdog kills Firecracker.
+//! The owner record then names a dead owner, and the next `gc` removes the rest.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -18,7 +24,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use jail::JailPlan;
+use jail::{Jail, JailPlan};
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncReadExt;
@@ -133,6 +139,8 @@ struct Flags {
 pub(crate) struct Process {
     pub(crate) pid: u32,
     pub(crate) plan: JailPlan,
+    jail: Arc<Jail>,
+    watchdog: Arc<Mutex<Option<libc::pid_t>>>,
     pidfd: Arc<OwnedFd>,
     flags: Arc<Mutex<Flags>>,
     pub(crate) serial: Arc<SerialBuf>,
@@ -144,10 +152,12 @@ impl Process {
     /// Runs the plan's argv and returns once Firecracker's pid is known. On error, whatever was
     /// started is killed; the caller removes the jail.
     pub(crate) async fn spawn(
-        plan: JailPlan,
+        jail: Arc<Jail>,
         serial: Serial,
         wait_timeout: Duration,
+        die_with_owner: bool,
     ) -> Result<Self, Error> {
+        let plan = jail.plan();
         let program = PathBuf::from(&plan.argv[0]);
         if plan.new_pid_ns {
             become_subreaper()?;
@@ -223,9 +233,21 @@ impl Process {
         // Not waited on through `child`: the supervisor reaps it through the pidfd.
         drop(child);
         let pidfd = pidfd_open(pid)?;
+        let watchdog = if die_with_owner {
+            match spawn_watchdog(&pidfd) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    pidfd_send_signal(&pidfd, libc::SIGKILL);
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
         Ok(Self::supervised(
             pid,
-            plan,
+            jail,
+            watchdog,
             pidfd,
             serial_buf,
             stderr,
@@ -237,7 +259,7 @@ impl Process {
     /// Takes charge of a Firecracker started earlier (by a daemon that has since restarted).
     /// The caller has checked that `pid` is that VM's Firecracker (process start time).
     pub(crate) fn attach(
-        plan: JailPlan,
+        jail: Arc<Jail>,
         pid: u32,
         serial_file: Option<PathBuf>,
     ) -> Result<Self, Error> {
@@ -249,7 +271,8 @@ impl Process {
         });
         Ok(Self::supervised(
             pid,
-            plan,
+            jail,
+            None,
             pidfd,
             serial,
             Arc::default(),
@@ -258,9 +281,11 @@ impl Process {
         ))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn supervised(
         pid: u32,
-        plan: JailPlan,
+        jail: Arc<Jail>,
+        watchdog: Option<libc::pid_t>,
         pidfd: OwnedFd,
         serial: Arc<SerialBuf>,
         stderr: Arc<Mutex<Vec<u8>>>,
@@ -273,7 +298,9 @@ impl Process {
         let cleanup_done = Arc::new(Mutex::new(false));
         let p = Self {
             pid,
-            plan,
+            plan: jail.plan(),
+            jail,
+            watchdog: Arc::new(Mutex::new(watchdog)),
             pidfd,
             flags,
             serial,
@@ -282,7 +309,8 @@ impl Process {
         };
         tokio::spawn(supervise(
             p.pidfd.clone(),
-            p.plan.clone(),
+            p.jail.clone(),
+            p.watchdog.clone(),
             p.flags.clone(),
             p.cleanup_done.clone(),
             Output {
@@ -324,9 +352,14 @@ impl Process {
         }
     }
 
-    /// Leaves the process running when this handle is dropped.
+    /// Leaves the process running when this handle is dropped (and ends its watchdog, so the VM
+    /// outlives this process too).
     pub(crate) fn detach(&self) {
         self.flags.lock().unwrap().detached = true;
+        self.jail.disarm();
+        if let Some(w) = self.watchdog.lock().unwrap().take() {
+            end_watchdog(w, true);
+        }
     }
 
     /// Marks that an exit from now on was asked for by us.
@@ -356,18 +389,21 @@ impl Drop for Process {
         self.kill();
         wait_pidfd_blocking(&self.pidfd, Duration::from_secs(2));
         let _ = reap(&self.pidfd);
-        clean_once(&self.cleanup_done, &self.plan);
+        if let Some(w) = self.watchdog.lock().unwrap().take() {
+            end_watchdog(w, false);
+        }
+        clean_once(&self.cleanup_done, &self.jail);
     }
 }
 
 /// Removes the jail once, whoever gets there first (the supervisor or a drop).
-fn clean_once(done: &Mutex<bool>, plan: &JailPlan) -> Option<String> {
+fn clean_once(done: &Mutex<bool>, jail: &Jail) -> Option<String> {
     let mut done = done.lock().unwrap_or_else(|e| e.into_inner());
     if *done {
         return None;
     }
     *done = true;
-    jail::cleanup::remove(plan).err().map(|e| error_chain(&e))
+    jail.remove().err().map(|e| jail::error_chain(&e))
 }
 
 /// Where Firecracker's error output is collected.
@@ -377,9 +413,11 @@ struct Output {
     stderr_file: Option<PathBuf>,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn supervise(
     pidfd: Arc<OwnedFd>,
-    plan: JailPlan,
+    jail: Arc<Jail>,
+    watchdog: Arc<Mutex<Option<libc::pid_t>>>,
     flags: Arc<Mutex<Flags>>,
     cleanup_done: Arc<Mutex<bool>>,
     out: Output,
@@ -399,6 +437,7 @@ async fn supervise(
         .await;
     }
     let status = reap(&pidfd);
+    let plan = jail.plan();
     if let Some(done) = out.stderr_done {
         let _ = tokio::time::timeout(Duration::from_millis(200), done).await;
     }
@@ -429,12 +468,20 @@ async fn supervise(
     let output = tail(&output);
     // Removing the jail, the cgroups (rmdir may need retries while the kernel releases the
     // task) and the network blocks: off the async workers.
-    let cleanup_error = {
-        let plan = plan.clone();
-        tokio::task::spawn_blocking(move || clean_once(&cleanup_done, &plan))
-            .await
-            .unwrap_or_else(|e| Some(format!("cleanup task failed: {e}")))
-    };
+    let detached = flags.detached;
+    let cleanup_error = tokio::task::spawn_blocking(move || {
+        // The watchdog sees Firecracker's exit too and ends at once.
+        if let Some(w) = watchdog.lock().unwrap().take() {
+            end_watchdog(w, false);
+        }
+        if detached {
+            None
+        } else {
+            clean_once(&cleanup_done, &jail)
+        }
+    })
+    .await
+    .unwrap_or_else(|e| Some(format!("cleanup task failed: {e}")));
     tracing::info!(vm_id = %plan.id, %reason, pid_exit = ?status, "vm exited and was cleaned up");
     let _ = tx.send(Some(Exit {
         reason,
@@ -554,17 +601,6 @@ pub(crate) fn tail(s: &str) -> String {
     lines[lines.len().saturating_sub(8)..].join("\n")
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 fn become_subreaper() -> Result<(), Error> {
     // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes one integer argument and touches no memory.
     let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
@@ -575,6 +611,98 @@ fn become_subreaper() -> Result<(), Error> {
         });
     }
     Ok(())
+}
+
+/// Forks the watchdog of one VM (see the module docs) and returns its pid. The child makes only
+/// raw system calls (async-signal-safe, as required after a fork in a threaded process) and
+/// never returns.
+fn spawn_watchdog(firecracker: &OwnedFd) -> Result<libc::pid_t, Error> {
+    let owner = pidfd_open(std::process::id())?;
+    let devnull = c"/dev/null";
+    // SAFETY: fork has no memory-safety preconditions; the child runs only `watchdog`, which is
+    // async-signal-safe.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(Error::Os {
+            what: "fork (the VM's watchdog)".into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    if pid == 0 {
+        // SAFETY: in the forked child; both fds are open and the path is a valid C string.
+        unsafe { watchdog(owner.as_raw_fd(), firecracker.as_raw_fd(), devnull.as_ptr()) }
+    }
+    Ok(pid)
+}
+
+/// The watchdog's body: its own session (no terminal signal or process-group kill aimed at the
+/// owner reaches it), no inherited fds but the two pidfds, then wait for either process to end.
+///
+/// # Safety
+/// Call only in a freshly forked child, with `owner` and `firecracker` open pidfds.
+unsafe fn watchdog(owner: i32, firecracker: i32, devnull: *const libc::c_char) -> ! {
+    // SAFETY: each call below is an async-signal-safe system call on valid arguments.
+    unsafe {
+        libc::setsid();
+        for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGQUIT, libc::SIGPIPE] {
+            libc::signal(sig, libc::SIG_IGN);
+        }
+        let null = libc::open(devnull, libc::O_RDWR);
+        if null >= 0 {
+            for fd in 0..3 {
+                libc::dup2(null, fd);
+            }
+        }
+        let (a, b) = (owner.min(firecracker) as u32, owner.max(firecracker) as u32);
+        for (first, last) in [(3, a.wrapping_sub(1)), (a + 1, b - 1), (b + 1, u32::MAX)] {
+            if first <= last {
+                libc::syscall(libc::SYS_close_range, first, last, 0);
+            }
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd: owner,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: firecracker,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        loop {
+            let n = libc::poll(fds.as_mut_ptr(), 2, -1);
+            if n < 0 {
+                continue; // EINTR
+            }
+            if fds[1].revents != 0 {
+                libc::_exit(0);
+            }
+            if fds[0].revents != 0 {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    firecracker,
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                );
+                libc::_exit(0);
+            }
+        }
+    }
+}
+
+/// Reaps a watchdog (first killing it when `kill`); it ends by itself once Firecracker has.
+fn end_watchdog(pid: libc::pid_t, kill: bool) {
+    // SAFETY: plain signal and wait calls on our own child's pid.
+    unsafe {
+        if kill {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        let mut status = 0;
+        libc::waitpid(pid, &mut status, 0);
+    }
 }
 
 fn pidfd_open(pid: u32) -> Result<OwnedFd, Error> {

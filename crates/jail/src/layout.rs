@@ -1,0 +1,225 @@
+//! Where one VM's host resources live. [`Layout`] is the only code that spells those paths: the
+//! jail directory and chroot under the chroot base, the API socket, pid and log files inside it,
+//! the owner record beside the chroot, the cgroup directories under the parent cgroup of each
+//! hierarchy, the network namespace file and the host-side interface names.
+//!
+//! Plan, staging, removal, the orphan scan, the daemon's recovery, `warden doctor` and the
+//! benchmarks all ask a `Layout`, so the rules cannot drift apart.
+
+use std::path::{Path, PathBuf};
+
+use crate::cgroup::{CgroupVersion, Hierarchy, Setting};
+use crate::net;
+
+/// The API socket's path inside the jail.
+pub const SOCKET_IN_JAIL: &str = "/run/firecracker.socket";
+/// Firecracker's log file inside the jail (created by us: Firecracker only opens it).
+pub const LOG_IN_JAIL: &str = "/firecracker.log";
+/// The owner record's copy in the jail directory (beside `root/`, out of the jail user's reach),
+/// so a jail that outlives `/run` (a reboot) can still be attributed.
+pub const OWNER_FILE: &str = "warden-owner.json";
+/// Where named network namespaces live (`ip netns` uses the same directory).
+pub const NETNS_DIR: &str = "/var/run/netns";
+
+/// The host paths of every VM of one configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// `--chroot-base-dir`.
+    pub chroot_base: PathBuf,
+    /// The Firecracker binary's file name (the jailer's directory level under the base).
+    pub exec_name: String,
+    /// The parent cgroup of the VMs, relative to each hierarchy's root.
+    pub parent_cgroup: String,
+    /// The cgroup API the VMs use.
+    pub cgroup_version: CgroupVersion,
+    /// The host's cgroup mounts.
+    pub hierarchy: Hierarchy,
+    /// Where network namespace files are made.
+    pub netns_dir: PathBuf,
+}
+
+impl Layout {
+    /// A layout with the standard namespace directory.
+    pub fn new(
+        chroot_base: impl Into<PathBuf>,
+        exec_file: &Path,
+        parent_cgroup: impl Into<String>,
+        cgroup_version: CgroupVersion,
+        hierarchy: Hierarchy,
+    ) -> Self {
+        Self {
+            chroot_base: chroot_base.into(),
+            exec_name: exec_name(exec_file),
+            parent_cgroup: parent_cgroup.into(),
+            cgroup_version,
+            hierarchy,
+            netns_dir: PathBuf::from(NETNS_DIR),
+        }
+    }
+
+    /// `<base>/<exec-name>`: every jail of this layout is a directory in it.
+    pub fn jails_dir(&self) -> PathBuf {
+        self.chroot_base.join(&self.exec_name)
+    }
+
+    /// `<base>/<exec-name>/<id>`: removed as a whole.
+    pub fn jail_dir(&self, id: &str) -> PathBuf {
+        self.jails_dir().join(id)
+    }
+
+    /// The chroot, `<jail_dir>/root`.
+    pub fn root_dir(&self, id: &str) -> PathBuf {
+        self.jail_dir(id).join("root")
+    }
+
+    /// The API socket as seen from the host.
+    pub fn socket_path(&self, id: &str) -> PathBuf {
+        self.in_root(id, SOCKET_IN_JAIL)
+    }
+
+    /// Firecracker's log as seen from the host.
+    pub fn log_file(&self, id: &str) -> PathBuf {
+        self.in_root(id, LOG_IN_JAIL)
+    }
+
+    /// The pid file the jailer writes, `<root>/<exec-name>.pid`.
+    pub fn pid_file(&self, id: &str) -> PathBuf {
+        self.root_dir(id).join(format!("{}.pid", self.exec_name))
+    }
+
+    /// The owner record's copy in the jail directory.
+    pub fn owner_file(&self, id: &str) -> PathBuf {
+        self.jail_dir(id).join(OWNER_FILE)
+    }
+
+    fn in_root(&self, id: &str, path: &str) -> PathBuf {
+        self.root_dir(id).join(path.trim_start_matches('/'))
+    }
+
+    /// The VM's directory holding a setting's file, if its controller is mounted.
+    pub fn setting_dir(&self, id: &str, setting: &Setting) -> Option<PathBuf> {
+        self.hierarchy
+            .setting_dir(self.cgroup_version, &self.parent_cgroup, id, setting)
+    }
+
+    /// The cgroup directories the jailer makes for these settings (sorted, no duplicates).
+    pub fn cgroup_dirs(&self, id: &str, settings: &[Setting]) -> Vec<PathBuf> {
+        self.hierarchy
+            .vm_dirs(self.cgroup_version, &self.parent_cgroup, id, settings)
+    }
+
+    /// The v1 `cpuacct` directory warden makes itself (see [`Hierarchy::v1_accounting_dir`]).
+    pub fn accounting_dir(&self, id: &str) -> Option<PathBuf> {
+        self.hierarchy
+            .v1_accounting_dir(self.cgroup_version, &self.parent_cgroup, id)
+    }
+
+    /// The parent cgroup directory in every hierarchy of this layout's version.
+    pub fn cgroup_parents(&self) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = match self.cgroup_version {
+            CgroupVersion::V1 => self
+                .hierarchy
+                .v1
+                .iter()
+                .map(|(_, m)| m.join(&self.parent_cgroup))
+                .collect(),
+            CgroupVersion::V2 => self
+                .hierarchy
+                .v2
+                .iter()
+                .map(|r| r.join(&self.parent_cgroup))
+                .collect(),
+        };
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// The network namespace file of a VM.
+    pub fn netns_path(&self, id: &str) -> PathBuf {
+        self.netns_dir.join(net::netns::name_for(id))
+    }
+
+    /// The host end of a VM's veth pair.
+    pub fn host_veth(&self, id: &str) -> String {
+        net::link_name(net::HOST_VETH_PREFIX, id)
+    }
+
+    /// The namespace end of a VM's veth pair.
+    pub fn peer_veth(&self, id: &str) -> String {
+        net::link_name(net::PEER_VETH_PREFIX, id)
+    }
+
+    /// The ids of the jail directories under [`Layout::jails_dir`] that carry an owner file
+    /// (exact directory names; anything else there is someone else's).
+    pub fn owned_jail_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = std::fs::read_dir(self.jails_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .filter(|id| crate::JailId::new(id).is_ok())
+            .filter(|id| self.owner_file(id).is_file())
+            .collect();
+        ids.sort();
+        ids
+    }
+}
+
+/// The file name of the Firecracker binary, as the jailer uses it.
+pub fn exec_name(exec_file: &Path) -> String {
+    exec_file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "firecracker".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroup::tests_support::HYBRID_MOUNTS;
+
+    fn layout() -> Layout {
+        Layout::new(
+            "/srv/jailer",
+            Path::new("/usr/bin/firecracker"),
+            "warden",
+            CgroupVersion::V1,
+            Hierarchy::parse(HYBRID_MOUNTS).unwrap(),
+        )
+    }
+
+    #[test]
+    fn spells_the_real_jailers_paths() {
+        let l = layout();
+        assert_eq!(l.jail_dir("a"), Path::new("/srv/jailer/firecracker/a"));
+        assert_eq!(
+            l.socket_path("a"),
+            Path::new("/srv/jailer/firecracker/a/root/run/firecracker.socket")
+        );
+        assert_eq!(
+            l.pid_file("a"),
+            Path::new("/srv/jailer/firecracker/a/root/firecracker.pid")
+        );
+        assert_eq!(
+            l.owner_file("a"),
+            Path::new("/srv/jailer/firecracker/a/warden-owner.json")
+        );
+        assert_eq!(l.netns_path("a"), Path::new("/var/run/netns/fc-vm-a"));
+        assert!(l
+            .cgroup_parents()
+            .contains(&PathBuf::from("/sys/fs/cgroup/memory/warden")));
+    }
+
+    #[test]
+    fn only_jail_directories_with_an_owner_file_are_listed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut l = layout();
+        l.chroot_base = tmp.path().to_owned();
+        std::fs::create_dir_all(l.root_dir("ours")).unwrap();
+        std::fs::write(l.owner_file("ours"), "{}").unwrap();
+        std::fs::create_dir_all(l.root_dir("plain-jailer")).unwrap();
+        std::fs::create_dir_all(l.jails_dir().join("bad.name")).unwrap();
+        assert_eq!(l.owned_jail_ids(), ["ours"]);
+    }
+}
