@@ -50,7 +50,10 @@ impl Host for RealHost {
     }
 
     fn remove_cgroup(&self, dir: &Path) -> Result<(), CgroupError> {
-        cgroup::remove(std::slice::from_ref(&dir.to_owned()), Duration::from_secs(2))
+        cgroup::remove(
+            std::slice::from_ref(&dir.to_owned()),
+            Duration::from_secs(2),
+        )
     }
 
     fn remove_netns(&self, path: &Path) -> Result<(), NetnsError> {
@@ -138,21 +141,27 @@ impl Host for RecordingHost {
     }
 
     fn remove_cgroup(&self, dir: &Path) -> Result<(), CgroupError> {
-        self.record(Call::RemoveCgroup(dir.to_owned()), &dir.display().to_string())
-            .map_err(|source| CgroupError::Remove {
-                path: dir.to_owned(),
-                source,
-            })
+        self.record(
+            Call::RemoveCgroup(dir.to_owned()),
+            &dir.display().to_string(),
+        )
+        .map_err(|source| CgroupError::Remove {
+            path: dir.to_owned(),
+            source,
+        })
     }
 
     fn remove_netns(&self, path: &Path) -> Result<(), NetnsError> {
-        self.record(Call::RemoveNetns(path.to_owned()), &path.display().to_string())
-            .map_err(|source| NetnsError {
-                action: "remove",
-                path: path.to_owned(),
-                source,
-                hint: None,
-            })
+        self.record(
+            Call::RemoveNetns(path.to_owned()),
+            &path.display().to_string(),
+        )
+        .map_err(|source| NetnsError {
+            action: "remove",
+            path: path.to_owned(),
+            source,
+            hint: None,
+        })
     }
 
     fn delete_link(&self, name: &str) -> Result<(), NetError> {

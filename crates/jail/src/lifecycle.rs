@@ -252,8 +252,7 @@ impl Jail {
 
     /// Leaves the host state in place when this handle goes away.
     pub fn disarm(&self) {
-        self.armed
-            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.armed.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Removes everything of the VM. Call it once Firecracker is gone (a process still in the
@@ -398,7 +397,11 @@ mod tests {
         );
         assert!(reg.read("vm-a").unwrap().is_none(), "released");
         drop(jail);
-        assert_eq!(host.calls().len(), 7, "a removed jail is not removed again on drop");
+        assert_eq!(
+            host.calls().len(),
+            7,
+            "a removed jail is not removed again on drop"
+        );
     }
 
     #[test]
@@ -418,9 +421,13 @@ mod tests {
         let err = jail.remove().unwrap_err();
         assert_eq!(err.failures.len(), 2, "{err}");
         let msg = err.to_string();
-        assert!(msg.contains("jail directory") && msg.contains("/cg/memory/warden/vm-a"), "{msg}");
         assert!(
-            host.calls().contains(&Call::RemoveNetns("/ns/fc-vm-a".into())),
+            msg.contains("jail directory") && msg.contains("/cg/memory/warden/vm-a"),
+            "{msg}"
+        );
+        assert!(
+            host.calls()
+                .contains(&Call::RemoveNetns("/ns/fc-vm-a".into())),
             "later steps still ran"
         );
         assert!(reg.read("vm-a").unwrap().is_some(), "kept for a retry");
@@ -441,9 +448,16 @@ mod tests {
             host.clone(),
         )
         .unwrap_err();
-        assert!(matches!(err, ApplyError::Reserve(RegistryError::Taken { .. })), "{err}");
+        assert!(
+            matches!(err, ApplyError::Reserve(RegistryError::Taken { .. })),
+            "{err}"
+        );
         assert!(host.calls().is_empty());
-        assert_eq!(reg.read("vm-a").unwrap().unwrap(), theirs, "their record is untouched");
+        assert_eq!(
+            reg.read("vm-a").unwrap().unwrap(),
+            theirs,
+            "their record is untouched"
+        );
     }
 
     #[test]

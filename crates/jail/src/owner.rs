@@ -101,7 +101,9 @@ impl Owner {
 impl std::fmt::Display for Owner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Daemon { state_dir } => write!(f, "the daemon with state dir {}", state_dir.display()),
+            Self::Daemon { state_dir } => {
+                write!(f, "the daemon with state dir {}", state_dir.display())
+            }
             Self::Process { pid, .. } => write!(f, "process {pid}"),
         }
     }
@@ -409,7 +411,8 @@ pub(crate) mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let reg = Registry::new(tmp.path());
         let me = Owner::daemon(Path::new("/x"));
-        reg.reserve(&record("vm-1", me.clone(), tmp.path())).unwrap();
+        reg.reserve(&record("vm-1", me.clone(), tmp.path()))
+            .unwrap();
         reg.reserve(&record("vm-10", me, tmp.path())).unwrap();
         std::fs::write(tmp.path().join("not an id.json"), "{}").unwrap();
         std::fs::write(tmp.path().join(".vm-2.1.tmp"), "{}").unwrap();

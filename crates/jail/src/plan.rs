@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::cgroup::{CgroupVersion, Hierarchy, Setting};
-pub use crate::layout::{LOG_IN_JAIL, SOCKET_IN_JAIL};
 use crate::layout::Layout;
+pub use crate::layout::{LOG_IN_JAIL, SOCKET_IN_JAIL};
 use crate::spec::{JailSpec, SpecError};
 use crate::MAX_SOCKET_PATH;
 
@@ -328,7 +328,10 @@ impl JailSpec {
                 .map(|n| n.netns_path.clone())
                 .or_else(|| self.netns.clone())
                 .filter(|_| self.jailed),
-            netns_owned: self.jailed && self.net.is_none() && self.netns.is_some() && self.make_netns,
+            netns_owned: self.jailed
+                && self.net.is_none()
+                && self.netns.is_some()
+                && self.make_netns,
             net: self.net.clone(),
             staged,
         })

@@ -12,13 +12,6 @@ use std::time::Duration;
 use common::*;
 use warden_api::pb;
 
-fn ip(args: &[&str]) {
-    assert!(
-        Command::new("ip").args(args).status().unwrap().success(),
-        "ip {args:?}"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sigkilled_daemon_reattaches_running_vms_and_cleans_orphans() {
     let mut d = Daemon::start(&[]);
@@ -32,29 +25,30 @@ async fn a_sigkilled_daemon_reattaches_running_vms_and_cleans_orphans() {
     let victim = vm_info(&c, ids[9].clone()).await;
     d.kill();
 
-    // While the daemon is down: one VM dies, and orphans appear beside things that are not ours.
+    // While the daemon is down: one VM dies, and orphans appear beside things that are not ours:
+    // a leftover recorded as this daemon's, one of an owner that is dead, one of a live owner
+    // (this test process, as a `warden run` would be), and one without any owner record (the
+    // plain jailer's, or another tool's), all with warden's naming.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(victim.pid as i32),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    let orphan = format!("{base}-orphan");
-    let orphan_jail = d.chroot.join("firecracker").join(&orphan).join("root");
-    std::fs::create_dir_all(&orphan_jail).unwrap();
-    std::fs::write(orphan_jail.join("kernel"), b"x").unwrap();
-    let orphan_cgroup = Path::new("/sys/fs/cgroup/memory")
-        .join(&d.parent_cgroup)
-        .join(&orphan);
-    std::fs::create_dir_all(&orphan_cgroup).unwrap();
-    let orphan_ns = format!("fc-vm-{orphan}");
-    ip(&["netns", "add", &orphan_ns]);
+    let state_dir = d.dir.path().join("state");
+    let own = plant_vm_state(
+        &d,
+        &format!("{base}-own"),
+        Some(jail::Owner::daemon(&state_dir)),
+    );
+    let dead_one = plant_vm_state(&d, &format!("{base}-dead"), Some(dead_owner()));
+    let live = plant_vm_state(
+        &d,
+        &format!("{base}-live"),
+        Some(jail::Owner::this_process()),
+    );
+    let unowned = plant_vm_state(&d, &format!("{base}-plain"), None);
     let not_ours_dir = d.chroot.join("other-tool").join("keep");
     std::fs::create_dir_all(&not_ours_dir).unwrap();
-    let not_ours_cgroup =
-        Path::new("/sys/fs/cgroup/memory").join(format!("{}-other", d.parent_cgroup));
-    std::fs::create_dir_all(&not_ours_cgroup).unwrap();
-    let not_ours_ns = format!("keep-{base}");
-    ip(&["netns", "add", &not_ours_ns]);
 
     let t0 = std::time::Instant::now();
     d.restart();
@@ -83,25 +77,31 @@ async fn a_sigkilled_daemon_reattaches_running_vms_and_cleans_orphans() {
         "the dead VM's jail was cleaned"
     );
 
-    assert!(
-        !orphan_jail.exists() && !orphan_cgroup.exists(),
-        "orphans removed\n{}",
+    assert_eq!(
+        planted_traces(&own),
+        Vec::<std::path::PathBuf>::new(),
+        "own leftover removed\n{}",
         d.logs()
     );
-    assert!(
-        !Path::new("/var/run/netns").join(&orphan_ns).exists(),
-        "orphan netns removed"
+    assert_eq!(
+        planted_traces(&dead_one),
+        Vec::<std::path::PathBuf>::new(),
+        "dead owner's removed\n{}",
+        d.logs()
     );
-    assert!(
-        not_ours_dir.exists() && not_ours_cgroup.exists(),
-        "not warden's: untouched"
+    assert_eq!(
+        planted_traces(&live).len(),
+        4,
+        "a live owner's VM is left alone"
     );
-    assert!(
-        Path::new("/var/run/netns").join(&not_ours_ns).exists(),
-        "not warden's: untouched"
+    assert_eq!(
+        planted_traces(&unowned).len(),
+        3,
+        "no owner record: never touched"
     );
-    ip(&["netns", "delete", &not_ours_ns]);
-    std::fs::remove_dir(&not_ours_cgroup).unwrap();
+    assert!(not_ours_dir.exists(), "not warden's: untouched");
+    unplant(&live);
+    unplant(&unowned);
 
     // Re-attached VMs are fully controllable.
     for id in &ids[..9] {
@@ -259,8 +259,13 @@ async fn a_graceful_daemon_exit_leaves_vms_running_unless_told_to_stop_them() {
 #[test]
 fn gc_removes_orphans_and_refuses_while_a_daemon_owns_the_state() {
     let mut d = Daemon::start(&[]);
-    let orphan = d.chroot.join("firecracker").join(unique("gc-orphan"));
-    std::fs::create_dir_all(orphan.join("root")).unwrap();
+    let state_dir = d.dir.path().join("state");
+    let orphan = plant_vm_state(
+        &d,
+        &unique("gc-orphan"),
+        Some(jail::Owner::daemon(&state_dir)),
+    );
+    let unowned = plant_vm_state(&d, &unique("gc-plain"), None);
     let gc = |d: &Daemon| {
         Command::new(env!("CARGO_BIN_EXE_warden"))
             .arg("gc")
@@ -284,6 +289,8 @@ fn gc_removes_orphans_and_refuses_while_a_daemon_owns_the_state() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!orphan.exists(), "orphan removed");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("removed an orphaned jail"));
+    assert!(planted_traces(&orphan).is_empty(), "orphan removed");
+    assert_eq!(planted_traces(&unowned).len(), 3, "unowned: untouched");
+    unplant(&unowned);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("removed the host state of a VM"));
 }

@@ -194,7 +194,6 @@ pub fn run_in<T: Send + 'static>(
     .unwrap_or_else(|_| Err(io::Error::other("namespace thread panicked")))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

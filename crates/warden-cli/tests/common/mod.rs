@@ -294,3 +294,93 @@ pub async fn boot(c: &Client, id: impl Into<String>) {
         .await
         .unwrap();
 }
+
+/// Host state of a VM `id` as warden makes it (a jail directory with a file, a memory cgroup
+/// directory, a network namespace) under daemon `d`'s layout. With `owner`, it is recorded in
+/// the host-wide registry as that owner's; without, it has no record (as the plain jailer or
+/// another tool would leave it).
+pub fn plant_vm_state(d: &Daemon, id: &str, owner: Option<jail::Owner>) -> jail::JailPlan {
+    let layout = jail::Layout::new(
+        &d.chroot,
+        Path::new("firecracker"),
+        &d.parent_cgroup,
+        jail::CgroupVersion::V1,
+        jail::cgroup::Hierarchy::host().unwrap(),
+    );
+    let root = layout.root_dir(id);
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("kernel"), b"x").unwrap();
+    let cgroup = Path::new("/sys/fs/cgroup/memory")
+        .join(&d.parent_cgroup)
+        .join(id);
+    std::fs::create_dir_all(&cgroup).unwrap();
+    let netns = layout.netns_path(id);
+    jail::net::netns::create(&layout.netns_dir, &jail::net::netns::name_for(id)).unwrap();
+    let plan = jail::JailPlan {
+        id: id.into(),
+        jailed: true,
+        argv: vec!["jailer".into()],
+        jail_dir: layout.jail_dir(id),
+        root_dir: root,
+        socket_path: layout.socket_path(id),
+        pid_file: layout.pid_file(id),
+        log_file: layout.log_file(id),
+        owner_file: layout.owner_file(id),
+        uid: 10000,
+        gid: 10000,
+        cgroup_version: jail::CgroupVersion::V1,
+        cgroups: vec![],
+        cgroup_dirs: vec![cgroup],
+        cgroup_accounting_dir: None,
+        rlimits: vec![],
+        new_pid_ns: false,
+        netns: Some(netns),
+        netns_owned: true,
+        net: None,
+        staged: vec![],
+    };
+    if let Some(owner) = owner {
+        let rec = jail::OwnerRecord {
+            id: id.into(),
+            owner,
+            plan: plan.clone(),
+            firecracker: None,
+            reserved_at_unix_ms: 0,
+        };
+        jail::Registry::default().reserve(&rec).unwrap();
+        std::fs::write(&plan.owner_file, serde_json::to_vec(&rec).unwrap()).unwrap();
+    }
+    plan
+}
+
+/// Whether anything of a planted VM is still on the host.
+pub fn planted_traces(plan: &jail::JailPlan) -> Vec<PathBuf> {
+    std::iter::once(&plan.jail_dir)
+        .chain(&plan.cgroup_dirs)
+        .chain(&plan.netns)
+        .chain(std::iter::once(&jail::Registry::default().path(&plan.id)))
+        .filter(|p| p.exists())
+        .cloned()
+        .collect()
+}
+
+/// Removes a planted VM's state by hand (the test's own clean-up).
+pub fn unplant(plan: &jail::JailPlan) {
+    let _ = std::fs::remove_dir_all(&plan.jail_dir);
+    for d in &plan.cgroup_dirs {
+        let _ = std::fs::remove_dir(d);
+    }
+    if let Some(ns) = &plan.netns {
+        let _ = jail::net::netns::remove(ns);
+    }
+    let _ = jail::Registry::default().release(&plan.id);
+}
+
+/// An owner that provably no longer runs (a process from another boot).
+pub fn dead_owner() -> jail::Owner {
+    jail::Owner::Process {
+        pid: std::process::id(),
+        start_time: 1,
+        boot_id: "a-boot-long-ago".into(),
+    }
+}

@@ -113,7 +113,10 @@ async fn reconcile(m: &Manager, slot: &mut Slot) -> Result<(), ManagerError> {
         Action::LeaveForeign => {
             let owner = record.map(|r| r.owner.to_string()).unwrap_or_default();
             tracing::warn!(vm_id = %id, %owner, "the id of this VM is held by another owner on this host; its host state was left alone");
-            if matches!(slot.rec.state, VmState::Created | VmState::Stopped | VmState::Failed) {
+            if matches!(
+                slot.rec.state,
+                VmState::Created | VmState::Stopped | VmState::Failed
+            ) {
                 return Ok(());
             }
             slot.rec.state = VmState::Failed;
@@ -129,7 +132,13 @@ async fn reconcile(m: &Manager, slot: &mut Slot) -> Result<(), ManagerError> {
             let (Some(plan), Some(pid), Some(start)) =
                 (slot.rec.plan.clone(), slot.rec.pid, slot.rec.start_time)
             else {
-                return end(m, slot, "daemon_restart", "no process was recorded for this VM").await;
+                return end(
+                    m,
+                    slot,
+                    "daemon_restart",
+                    "no process was recorded for this VM",
+                )
+                .await;
             };
             let jail = match record {
                 Some(r) => jail::Jail::adopt(r, &m.registry, Arc::new(jail::RealHost)),
@@ -139,11 +148,20 @@ async fn reconcile(m: &Manager, slot: &mut Slot) -> Result<(), ManagerError> {
                         id: id.clone(),
                         owner: m.owner.clone(),
                         plan,
-                        firecracker: Some(jail::owner::ProcessRef { pid, start_time: start }),
+                        firecracker: Some(jail::owner::ProcessRef {
+                            pid,
+                            start_time: start,
+                        }),
                         reserved_at_unix_ms: now_ms() as u64,
                     };
                     if m.registry.reserve(&r).is_err() {
-                        return end(m, slot, "daemon_restart", "its owner record could not be made again").await;
+                        return end(
+                            m,
+                            slot,
+                            "daemon_restart",
+                            "its owner record could not be made again",
+                        )
+                        .await;
                     }
                     jail::Jail::adopt(r, &m.registry, Arc::new(jail::RealHost))
                 }

@@ -201,8 +201,7 @@ pub(crate) async fn launch(
         jailed = plan.jailed,
         "starting firecracker"
     );
-    let process = match Process::spawn(jail.clone(), serial, socket_timeout, die_with_owner).await
-    {
+    let process = match Process::spawn(jail.clone(), serial, socket_timeout, die_with_owner).await {
         Ok(p) => p,
         Err(e) => {
             let _ = tokio::task::spawn_blocking(move || jail.remove()).await;
