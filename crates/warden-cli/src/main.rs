@@ -78,9 +78,16 @@ fn main() -> std::process::ExitCode {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             report::print_error(&e);
-            let invalid = e
-                .downcast_ref::<warden::Error>()
-                .is_some_and(|w| matches!(w, warden::Error::Invalid(_)));
+            // Bad input, and an id another instance holds (choose another), are the caller's.
+            let invalid = e.downcast_ref::<warden::Error>().is_some_and(|w| {
+                matches!(
+                    w,
+                    warden::Error::Invalid(_)
+                        | warden::Error::Apply(jail::ApplyError::Reserve(
+                            jail::owner::RegistryError::Taken { .. }
+                        ))
+                )
+            });
             std::process::ExitCode::from(if invalid { 2 } else { 1 })
         }
     }

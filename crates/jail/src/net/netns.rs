@@ -135,8 +135,7 @@ pub fn remove(path: &Path) -> Result<(), NetnsError> {
             let dir = dir.as_path();
             let seen = dir.join(path.file_name().unwrap_or_default());
             let hint = hidden_mounts(&mountinfo, dir)
-                .iter()
-                .any(|p| *p == seen)
+                .contains(&seen)
                 .then(|| {
                     format!(
                         "it is mounted under a later mount of {} (made by `ip netns` after this                          namespace was created), where no path reaches it; it is freed at reboot,                          or now with `umount -l {}` once no other namespace there is in use",

@@ -315,7 +315,7 @@ fn remove_orphans(m: &Manager, known: &HashSet<String>) {
         match jail::owner::judge(&record, &m.owner, known.contains(&id), alive) {
             jail::owner::Verdict::Known => {}
             jail::owner::Verdict::Foreign => {
-                tracing::info!(vm = %id, owner = %record.owner, "left a VM of another live owner alone");
+                tracing::warn!(vm = %id, owner = %record.owner, "left a VM of another live owner alone");
             }
             verdict @ (jail::owner::Verdict::OwnLeftover | jail::owner::Verdict::DeadOwner) => {
                 let owner = record.owner.to_string();

@@ -7,7 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use jail::plan::SOCKET_IN_JAIL;
-use jail::MAX_SOCKET_PATH;
+use jail::{CgroupVersion, MAX_SOCKET_PATH};
 
 use super::{os_reason, Check};
 
@@ -166,17 +166,17 @@ const MIN_ID_ROOM: usize = 36;
 /// fewer characters, which is a warning while a UUID still fits and a failure below that.
 pub(super) fn socket_path(base: &Path, firecracker: &Path) -> Check {
     const NAME: &str = "socket-path";
-    let exec_name = firecracker
-        .file_name()
-        .map(Path::new)
-        .unwrap_or(Path::new("firecracker"));
+    let layout = jail::Layout::new(
+        base,
+        firecracker,
+        "warden",
+        CgroupVersion::V1,
+        jail::cgroup::Hierarchy::empty(),
+    );
+    let exec_name = Path::new(&layout.exec_name);
     let max_id = jail::id::MAX_LEN;
     let longest_id = "x".repeat(max_id);
-    let path = base
-        .join(exec_name)
-        .join(&longest_id)
-        .join("root")
-        .join(SOCKET_IN_JAIL.trim_start_matches('/'));
+    let path = layout.socket_path(&longest_id);
     let len = path.as_os_str().as_bytes().len();
     let raw = base.as_os_str().as_bytes();
     // Trailing slashes do not reach the joined path.

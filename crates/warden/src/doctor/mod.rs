@@ -55,6 +55,8 @@ pub struct DoctorInput {
     pub tun_path: PathBuf,
     /// The mount table cgroups are detected from.
     pub mounts_file: PathBuf,
+    /// The mount table with mount ids (`/proc/self/mountinfo`), read for hidden namespaces.
+    pub mountinfo_file: PathBuf,
 }
 
 impl Default for DoctorInput {
@@ -74,6 +76,7 @@ impl Default for DoctorInput {
             kvm_path: PathBuf::from("/dev/kvm"),
             tun_path: PathBuf::from("/dev/net/tun"),
             mounts_file: PathBuf::from("/proc/self/mounts"),
+            mountinfo_file: PathBuf::from("/proc/self/mountinfo"),
         }
     }
 }
@@ -216,6 +219,7 @@ pub fn run(input: &DoctorInput) -> Report {
     ));
     checks.push(net::tun(&input.tun_path));
     checks.push(net::netns());
+    checks.push(net::netns_dir(&input.mountinfo_file));
     if let Some(dir) = &input.state_dir {
         checks.push(fs::state_dir(dir));
     }

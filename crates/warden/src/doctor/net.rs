@@ -8,8 +8,7 @@ use nix::unistd::{access, AccessFlags};
 
 use super::{os_reason, Check};
 
-/// Where `ip netns` and warden keep named network namespaces.
-const NETNS_DIR: &str = "/var/run/netns";
+use jail::layout::NETNS_DIR;
 
 pub(super) fn tun(path: &Path) -> Check {
     const NAME: &str = "tun";
@@ -85,5 +84,78 @@ pub(super) fn netns() -> Check {
             format!("{} is not writable ({}): named network namespaces cannot be created under {NETNS_DIR}", target.display(), e.desc()),
             format!("mkdir -p {NETNS_DIR} as root, and run warden as root"),
         ),
+    }
+}
+
+/// Namespaces hidden under a later mount of the namespace directory (made by a first `ip netns`
+/// after they were created, by a warden before it prepared the directory, or by another tool):
+/// no path reaches them, so they can be neither joined nor removed.
+pub(super) fn netns_dir(mountinfo: &Path) -> Check {
+    const NAME: &str = "netns-dir";
+    let dir = Path::new(NETNS_DIR);
+    let real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
+    let text = match std::fs::read_to_string(mountinfo) {
+        Ok(t) => t,
+        Err(e) => {
+            return Check::warn(
+                NAME,
+                format!("cannot read {}: {}", mountinfo.display(), os_reason(&e)),
+                "run warden doctor as root on the host (not in a container without /proc)",
+            )
+        }
+    };
+    let hidden = jail::net::netns::hidden_mounts(&text, &real);
+    if !hidden.is_empty() {
+        let names: Vec<String> = hidden.iter().map(|p| p.display().to_string()).collect();
+        return Check::warn(
+            NAME,
+            format!(
+                "{} network namespace(s) are hidden under a later mount of {}: {}; they cannot be joined or removed by path",
+                hidden.len(),
+                real.display(),
+                names.join(", ")
+            ),
+            format!(
+                "they are freed at reboot; to free them now, stop what uses namespaces in {dir} and run `umount -l {dir}` (warden makes it a shared mount of its own again before its next namespace)",
+                dir = real.display()
+            ),
+        );
+    }
+    let mounted = text
+        .lines()
+        .any(|l| l.split_whitespace().nth(4) == Some(&*real.to_string_lossy()));
+    Check::pass(
+        NAME,
+        if mounted {
+            format!(
+                "{} is a mount of its own, as `ip netns` makes it; no namespace is hidden",
+                real.display()
+            )
+        } else {
+            format!("{} is not a mount point yet; warden makes it one before its first namespace, as `ip netns` does", real.display())
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_namespace_hidden_under_a_later_mount_is_a_warning_with_a_fix() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = std::fs::canonicalize(NETNS_DIR).unwrap_or_else(|_| NETNS_DIR.into());
+        let d = dir.display();
+        let info = format!(
+            "27 1 254:0 / / rw - ext4 /dev/vda rw\n\
+             63 27 0:4 net:[1] {d}/fc-vm-a rw - nsfs nsfs rw\n\
+             64 27 254:0 {d} {d} rw shared:1 - ext4 /dev/vda rw\n"
+        );
+        let f = tmp.path().join("mountinfo");
+        std::fs::write(&f, info).unwrap();
+        let c = netns_dir(&f);
+        assert_eq!(c.status, super::super::Status::Warn, "{c:?}");
+        assert!(c.detail.contains("fc-vm-a"), "{c:?}");
+        assert!(c.fix.unwrap().contains("umount -l"));
     }
 }

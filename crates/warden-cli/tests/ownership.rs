@@ -1,0 +1,301 @@
+//! Every warden instance touches only what it owns, on a host shared with others: `warden run`
+//! in a terminal, a second daemon with another state dir, `warden gc`, the plain jailer's jails.
+//! `warden run` never outlives itself silently: a hang-up stops its VM, and a SIGKILL takes its
+//! Firecracker with it (the next `gc` removes the rest). An id is reserved host-wide, so two
+//! instances never build the same one and a refused boot cleans nothing of the holder's.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use warden_api::pb;
+
+fn warden() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_warden"))
+}
+
+/// `warden run` of an idle test guest, returned once the guest prints its marker, with
+/// Firecracker's pid (from warden's "running, pid N" line).
+fn run_idle(id: &str, extra: &[&str]) -> (Child, u32) {
+    let mut child = warden()
+        .args([
+            "run",
+            "--id",
+            id,
+            "--require-jailer",
+            "--kernel",
+            &testguest(),
+        ])
+        .args(["--boot-args", "mode=idle marker=idle-now"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    loop {
+        let line = out.next().expect("guest output ended early").unwrap();
+        if line.contains("WARDEN_MARKER idle-now") {
+            break;
+        }
+    }
+    // Keep draining the guest's output so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in out {});
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    let pid = loop {
+        let line = err.next().expect("no 'running' line").unwrap();
+        if let Some(rest) = line.split(", pid ").nth(1) {
+            break rest.split(',').next().unwrap().trim().parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in err {});
+    (child, pid)
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().to_owned()))
+        .is_some_and(|r| !r.starts_with('Z') && !r.starts_with('X'))
+}
+
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+/// What a `warden run` VM with the default layout has on the host.
+fn run_traces(id: &str) -> Vec<PathBuf> {
+    let mut t = vec![
+        Path::new("/srv/jailer/firecracker").join(id),
+        jail::Registry::default().path(id),
+        Path::new("/var/run/netns").join(format!("fc-vm-{id}")),
+    ];
+    for c in ["cpu", "cpuacct", "memory", "pids"] {
+        t.push(Path::new("/sys/fs/cgroup").join(c).join("warden").join(id));
+    }
+    t.retain(|p| p.exists());
+    t
+}
+
+/// `warden gc` with a state dir of its own.
+fn gc(state: &Path) -> std::process::Output {
+    warden()
+        .arg("gc")
+        .env("WARDEN_STATE_DIR", state)
+        .env("WARDEN_LOG", "info")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn sighup_and_sigquit_stop_the_vm_like_ctrl_c() {
+    for (signal, name) in [
+        (nix::sys::signal::Signal::SIGHUP, "hup"),
+        (nix::sys::signal::Signal::SIGQUIT, "quit"),
+    ] {
+        let id = unique(&format!("own-{name}"));
+        let (mut child, fc) = run_idle(&id, &["--net", "none"]);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(130), "{name}");
+        assert!(!alive(fc), "{name}: Firecracker outlived warden run");
+        assert_eq!(run_traces(&id), Vec::<PathBuf>::new(), "{name}");
+    }
+}
+
+#[test]
+fn a_sigkilled_warden_run_takes_its_firecracker_along_and_gc_removes_the_rest() {
+    let state = tempfile::tempdir().unwrap();
+    for pid_ns in [false, true] {
+        let id = unique(if pid_ns { "own-kill-pidns" } else { "own-kill" });
+        let mut args = vec!["--net", "none"];
+        if pid_ns {
+            args.push("--new-pid-ns");
+        }
+        let (mut child, fc) = run_idle(&id, &args);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(
+            wait_until(Duration::from_secs(5), || !alive(fc)),
+            "pid ns {pid_ns}: Firecracker {fc} outlived its SIGKILLed warden run"
+        );
+        assert!(
+            !run_traces(&id).is_empty(),
+            "the dead owner's host state waits for gc"
+        );
+        let out = gc(&state.path().join("state"));
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{log}");
+        assert_eq!(run_traces(&id), Vec::<PathBuf>::new(), "{log}");
+        assert!(log.contains(&id), "gc names what it removed: {log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gc_and_a_second_daemon_leave_a_running_warden_run_vm_and_a_foreign_jail_alone() {
+    let id = unique("own-live");
+    let (mut child, fc) = run_idle(&id, &["--net", "none"]);
+    let before = run_traces(&id);
+    assert_eq!(before.len(), 7, "{before:?}");
+
+    // A jail the plain jailer (or another tool) left, with warden's naming and no owner record.
+    let plain = unique("own-plain");
+    let plain_jail = Path::new("/srv/jailer/firecracker")
+        .join(&plain)
+        .join("root");
+    std::fs::create_dir_all(&plain_jail).unwrap();
+    let plain_cgroup = Path::new("/sys/fs/cgroup/memory/warden").join(&plain);
+    std::fs::create_dir_all(&plain_cgroup).unwrap();
+
+    let state = tempfile::tempdir().unwrap();
+    let out = gc(&state.path().join("state"));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains(&id) && log.contains("left a VM of another live owner alone"),
+        "gc lists the live owner's VM: {log}"
+    );
+    // Another daemon, with its own state dir, starting up on the same host.
+    let d = Daemon::start(&[
+        ("WARDEN_JAILER_CHROOT_DIR", "/srv/jailer"),
+        ("WARDEN_PARENT_CGROUP", "warden"),
+    ]);
+    assert!(
+        d.logs().contains("left a VM of another live owner alone"),
+        "{}",
+        d.logs()
+    );
+    drop(d);
+
+    assert!(alive(fc), "warden run's VM was killed");
+    assert_eq!(run_traces(&id), before, "warden run's VM lost host state");
+    assert!(
+        plain_jail.is_dir() && plain_cgroup.is_dir(),
+        "the foreign jail was touched"
+    );
+    std::fs::remove_dir_all(plain_jail.parent().unwrap()).unwrap();
+    std::fs::remove_dir(&plain_cgroup).unwrap();
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    assert_eq!(run_traces(&id), Vec::<PathBuf>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_id_is_built_by_one_instance_only_and_a_refused_boot_cleans_nothing_of_the_holder() {
+    let a = Daemon::start(&[]);
+    let b = Daemon::start(&[]);
+    let (ca, cb) = (a.client(), b.client());
+    let id = unique("own-dup");
+    // Both may create it (CreateVm makes nothing); the first boot reserves it host-wide.
+    ca.create_vm(a.create_req(&id, "mode=idle")).await.unwrap();
+    cb.create_vm(b.create_req(&id, "mode=idle")).await.unwrap();
+    boot(&ca, id.clone()).await;
+    let held = vm_info(&ca, id.clone()).await;
+    let traces = a.host_traces();
+    assert!(!traces.is_empty());
+
+    let refused = cb
+        .boot_vm(pb::BootVmRequest { vm_id: id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code, warden_api::Code::AlreadyExists, "{refused:?}");
+    assert!(
+        refused.message.contains("in use on this host"),
+        "{refused:?}"
+    );
+    // A later CreateVm of the same id is refused at once.
+    let again = cb
+        .create_vm(b.create_req(&id, "mode=idle"))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code, warden_api::Code::AlreadyExists, "{again:?}");
+    // B deleting its refused VM takes nothing of A's.
+    cb.delete_vm(pb::DeleteVmRequest { vm_id: id.clone() })
+        .await
+        .unwrap();
+    // Nor does a `warden run` with the same id.
+    let run = warden()
+        .args(["run", "--id", &id, "--kernel", &testguest()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        run.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(String::from_utf8_lossy(&run.stderr).contains("in use on this host"));
+
+    let still = vm_info(&ca, id.clone()).await;
+    assert_eq!(
+        (still.state, still.pid),
+        (state(pb::VmState::Running), held.pid)
+    );
+    assert!(alive(held.pid));
+    assert_eq!(a.host_traces(), traces, "the holder's host state is intact");
+    ca.pause_vm(pb::PauseVmRequest { vm_id: id.clone() })
+        .await
+        .unwrap();
+    ca.delete_vm(pb::DeleteVmRequest { vm_id: id.clone() })
+        .await
+        .unwrap();
+    a.assert_clean();
+    b.assert_clean();
+}
+
+/// The first `ip netns` on a host bind-mounts `/run/netns` over itself. warden prepares the
+/// directory the same way before its first namespace, so an operator's `ip netns add` while a VM
+/// runs hides nothing and the VM's namespace is removed when it stops. The test arranges a fresh
+/// host's state (no mount on `/run/netns`) in a mount namespace of its own.
+#[test]
+fn ip_netns_on_a_fresh_host_does_not_hide_a_running_vms_namespace() {
+    let id = unique("own-ipns");
+    let other = unique("opns");
+    let script = format!(
+        r#"set -u
+while umount -l /run/netns 2>/dev/null; do :; done
+mkdir -p /run/netns
+if grep -q ' /run/netns ' /proc/self/mountinfo; then echo "setup: /run/netns still mounted"; exit 9; fi
+{warden} run --id {id} --require-jailer --net none --kernel {kernel} --boot-args 'mode=idle marker=up' >/dev/null 2>"$ERR" &
+pid=$!
+i=0
+until grep -q 'running, pid' "$ERR"; do i=$((i+1)); [ $i -gt 500 ] && {{ echo "never up"; cat "$ERR"; exit 8; }}; sleep 0.02; done
+ip netns add {other} && ip netns del {other} || {{ echo "ip netns failed"; exit 7; }}
+kill -INT $pid
+wait $pid
+echo "exit=$?"
+[ -e /run/netns/fc-vm-{id} ] && echo "LEFT file"
+grep -q 'fc-vm-{id}' /proc/self/mountinfo && echo "LEFT mount"
+cat "$ERR"
+"#,
+        warden = env!("CARGO_BIN_EXE_warden"),
+        kernel = testguest(),
+    );
+    let err = tempfile::NamedTempFile::new().unwrap();
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env("ERR", err.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("exit=130"), "{stdout}");
+    assert!(!stdout.contains("LEFT"), "{stdout}");
+    assert!(!stdout.contains("cannot remove"), "{stdout}");
+    assert_eq!(run_traces(&id), Vec::<PathBuf>::new(), "{stdout}");
+}
