@@ -135,6 +135,29 @@ impl Layout {
         out
     }
 
+    /// The parent cgroup directory in every hierarchy the host mounts, v1 and v2 alike (for
+    /// sweeps that must find a VM's cgroups whatever version made them).
+    pub fn cgroup_parents_everywhere(&self) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = self
+            .hierarchy
+            .v1
+            .iter()
+            .map(|(_, m)| m.join(&self.parent_cgroup))
+            .chain(self.hierarchy.v2.iter().map(|r| r.join(&self.parent_cgroup)))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Every cgroup directory VM `id` may have, in every hierarchy the host mounts.
+    pub fn vm_cgroup_dirs_everywhere(&self, id: &str) -> Vec<PathBuf> {
+        self.cgroup_parents_everywhere()
+            .into_iter()
+            .map(|p| p.join(id))
+            .collect()
+    }
+
     /// The network namespace file of a VM.
     pub fn netns_path(&self, id: &str) -> PathBuf {
         self.netns_dir.join(net::netns::name_for(id))

@@ -40,8 +40,9 @@ enum Command {
     Demo(run::DemoArgs),
     /// Run the VmService daemon (Connect + gRPC on one port; see docs/configuration.md).
     Serve(serve::ServeArgs),
-    /// Reconcile the daemon's state with the host once (re-attach, record dead VMs, remove
-    /// orphaned jails, cgroups, namespaces and veths) without serving. Takes serve's settings.
+    /// Reconcile the daemon's state with the host once (re-attach, record dead VMs, remove the
+    /// host state of this instance's leftovers and of VMs whose owner is provably dead, leave
+    /// every other owner's alone) without serving. Takes serve's settings.
     Gc(serve::ServeArgs),
     /// Talk to the daemon: create, boot, ls, get, pause, resume, reboot, stop, rm.
     Vm(vm::VmArgs),

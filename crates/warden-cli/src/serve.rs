@@ -94,7 +94,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
     for w in &effective.warnings {
         tracing::warn!("{w}");
     }
-    preflight(&cfg)?;
+    {
+        // The checks run child processes and probe the host: off the async workers.
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || preflight(&cfg)).await??;
+    }
     let manager = Manager::open(cfg.clone())
         .await
         .context("cannot open the daemon's state")?;
@@ -164,7 +168,7 @@ pub async fn gc(args: ServeArgs) -> anyhow::Result<u8> {
         .iter()
         .filter(|v| v.record.state == warden::daemon::state::VmState::Running)
         .count();
-    println!("warden gc: {} VMs known, {running} running and left running; orphans removed (see the log above)", vms.len());
+    println!("warden gc: {} VMs known, {running} running and left running; leftovers of this instance and of dead owners removed, other owners' VMs left alone (see the log above)", vms.len());
     Ok(0)
 }
 

@@ -9,7 +9,16 @@ use std::time::{Duration, Instant};
 
 use super::Leftovers;
 
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// The bench's jails and cgroups, spelled by the library's layout.
+fn layout(chroot_base: &Path, parent: &str) -> jail::Layout {
+    jail::Layout::new(
+        chroot_base,
+        Path::new("firecracker"),
+        parent,
+        jail::CgroupVersion::V1,
+        jail::cgroup::Hierarchy::host().unwrap_or_else(|_| jail::cgroup::Hierarchy::empty()),
+    )
+}
 
 /// The prefix of every VM id (and so jail directory) the bench creates.
 pub(crate) fn id_prefix() -> String {
@@ -82,30 +91,14 @@ pub(crate) fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Every cgroup controller directory (each hierarchy once, symlinks resolved).
-fn controllers() -> Vec<PathBuf> {
-    let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(CGROUP_ROOT)
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let p = e.path();
-        let real = p.canonicalize().unwrap_or_else(|_| p.clone());
-        if real.is_dir() && seen.insert(real.clone()) {
-            out.push(real);
-        }
-    }
-    out
-}
-
-/// Existing directories `<controller>/<parent>`, for every controller.
+/// Existing directories `<hierarchy>/<parent>`, in every hierarchy.
 fn parent_dirs(parent: &str) -> Vec<PathBuf> {
-    controllers()
+    let mut seen = HashSet::new();
+    layout(Path::new("/"), parent)
+        .cgroup_parents_everywhere()
         .into_iter()
-        .map(|c| c.join(parent))
         .filter(|p| p.is_dir())
+        .filter(|p| seen.insert(p.canonicalize().unwrap_or_else(|_| p.clone())))
         .collect()
 }
 
@@ -128,7 +121,7 @@ fn cgroup_children(parent: &str) -> Vec<PathBuf> {
 
 /// Jail directories `<chroot_base>/firecracker/<id>` whose id starts with `prefix`.
 fn jail_dirs(chroot_base: &Path, prefix: &str) -> Vec<PathBuf> {
-    std::fs::read_dir(chroot_base.join("firecracker"))
+    std::fs::read_dir(layout(chroot_base, "").jails_dir())
         .into_iter()
         .flatten()
         .flatten()

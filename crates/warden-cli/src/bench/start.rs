@@ -215,8 +215,15 @@ fn bare_firecracker(env: &Env, id: &str) -> anyhow::Result<Duration> {
 
 pub(super) fn bare_jailer(env: &Env, id: &str) -> anyhow::Result<Duration> {
     use std::os::unix::fs::chown;
-    let jail = env.base.join("firecracker").join(id);
-    let root = jail.join("root");
+    let layout = jail::Layout::new(
+        &env.base,
+        &env.firecracker,
+        &env.parent_cgroup,
+        jail::CgroupVersion::V1,
+        jail::cgroup::Hierarchy::host()?,
+    );
+    let jail = layout.jail_dir(id);
+    let root = layout.root_dir(id);
     std::fs::create_dir_all(&root)?;
     std::fs::hard_link(&env.kernel, root.join("kernel"))
         .or_else(|_| std::fs::copy(&env.kernel, root.join("kernel")).map(|_| ()))?;
@@ -262,13 +269,8 @@ pub(super) fn bare_jailer(env: &Env, id: &str) -> anyhow::Result<Duration> {
         ]);
     let t = time_to_marker(cmd);
     std::fs::remove_dir_all(&jail)?;
-    for c in ["memory", "cpu", "pids"] {
-        let _ = std::fs::remove_dir(
-            Path::new("/sys/fs/cgroup")
-                .join(c)
-                .join(&env.parent_cgroup)
-                .join(id),
-        );
+    for dir in layout.vm_cgroup_dirs_everywhere(id) {
+        let _ = std::fs::remove_dir(dir);
     }
     t
 }

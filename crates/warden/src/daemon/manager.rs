@@ -470,7 +470,8 @@ impl Manager {
             let _ = vm.stop_within(self.stop_timeout()).await;
         }
         self.clean_host(id).await?;
-        let _ = std::fs::remove_dir_all(self.vm_dir(id));
+        let vm_dir = self.vm_dir(id);
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(vm_dir)).await;
         self.store.delete(id).await.map_err(ManagerError::store)?;
         if let Some(a) = slot.rec.address {
             self.addresses.lock().unwrap().remove(&u32::from(a));
