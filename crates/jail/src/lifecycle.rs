@@ -216,8 +216,12 @@ impl Jail {
         self.record.lock().unwrap().clone()
     }
 
-    /// Records the Firecracker process (so a dead owner's VM can be ended exactly).
+    /// Records the Firecracker process (so a dead owner's VM can be ended exactly). A VM that
+    /// already ended and was removed has nothing left to record.
     pub fn set_firecracker(&self, p: ProcessRef) -> Result<(), RegistryError> {
+        if !self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
         let rec = {
             let mut r = self.record.lock().unwrap();
             r.firecracker = Some(p);
@@ -241,13 +245,16 @@ impl Jail {
         let path = rec.plan.owner_file.clone();
         let json = serde_json::to_vec_pretty(&rec).expect("a record serializes");
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, json)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|source| RegistryError::Io {
+        match std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, &path)) {
+            Ok(()) => Ok(()),
+            // The jail is already gone (the VM ended and was removed meanwhile).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(RegistryError::Io {
                 action: "write",
                 path,
                 source,
-            })
+            }),
+        }
     }
 
     /// Leaves the host state in place when this handle goes away.

@@ -231,8 +231,22 @@ pub(crate) async fn launch(
         })
     };
     if let Err(e) = recorded {
-        process.kill();
-        process.wait().await;
+        // Firecracker may have died first (which is then the error to report).
+        let died = process.exited().is_some()
+            || !Path::new(&format!("/proc/{pid}/status")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .is_ok_and(|s| s.contains("zombie"));
+        if !died {
+            process.kill();
+        }
+        let exit = process.wait().await;
+        if died {
+            return Err(Error::ExitedEarly {
+                program,
+                status: exit.reason.to_string(),
+                output: exit.output,
+            });
+        }
         return Err(e);
     }
     let client = Client::new(&process.plan.socket_path);
