@@ -143,7 +143,12 @@ impl Layout {
             .v1
             .iter()
             .map(|(_, m)| m.join(&self.parent_cgroup))
-            .chain(self.hierarchy.v2.iter().map(|r| r.join(&self.parent_cgroup)))
+            .chain(
+                self.hierarchy
+                    .v2
+                    .iter()
+                    .map(|r| r.join(&self.parent_cgroup)),
+            )
             .collect();
         out.sort();
         out.dedup();

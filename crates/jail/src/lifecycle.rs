@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::cgroup::CgroupError;
-use crate::host::{Host, RealHost};
+use crate::host::Host;
 use crate::net::{self, netns::NetnsError, NetError};
 use crate::owner::{Owner, OwnerRecord, ProcessRef, Registry, RegistryError};
 use crate::plan::JailPlan;
@@ -337,12 +337,58 @@ impl Drop for Jail {
     }
 }
 
-/// Removes the host state a record lists, with the real host (gc and recovery).
-pub fn remove(record: OwnerRecord, registry: &Registry) -> Result<(), RemoveError> {
-    let jail = Jail::adopt(record, registry, Arc::new(RealHost));
+/// Removes the host state a record lists (gc and recovery, for leftovers already judged).
+pub fn remove(
+    record: OwnerRecord,
+    registry: &Registry,
+    host: Arc<dyn Host>,
+) -> Result<(), RemoveError> {
+    let jail = Jail::adopt(record, registry, host);
     let r = jail.remove();
     jail.disarm();
     r
+}
+
+/// What [`remove_owned`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owned {
+    /// The VM was `owner`'s: everything of it was removed.
+    Removed,
+    /// Nothing of the VM is recorded (never made, or already removed).
+    Nothing,
+    /// Another owner holds the id: nothing was touched.
+    Foreign(Owner),
+}
+
+/// Removing a VM's host state only if `owner` holds it failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoveOwnedError {
+    /// The record could not be read: nothing was touched.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// Some steps failed.
+    #[error(transparent)]
+    Remove(#[from] RemoveError),
+}
+
+/// Removes the host state of VM `id` if, and only if, its record names `owner`.
+pub fn remove_owned(
+    id: &str,
+    owner: &Owner,
+    registry: &Registry,
+    host: Arc<dyn Host>,
+) -> Result<Owned, RemoveOwnedError> {
+    match registry.read(id)? {
+        None => Ok(Owned::Nothing),
+        Some(rec) if rec.owner != *owner => Ok(Owned::Foreign(rec.owner)),
+        Some(rec) => {
+            let jail = Jail::adopt(rec, registry, host);
+            let r = jail.remove();
+            jail.disarm();
+            r?;
+            Ok(Owned::Removed)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -439,6 +485,31 @@ mod tests {
         );
         assert!(reg.read("vm-a").unwrap().is_some(), "kept for a retry");
         jail.disarm();
+    }
+
+    #[test]
+    fn only_the_owner_removes_and_a_foreign_record_is_never_touched() {
+        let tmp = tempfile::tempdir().unwrap();
+        let reg = Registry::new(tmp.path().join("reg"));
+        let rec = networked(tmp.path());
+        reg.reserve(&rec).unwrap();
+        let host = Arc::new(RecordingHost::default());
+        let stranger = Owner::daemon(Path::new("/stranger"));
+        assert_eq!(
+            remove_owned("vm-a", &stranger, &reg, host.clone()).unwrap(),
+            Owned::Foreign(rec.owner.clone())
+        );
+        assert!(host.calls().is_empty(), "nothing of the holder's touched");
+        assert_eq!(
+            remove_owned("vm-a", &rec.owner, &reg, host.clone()).unwrap(),
+            Owned::Removed
+        );
+        assert!(!host.calls().is_empty());
+        assert_eq!(
+            remove_owned("vm-a", &rec.owner, &reg, host).unwrap(),
+            Owned::Nothing,
+            "idempotent"
+        );
     }
 
     #[test]

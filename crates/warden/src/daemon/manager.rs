@@ -124,6 +124,8 @@ pub struct Manager {
     pub(crate) owner: jail::Owner,
     /// The host-wide registry of VM ids.
     pub(crate) registry: jail::Registry,
+    /// Where removals act.
+    pub(crate) host: Arc<dyn jail::Host>,
     /// Prometheus metrics.
     pub metrics: Metrics,
 }
@@ -138,6 +140,7 @@ impl Manager {
         let manager = Arc::new(Self {
             owner: jail::Owner::daemon(&cfg.state_dir),
             registry: jail::Registry::default(),
+            host: Arc::new(jail::RealHost),
             cfg,
             store,
             slots: Default::default(),
@@ -552,15 +555,14 @@ impl Manager {
         let registry = self.registry.clone();
         let owner = self.owner.clone();
         let id = id.to_owned();
+        let host = self.host.clone();
         tokio::task::spawn_blocking(move || -> Result<()> {
-            match registry.read(&id) {
-                Ok(Some(rec)) if rec.owner == owner => jail::lifecycle::remove(rec, &registry)
-                    .map_err(|e| ManagerError::new(ErrorCode::Internal, error_chain(&e))),
-                Ok(Some(rec)) => {
-                    tracing::warn!(vm_id = %id, owner = %rec.owner, "host state of this id belongs to another owner; left alone");
+            match jail::lifecycle::remove_owned(&id, &owner, &registry, host) {
+                Ok(jail::lifecycle::Owned::Foreign(holder)) => {
+                    tracing::warn!(vm_id = %id, owner = %holder, "host state of this id belongs to another owner; left alone");
                     Ok(())
                 }
-                Ok(None) => Ok(()),
+                Ok(_) => Ok(()),
                 Err(e) => Err(ManagerError::new(ErrorCode::Internal, error_chain(&e))),
             }
         })

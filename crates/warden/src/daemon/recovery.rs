@@ -141,7 +141,7 @@ async fn reconcile(m: &Manager, slot: &mut Slot) -> Result<(), ManagerError> {
                 .await;
             };
             let jail = match record {
-                Some(r) => jail::Jail::adopt(r, &m.registry, Arc::new(jail::RealHost)),
+                Some(r) => jail::Jail::adopt(r, &m.registry, m.host.clone()),
                 None => {
                     // A running VM without a record (its /run was wiped): record it again.
                     let r = jail::OwnerRecord {
@@ -163,7 +163,7 @@ async fn reconcile(m: &Manager, slot: &mut Slot) -> Result<(), ManagerError> {
                         )
                         .await;
                     }
-                    jail::Jail::adopt(r, &m.registry, Arc::new(jail::RealHost))
+                    jail::Jail::adopt(r, &m.registry, m.host.clone())
                 }
             };
             match VmHandle::attach(
@@ -319,7 +319,7 @@ fn remove_orphans(m: &Manager, known: &HashSet<String>) {
             }
             verdict @ (jail::owner::Verdict::OwnLeftover | jail::owner::Verdict::DeadOwner) => {
                 let owner = record.owner.to_string();
-                match jail::lifecycle::remove(record, &m.registry) {
+                match jail::lifecycle::remove(record, &m.registry, m.host.clone()) {
                     Ok(()) => {
                         tracing::warn!(orphan = %id, %owner, ?verdict, "removed the host state of a VM that no live owner knows")
                     }
