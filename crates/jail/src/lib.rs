@@ -21,6 +21,7 @@ pub mod lifecycle;
 pub mod net;
 pub mod owner;
 pub mod plan;
+pub mod source;
 pub mod spec;
 pub mod stage;
 

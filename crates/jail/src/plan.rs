@@ -47,6 +47,9 @@ pub struct StagedFile {
     pub mode: u32,
     /// Whether the VM may write it.
     pub writable: bool,
+    /// The open source file staging works from (never the path again).
+    #[serde(skip)]
+    pub file: Option<crate::source::Source>,
 }
 
 /// Everything a jail will be, before any of it exists.
@@ -172,22 +175,19 @@ impl JailSpec {
                     ),
                 ));
             }
-            // Staging uses the resolved path and refuses symlinks (O_NOFOLLOW), so a path that
-            // is swapped for a symlink after this point is never followed.
-            let source = std::fs::canonicalize(&f.source).map_err(|e| {
-                SpecError::new(
-                    &f.field,
-                    format!("{} cannot be resolved ({e})", f.source.display()),
-                )
-            })?;
-            let meta = std::fs::metadata(&source).map_err(|e| {
-                SpecError::new(
-                    &f.field,
-                    format!("{} cannot be read ({e})", f.source.display()),
-                )
-            })?;
-            let linkable =
-                !f.writable && base_dev == Some(meta.dev()) && readable_by(&meta, uid, gid);
+            // Opened once, here: staging works from this file, never from the path again.
+            let file = match &f.opened {
+                Some(s) => s.clone(),
+                None => crate::source::Source::open(&f.field, &f.source)?,
+            };
+            let meta = file.meta;
+            // A hard link shares the inode with every later VM: only for files root owns and
+            // nobody else can write, that the jail user can already read.
+            let linkable = !f.writable
+                && base_dev == Some(meta.dev)
+                && meta.uid == 0
+                && meta.mode & 0o022 == 0
+                && readable_by(&meta, uid, gid);
             let dest = root_dir.join(&f.name);
             let path_in_jail = if self.jailed {
                 Path::new("/").join(&f.name)
@@ -196,18 +196,19 @@ impl JailSpec {
             };
             staged.push(if linkable {
                 StagedFile {
-                    source: source.clone(),
+                    source: f.source.clone(),
                     dest,
                     path_in_jail,
                     method: StageMethod::HardLink,
-                    uid: meta.uid(),
-                    gid: meta.gid(),
-                    mode: meta.mode() & 0o7777,
+                    uid: meta.uid,
+                    gid: meta.gid,
+                    mode: meta.mode,
                     writable: false,
+                    file: Some(file),
                 }
             } else {
                 StagedFile {
-                    source: source.clone(),
+                    source: f.source.clone(),
                     dest,
                     path_in_jail,
                     method: StageMethod::Copy,
@@ -215,6 +216,7 @@ impl JailSpec {
                     gid,
                     mode: if f.writable { 0o600 } else { 0o400 },
                     writable: f.writable,
+                    file: Some(file),
                 }
             });
         }
@@ -344,14 +346,14 @@ fn nearest_existing(path: &Path) -> Option<&Path> {
 }
 
 /// Whether a file with this metadata can be read by `uid`/`gid` without changing it.
-fn readable_by(meta: &std::fs::Metadata, uid: u32, gid: u32) -> bool {
-    let mode = meta.mode();
+fn readable_by(meta: &crate::source::SourceMeta, uid: u32, gid: u32) -> bool {
+    let mode = meta.mode;
     if uid == 0 {
         return true;
     }
-    if meta.uid() == uid {
+    if meta.uid == uid {
         mode & 0o400 != 0
-    } else if meta.gid() == gid {
+    } else if meta.gid == gid {
         mode & 0o040 != 0
     } else {
         mode & 0o004 != 0
@@ -394,6 +396,7 @@ mod tests {
                 name: "kernel".into(),
                 writable: true,
                 field: "kernel_path".into(),
+                opened: None,
             }],
         }
     }

@@ -3,7 +3,7 @@
 //! Nothing here touches the host except reading metadata of the files to stage: a spec that
 //! fails validation has created nothing.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Serialize;
 
@@ -40,6 +40,10 @@ pub struct StageRequest {
     pub writable: bool,
     /// The configuration field that named this file, used in error messages.
     pub field: String,
+    /// The file, already opened (beneath an asset directory); opened from `source` at plan
+    /// time when `None`.
+    #[serde(skip)]
+    pub opened: Option<crate::source::Source>,
 }
 
 /// Everything needed to plan one jail. Build it, then call [`JailSpec::plan`].
@@ -139,9 +143,6 @@ impl JailSpec {
                 "has no file name; give the path of the firecracker binary",
             ));
         }
-        for f in &self.files {
-            check_source(&f.field, &f.source)?;
-        }
         if let (Some(_), Some(_)) = (&self.netns, &self.net) {
             return Err(SpecError::new("netns", "cannot be combined with networking: a networked VM gets its own namespace; drop netns"));
         }
@@ -155,42 +156,4 @@ impl JailSpec {
         }
         Ok(())
     }
-}
-
-/// A file to stage must be a readable regular file.
-fn check_source(field: &str, path: &Path) -> Result<(), SpecError> {
-    let meta = std::fs::metadata(path).map_err(|e| {
-        SpecError::new(
-            field,
-            format!(
-                "{} cannot be read ({e}); give the path of an existing file",
-                path.display()
-            ),
-        )
-    })?;
-    if meta.is_dir() {
-        return Err(SpecError::new(
-            field,
-            format!("{} is a directory; give an image file", path.display()),
-        ));
-    }
-    if !meta.is_file() {
-        return Err(SpecError::new(
-            field,
-            format!(
-                "{} is not a regular file; give an image file",
-                path.display()
-            ),
-        ));
-    }
-    std::fs::File::open(path).map_err(|e| {
-        SpecError::new(
-            field,
-            format!(
-                "{} cannot be opened ({e}); check its permissions",
-                path.display()
-            ),
-        )
-    })?;
-    Ok(())
 }

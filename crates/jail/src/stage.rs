@@ -8,6 +8,7 @@
 
 use std::fs;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -90,45 +91,113 @@ pub fn stage_into(plan: &JailPlan) -> Result<(), StageError> {
 }
 
 fn stage_file(f: &StagedFile) -> Result<(), StageError> {
+    let src = f.file.as_ref().ok_or_else(|| StageError {
+        action: "stage (its source was never opened)",
+        path: f.dest.clone(),
+        source: io::Error::from(io::ErrorKind::InvalidInput),
+    })?;
     if f.method == StageMethod::HardLink {
-        match fs::hard_link(&f.source, &f.dest) {
+        // Link the inode that was opened and checked, not whatever the path names now.
+        let from = format!("/proc/self/fd/{}", src.file().as_raw_fd());
+        match nix::unistd::linkat(
+            None,
+            Path::new(&from),
+            None,
+            &f.dest,
+            nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+        ) {
             Ok(()) => return Ok(()),
             // Another filesystem after all, or links forbidden (protected_hardlinks): copy.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EXDEV) | Some(libc::EPERM)) => {}
-            Err(e) => return Err(e).ctx("hard-link", &f.dest),
+            Err(nix::errno::Errno::EXDEV) | Err(nix::errno::Errno::EPERM) => {}
+            Err(e) => return Err(e.into()).ctx("hard-link", &f.dest),
         }
     }
-    copy(&f.source, &f.dest)?;
-    fs::set_permissions(&f.dest, fs::Permissions::from_mode(f.mode)).ctx("chmod", &f.dest)?;
-    chown(&f.dest, f.uid, f.gid)
+    copy(src, f)
 }
 
-/// Copies with a reflink where the filesystem supports it (`FICLONE`), else a plain copy
-/// (`copy_file_range`, which some filesystems also turn into a shared-extent copy).
-fn copy(src: &Path, dest: &Path) -> Result<(), StageError> {
-    use std::os::fd::AsRawFd;
+/// Copies an open source into a new file that has its final mode and owner before any byte is
+/// written: a reflink where the filesystem can (`FICLONE`), else a sparse copy (holes stay
+/// holes). Refused up front when the filesystem lacks the space.
+fn copy(src: &crate::source::Source, f: &StagedFile) -> Result<(), StageError> {
     use std::os::unix::fs::OpenOptionsExt;
-    // O_NOFOLLOW: a file swapped for a symlink after validation is refused, never followed
-    // (the caller's allowlist was checked on the resolved path).
-    let from = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(src)
-        .ctx("open", src)?;
+    let dest = &f.dest;
+    let dir = dest.parent().unwrap_or(Path::new("/"));
+    let free = nix::sys::statvfs::statvfs(dir)
+        .map(|v| v.blocks_available() as u64 * v.fragment_size() as u64)
+        .map_err(io::Error::from)
+        .ctx("measure free space for", dir)?;
+    if src.meta.allocated > free {
+        return Err(StageError {
+            action: "copy into (not enough space: free some, or use a smaller or sparse image)",
+            path: dest.clone(),
+            source: io::Error::other(format!(
+                "needs {} bytes, {} free on the chroot base's filesystem",
+                src.meta.allocated, free
+            )),
+        });
+    }
     let to = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(f.mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(dest)
         .ctx("create", dest)?;
+    // The mode is set at creation (the umask may only narrow it); restate it exactly.
+    to.set_permissions(fs::Permissions::from_mode(f.mode))
+        .ctx("chmod", dest)?;
+    std::os::unix::fs::fchown(&to, Some(f.uid), Some(f.gid)).ctx("chown", dest)?;
+    let from = src.file();
     // SAFETY: FICLONE takes the source fd as its argument; both fds are open for the call.
-    let rc = unsafe { libc::ioctl(to.as_raw_fd(), libc::FICLONE, from.as_raw_fd()) };
-    if rc == 0 {
+    if unsafe { libc::ioctl(to.as_raw_fd(), libc::FICLONE, from.as_raw_fd()) } == 0 {
         return Ok(());
     }
-    let mut from = from;
-    let mut to = to;
-    io::copy(&mut from, &mut to).ctx("copy into", dest)?;
-    Ok(())
+    sparse_copy(from, &to, src.meta.len).ctx("copy into", dest)
+}
+
+/// Copies the data ranges of `from` (found with `SEEK_DATA`/`SEEK_HOLE`) and sets the length, so
+/// a sparse image stays sparse.
+fn sparse_copy(from: &fs::File, to: &fs::File, len: u64) -> io::Result<()> {
+    let (fd_in, fd_out) = (from.as_raw_fd(), to.as_raw_fd());
+    let mut pos: i64 = 0;
+    while (pos as u64) < len {
+        // SAFETY: lseek on an open fd.
+        let data = unsafe { libc::lseek(fd_in, pos, libc::SEEK_DATA) };
+        if data < 0 {
+            match io::Error::last_os_error().raw_os_error() {
+                Some(libc::ENXIO) => break, // only a hole is left
+                _ => return Err(io::Error::last_os_error()),
+            }
+        }
+        // SAFETY: lseek on an open fd.
+        let hole = unsafe { libc::lseek(fd_in, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut off_in = data;
+        let mut off_out = data;
+        while off_in < hole {
+            // SAFETY: both fds are open; the offsets are ours and live for the call.
+            let n = unsafe {
+                libc::copy_file_range(
+                    fd_in,
+                    &mut off_in,
+                    fd_out,
+                    &mut off_out,
+                    (hole - off_in) as usize,
+                    0,
+                )
+            };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        pos = hole;
+    }
+    to.set_len(len)
 }
 
 fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), StageError> {
@@ -170,6 +239,7 @@ mod tests {
             name: name.into(),
             writable,
             field: name.into(),
+            opened: None,
         }
     }
 
@@ -250,7 +320,7 @@ mod tests {
     }
 
     #[test]
-    fn symlinked_sources_are_resolved_at_plan_time_and_never_followed_at_stage_time() {
+    fn sources_are_opened_at_plan_time_and_a_later_swap_changes_nothing() {
         let tmp = tempfile::tempdir().unwrap();
         let real = tmp.path().join("rootfs.img");
         fs::write(&real, b"disk").unwrap();
@@ -261,14 +331,87 @@ mod tests {
         let plan = spec(&base, vec![req(&link, "rootfs", true)])
             .plan(&h)
             .unwrap();
-        assert_eq!(plan.staged[0].source, real.canonicalize().unwrap());
-        // The file is swapped for a symlink to a secret after the plan: staging refuses it.
+        // The file is swapped for a symlink to a secret after the plan: staging still copies the
+        // file that was opened.
         let secret = tmp.path().join("secret");
         fs::write(&secret, b"secret").unwrap();
         fs::remove_file(&real).unwrap();
         std::os::unix::fs::symlink(&secret, &real).unwrap();
-        let err = stage(&plan).unwrap_err();
-        assert_eq!(err.action, "open");
-        assert_eq!(err.source.raw_os_error(), Some(libc::ELOOP));
+        stage(&plan).unwrap();
+        let staged = base.join("firecracker/stage-test/root/rootfs");
+        assert_eq!(fs::read(&staged).unwrap(), b"disk");
+    }
+
+    #[test]
+    fn copies_keep_sparse_files_sparse_and_have_their_owner_from_the_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let img = tmp.path().join("sparse.img");
+        let f = fs::File::create(&img).unwrap();
+        f.set_len(1 << 30).unwrap();
+        use std::io::{Seek, Write};
+        let mut f = f;
+        f.seek(std::io::SeekFrom::Start(1 << 20)).unwrap();
+        f.write_all(b"data in the middle").unwrap();
+        drop(f);
+        let base = tmp.path().join("jail");
+        let h = Hierarchy::parse("cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n").unwrap();
+        let plan = spec(&base, vec![req(&img, "rootfs", true)])
+            .plan(&h)
+            .unwrap();
+        stage(&plan).unwrap();
+        let staged = base.join("firecracker/stage-test/root/rootfs");
+        let m = fs::metadata(&staged).unwrap();
+        assert_eq!(m.len(), 1 << 30);
+        assert!(
+            m.blocks() * 512 < 1 << 24,
+            "allocated {} bytes",
+            m.blocks() * 512
+        );
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (4242, 4343, 0o600));
+        let data = fs::read(&staged).unwrap();
+        assert_eq!(&data[1 << 20..(1 << 20) + 18], b"data in the middle");
+    }
+
+    #[test]
+    fn only_root_owned_files_nobody_else_can_write_are_hard_linked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let world = tmp.path().join("world-writable.img");
+        fs::write(&world, b"shared").unwrap();
+        fs::set_permissions(&world, fs::Permissions::from_mode(0o666)).unwrap();
+        let jailuser = tmp.path().join("jail-owned.img");
+        fs::write(&jailuser, b"mine").unwrap();
+        fs::set_permissions(&jailuser, fs::Permissions::from_mode(0o644)).unwrap();
+        std::os::unix::fs::chown(&jailuser, Some(4242), Some(4343)).unwrap();
+        let base = tmp.path().join("jail");
+        let h = Hierarchy::parse("cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n").unwrap();
+        let plan = spec(
+            &base,
+            vec![
+                req(&world, "drive1", false),
+                req(&jailuser, "drive2", false),
+            ],
+        )
+        .plan(&h)
+        .unwrap();
+        assert_eq!(
+            plan.staged[0].method,
+            StageMethod::Copy,
+            "world-writable: copied"
+        );
+        assert_eq!(
+            plan.staged[1].method,
+            StageMethod::Copy,
+            "not root's: copied"
+        );
+        stage(&plan).unwrap();
+        let root = base.join("firecracker/stage-test/root");
+        assert_ne!(
+            fs::metadata(root.join("drive1")).unwrap().ino(),
+            fs::metadata(&world).unwrap().ino()
+        );
+        assert_eq!(
+            fs::metadata(root.join("drive1")).unwrap().mode() & 0o777,
+            0o400
+        );
     }
 }

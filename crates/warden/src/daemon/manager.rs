@@ -627,6 +627,7 @@ impl Manager {
                 tx_rate_limiter: spec.net_tx_rate_limiter.clone(),
             },
             drive_rate_limiter: spec.drive_rate_limiter.clone(),
+            asset_dirs: Some(self.cfg.asset_dirs.clone()),
             own_netns: self.cfg.netns,
             owner: Some(self.owner.clone()),
             registry: self.registry.clone(),
@@ -687,49 +688,9 @@ impl Manager {
                 "is empty; give the path of a kernel image under an asset directory".into(),
             ));
         }
-        spec.kernel_path = self
-            .allowed(&spec.kernel_path)
-            .map_err(|p| invalid("config.kernel_path", p))?;
-        if !spec.rootfs_path.is_empty() {
-            spec.rootfs_path = self
-                .allowed(&spec.rootfs_path)
-                .map_err(|p| invalid("config.rootfs_path", p))?;
-        }
-        for (i, (path, _)) in spec.drives.iter_mut().enumerate() {
-            *path = self
-                .allowed(path)
-                .map_err(|p| invalid(&format!("config.drives[{i}].path"), p))?;
-        }
+        // The paths are opened beneath the asset directories by every plan (CreateVm's check,
+        // and again at each boot), never resolved here.
         Ok(spec)
-    }
-
-    fn allowed(&self, path: &str) -> std::result::Result<String, String> {
-        let dirs: Vec<String> = self
-            .cfg
-            .asset_dirs
-            .iter()
-            .map(|d| d.display().to_string())
-            .collect();
-        let real = std::fs::canonicalize(path).map_err(|e| {
-            format!(
-                "{path} cannot be resolved ({e}); give an existing file under {}",
-                dirs.join(", ")
-            )
-        })?;
-        let inside = self
-            .cfg
-            .asset_dirs
-            .iter()
-            .filter_map(|d| std::fs::canonicalize(d).ok())
-            .any(|d| real.starts_with(&d));
-        if !inside {
-            return Err(format!(
-                "{path} (resolved to {}) is outside the asset directories ({}); put the file there or add its directory to asset_dirs",
-                real.display(),
-                if dirs.is_empty() { "none configured".into() } else { dirs.join(", ") }
-            ));
-        }
-        Ok(real.display().to_string())
     }
 }
 

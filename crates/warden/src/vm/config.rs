@@ -178,6 +178,9 @@ pub struct VmOptions {
     pub network: NetworkOptions,
     /// Firecracker rate limiter applied to every drive.
     pub drive_rate_limiter: Option<firecracker_api::RateLimiter>,
+    /// When set, the kernel, rootfs and every drive must lie under one of these directories and
+    /// are opened beneath it without following any symlink (the daemon's `asset_dirs`).
+    pub asset_dirs: Option<Vec<std::path::PathBuf>>,
     /// Give a VM without networking an empty network namespace of its own (made and removed
     /// with the VM) instead of the host's.
     pub own_netns: bool,
@@ -205,6 +208,7 @@ impl Default for VmOptions {
             socket_timeout: Duration::from_secs(5),
             network: NetworkOptions::default(),
             drive_rate_limiter: None,
+            asset_dirs: None,
             own_netns: false,
             owner: None,
             registry: jail::Registry::default(),

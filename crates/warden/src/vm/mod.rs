@@ -261,6 +261,7 @@ pub fn plan_vm(config: &VmConfig, options: &VmOptions) -> Result<Planned, Error>
         name: "kernel".into(),
         writable: false,
         field: "kernel_path".into(),
+        opened: None,
     }];
     if !config.rootfs_path.is_empty() {
         files.push(StageRequest {
@@ -268,6 +269,7 @@ pub fn plan_vm(config: &VmConfig, options: &VmOptions) -> Result<Planned, Error>
             name: "rootfs".into(),
             writable: !options.rootfs_read_only,
             field: "rootfs_path".into(),
+            opened: None,
         });
     }
     for (i, d) in options.drives.iter().enumerate() {
@@ -275,8 +277,17 @@ pub fn plan_vm(config: &VmConfig, options: &VmOptions) -> Result<Planned, Error>
             source: d.path.clone(),
             name: format!("drive{}", i + 1),
             writable: !d.read_only,
-            field: format!("drives[{i}]"),
+            field: format!("drives[{i}].path"),
+            opened: None,
         });
+    }
+    // Untrusted paths are opened now, beneath their asset directory; staging works from these
+    // open files, so nothing swapped in after this point is ever used.
+    if let Some(dirs) = &options.asset_dirs {
+        let dirs = jail::source::AssetDirs::open(dirs);
+        for f in &mut files {
+            f.opened = Some(dirs.open_file(&f.field, &f.source)?);
+        }
     }
     let mut jc = options.jailer.clone();
     jc.jailer_id = config.vm_id.clone();
