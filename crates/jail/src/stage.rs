@@ -123,7 +123,7 @@ fn copy(src: &crate::source::Source, f: &StagedFile) -> Result<(), StageError> {
     let dest = &f.dest;
     let dir = dest.parent().unwrap_or(Path::new("/"));
     let free = nix::sys::statvfs::statvfs(dir)
-        .map(|v| v.blocks_available() as u64 * v.fragment_size() as u64)
+        .map(|v| v.blocks_available() * v.fragment_size())
         .map_err(io::Error::from)
         .ctx("measure free space for", dir)?;
     if src.meta.allocated > free {
