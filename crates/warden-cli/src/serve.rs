@@ -94,6 +94,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
     for w in &effective.warnings {
         tracing::warn!("{w}");
     }
+    if cfg.jailer_enabled && !warden::vm::jailer::is_executable(&cfg.jailer_binary) {
+        anyhow::bail!(
+            "jailer_enabled is true but the jailer {} is not an executable file; install \
+             Firecracker's jailer there (copy `jailer` from a Firecracker release to \
+             /usr/local/bin, or run scripts/setup-assets.sh on a development machine), point \
+             jailer_binary / WARDEN_JAILER_BINARY at it, or set jailer_enabled=false for \
+             unjailed development VMs",
+            cfg.jailer_binary.display()
+        );
+    }
     {
         // The checks run child processes and probe the host: off the async workers.
         let cfg = cfg.clone();

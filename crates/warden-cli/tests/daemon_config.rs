@@ -125,6 +125,23 @@ fn a_bad_value_stops_start_up_naming_the_variable_and_the_form() {
 }
 
 #[test]
+fn a_missing_jailer_stops_start_up_and_never_falls_back_to_unjailed_vms() {
+    let out = serve_with(
+        &[
+            ("UNKEY_METALD_JAILER_ENABLED", "true"),
+            ("UNKEY_METALD_JAILER_BINARY", "/nonexistent/jailer"),
+        ],
+        &["--listen", "127.0.0.1:1"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started without its jailer: {err}");
+    assert!(
+        err.contains("/nonexistent/jailer") && err.contains("jailer_enabled=false"),
+        "names the path and the ways out: {err}"
+    );
+}
+
+#[test]
 fn print_config_shows_each_value_and_where_it_came_from() {
     let out = serve_with(
         &[
@@ -163,14 +180,17 @@ fn production_mode_refuses_a_host_that_fails_the_checks() {
     let out = serve_with(
         &[
             ("WARDEN_REQUIRE_JAILER", "true"),
-            ("UNKEY_METALD_JAILER_BINARY", "/nonexistent/jailer"),
+            (
+                "UNKEY_METALD_FIRECRACKER_BINARY",
+                "/nonexistent/firecracker",
+            ),
         ],
         &["--listen", "127.0.0.1:1"],
     );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("FAIL jailer") && err.contains("/nonexistent/jailer"),
+        err.contains("FAIL firecracker") && err.contains("/nonexistent/firecracker"),
         "{err}"
     );
     assert!(

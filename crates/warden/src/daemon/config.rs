@@ -210,13 +210,13 @@ impl DaemonConfig {
     }
 
     /// `Disabled` without the jailer, `Required` in production mode, else `Auto`.
+    /// How the daemon's VMs are jailed: with the jailer enabled, always jailed (a missing jailer
+    /// is an error, never a fallback to unjailed tenant VMs).
     pub fn jailer_mode(&self) -> JailerMode {
-        if !self.jailer_enabled {
-            JailerMode::Disabled
-        } else if self.require_jailer {
+        if self.jailer_enabled {
             JailerMode::Required
         } else {
-            JailerMode::Auto
+            JailerMode::Disabled
         }
     }
 
@@ -529,7 +529,9 @@ pub const KEYS: &[KeyDef] = &[
         key: "jailer_enabled",
         env: "JAILER_ENABLED",
         flag: Some("--jailer-enabled"),
-        doc: "Run Firecracker under the jailer. `false` runs it directly (development only).",
+        doc: "Run Firecracker under the jailer; the daemon then refuses to start without a \
+              working one, and never falls back to unjailed VMs. `false` runs Firecracker \
+              directly (development only: no VM is sandboxed).",
         default: "`true`",
         expected: "a boolean: true/false, 1/0 or yes/no",
         secret: false,
@@ -541,8 +543,8 @@ pub const KEYS: &[KeyDef] = &[
         key: "require_jailer",
         env: "REQUIRE_JAILER",
         flag: Some("--require-jailer"),
-        doc: "Production mode: refuse to start without a working jailer instead of falling back \
-              to unjailed VMs. Needs `jailer_enabled`.",
+        doc: "Production mode: also run every `warden doctor` check at start and refuse to \
+              start if one fails. Needs `jailer_enabled`.",
         default: "`false`",
         expected: "a boolean: true/false, 1/0 or yes/no",
         secret: false,
