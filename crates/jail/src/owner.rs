@@ -318,6 +318,119 @@ impl Registry {
     }
 }
 
+/// One uid/gid held host-wide for one VM (`/run/warden/uids/<uid>.json`), so no two VMs of any
+/// warden instance ever share a jail user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UidLease {
+    /// The uid (the gid has the same number).
+    pub uid: u32,
+    /// The VM it is for.
+    pub vm_id: String,
+    /// Who holds it.
+    pub owner: Owner,
+}
+
+impl Registry {
+    fn uid_dir(&self) -> PathBuf {
+        self.dir.with_file_name("uids")
+    }
+
+    fn uid_path(&self, uid: u32) -> PathBuf {
+        self.uid_dir().join(format!("{uid}.json"))
+    }
+
+    /// Leases the first uid of `range` (inclusive) that is neither in `skip` nor leased by
+    /// anyone, for `vm_id`. `None` when every uid of the range is taken.
+    pub fn lease_uid(
+        &self,
+        range: (u32, u32),
+        skip: &std::collections::BTreeSet<u32>,
+        vm_id: &str,
+        owner: &Owner,
+    ) -> Result<Option<u32>, RegistryError> {
+        let dir = self.uid_dir();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| RegistryError::Io {
+                action: "create",
+                path: dir.clone(),
+                source,
+            })?;
+        for uid in range.0..=range.1 {
+            if skip.contains(&uid) {
+                continue;
+            }
+            let lease = UidLease {
+                uid,
+                vm_id: vm_id.to_owned(),
+                owner: owner.clone(),
+            };
+            let path = self.uid_path(uid);
+            let made = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .and_then(|mut f| {
+                    f.write_all(&serde_json::to_vec(&lease).expect("a lease serializes"))?;
+                    f.sync_all()
+                });
+            match made {
+                Ok(()) => return Ok(Some(uid)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(source) => {
+                    return Err(RegistryError::Io {
+                        action: "lease",
+                        path,
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The lease of `uid`, if any (an unreadable one reads as held by nobody known).
+    pub fn uid_lease(&self, uid: u32) -> Option<UidLease> {
+        std::fs::read(self.uid_path(uid))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    }
+
+    /// Releases `uid` if `owner` holds it.
+    pub fn release_uid(&self, uid: u32, owner: &Owner) -> Result<(), RegistryError> {
+        match self.uid_lease(uid) {
+            Some(l) if l.owner == *owner => std::fs::remove_file(self.uid_path(uid)).or_else(|e| {
+                if e.kind() == io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(RegistryError::Io {
+                        action: "release",
+                        path: self.uid_path(uid),
+                        source: e,
+                    })
+                }
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every lease.
+    pub fn uid_leases(&self) -> Vec<UidLease> {
+        let mut out: Vec<UidLease> = std::fs::read_dir(self.uid_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .filter_map(|b| serde_json::from_slice(&b).ok())
+            .collect();
+        out.sort_by_key(|l| l.uid);
+        out
+    }
+}
+
 /// What the orphan scan decides for one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -445,6 +558,34 @@ pub(crate) mod tests {
         assert_eq!(other_boot.liveness(Path::new("/proc")), Liveness::Dead);
         let gone = Owner::daemon(Path::new("/nonexistent/state"));
         assert_eq!(gone.liveness(Path::new("/proc")), Liveness::Dead);
+    }
+
+    #[test]
+    fn uids_are_leased_once_host_wide_and_released_only_by_their_holder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let reg = Registry::new(tmp.path().join("vms"));
+        let a = Owner::daemon(Path::new("/a"));
+        let b = Owner::daemon(Path::new("/b"));
+        let none = std::collections::BTreeSet::new();
+        assert_eq!(
+            reg.lease_uid((100, 102), &none, "vm-1", &a).unwrap(),
+            Some(100)
+        );
+        assert_eq!(
+            reg.lease_uid((100, 102), &none, "vm-2", &b).unwrap(),
+            Some(101)
+        );
+        let skip = [102].into_iter().collect();
+        assert_eq!(reg.lease_uid((100, 102), &skip, "vm-3", &a).unwrap(), None);
+        reg.release_uid(100, &b).unwrap();
+        assert_eq!(
+            reg.uid_lease(100).unwrap().vm_id,
+            "vm-1",
+            "not b's to release"
+        );
+        reg.release_uid(100, &a).unwrap();
+        assert!(reg.uid_lease(100).is_none());
+        assert_eq!(reg.uid_leases().len(), 1);
     }
 
     #[test]

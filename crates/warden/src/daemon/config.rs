@@ -60,6 +60,12 @@ impl LogFormat {
     }
 }
 
+/// The default range of per-VM uids/gids: above every range `useradd` gives to subordinate ids
+/// (`SUB_UID_MAX` is 600100000) and above systemd's container ranges (524288-1879048191), below
+/// 2^31 (tools that treat ids as signed) and below systemd's "foreign" range (from 2147352576).
+/// 65536 ids: one per VM that exists at a time.
+pub const DEFAULT_JAIL_ID_RANGE: (u32, u32) = (1_900_000_000, 1_900_065_535);
+
 /// The effective configuration of `warden serve`. Field names are the TOML keys.
 #[derive(Clone, PartialEq)]
 pub struct DaemonConfig {
@@ -77,6 +83,9 @@ pub struct DaemonConfig {
     pub jailer_uid: u32,
     /// Group the jailed Firecracker runs as (never 0).
     pub jailer_gid: u32,
+    /// The uids (and gids, same numbers) VMs get one each from; `None` runs every VM as
+    /// `jailer_uid`/`jailer_gid`.
+    pub jail_id_range: Option<(u32, u32)>,
     /// Base directory of the jails.
     pub chroot_dir: PathBuf,
     /// Give each VM its own network namespace.
@@ -127,6 +136,7 @@ impl Default for DaemonConfig {
             firecracker_binary: assets::firecracker(),
             jailer_uid: DEFAULT_JAIL_UID,
             jailer_gid: DEFAULT_JAIL_UID,
+            jail_id_range: Some(DEFAULT_JAIL_ID_RANGE),
             chroot_dir: PathBuf::from("/srv/jailer"),
             netns: false,
             pidns: true,
@@ -161,6 +171,7 @@ impl fmt::Debug for DaemonConfig {
             .field("firecracker_binary", &self.firecracker_binary)
             .field("jailer_uid", &self.jailer_uid)
             .field("jailer_gid", &self.jailer_gid)
+            .field("jail_id_range", &self.jail_id_range)
             .field("chroot_dir", &self.chroot_dir)
             .field("netns", &self.netns)
             .field("pidns", &self.pidns)
@@ -209,7 +220,6 @@ impl DaemonConfig {
         }
     }
 
-    /// `Disabled` without the jailer, `Required` in production mode, else `Auto`.
     /// How the daemon's VMs are jailed: with the jailer enabled, always jailed (a missing jailer
     /// is an error, never a fallback to unjailed tenant VMs).
     pub fn jailer_mode(&self) -> JailerMode {
@@ -439,6 +449,16 @@ fn parse_id(raw: &Raw) -> Option<u32> {
     text(raw)?.parse().ok().filter(|&id| id != 0)
 }
 
+fn parse_id_range(raw: &Raw) -> Option<Option<(u32, u32)>> {
+    let s = text(raw)?.trim();
+    if s == "off" {
+        return Some(None);
+    }
+    let (a, b) = s.split_once('-')?;
+    let (a, b): (u32, u32) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    (1000 <= a && a <= b && b < i32::MAX as u32).then_some(Some((a, b)))
+}
+
 fn abs_path(s: &str) -> Option<PathBuf> {
     let p = Path::new(s);
     p.is_absolute().then(|| p.to_path_buf())
@@ -601,6 +621,29 @@ pub const KEYS: &[KeyDef] = &[
         kind: Kind::Integer,
         set: |c, r| parse_id(r).map(|v| c.jailer_gid = v),
         get: |c| Shown::Int(c.jailer_gid.into()),
+    },
+    KeyDef {
+        key: "jail_id_range",
+        env: "JAIL_ID_RANGE",
+        flag: Some("--jail-id-range"),
+        doc: "Each VM runs as its own uid and gid (the same number), leased host-wide from this \
+              range when it first boots and released when it is deleted, so no VM can signal \
+              another's Firecracker or read its files. `off` runs every VM as \
+              `jailer_uid`/`jailer_gid`; setting either of those turns the range off too. The \
+              default lies above the subordinate-id ranges of `useradd` and systemd's container \
+              ranges; `warden doctor` checks it against /etc/passwd, /etc/group, /etc/subuid and \
+              /etc/subgid.",
+        default: "`1900000000-1900065535`",
+        expected: "FIRST-LAST with 1000 <= FIRST <= LAST < 2147483647 (e.g. 1900000000-1900065535), or off",
+        secret: false,
+        kind: Kind::String,
+        set: |c, r| parse_id_range(r).map(|v| c.jail_id_range = v),
+        get: |c| {
+            Shown::Str(match c.jail_id_range {
+                Some((a, b)) => format!("{a}-{b}"),
+                None => "off".into(),
+            })
+        },
     },
     KeyDef {
         key: "chroot_dir",
@@ -1053,6 +1096,27 @@ pub fn load(sources: &Sources) -> Result<Effective, ConfigError> {
         );
     }
 
+    let single = ["jailer_uid", "jailer_gid"]
+        .into_iter()
+        .find(|k| origin[k] != Origin::Default);
+    match (single, origin["jail_id_range"] != Origin::Default) {
+        (Some(k), true) if config.jail_id_range.is_some() => {
+            return Err(ConfigError::Conflict(format!(
+                "{k} ({}) and jail_id_range ({}) contradict each other: either every VM runs as \
+                 one uid, or each gets its own from the range; drop one",
+                origin[k], origin["jail_id_range"]
+            )))
+        }
+        (Some(k), _) => {
+            config.jail_id_range = None;
+            warnings.push(format!(
+                "{k} is set ({}): every VM runs as uid {} gid {}, so a compromised VMM can signal \
+                 the others and read their files; leave jailer_uid/jailer_gid unset for a uid per VM",
+                origin[k], config.jailer_uid, config.jailer_gid
+            ));
+        }
+        _ => {}
+    }
     if config.require_jailer && !config.jailer_enabled {
         return Err(ConfigError::Conflict(format!(
             "require_jailer = true ({}) contradicts jailer_enabled = false ({}): production mode \
@@ -1282,7 +1346,40 @@ mod tests {
                 .unwrap();
             assert_eq!(e.origin[def.key], env_origin(var), "{var}");
         }
-        assert!(e.warnings.is_empty(), "{:?}", e.warnings);
+        // The seed sets one uid for all VMs: honoured, with a warning that it is shared.
+        assert_eq!(c.jail_id_range, None);
+        assert_eq!(e.warnings.len(), 1, "{:?}", e.warnings);
+        assert!(
+            e.warnings[0].contains("every VM runs as uid 1000"),
+            "{:?}",
+            e.warnings
+        );
+    }
+
+    #[test]
+    fn jail_id_range_takes_a_range_or_off_and_conflicts_with_a_single_uid() {
+        assert_eq!(
+            load_env(&[("WARDEN_JAIL_ID_RANGE", "off")])
+                .unwrap()
+                .config
+                .jail_id_range,
+            None
+        );
+        for bad in ["5-1", "0-10", "abc", "1000-4294967295", "999-2000"] {
+            let e = load_env(&[("WARDEN_JAIL_ID_RANGE", bad)]).unwrap_err();
+            assert!(e.to_string().contains("WARDEN_JAIL_ID_RANGE"), "{bad}: {e}");
+        }
+        let e = load_env(&[
+            ("WARDEN_JAIL_ID_RANGE", "2000000-2000100"),
+            ("WARDEN_JAILER_UID", "1234"),
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("contradict"), "{e}");
+        assert_eq!(
+            load_env(&[]).unwrap().config.jail_id_range,
+            Some(DEFAULT_JAIL_ID_RANGE),
+            "per-VM uids by default"
+        );
     }
 
     /// A value differing from the default for every key, as text, and how it is shown.
@@ -1313,6 +1410,7 @@ mod tests {
         ("stop_timeout_secs", "9", "9"),
         ("stop_vms_on_exit", "true", "true"),
         ("log_format", "text", "\"text\""),
+        ("jail_id_range", "2000000-2000099", "\"2000000-2000099\""),
     ];
 
     #[test]
@@ -1700,7 +1798,11 @@ mod tests {
         assert_eq!(j.netns, None);
 
         let mut c = e.config;
-        assert_eq!(c.jailer_mode(), JailerMode::Auto);
+        assert_eq!(
+            c.jailer_mode(),
+            JailerMode::Required,
+            "never a silent fallback"
+        );
         c.require_jailer = true;
         assert_eq!(c.jailer_mode(), JailerMode::Required);
         c.jailer_enabled = false;

@@ -120,6 +120,8 @@ pub struct Manager {
     pub(crate) slots: std::sync::Mutex<HashMap<String, Arc<Mutex<Slot>>>>,
     /// Pool addresses in use (as integers), by any VM in the store.
     pub(crate) addresses: std::sync::Mutex<std::collections::BTreeSet<u32>>,
+    /// Jail uids leased by this instance's VMs.
+    pub(crate) uids: std::sync::Mutex<std::collections::BTreeSet<u32>>,
     /// This instance, as the owner of its VMs' host state.
     pub(crate) owner: jail::Owner,
     /// The host-wide registry of VM ids.
@@ -145,6 +147,7 @@ impl Manager {
             store,
             slots: Default::default(),
             addresses: Default::default(),
+            uids: Default::default(),
             metrics: Metrics::default(),
         });
         super::recovery::recover(&manager).await?;
@@ -227,6 +230,7 @@ impl Manager {
             netns: None,
             tap: None,
             address: None,
+            uid: None,
             serial_path: Some(self.serial_path(&id)),
             exit: None,
             created_at: now,
@@ -286,6 +290,9 @@ impl Manager {
         {
             slot.rec.address = Some(self.allocate_address(&id)?);
         }
+        if slot.rec.uid.is_none() {
+            slot.rec.uid = self.lease_uid(&id).await?;
+        }
         // Intent first: a crash from here on leaves a record of what may exist.
         slot.rec.state = VmState::Booting;
         slot.rec.netns = netns.clone();
@@ -303,6 +310,10 @@ impl Manager {
             })?;
             let (mut config, mut options) = self.vm_config(&id, &slot.rec.spec);
             config.enable_networking = networked;
+            if let Some(uid) = slot.rec.uid {
+                options.jailer.uid = uid;
+                options.jailer.gid = uid;
+            }
             options.network.guest = slot.rec.address.map(|a| self.guest_addr(a));
             let phases = vm::Phases::start();
             let planned = vm::plan_vm(&config, &options).map_err(|e| ManagerError::from_vm(&e))?;
@@ -479,6 +490,11 @@ impl Manager {
         if let Some(a) = slot.rec.address {
             self.addresses.lock().unwrap().remove(&u32::from(a));
         }
+        if let Some(uid) = slot.rec.uid {
+            let (registry, owner) = (self.registry.clone(), self.owner.clone());
+            let _ = tokio::task::spawn_blocking(move || registry.release_uid(uid, &owner)).await;
+            self.uids.lock().unwrap().remove(&uid);
+        }
         slot.rec.state = VmState::Deleted;
         self.slots.lock().unwrap().remove(id);
         tracing::info!(vm_id = %id, "vm deleted");
@@ -636,6 +652,33 @@ impl Manager {
             ..VmOptions::default()
         };
         (config, options)
+    }
+
+    /// A uid of `jail_id_range` for VM `id`, leased host-wide (`None` in single-uid mode).
+    async fn lease_uid(&self, id: &str) -> Result<Option<u32>> {
+        let Some(range) = self.cfg.jail_id_range else {
+            return Ok(None);
+        };
+        let skip = self.uids.lock().unwrap().clone();
+        let (registry, owner, vm) = (self.registry.clone(), self.owner.clone(), id.to_owned());
+        let leased =
+            tokio::task::spawn_blocking(move || registry.lease_uid(range, &skip, &vm, &owner))
+                .await
+                .map_err(|e| ManagerError::new(ErrorCode::Internal, e.to_string()))?
+                .map_err(|e| ManagerError::new(ErrorCode::Internal, error_chain(&e)))?;
+        match leased {
+            Some(uid) => {
+                self.uids.lock().unwrap().insert(uid);
+                Ok(Some(uid))
+            }
+            None => Err(ManagerError::new(
+                ErrorCode::ResourceExhausted,
+                format!(
+                    "no free uid left in jail_id_range {}-{} for VM {id}; delete VMs or widen jail_id_range",
+                    range.0, range.1
+                ),
+            )),
+        }
     }
 
     /// The lowest free address of the pool (after the gateway), recorded as taken.

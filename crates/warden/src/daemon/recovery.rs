@@ -39,6 +39,9 @@ pub(crate) async fn recover(m: &Arc<Manager>) -> Result<(), ManagerError> {
         if let Some(a) = rec.address {
             m.addresses.lock().unwrap().insert(u32::from(a));
         }
+        if let Some(uid) = rec.uid {
+            m.uids.lock().unwrap().insert(uid);
+        }
         let id = rec.id.clone();
         let slot = Arc::new(Mutex::new(Slot {
             rec,
@@ -49,10 +52,14 @@ pub(crate) async fn recover(m: &Arc<Manager>) -> Result<(), ManagerError> {
         let mut slot = slot.lock().await;
         reconcile(m, &mut slot).await?;
     }
+    let uids: HashSet<u32> = m.uids.lock().unwrap().iter().copied().collect();
     let (m2, known) = (m.clone(), known);
-    tokio::task::spawn_blocking(move || remove_orphans(&m2, &known))
-        .await
-        .map_err(|e| ManagerError::new(ErrorCode::Internal, format!("orphan scan failed: {e}")))?;
+    tokio::task::spawn_blocking(move || {
+        remove_orphans(&m2, &known);
+        release_stale_uids(&m2, &uids);
+    })
+    .await
+    .map_err(|e| ManagerError::new(ErrorCode::Internal, format!("orphan scan failed: {e}")))?;
     Ok(())
 }
 
@@ -326,6 +333,29 @@ fn remove_orphans(m: &Manager, known: &HashSet<String>) {
                     Err(e) => {
                         tracing::error!(orphan = %id, %owner, error = %error_chain(&e), "could not remove an orphaned VM's host state")
                     }
+                }
+            }
+        }
+    }
+}
+
+/// Releases uid leases that this instance holds for VMs its store no longer has, or whose holder
+/// is provably dead. Another live owner's leases stay.
+fn release_stale_uids(m: &Manager, ours: &HashSet<u32>) {
+    for lease in m.registry.uid_leases() {
+        let stale = if lease.owner == m.owner {
+            !ours.contains(&lease.uid)
+        } else {
+            lease.owner.liveness(Path::new("/proc")) == jail::owner::Liveness::Dead
+        };
+        if stale {
+            let holder = lease.owner.clone();
+            match m.registry.release_uid(lease.uid, &holder) {
+                Ok(()) => {
+                    tracing::info!(uid = lease.uid, vm = %lease.vm_id, owner = %holder, "released a uid no live VM holds")
+                }
+                Err(e) => {
+                    tracing::warn!(uid = lease.uid, error = %error_chain(&e), "could not release a stale uid lease")
                 }
             }
         }

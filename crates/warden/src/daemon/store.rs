@@ -80,6 +80,10 @@ pub struct VmRecord {
     /// The guest's address from the pool (bridge mode); kept until the VM is deleted.
     #[serde(default)]
     pub address: Option<std::net::Ipv4Addr>,
+    /// Its own uid and gid (the same number), leased host-wide from `jail_id_range` at its
+    /// first boot and kept until it is deleted.
+    #[serde(default)]
+    pub uid: Option<u32>,
     /// Serial console log file.
     pub serial_path: Option<PathBuf>,
     /// Why it last ended.
@@ -297,6 +301,7 @@ mod tests {
             netns: None,
             tap: None,
             address: None,
+            uid: None,
             serial_path: None,
             exit: None,
             created_at: now_ms(),
