@@ -79,7 +79,21 @@ pub fn report(proc_root: &Path, pid: u32, expected: &Expected<'_>) -> IsolationR
 
     let uid_gid = match (status_ids(&status, "Uid:"), status_ids(&status, "Gid:")) {
         (Some(u), Some(g)) if u.iter().all(|&x| x != 0) && g.iter().all(|&x| x != 0) => {
-            Layer::on(format!("uid {} gid {}", u[0], g[0]))
+            let others = uid_sharers(proc_root, u[0], pid);
+            let shared = match others.len() {
+                0 => "no other process runs as this uid".to_owned(),
+                n => format!(
+                    "shared with {n} other process{} (pid {}): they can signal each other",
+                    if n == 1 { "" } else { "es" },
+                    others
+                        .iter()
+                        .take(5)
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            Layer::on(format!("uid {} gid {}; {shared}", u[0], g[0]))
         }
         (Some(u), Some(g)) => Layer::off(format!("runs as uid {} gid {} (root)", u[0], g[0])),
         _ => Layer::off("process status unreadable"),
@@ -148,6 +162,22 @@ pub fn is_running(proc_root: &Path, pid: u32, start: u64) -> bool {
     state != Some("Z")
         && state != Some("X")
         && fields.nth(18).and_then(|t| t.parse().ok()) == Some(start)
+}
+
+/// Other processes (not `pid`) whose effective uid is `uid`: the owner of `/proc/<pid>` is the
+/// process's effective uid.
+pub fn uid_sharers(proc_root: &Path, uid: u32, pid: u32) -> Vec<u32> {
+    let mut out: Vec<u32> = std::fs::read_dir(proc_root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let p: u32 = e.file_name().to_str()?.parse().ok()?;
+            (p != pid && e.metadata().ok()?.uid() == uid).then_some(p)
+        })
+        .collect();
+    out.sort_unstable();
+    out
 }
 
 /// The real, effective, saved and filesystem ids of a `Uid:`/`Gid:` status line.

@@ -30,6 +30,14 @@ pub struct DoctorArgs {
     /// Group id Firecracker runs as.
     #[arg(long, default_value_t = warden::vm::jailer::DEFAULT_JAIL_UID)]
     pub gid: u32,
+    /// The range per-VM uids/gids come from (the daemon's `jail_id_range`), `FIRST-LAST` or
+    /// `off` (every VM runs as --uid/--gid).
+    #[arg(
+        long,
+        value_name = "FIRST-LAST|off",
+        default_value = "1900000000-1900065535"
+    )]
+    pub jail_id_range: String,
     /// Name of the jail user: checked to exist with --uid/--gid.
     #[arg(long)]
     pub user: Option<String>,
@@ -43,9 +51,21 @@ pub struct DoctorArgs {
 
 impl DoctorArgs {
     /// The checks' input: these arguments over the library's defaults.
-    pub fn input(self) -> DoctorInput {
+    pub fn input(self) -> anyhow::Result<DoctorInput> {
         let defaults = DoctorInput::default();
-        DoctorInput {
+        let id_range = match self.jail_id_range.as_str() {
+            "off" => None,
+            r => Some(
+                r.split_once('-')
+                    .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+                    .filter(|(a, b): &(u32, u32)| a <= b)
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("invalid --jail-id-range {r:?}: use FIRST-LAST or off")
+                    })?,
+            ),
+        };
+        Ok(DoctorInput {
+            id_range,
             jailer_binary: self.jailer.unwrap_or(defaults.jailer_binary),
             firecracker_binary: self.firecracker.unwrap_or(defaults.firecracker_binary),
             chroot_base_dir: self.chroot_base,
@@ -60,7 +80,7 @@ impl DoctorArgs {
             state_dir: self.state_dir,
             cgroup_version: self.cgroup_version,
             ..defaults
-        }
+        })
     }
 }
 
@@ -68,7 +88,7 @@ impl DoctorArgs {
 /// included).
 pub async fn doctor(args: DoctorArgs) -> anyhow::Result<u8> {
     let json = args.json;
-    let input = args.input();
+    let input = args.input()?;
     let report: Report = tokio::task::spawn_blocking(move || warden::doctor::run(&input)).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);

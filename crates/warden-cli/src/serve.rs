@@ -229,6 +229,7 @@ fn preflight(cfg: &DaemonConfig) -> anyhow::Result<()> {
         gid: cfg.jailer_gid,
         state_dir: Some(cfg.state_dir.clone()),
         cgroup_version: cfg.cgroup_version,
+        id_range: cfg.jail_id_range,
         ..warden::doctor::DoctorInput::default()
     };
     let report = warden::doctor::run(&input);

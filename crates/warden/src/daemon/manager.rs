@@ -316,7 +316,8 @@ impl Manager {
             }
             options.network.guest = slot.rec.address.map(|a| self.guest_addr(a));
             let phases = vm::Phases::start();
-            let planned = vm::plan_vm(&config, &options).map_err(|e| ManagerError::from_vm(&e))?;
+            let planned = vm::plan_vm(&config, &options)
+                .map_err(|e| ManagerError::from_vm(&e).prefixed("config."))?;
             slot.rec.plan = Some(planned.plan.clone());
             self.put(&mut slot.rec).await?;
             vm::start_planned(&config, &options, planned, phases)

@@ -55,6 +55,10 @@ pub struct DoctorInput {
     pub tun_path: PathBuf,
     /// The mount table cgroups are detected from.
     pub mounts_file: PathBuf,
+    /// The range per-VM uids/gids come from; `None` when every VM runs as `uid`/`gid`.
+    pub id_range: Option<(u32, u32)>,
+    /// Where `passwd`, `group`, `subuid` and `subgid` are read.
+    pub etc_dir: PathBuf,
     /// The mount table with mount ids (`/proc/self/mountinfo`), read for hidden namespaces.
     pub mountinfo_file: PathBuf,
 }
@@ -77,6 +81,8 @@ impl Default for DoctorInput {
             tun_path: PathBuf::from("/dev/net/tun"),
             mounts_file: PathBuf::from("/proc/self/mounts"),
             mountinfo_file: PathBuf::from("/proc/self/mountinfo"),
+            id_range: None,
+            etc_dir: PathBuf::from("/etc"),
         }
     }
 }
@@ -212,6 +218,12 @@ pub fn run(input: &DoctorInput) -> Report {
         input.uid,
         input.gid,
         input.user_name.as_deref(),
+    ));
+    checks.push(user::id_range(
+        input.id_range,
+        input.uid,
+        input.gid,
+        &input.etc_dir,
     ));
     checks.push(fs::socket_path(
         &input.chroot_base_dir,

@@ -1,0 +1,303 @@
+//! Attacks on a real daemon with real jailed VMs, each refused: a file or a parent directory
+//! swapped for a symlink between CreateVm and BootVm, a hard link to a root-only file, a FIFO, a
+//! world-writable image attached read-only, a sparse 1 TiB image, and VMs sharing a uid. Each
+//! test asserts the safe outcome and that nothing was created or left.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use warden_api::{pb, Code};
+
+const SECRET: &[u8] = b"TOP-SECRET-HOST-FILE";
+
+/// A root-only file outside every asset directory, as /etc/shadow is.
+fn secret(d: &Daemon) -> PathBuf {
+    let p = d.dir.path().join("shadow");
+    std::fs::write(&p, SECRET).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+fn with_drive(
+    d: &Daemon,
+    id: &str,
+    path: &Path,
+    read_only: bool,
+    args: &str,
+) -> pb::CreateVmRequest {
+    let mut req = d.create_req(id, args);
+    req.config.as_mut().unwrap().drives = vec![pb::Drive {
+        path: path.display().to_string(),
+        read_only,
+    }];
+    req
+}
+
+fn serial(d: &Daemon, id: &str) -> String {
+    std::fs::read_to_string(d.dir.path().join("state/vms").join(id).join("serial.log"))
+        .unwrap_or_default()
+}
+
+async fn refused_boot(d: &Daemon, id: &str) -> warden_api::ApiError {
+    let e = d
+        .client()
+        .boot_vm(pb::BootVmRequest { vm_id: id.into() })
+        .await
+        .unwrap_err();
+    assert!(
+        !d.host_traces().iter().any(|p| p.ends_with(id)),
+        "a refused boot left {:?}",
+        d.host_traces()
+    );
+    assert!(jail::Registry::default().read(id).unwrap().is_none());
+    e
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drive_swapped_for_a_symlink_after_create_vm_is_refused_at_boot() {
+    let d = Daemon::start(&[]);
+    let c = d.client();
+    let secret = secret(&d);
+    let drive = PathBuf::from(d.asset_file("swap.img", b"innocent"));
+    let id = unique("atk-swap");
+    c.create_vm(with_drive(&d, &id, &drive, true, "mode=blk"))
+        .await
+        .unwrap();
+    std::fs::remove_file(&drive).unwrap();
+    std::os::unix::fs::symlink(&secret, &drive).unwrap();
+    let e = refused_boot(&d, &id).await;
+    assert_eq!(e.code, Code::InvalidArgument, "{e:?}");
+    assert!(e.message.contains("config.drives[0].path"), "{e:?}");
+    assert!(e.message.contains("symbolic link"), "{e:?}");
+    assert!(
+        !e.message.contains(&secret.display().to_string()),
+        "never echoes the target: {e:?}"
+    );
+    c.delete_vm(pb::DeleteVmRequest { vm_id: id })
+        .await
+        .unwrap();
+    d.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_parent_directory_swapped_for_a_symlink_after_create_vm_is_refused_at_boot() {
+    let d = Daemon::start(&[]);
+    let c = d.client();
+    let assets = d.dir.path().join("assets");
+    std::fs::create_dir(assets.join("images")).unwrap();
+    std::fs::write(assets.join("images/disk.img"), b"innocent").unwrap();
+    // Where the swapped-in link points: a directory holding a file of the same name, as /etc
+    // holds shadow. The last component is then a regular file, so O_NOFOLLOW alone would pass.
+    let elsewhere = d.dir.path().join("etc");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("disk.img"), SECRET).unwrap();
+    let id = unique("atk-parent");
+    c.create_vm(with_drive(
+        &d,
+        &id,
+        &assets.join("images/disk.img"),
+        true,
+        "mode=blk",
+    ))
+    .await
+    .unwrap();
+    std::fs::rename(assets.join("images"), assets.join("images.old")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, assets.join("images")).unwrap();
+    let e = refused_boot(&d, &id).await;
+    assert_eq!(e.code, Code::InvalidArgument, "{e:?}");
+    assert!(e.message.contains("symbolic link"), "{e:?}");
+    c.delete_vm(pb::DeleteVmRequest { vm_id: id })
+        .await
+        .unwrap();
+    d.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hard_link_to_a_root_only_file_and_a_fifo_are_refused_at_once() {
+    let d = Daemon::start(&[]);
+    let c = d.client();
+    let secret = secret(&d);
+    let link = d.dir.path().join("assets/linked.img");
+    std::fs::hard_link(&secret, &link).unwrap();
+    let e = c
+        .create_vm(with_drive(&d, &unique("atk-link"), &link, true, "mode=blk"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, Code::InvalidArgument, "{e:?}");
+    assert!(e.message.contains("hard links"), "{e:?}");
+
+    let fifo = d.dir.path().join("assets/fifo.img");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let e = tokio::time::timeout(
+        Duration::from_secs(5),
+        c.create_vm(with_drive(&d, &unique("atk-fifo"), &fifo, true, "mode=blk")),
+    )
+    .await
+    .expect("a FIFO must never block a request")
+    .unwrap_err();
+    assert_eq!(e.code, Code::InvalidArgument, "{e:?}");
+    assert!(e.message.contains("not a regular file"), "{e:?}");
+    d.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_world_writable_image_attached_read_only_is_copied_and_the_original_never_changes() {
+    let d = Daemon::start(&[]);
+    let c = d.client();
+    let img = PathBuf::from(d.asset_file("shared.img", b"SHARED-BASE-IMAGE"));
+    std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let before = std::fs::read(&img).unwrap();
+    let rootfs = d.asset_file("rw.img", b"per-vm-rootfs");
+    let id = unique("atk-ww");
+    let mut req = with_drive(&d, &id, &img, true, "mode=blk then=idle");
+    req.config.as_mut().unwrap().rootfs_path = rootfs.clone();
+    c.create_vm(req).await.unwrap();
+    boot(&c, id.clone()).await;
+    assert!(
+        eventually(Duration::from_secs(10), || serial(&d, &id)
+            .contains("WARDEN_BLK_DONE"))
+        .await,
+        "{}",
+        serial(&d, &id)
+    );
+    let out = serial(&d, &id);
+    assert!(out.contains("sector0=SHARED-BASE-IMAGE"), "{out}");
+    assert!(
+        out.contains("WARDEN_BLK_WROTE 0 ok"),
+        "the rootfs copy is writable: {out}"
+    );
+    let info = vm_info(&c, id.clone()).await;
+    let staged = Path::new(&info.chroot_path).join("drive1");
+    let m = std::fs::metadata(&staged).unwrap();
+    assert_ne!(
+        m.ino(),
+        std::fs::metadata(&img).unwrap().ino(),
+        "a copy, never a link"
+    );
+    assert_eq!(m.mode() & 0o777, 0o400, "read-only for the jail user only");
+    c.delete_vm(pb::DeleteVmRequest { vm_id: id })
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&img).unwrap(), before, "the original changed");
+    assert_eq!(
+        std::fs::read(&rootfs).unwrap()[..13],
+        *b"per-vm-rootfs",
+        "the guest wrote its private copy, not the caller's file"
+    );
+    d.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sparse_1_tib_image_is_staged_without_filling_the_disk() {
+    let d = Daemon::start(&[]);
+    let c = d.client();
+    let img = d.dir.path().join("assets/huge.img");
+    let f = std::fs::File::create(&img).unwrap();
+    f.set_len(1 << 40).unwrap();
+    drop(f);
+    let free_before = nix::sys::statvfs::statvfs(d.dir.path())
+        .unwrap()
+        .blocks_available();
+    let id = unique("atk-sparse");
+    let mut req = d.create_req(&id, "mode=blk then=idle");
+    req.config.as_mut().unwrap().rootfs_path = img.display().to_string();
+    c.create_vm(req).await.unwrap();
+    boot(&c, id.clone()).await;
+    let info = vm_info(&c, id.clone()).await;
+    let staged = std::fs::metadata(Path::new(&info.chroot_path).join("rootfs")).unwrap();
+    assert_eq!(staged.len(), 1 << 40);
+    assert!(
+        staged.blocks() * 512 < 16 << 20,
+        "allocated {} bytes",
+        staged.blocks() * 512
+    );
+    let free_after = nix::sys::statvfs::statvfs(d.dir.path())
+        .unwrap()
+        .blocks_available();
+    assert!(
+        free_before.saturating_sub(free_after) < 16 << 20 >> 12,
+        "the disk filled"
+    );
+    c.delete_vm(pb::DeleteVmRequest { vm_id: id })
+        .await
+        .unwrap();
+    d.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_vm_runs_as_its_own_uid_and_one_cannot_signal_the_others_firecracker() {
+    let d = Daemon::start(&[]);
+    let c = d.client();
+    let ids = [unique("atk-uid-a"), unique("atk-uid-b")];
+    let mut vms = Vec::new();
+    for id in &ids {
+        c.create_vm(d.create_req(id, "mode=idle")).await.unwrap();
+        boot(&c, id.clone()).await;
+        let info = vm_info(&c, id.clone()).await;
+        let status = std::fs::read_to_string(format!("/proc/{}/status", info.pid)).unwrap();
+        let uid: u32 = status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let iso = info.isolation.clone().unwrap();
+        assert!(
+            iso.uid_gid
+                .as_ref()
+                .unwrap()
+                .detail
+                .contains("no other process runs as this uid"),
+            "{iso:?}"
+        );
+        vms.push((info.pid, uid));
+    }
+    let ((pid_a, uid_a), (pid_b, uid_b)) = (vms[0], vms[1]);
+    assert_ne!(uid_a, uid_b, "two VMs share a uid");
+    let range = warden::daemon::config::DEFAULT_JAIL_ID_RANGE;
+    for uid in [uid_a, uid_b] {
+        assert!(
+            (range.0..=range.1).contains(&uid),
+            "{uid} outside the range"
+        );
+    }
+    let signal = |as_uid: u32, target: u32| {
+        std::process::Command::new("setpriv")
+            .args([
+                &format!("--reuid={as_uid}"),
+                &format!("--regid={as_uid}"),
+                "--clear-groups",
+                "kill",
+                "-0",
+                &target.to_string(),
+            ])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(
+        signal(uid_a, pid_a),
+        "the check itself must be able to succeed"
+    );
+    assert!(
+        !signal(uid_a, pid_b),
+        "VM a's uid can signal VM b's Firecracker"
+    );
+    for id in &ids {
+        c.delete_vm(pb::DeleteVmRequest { vm_id: id.clone() })
+            .await
+            .unwrap();
+    }
+    let leases = jail::Registry::default().uid_leases();
+    assert!(
+        !leases.iter().any(|l| ids.contains(&l.vm_id)),
+        "uids released on delete: {leases:?}"
+    );
+    d.assert_clean();
+}
