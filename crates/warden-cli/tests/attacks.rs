@@ -301,3 +301,65 @@ async fn each_vm_runs_as_its_own_uid_and_one_cannot_signal_the_others_firecracke
     );
     d.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_boot_whose_caller_goes_away_runs_to_completion_and_the_vm_stays_controllable() {
+    let d = Daemon::start(&[]);
+    let c = d.client();
+    for (i, how) in ["disconnect", "deadline"].into_iter().enumerate() {
+        let id = unique(&format!("atk-cancel{i}"));
+        c.create_vm(d.create_req(&id, "mode=idle")).await.unwrap();
+        let url = format!("{}/vmprovisioner.v1.VmService/BootVm", d.url());
+        let body = format!(r#"{{"vm_id":"{id}"}}"#);
+        let mut cmd = std::process::Command::new("curl");
+        cmd.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+        ]);
+        match how {
+            // The client hangs up 2 ms into the boot.
+            "disconnect" => cmd.args(["--max-time", "0.002"]),
+            // A Connect deadline shorter than any boot.
+            _ => cmd.args(["-H", "Connect-Timeout-Ms: 1"]),
+        };
+        cmd.args(["-d", &body, &url]).status().unwrap();
+        let settled = eventually(Duration::from_secs(10), || {
+            let c = c.clone();
+            let id = id.clone();
+            let state = std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(async { vm_info(&c, id).await.state })
+            })
+            .join()
+            .unwrap();
+            state == state_of(pb::VmState::Running)
+        })
+        .await;
+        let info = vm_info(&c, id.clone()).await;
+        assert!(
+            settled,
+            "{how}: the boot did not finish: {info:?}\n{}",
+            d.logs()
+        );
+        assert!(Path::new(&format!("/proc/{}", info.pid)).exists());
+        c.pause_vm(pb::PauseVmRequest { vm_id: id.clone() })
+            .await
+            .unwrap();
+        c.delete_vm(pb::DeleteVmRequest { vm_id: id })
+            .await
+            .unwrap();
+    }
+    d.assert_clean();
+}
+
+fn state_of(s: pb::VmState) -> i32 {
+    s as i32
+}

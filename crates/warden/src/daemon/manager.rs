@@ -159,6 +159,59 @@ impl Manager {
         &self.cfg
     }
 
+    // The lifecycle verbs run to completion in a task of their own, which the request only
+    // waits on: a caller that goes away (a dropped connection, a Connect deadline) never leaves
+    // an unsupervised Firecracker, or a VM stuck in Booting or Stopping.
+
+    /// CreateVm: validates everything (sizes, id, asset paths, the jail plan) and records the
+    /// VM as `created`. Nothing is created on the host.
+    pub async fn create(self: &Arc<Self>, id: &str, spec: VmSpec) -> Result<VmRecord> {
+        let (m, id) = (self.clone(), id.to_owned());
+        to_completion(async move { m.create_inner(&id, spec).await }).await
+    }
+
+    /// BootVm.
+    pub async fn boot(self: &Arc<Self>, id: &str) -> Result<VmState> {
+        let (m, id) = (self.clone(), id.to_owned());
+        to_completion(async move { m.boot_inner(&id).await }).await
+    }
+
+    /// PauseVm.
+    pub async fn pause(self: &Arc<Self>, id: &str) -> Result<VmState> {
+        let (m, id) = (self.clone(), id.to_owned());
+        to_completion(async move { m.pause_inner(&id).await }).await
+    }
+
+    /// ResumeVm.
+    pub async fn resume(self: &Arc<Self>, id: &str) -> Result<VmState> {
+        let (m, id) = (self.clone(), id.to_owned());
+        to_completion(async move { m.resume_inner(&id).await }).await
+    }
+
+    /// ShutdownVm: graceful within `timeout` (the daemon's default when `None`; zero or `force`
+    /// kills at once), then everything of the VM is removed from the host.
+    pub async fn shutdown(
+        self: &Arc<Self>,
+        id: &str,
+        force: bool,
+        timeout: Option<Duration>,
+    ) -> Result<VmState> {
+        let (m, id) = (self.clone(), id.to_owned());
+        to_completion(async move { m.shutdown_inner(&id, force, timeout).await }).await
+    }
+
+    /// RebootVm: a stop and a boot with the same configuration.
+    pub async fn reboot(self: &Arc<Self>, id: &str) -> Result<VmState> {
+        let (m, id) = (self.clone(), id.to_owned());
+        to_completion(async move { m.reboot_inner(&id).await }).await
+    }
+
+    /// DeleteVm: stops it if it runs, removes everything of it from the host, forgets it.
+    pub async fn delete(self: &Arc<Self>, id: &str) -> Result<()> {
+        let (m, id) = (self.clone(), id.to_owned());
+        to_completion(async move { m.delete_inner(&id).await }).await
+    }
+
     pub(crate) fn slot(&self, id: &str) -> Result<Arc<Mutex<Slot>>> {
         self.slots.lock().unwrap().get(id).cloned().ok_or_else(|| {
             ManagerError::new(
@@ -193,7 +246,7 @@ impl Manager {
 
     /// CreateVm: validates everything (sizes, id, asset paths, the jail plan) and records the
     /// VM as `created`. Nothing is created on the host.
-    pub async fn create(&self, id: &str, spec: VmSpec) -> Result<VmRecord> {
+    async fn create_inner(&self, id: &str, spec: VmSpec) -> Result<VmRecord> {
         let t0 = Instant::now();
         let id = if id.is_empty() {
             generate_id()
@@ -273,7 +326,7 @@ impl Manager {
     }
 
     /// BootVm.
-    pub async fn boot(&self, id: &str) -> Result<VmState> {
+    async fn boot_inner(&self, id: &str) -> Result<VmState> {
         let mut slot = self.lock_for(id, Op::Boot).await?;
         self.boot_locked(&mut slot).await
     }
@@ -392,7 +445,7 @@ impl Manager {
     }
 
     /// PauseVm.
-    pub async fn pause(&self, id: &str) -> Result<VmState> {
+    async fn pause_inner(&self, id: &str) -> Result<VmState> {
         let mut slot = self.lock_for(id, Op::Pause).await?;
         let vm = slot.vm.as_ref().ok_or_else(|| not_live(id))?;
         vm.pause().await.map_err(|e| ManagerError::from_vm(&e))?;
@@ -402,7 +455,7 @@ impl Manager {
     }
 
     /// ResumeVm.
-    pub async fn resume(&self, id: &str) -> Result<VmState> {
+    async fn resume_inner(&self, id: &str) -> Result<VmState> {
         let mut slot = self.lock_for(id, Op::Resume).await?;
         let vm = slot.vm.as_ref().ok_or_else(|| not_live(id))?;
         vm.resume().await.map_err(|e| ManagerError::from_vm(&e))?;
@@ -413,7 +466,7 @@ impl Manager {
 
     /// ShutdownVm: graceful within `timeout` (the daemon's default when `None`; zero or `force`
     /// kills at once), then everything of the VM is removed from the host.
-    pub async fn shutdown(
+    async fn shutdown_inner(
         &self,
         id: &str,
         force: bool,
@@ -431,7 +484,7 @@ impl Manager {
     }
 
     /// RebootVm: a stop and a boot with the same configuration.
-    pub async fn reboot(&self, id: &str) -> Result<VmState> {
+    async fn reboot_inner(&self, id: &str) -> Result<VmState> {
         let mut slot = self.lock_for(id, Op::Reboot).await?;
         self.stop_locked(&mut slot, self.stop_timeout(), "rebooted")
             .await?;
@@ -477,7 +530,7 @@ impl Manager {
     }
 
     /// DeleteVm: stops it if it runs, removes everything of it from the host, forgets it.
-    pub async fn delete(&self, id: &str) -> Result<()> {
+    async fn delete_inner(&self, id: &str) -> Result<()> {
         let mut slot = self.lock_for(id, Op::Delete).await?;
         if let Some(vm) = slot.vm.take() {
             slot.rec.state = VmState::Stopping;
@@ -816,6 +869,19 @@ pub(crate) fn exit_record(reason: &ExitReason, output: &str) -> ExitRecord {
         detail,
         at_unix_ms: now_ms(),
     }
+}
+
+/// Runs a request's work in a task of its own and waits for it: dropping the waiter (the
+/// request went away) does not stop the work.
+async fn to_completion<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    tokio::spawn(work).await.unwrap_or_else(|e| {
+        Err(ManagerError::new(
+            ErrorCode::Internal,
+            format!("the request's task failed: {e}"),
+        ))
+    })
 }
 
 /// `vm-` and 16 hex digits.
