@@ -15,6 +15,7 @@
 pub mod backend;
 mod client;
 mod error;
+pub mod guard;
 mod server;
 
 pub use client::{Client, Endpoint};

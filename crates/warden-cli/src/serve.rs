@@ -210,11 +210,28 @@ fn router(manager: Arc<Manager>, cfg: &DaemonConfig) -> axum::Router {
             }
         }
     };
+    let guard = std::sync::Arc::new(warden_api::guard::Guard {
+        allowed_origins: cfg.allowed_origins.clone(),
+        allowed_hosts: cfg.allowed_hosts.clone(),
+        listen_host: cfg
+            .listen
+            .rsplit_once(':')
+            .map_or(cfg.listen.as_str(), |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+        bearer_token: cfg.auth_token.clone(),
+    });
     axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .merge(warden_api::router(service, options))
+        // Browsers, rebinding names and (with a token) unauthenticated callers stop here.
+        .layer(axum::middleware::from_fn_with_state(
+            guard,
+            warden_api::guard::guard,
+        ))
 }
 
 /// The host checks of `warden doctor`; in production mode (`require_jailer`) a failing check

@@ -363,3 +363,123 @@ async fn a_boot_whose_caller_goes_away_runs_to_completion_and_the_vm_stays_contr
 fn state_of(s: pb::VmState) -> i32 {
     s as i32
 }
+
+fn curl_status(args: &[&str]) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_browser_page_a_rebinding_name_and_an_unauthenticated_metrics_scrape_are_refused() {
+    let d = Daemon::start(&[("WARDEN_AUTH_TOKEN", "s3cret")]);
+    let create = format!("{}/vmprovisioner.v1.VmService/CreateVm", d.url());
+    let body = format!(
+        r#"{{"vm_id":"{}","config":{{"kernel_path":"{}"}}}}"#,
+        unique("atk-web"),
+        testguest()
+    );
+    let auth = "Authorization: Bearer s3cret";
+    // A form POST from a web page: no preflight, but the browser adds its Origin.
+    let (code, resp) = curl_status(&[
+        "-H",
+        auth,
+        "-H",
+        "Origin: http://evil.example",
+        "-d",
+        &body,
+        &create,
+    ]);
+    assert_eq!(code, 403, "{resp}");
+    assert!(resp.contains("permission_denied"), "{resp}");
+    let (code, _) = curl_status(&[
+        "-H",
+        auth,
+        "-H",
+        "Sec-Fetch-Site: cross-site",
+        "-d",
+        &body,
+        &create,
+    ]);
+    assert_eq!(code, 403);
+    // A DNS name that rebinds to 127.0.0.1.
+    let (code, resp) = curl_status(&["-H", auth, "-H", "Host: evil.example", "-d", &body, &create]);
+    assert_eq!(code, 403, "{resp}");
+    // The token guards /metrics and /readyz too; /healthz stays open for probes.
+    assert_eq!(curl_status(&[&format!("{}/metrics", d.url())]).0, 401);
+    assert_eq!(curl_status(&[&format!("{}/readyz", d.url())]).0, 401);
+    assert_eq!(curl_status(&[&format!("{}/healthz", d.url())]).0, 200);
+    assert_eq!(
+        curl_status(&["-H", auth, &format!("{}/metrics", d.url())]).0,
+        200
+    );
+    // Nothing was created; the seed's plain curl -d still works.
+    let list = curl_status(&[
+        "-H",
+        auth,
+        "-d",
+        "{}",
+        &format!("{}/vmprovisioner.v1.VmService/ListVms", d.url()),
+    ]);
+    assert_eq!(list.0, 200);
+    assert!(!list.1.contains("atk-web"), "{}", list.1);
+    let (code, resp) = curl_status(&["-H", auth, "-d", &body, &create]);
+    assert_eq!(code, 200, "{resp}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_cannot_lift_the_operators_limits_or_exceed_the_caps() {
+    let d = Daemon::start(&[
+        ("UNKEY_METALD_JAILER_MEMORY_LIMIT", "268435456"),
+        ("UNKEY_METALD_JAILER_CPU_QUOTA", "50"),
+        ("WARDEN_MAX_VMS", "2"),
+    ]);
+    let c = d.client();
+    let mut req = d.create_req(&unique("atk-mem"), "mode=idle");
+    req.config.as_mut().unwrap().memory_limit_mib = Some(4096);
+    let e = c.create_vm(req).await.unwrap_err();
+    assert_eq!(e.code, Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message.contains("config.memory_limit_mib") && e.message.contains("at most 256"),
+        "{e:?}"
+    );
+    let mut req = d.create_req(&unique("atk-cpu"), "mode=idle");
+    req.config.as_mut().unwrap().cpu_quota_percent = Some(400);
+    let e = c.create_vm(req).await.unwrap_err();
+    assert!(
+        e.message.contains("config.cpu_quota_percent") && e.message.contains("at most 50"),
+        "{e:?}"
+    );
+    // A tighter cap is fine.
+    let mut req = d.create_req(&unique("atk-less"), "mode=idle");
+    req.config.as_mut().unwrap().memory_limit_mib = Some(200);
+    c.create_vm(req).await.unwrap();
+
+    let drive = d.asset_file("d.img", b"d");
+    let mut req = d.create_req(&unique("atk-drives"), "mode=idle");
+    req.config.as_mut().unwrap().drives = (0..1000)
+        .map(|_| pb::Drive {
+            path: drive.clone(),
+            read_only: true,
+        })
+        .collect();
+    let e = c.create_vm(req).await.unwrap_err();
+    assert_eq!(e.code, Code::ResourceExhausted, "{e:?}");
+    assert!(e.message.contains("max_drives"), "{e:?}");
+
+    c.create_vm(d.create_req(&unique("atk-vm2"), "mode=idle"))
+        .await
+        .unwrap();
+    let e = c
+        .create_vm(d.create_req(&unique("atk-vm3"), "mode=idle"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, Code::ResourceExhausted, "{e:?}");
+    assert!(e.message.contains("max_vms"), "{e:?}");
+    d.assert_clean();
+}

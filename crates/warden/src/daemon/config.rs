@@ -124,6 +124,23 @@ pub struct DaemonConfig {
     pub stop_vms_on_exit: bool,
     /// Log format.
     pub log_format: LogFormat,
+    /// Web origins (`scheme://host[:port]`) allowed to call the API from a browser.
+    pub allowed_origins: Vec<String>,
+    /// `Host` names the TCP API answers to besides its listen address, IP literals and
+    /// `localhost`.
+    pub allowed_hosts: Vec<String>,
+    /// Most VMs the daemon holds at once.
+    pub max_vms: u64,
+    /// Most boots (and reboots) in progress at once.
+    pub max_concurrent_boots: u64,
+    /// Most guest memory one VM may ask for, in MiB.
+    pub max_memory_mib: u64,
+    /// Most vCPUs one VM may ask for.
+    pub max_vcpus: u64,
+    /// Most extra drives one VM may have.
+    pub max_drives: u64,
+    /// Most metadata entries one VM may carry.
+    pub max_metadata_entries: u64,
 }
 
 impl Default for DaemonConfig {
@@ -137,6 +154,14 @@ impl Default for DaemonConfig {
             jailer_uid: DEFAULT_JAIL_UID,
             jailer_gid: DEFAULT_JAIL_UID,
             jail_id_range: Some(DEFAULT_JAIL_ID_RANGE),
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            max_vms: 4096,
+            max_concurrent_boots: 64,
+            max_memory_mib: 32768,
+            max_vcpus: 32,
+            max_drives: 16,
+            max_metadata_entries: 64,
             chroot_dir: PathBuf::from("/srv/jailer"),
             netns: false,
             pidns: true,
@@ -172,6 +197,14 @@ impl fmt::Debug for DaemonConfig {
             .field("jailer_uid", &self.jailer_uid)
             .field("jailer_gid", &self.jailer_gid)
             .field("jail_id_range", &self.jail_id_range)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("allowed_hosts", &self.allowed_hosts)
+            .field("max_vms", &self.max_vms)
+            .field("max_concurrent_boots", &self.max_concurrent_boots)
+            .field("max_memory_mib", &self.max_memory_mib)
+            .field("max_vcpus", &self.max_vcpus)
+            .field("max_drives", &self.max_drives)
+            .field("max_metadata_entries", &self.max_metadata_entries)
             .field("chroot_dir", &self.chroot_dir)
             .field("netns", &self.netns)
             .field("pidns", &self.pidns)
@@ -474,6 +507,22 @@ fn parse_cidr(s: &str) -> Option<(std::net::Ipv4Addr, u8)> {
     // The network address itself.
     let mask = u32::MAX << (32 - u32::from(prefix));
     Some((std::net::Ipv4Addr::from(u32::from(addr) & mask), prefix))
+}
+
+fn parse_words(raw: &Raw, ok: impl Fn(&str) -> bool) -> Option<Vec<String>> {
+    let items: Vec<String> = match raw {
+        Raw::Text(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        Raw::List(v) => v.iter().map(|s| s.trim().to_owned()).collect(),
+    };
+    items
+        .iter()
+        .all(|w| !w.is_empty() && ok(w))
+        .then_some(items)
 }
 
 fn parse_path(raw: &Raw) -> Option<PathBuf> {
@@ -903,6 +952,109 @@ pub const KEYS: &[KeyDef] = &[
                     .collect(),
             )
         },
+    },
+    KeyDef {
+        key: "allowed_origins",
+        env: "ALLOWED_ORIGINS",
+        flag: Some("--allowed-origins"),
+        doc: "Web origins allowed to call the API from a browser. Any other request that carries \
+              an `Origin`, or `Sec-Fetch-Site: cross-site`, is refused, so a page open on the \
+              host cannot create or boot VMs. `curl` sends neither.",
+        default: "none",
+        expected: "origins as scheme://host[:port], comma-separated (e.g. https://console.example.com)",
+        secret: false,
+        kind: Kind::StringList,
+        set: |c, r| parse_words(r, |w| w.contains("://")).map(|v| c.allowed_origins = v),
+        get: |c| Shown::List(c.allowed_origins.clone()),
+    },
+    KeyDef {
+        key: "allowed_hosts",
+        env: "ALLOWED_HOSTS",
+        flag: Some("--allowed-hosts"),
+        doc: "Host names the TCP API answers to, besides IP addresses, `localhost` and the \
+              listen address. A request naming any other `Host` is refused (DNS rebinding).",
+        default: "none",
+        expected: "host names, comma-separated (e.g. warden.internal)",
+        secret: false,
+        kind: Kind::StringList,
+        set: |c, r| {
+            parse_words(r, |w| w.chars().all(|ch| ch.is_ascii_alphanumeric() || ".-".contains(ch)))
+                .map(|v| c.allowed_hosts = v)
+        },
+        get: |c| Shown::List(c.allowed_hosts.clone()),
+    },
+    KeyDef {
+        key: "max_vms",
+        env: "MAX_VMS",
+        flag: Some("--max-vms"),
+        doc: "Most VMs the daemon holds at once (any state); CreateVm beyond it is \
+              `resource_exhausted`.",
+        default: "`4096`",
+        expected: "a positive integer",
+        secret: false,
+        kind: Kind::Integer,
+        set: |c, r| parse_u64(r).filter(|&v| v > 0).map(|v| c.max_vms = v),
+        get: |c| Shown::Int(c.max_vms),
+    },
+    KeyDef {
+        key: "max_concurrent_boots",
+        env: "MAX_CONCURRENT_BOOTS",
+        flag: Some("--max-concurrent-boots"),
+        doc: "Most boots and reboots in progress at once; one more is `resource_exhausted`.",
+        default: "`64`",
+        expected: "a positive integer",
+        secret: false,
+        kind: Kind::Integer,
+        set: |c, r| parse_u64(r).filter(|&v| v > 0).map(|v| c.max_concurrent_boots = v),
+        get: |c| Shown::Int(c.max_concurrent_boots),
+    },
+    KeyDef {
+        key: "max_memory_mib",
+        env: "MAX_MEMORY_MIB",
+        flag: Some("--max-memory-mib"),
+        doc: "Most guest memory one VM may ask for, in MiB (`invalid_argument` above it).",
+        default: "`32768`",
+        expected: "an integer of MiB, at least 128",
+        secret: false,
+        kind: Kind::Integer,
+        set: |c, r| parse_u64(r).filter(|&v| v >= 128).map(|v| c.max_memory_mib = v),
+        get: |c| Shown::Int(c.max_memory_mib),
+    },
+    KeyDef {
+        key: "max_vcpus",
+        env: "MAX_VCPUS",
+        flag: Some("--max-vcpus"),
+        doc: "Most vCPUs one VM may ask for (Firecracker's own limit is 32).",
+        default: "`32`",
+        expected: "an integer from 1 to 32",
+        secret: false,
+        kind: Kind::Integer,
+        set: |c, r| parse_u64(r).filter(|v| (1..=32).contains(v)).map(|v| c.max_vcpus = v),
+        get: |c| Shown::Int(c.max_vcpus),
+    },
+    KeyDef {
+        key: "max_drives",
+        env: "MAX_DRIVES",
+        flag: Some("--max-drives"),
+        doc: "Most extra drives (besides the rootfs) one VM may have.",
+        default: "`16`",
+        expected: "an integer from 0 to 64",
+        secret: false,
+        kind: Kind::Integer,
+        set: |c, r| parse_u64(r).filter(|&v| v <= 64).map(|v| c.max_drives = v),
+        get: |c| Shown::Int(c.max_drives),
+    },
+    KeyDef {
+        key: "max_metadata_entries",
+        env: "MAX_METADATA_ENTRIES",
+        flag: Some("--max-metadata-entries"),
+        doc: "Most metadata entries one VM may carry (keys up to 256 bytes, values up to 4096).",
+        default: "`64`",
+        expected: "an integer from 0 to 1024",
+        secret: false,
+        kind: Kind::Integer,
+        set: |c, r| parse_u64(r).filter(|&v| v <= 1024).map(|v| c.max_metadata_entries = v),
+        get: |c| Shown::Int(c.max_metadata_entries),
     },
     KeyDef {
         key: "stop_timeout_secs",
@@ -1411,6 +1563,18 @@ mod tests {
         ("stop_vms_on_exit", "true", "true"),
         ("log_format", "text", "\"text\""),
         ("jail_id_range", "2000000-2000099", "\"2000000-2000099\""),
+        (
+            "allowed_origins",
+            "https://a.example",
+            "[\"https://a.example\"]",
+        ),
+        ("allowed_hosts", "warden.internal", "[\"warden.internal\"]"),
+        ("max_vms", "10", "10"),
+        ("max_concurrent_boots", "3", "3"),
+        ("max_memory_mib", "1024", "1024"),
+        ("max_vcpus", "4", "4"),
+        ("max_drives", "2", "2"),
+        ("max_metadata_entries", "5", "5"),
     ];
 
     #[test]

@@ -120,6 +120,8 @@ pub struct Manager {
     pub(crate) slots: std::sync::Mutex<HashMap<String, Arc<Mutex<Slot>>>>,
     /// Pool addresses in use (as integers), by any VM in the store.
     pub(crate) addresses: std::sync::Mutex<std::collections::BTreeSet<u32>>,
+    /// Boots in progress, at most `max_concurrent_boots`.
+    pub(crate) boots: Arc<tokio::sync::Semaphore>,
     /// Jail uids leased by this instance's VMs.
     pub(crate) uids: std::sync::Mutex<std::collections::BTreeSet<u32>>,
     /// This instance, as the owner of its VMs' host state.
@@ -139,6 +141,9 @@ impl Manager {
     /// cleans VMs that died, removes orphans. See the `recovery` module.
     pub async fn open(cfg: DaemonConfig) -> std::result::Result<Arc<Self>, ManagerError> {
         let store = Store::open(&cfg.state_dir).map_err(ManagerError::store)?;
+        let boots = usize::try_from(cfg.max_concurrent_boots)
+            .unwrap_or(usize::MAX)
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
         let manager = Arc::new(Self {
             owner: jail::Owner::daemon(&cfg.state_dir),
             registry: jail::Registry::default(),
@@ -148,6 +153,7 @@ impl Manager {
             slots: Default::default(),
             addresses: Default::default(),
             uids: Default::default(),
+            boots: Arc::new(tokio::sync::Semaphore::new(boots)),
             metrics: Metrics::default(),
         });
         super::recovery::recover(&manager).await?;
@@ -254,6 +260,13 @@ impl Manager {
             id.to_owned()
         };
         let spec = self.check_spec(spec)?;
+        let held = self.slots.lock().unwrap().len() as u64;
+        if held >= self.cfg.max_vms {
+            return Err(ManagerError::new(
+                ErrorCode::ResourceExhausted,
+                format!("this daemon holds {held} VMs, its max_vms; delete VMs or raise max_vms"),
+            ));
+        }
         if let Ok(Some(r)) = self.registry.read(&id) {
             if r.owner != self.owner {
                 return Err(ManagerError::new(
@@ -332,6 +345,15 @@ impl Manager {
     }
 
     async fn boot_locked(&self, slot: &mut Slot) -> Result<VmState> {
+        let _permit = self.boots.clone().try_acquire_owned().map_err(|_| {
+            ManagerError::new(
+                ErrorCode::ResourceExhausted,
+                format!(
+                    "{} boots are in progress, this daemon's max_concurrent_boots; retry shortly",
+                    self.cfg.max_concurrent_boots
+                ),
+            )
+        })?;
         let t0 = Instant::now();
         let id = slot.rec.id.clone();
         let networked = slot.rec.spec.enable_networking;
@@ -783,6 +805,97 @@ impl Manager {
             return Err(invalid(
                 "config.kernel_path",
                 "is empty; give the path of a kernel image under an asset directory".into(),
+            ));
+        }
+        let cfg = &self.cfg;
+        let exhausted = |field: &str, what: String, key: &str| {
+            ManagerError::new(
+                ErrorCode::ResourceExhausted,
+                format!("{field}: {what}, above this daemon's {key}; ask for less, or raise {key}"),
+            )
+        };
+        // Beyond Firecracker's 32 the request is invalid, not just too big: the plan says so.
+        if u64::from(spec.vcpu_count) > cfg.max_vcpus && spec.vcpu_count <= 32 {
+            return Err(exhausted(
+                "config.vcpu_count",
+                format!(
+                    "{} vCPUs is {} more than {}",
+                    spec.vcpu_count,
+                    u64::from(spec.vcpu_count) - cfg.max_vcpus,
+                    cfg.max_vcpus
+                ),
+                "max_vcpus",
+            ));
+        }
+        if u64::from(spec.memory_mib) > cfg.max_memory_mib {
+            return Err(exhausted(
+                "config.memory_mib",
+                format!(
+                    "{} MiB is more than {} MiB",
+                    spec.memory_mib, cfg.max_memory_mib
+                ),
+                "max_memory_mib",
+            ));
+        }
+        if spec.drives.len() as u64 > cfg.max_drives {
+            return Err(exhausted(
+                "config.drives",
+                format!(
+                    "{} drives is more than {}",
+                    spec.drives.len(),
+                    cfg.max_drives
+                ),
+                "max_drives",
+            ));
+        }
+        if spec.metadata.len() as u64 > cfg.max_metadata_entries {
+            return Err(exhausted(
+                "config.metadata",
+                format!(
+                    "{} entries is more than {}",
+                    spec.metadata.len(),
+                    cfg.max_metadata_entries
+                ),
+                "max_metadata_entries",
+            ));
+        }
+        if let Some((k, v)) = spec
+            .metadata
+            .iter()
+            .find(|(k, v)| k.len() > 256 || v.len() > 4096)
+        {
+            return Err(invalid(
+                "config.metadata",
+                format!(
+                    "the entry {:?} is too long ({} byte key, {} byte value); keys may have 256 bytes and values 4096",
+                    k.chars().take(32).collect::<String>(),
+                    k.len(),
+                    v.len()
+                ),
+            ));
+        }
+        // The operator's limits are maxima: a tenant may ask for a tighter cap, never a looser.
+        let max_mem = cfg.memory_limit_mb(spec.memory_mib).unwrap_or(u32::MAX);
+        if let Some(asked) = spec.memory_limit_mib.filter(|&m| m > max_mem) {
+            return Err(invalid(
+                "config.memory_limit_mib",
+                format!(
+                    "is {asked} MiB, above the maximum of {max_mem} MiB this daemon allows for a \
+                     {} MiB guest (memory_limit_bytes); ask for at most {max_mem}",
+                    spec.memory_mib
+                ),
+            ));
+        }
+        let max_cpu = cfg
+            .cpu_quota_percent
+            .unwrap_or(u32::from(spec.vcpu_count) * 100);
+        if let Some(asked) = spec.cpu_quota_percent.filter(|&c| c > max_cpu) {
+            return Err(invalid(
+                "config.cpu_quota_percent",
+                format!(
+                    "is {asked}%, above the maximum of {max_cpu}% this daemon allows \
+                     (cpu_quota_percent, or 100 per vCPU); ask for at most {max_cpu}"
+                ),
             ));
         }
         // The paths are opened beneath the asset directories by every plan (CreateVm's check,
