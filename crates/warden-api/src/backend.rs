@@ -200,9 +200,11 @@ pub fn info_to_pb(v: &VmInfo) -> pb::VmInfo {
         netns: r.netns.clone().unwrap_or_default(),
         tap_device: r.tap.clone().unwrap_or_default(),
         mac: net.map(|n| n.mac.clone()).unwrap_or_default(),
-        guest_ip: net
-            .and_then(|n| n.guest)
-            .map(|g| format!("{}/{}", g.address, g.prefix_len))
+        // The address the VM holds from the pool, never the placeholder CreateVm validated with.
+        guest_ip: r
+            .address
+            .zip(net.and_then(|n| n.guest))
+            .map(|(a, g)| format!("{a}/{}", g.prefix_len))
             .unwrap_or_default(),
         host_veth: net.and_then(|n| n.host_veth.clone()).unwrap_or_default(),
         bridge: net.and_then(|n| n.bridge.clone()).unwrap_or_default(),
