@@ -63,9 +63,12 @@ pub struct RunArgs {
     /// Parent cgroup of warden's VMs.
     #[arg(long, default_value = "warden")]
     parent_cgroup: String,
-    /// Run Firecracker in a new PID namespace.
-    #[arg(long)]
+    /// Run Firecracker in a new PID namespace (the default; kept for scripts that pass it).
+    #[arg(long, conflicts_with = "share_pid_ns")]
     new_pid_ns: bool,
+    /// Run Firecracker in the host's PID namespace instead of a new one.
+    #[arg(long)]
+    share_pid_ns: bool,
     /// Join this network namespace (e.g. /run/netns/NAME).
     #[arg(long)]
     netns: Option<String>,
@@ -169,7 +172,7 @@ impl RunArgs {
                 parent_cgroup: self.parent_cgroup.clone(),
                 cpu_quota_pct: self.cpu_quota,
                 pids_max: Some(self.pids_max),
-                new_pid_ns: self.new_pid_ns,
+                new_pid_ns: !self.share_pid_ns,
                 netns: self.netns.clone(),
                 resource_limits: jail::ResourceLimits {
                     no_file: Some(self.no_file),

@@ -120,8 +120,8 @@ fn a_sigkilled_warden_run_takes_its_firecracker_along_and_gc_removes_the_rest() 
     for pid_ns in [false, true] {
         let id = unique(if pid_ns { "own-kill-pidns" } else { "own-kill" });
         let mut args = vec!["--net", "none"];
-        if pid_ns {
-            args.push("--new-pid-ns");
+        if !pid_ns {
+            args.push("--share-pid-ns");
         }
         let (mut child, fc) = run_idle(&id, &args);
         child.kill().unwrap();

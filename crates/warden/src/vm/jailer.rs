@@ -46,7 +46,8 @@ pub struct JailerConfig {
     pub cpu_quota_pct: Option<u32>,
     /// Most tasks in the VM's cgroup.
     pub pids_max: Option<u64>,
-    /// Run Firecracker as PID 1 of a new PID namespace.
+    /// Run Firecracker as PID 1 of a new PID namespace (default on: it then cannot see or
+    /// signal any host process by pid).
     pub new_pid_ns: bool,
     /// rlimits (`no-file`, `fsize`).
     pub resource_limits: ResourceLimits,
@@ -71,7 +72,7 @@ impl Default for JailerConfig {
             parent_cgroup: "warden".into(),
             cpu_quota_pct: None,
             pids_max: Some(1024),
-            new_pid_ns: false,
+            new_pid_ns: true,
             resource_limits: ResourceLimits::default(),
         }
     }
