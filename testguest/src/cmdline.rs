@@ -11,6 +11,8 @@ pub const MAX_VIRTIO: usize = 16;
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Mode {
     Poweroff,
+    /// Write numbered lines to the serial console as fast as it takes them, until Ctrl-Alt-Del.
+    Flood,
     Idle,
     Touch,
     Spin,
@@ -64,6 +66,7 @@ pub fn parse(line: &'static [u8]) -> Result<Config, &'static str> {
                     "spin" => Mode::Spin,
                     "blk" => Mode::Blk,
                     "net" => Mode::Net,
+                    "flood" => Mode::Flood,
                     _ => return Err("unknown mode"),
                 }
             }

@@ -25,6 +25,21 @@ pub fn run(bp: &BootParams) -> ! {
         Mode::Spin => spin(cfg.secs.unwrap_or(0)),
         Mode::Blk => blk(&cfg),
         Mode::Net => virtio::net::run(&cfg),
+        Mode::Flood => flood(),
+    }
+}
+
+/// A guest that floods its console: numbered lines, forever, checking for Ctrl-Alt-Del
+/// between lines.
+fn flood() -> ! {
+    let mut kbd = Keyboard::new();
+    let mut n: u64 = 0;
+    loop {
+        println!("WARDEN_FLOOD {} ................................................", n);
+        n += 1;
+        if kbd.poll() {
+            i8042::ctrl_alt_del();
+        }
     }
 }
 

@@ -483,3 +483,63 @@ async fn a_tenant_cannot_lift_the_operators_limits_or_exceed_the_caps() {
     assert!(e.message.contains("max_vms"), "{e:?}");
     d.assert_clean();
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_flooding_its_console_fills_neither_the_disk_nor_the_daemons_memory() {
+    const CAP: u64 = 128 * 1024;
+    let d = Daemon::start(&[("WARDEN_SERIAL_LOG_MAX_BYTES", &CAP.to_string())]);
+    let c = d.client();
+    let id = unique("atk-flood");
+    c.create_vm(d.create_req(&id, "mode=flood")).await.unwrap();
+    boot(&c, id.clone()).await;
+    let daemon = d.child.as_ref().unwrap().id();
+    let log = d.dir.path().join("state/vms").join(&id).join("serial.log");
+    let on_disk = || {
+        [log.clone(), PathBuf::from(format!("{}.1", log.display()))]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum::<u64>()
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_start = rss_kib(daemon);
+    let mut most = 0;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        most = most.max(on_disk());
+    }
+    let rss_end = rss_kib(daemon);
+    let text = serial(&d, &id);
+    let last: u64 = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("WARDEN_FLOOD "))
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .max()
+        .unwrap_or(0);
+    // The guest wrote far more than the cap (each line is 70 bytes)...
+    assert!(last * 70 > 2 * CAP, "the guest wrote only {last} lines");
+    // ...but at most the cap (plus what arrives between two checks) stays on disk.
+    assert!(most <= CAP + 64 * 1024, "{most} bytes kept on disk");
+    assert!(
+        text.contains(&format!("WARDEN_FLOOD {last} ")),
+        "the newest lines are kept"
+    );
+    assert!(
+        rss_end < rss_start + 4096,
+        "daemon memory grew from {rss_start} KiB to {rss_end} KiB"
+    );
+    c.delete_vm(pb::DeleteVmRequest { vm_id: id })
+        .await
+        .unwrap();
+    d.assert_clean();
+}

@@ -46,7 +46,10 @@ async fn new_pid_ns_makes_firecracker_pid_1_and_no_file_caps_descriptors() {
 #[tokio::test]
 async fn without_new_pid_ns_firecracker_shares_the_host_pid_namespace() {
     let (config, mut options) = guest("nopidns", "mode=idle");
-    assert!(options.jailer.new_pid_ns, "a new PID namespace is the default");
+    assert!(
+        options.jailer.new_pid_ns,
+        "a new PID namespace is the default"
+    );
     options.jailer.new_pid_ns = false;
     let vm = start_vm(&config, &options).await.unwrap();
     assert_eq!(status_field(vm.pid, "NSpid"), vm.pid.to_string());

@@ -141,6 +141,8 @@ pub struct DaemonConfig {
     pub max_drives: u64,
     /// Most metadata entries one VM may carry.
     pub max_metadata_entries: u64,
+    /// Most serial console output kept per VM on disk, in bytes (the newest).
+    pub serial_log_max_bytes: u64,
 }
 
 impl Default for DaemonConfig {
@@ -162,6 +164,7 @@ impl Default for DaemonConfig {
             max_vcpus: 32,
             max_drives: 16,
             max_metadata_entries: 64,
+            serial_log_max_bytes: crate::vm::config::DEFAULT_SERIAL_LOG_MAX_BYTES as u64,
             chroot_dir: PathBuf::from("/srv/jailer"),
             netns: false,
             pidns: true,
@@ -205,6 +208,7 @@ impl fmt::Debug for DaemonConfig {
             .field("max_vcpus", &self.max_vcpus)
             .field("max_drives", &self.max_drives)
             .field("max_metadata_entries", &self.max_metadata_entries)
+            .field("serial_log_max_bytes", &self.serial_log_max_bytes)
             .field("chroot_dir", &self.chroot_dir)
             .field("netns", &self.netns)
             .field("pidns", &self.pidns)
@@ -1057,6 +1061,21 @@ pub const KEYS: &[KeyDef] = &[
         get: |c| Shown::Int(c.max_metadata_entries),
     },
     KeyDef {
+        key: "serial_log_max_bytes",
+        env: "SERIAL_LOG_MAX_BYTES",
+        flag: Some("--serial-log-max-bytes"),
+        doc: "Most serial console output kept per VM on disk (`serial.log` plus one rotated \
+              `serial.log.1`), the newest bytes: a guest flooding its console fills neither the \
+              disk nor the daemon's memory. Production guests that need no console can boot \
+              with `8250.nr_uarts=0`.",
+        default: "`16777216` (16 MiB)",
+        expected: "bytes as an integer, at least 65536",
+        secret: false,
+        kind: Kind::Integer,
+        set: |c, r| parse_u64(r).filter(|&v| v >= 65536).map(|v| c.serial_log_max_bytes = v),
+        get: |c| Shown::Int(c.serial_log_max_bytes),
+    },
+    KeyDef {
         key: "stop_timeout_secs",
         env: "STOP_TIMEOUT",
         flag: Some("--stop-timeout-secs"),
@@ -1575,6 +1594,7 @@ mod tests {
         ("max_vcpus", "4", "4"),
         ("max_drives", "2", "2"),
         ("max_metadata_entries", "5", "5"),
+        ("serial_log_max_bytes", "65536", "65536"),
     ];
 
     #[test]

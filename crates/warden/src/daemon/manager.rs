@@ -710,6 +710,8 @@ impl Manager {
                 .memory_limit_mib
                 .or_else(|| self.cfg.memory_limit_mb(spec.memory_mib)),
             serial: Serial::File(serial),
+            serial_log_max_bytes: usize::try_from(self.cfg.serial_log_max_bytes)
+                .unwrap_or(usize::MAX),
             stop_timeout: self.stop_timeout(),
             network: crate::vm::config::NetworkOptions {
                 mode: self.cfg.network_mode,

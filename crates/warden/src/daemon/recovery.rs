@@ -179,6 +179,7 @@ async fn reconcile(m: &Manager, slot: &mut Slot) -> Result<(), ManagerError> {
                 pid,
                 start,
                 slot.rec.serial_path.clone(),
+                m.cfg.serial_log_max_bytes as usize,
                 m.stop_timeout(),
             )
             .await
@@ -268,7 +269,7 @@ fn died_while_down(rec: &VmRecord) -> ExitRecord {
         };
     };
     let stats = jail::cgroup::stats(plan.cgroup_version, &plan.cgroup_dirs);
-    let log = std::fs::read_to_string(&plan.log_file).unwrap_or_default();
+    let log = crate::vm::read_tail(&plan.log_file, crate::vm::TAIL_BYTES);
     let reason = if stats.oom_kills.unwrap_or(0) > 0 {
         ExitReason::OomKilled
     } else {

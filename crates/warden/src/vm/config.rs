@@ -127,6 +127,9 @@ pub enum JailerMode {
     Disabled,
 }
 
+/// The default cap of kept serial output: 16 MiB.
+pub const DEFAULT_SERIAL_LOG_MAX_BYTES: usize = 16 << 20;
+
 /// Where the guest's serial console goes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Serial {
@@ -170,6 +173,8 @@ pub struct VmOptions {
     pub memory_limit_mb: Option<u32>,
     /// Serial console handling.
     pub serial: Serial,
+    /// The most serial output kept, in memory or on disk (the newest bytes).
+    pub serial_log_max_bytes: usize,
     /// How long a graceful stop (Ctrl-Alt-Del) may take before SIGKILL.
     pub stop_timeout: Duration,
     /// How long the API socket may take to appear.
@@ -204,6 +209,7 @@ impl Default for VmOptions {
             jailer_mode: JailerMode::Auto,
             memory_limit_mb: None,
             serial: Serial::Capture,
+            serial_log_max_bytes: DEFAULT_SERIAL_LOG_MAX_BYTES,
             stop_timeout: Duration::from_secs(3),
             socket_timeout: Duration::from_secs(5),
             network: NetworkOptions::default(),

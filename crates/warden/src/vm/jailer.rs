@@ -53,6 +53,9 @@ pub struct JailerConfig {
     pub resource_limits: ResourceLimits,
 }
 
+/// What Firecracker may write beyond the memory cap before `fsize` stops it (1 GiB).
+pub const DEFAULT_FSIZE_HEADROOM: u64 = 1 << 30;
+
 /// Default jail user and group: not root, and not a typical login user's id.
 pub const DEFAULT_JAIL_UID: u32 = 10000;
 
@@ -128,7 +131,14 @@ impl JailerConfig {
                 ),
                 pids_max: self.pids_max,
             },
-            resource_limits: self.resource_limits,
+            // Firecracker grows no file beyond this (its log, the console file, snapshots of
+            // the guest's memory), so a guest cannot fill the disk through it.
+            resource_limits: ResourceLimits {
+                fsize: self.resource_limits.fsize.or(Some(
+                    (u64::from(self.memory_limit_mb) << 20) + DEFAULT_FSIZE_HEADROOM,
+                )),
+                ..self.resource_limits
+            },
             new_pid_ns: self.new_pid_ns,
             netns: self.netns.as_ref().map(PathBuf::from),
             make_netns: false,
@@ -160,6 +170,7 @@ pub(crate) async fn launch(
     plan: JailPlan,
     ownership: Ownership,
     serial: Serial,
+    serial_max: usize,
     socket_timeout: Duration,
     phases: &mut Phases,
 ) -> Result<(Process, Client), Error> {
@@ -202,7 +213,15 @@ pub(crate) async fn launch(
         jailed = plan.jailed,
         "starting firecracker"
     );
-    let process = match Process::spawn(jail.clone(), serial, socket_timeout, die_with_owner).await {
+    let process = match Process::spawn(
+        jail.clone(),
+        serial,
+        serial_max,
+        socket_timeout,
+        die_with_owner,
+    )
+    .await
+    {
         Ok(p) => p,
         Err(e) => {
             let _ = tokio::task::spawn_blocking(move || jail.remove()).await;
@@ -319,6 +338,7 @@ pub async fn start_with_jailer(config: &JailerConfig) -> Result<JailedProcess, E
             die_with_owner: true,
         },
         Serial::Discard,
+        super::config::DEFAULT_SERIAL_LOG_MAX_BYTES,
         Duration::from_secs(5),
         &mut Phases::start(),
     )

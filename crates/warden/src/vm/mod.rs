@@ -21,7 +21,7 @@ use jail::JailPlan;
 
 use crate::Error;
 use config::{JailerMode, VmConfig, VmOptions, DEFAULT_BOOT_ARGS, VMM_OVERHEAD_MB};
-pub(crate) use process::logged_exit_code;
+pub(crate) use process::{logged_exit_code, read_tail, TAIL_BYTES};
 pub use process::{Exit, ExitReason};
 
 /// A running microVM. Stop it with [`stop_firecracker`]; dropping it kills the VM and removes
@@ -59,6 +59,7 @@ impl VmHandle {
         pid: u32,
         start_time: u64,
         serial_file: Option<PathBuf>,
+        serial_max: usize,
         stop_timeout: Duration,
     ) -> Result<Option<VmHandle>, Error> {
         let proc_root = std::path::Path::new("/proc");
@@ -67,7 +68,8 @@ impl VmHandle {
             return Ok(None);
         }
         let plan = jail.plan();
-        let process = process::Process::attach(std::sync::Arc::new(jail), pid, serial_file)?;
+        let process =
+            process::Process::attach(std::sync::Arc::new(jail), pid, serial_file, serial_max)?;
         let client = Client::new(&plan.socket_path).with_timeout(Duration::from_secs(2));
         if client.instance_info().await.is_err() {
             // Not answering: not a VM we can control. It is ended (and cleaned) by the caller.
@@ -398,6 +400,7 @@ pub async fn start_planned(
         plan,
         ownership,
         options.serial.clone(),
+        options.serial_log_max_bytes,
         options.socket_timeout,
         &mut phases,
     )

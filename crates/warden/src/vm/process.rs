@@ -86,20 +86,62 @@ pub struct Exit {
     pub cleanup_error: Option<String>,
 }
 
-/// Serial console bytes received so far (or the file they go to).
+/// Serial console bytes received so far (or the file they go to), the newest `max` of them.
 #[derive(Debug, Default)]
 pub(crate) struct SerialBuf {
     bytes: Mutex<Vec<u8>>,
     more: Notify,
     file: Option<PathBuf>,
+    max: usize,
+}
+
+/// The file a serial log rotates into (one generation is kept).
+pub(crate) fn rotated(path: &std::path::Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".1");
+    PathBuf::from(p)
 }
 
 impl SerialBuf {
     pub(crate) fn text(&self) -> String {
         if let Some(f) = &self.file {
-            return String::from_utf8_lossy(&std::fs::read(f).unwrap_or_default()).into_owned();
+            let mut all = std::fs::read(rotated(f)).unwrap_or_default();
+            all.extend(std::fs::read(f).unwrap_or_default());
+            return String::from_utf8_lossy(&all).into_owned();
         }
         String::from_utf8_lossy(&self.bytes.lock().unwrap()).into_owned()
+    }
+
+    /// Keeps the serial log file at most `max` bytes on disk in all: once it passes half of
+    /// that, its content moves to `<file>.1` (replacing the older generation) and the file is
+    /// truncated. Firecracker appends (`O_APPEND`), so its next write lands at the new end.
+    /// Checked every 200 ms until the VM ends: a guest writing its console flat out (about
+    /// 125 KB/s here) overshoots by a few tens of KiB at most.
+    async fn keep_bounded(self: Arc<Self>, mut exit: watch::Receiver<Option<Exit>>) {
+        let Some(path) = self.file.clone() else {
+            return;
+        };
+        let half = (self.max / 2).max(4096) as u64;
+        loop {
+            if exit.borrow().is_some() {
+                return;
+            }
+            let big = std::fs::metadata(&path).is_ok_and(|m| m.len() > half);
+            if big {
+                let p = path.clone();
+                let _ = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                    std::fs::copy(&p, rotated(&p))?;
+                    std::fs::OpenOptions::new().write(true).open(&p)?.set_len(0)
+                })
+                .await;
+            }
+            if tokio::time::timeout(Duration::from_millis(200), exit.changed())
+                .await
+                .is_ok_and(|r| r.is_err())
+            {
+                return;
+            }
+        }
     }
 
     /// Waits until the output contains `needle`, up to `timeout`.
@@ -154,6 +196,7 @@ impl Process {
     pub(crate) async fn spawn(
         jail: Arc<Jail>,
         serial: Serial,
+        serial_max: usize,
         wait_timeout: Duration,
         die_with_owner: bool,
     ) -> Result<Self, Error> {
@@ -186,6 +229,7 @@ impl Process {
                 Serial::File(p) => Some(p.clone()),
                 _ => None,
             },
+            max: serial_max,
             ..Default::default()
         });
         if let Some(out) = child.stdout.take() {
@@ -216,7 +260,7 @@ impl Process {
                     }
                     let mut output = String::from_utf8_lossy(&stderr.lock().unwrap()).into_owned();
                     if let Some(f) = &stderr_file {
-                        output.push_str(&std::fs::read_to_string(f).unwrap_or_default());
+                        output.push_str(&read_tail(f, TAIL_BYTES));
                     }
                     return Err(Error::ExitedEarly {
                         program,
@@ -262,11 +306,13 @@ impl Process {
         jail: Arc<Jail>,
         pid: u32,
         serial_file: Option<PathBuf>,
+        serial_max: usize,
     ) -> Result<Self, Error> {
         let pidfd = pidfd_open(pid)?;
         let stderr_file = serial_file.as_deref().map(Serial::stderr_path);
         let serial = Arc::new(SerialBuf {
             file: serial_file,
+            max: serial_max,
             ..Default::default()
         });
         Ok(Self::supervised(
@@ -307,6 +353,9 @@ impl Process {
             exit,
             cleanup_done,
         };
+        if p.serial.file.is_some() {
+            tokio::spawn(p.serial.clone().keep_bounded(p.exit.clone()));
+        }
         tokio::spawn(supervise(
             p.pidfd.clone(),
             p.jail.clone(),
@@ -441,7 +490,7 @@ async fn supervise(
     if let Some(done) = out.stderr_done {
         let _ = tokio::time::timeout(Duration::from_millis(200), done).await;
     }
-    let log = std::fs::read_to_string(&plan.log_file).unwrap_or_default();
+    let log = read_tail(&plan.log_file, TAIL_BYTES);
     // Not our child (re-attached after a restart): Firecracker logs its own exit status.
     let status = status.or_else(|| logged_exit_code(&log).map(WaitStatus::Exited));
     let stats = jail::cgroup::stats(plan.cgroup_version, &plan.cgroup_dirs);
@@ -462,7 +511,7 @@ async fn supervise(
     };
     let mut output = String::from_utf8_lossy(&out.stderr.lock().unwrap()).into_owned();
     if let Some(f) = &out.stderr_file {
-        output.push_str(&std::fs::read_to_string(f).unwrap_or_default());
+        output.push_str(&read_tail(f, TAIL_BYTES));
     }
     output.push_str(&log);
     let output = tail(&output);
@@ -506,7 +555,16 @@ fn spawn_serial_reader(out: std::process::ChildStdout, buf: Arc<SerialBuf>, echo
                         let _ = so.write_all(&chunk[..n]);
                         let _ = so.flush();
                     }
-                    buf.bytes.lock().unwrap().extend_from_slice(&chunk[..n]);
+                    {
+                        // Only the newest `max` bytes are kept: a guest flooding its console
+                        // cannot grow our memory.
+                        let mut b = buf.bytes.lock().unwrap();
+                        b.extend_from_slice(&chunk[..n]);
+                        if b.len() > buf.max {
+                            let cut = b.len() - buf.max;
+                            b.drain(..cut);
+                        }
+                    }
                     buf.more.notify_waiters();
                 }
             }
@@ -593,6 +651,22 @@ fn append(path: &std::path::Path) -> Result<std::fs::File, Error> {
             what: format!("opening {}", path.display()),
             source,
         })
+}
+
+/// How much of a log an exit reads: its end, never the whole file.
+pub(crate) const TAIL_BYTES: u64 = 64 * 1024;
+
+/// The last `max` bytes of a file (lossily as text), or nothing.
+pub(crate) fn read_tail(path: &std::path::Path, max: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
+    let mut buf = Vec::new();
+    let _ = f.take(max).read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// The last lines of a process's output, for error messages.
