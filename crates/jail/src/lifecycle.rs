@@ -129,6 +129,7 @@ pub struct Jail {
 pub fn apply(
     plan: &JailPlan,
     owner: Owner,
+    uid_leased: bool,
     registry: &Registry,
     host: Arc<dyn Host>,
 ) -> Result<Jail, ApplyError> {
@@ -137,6 +138,7 @@ pub fn apply(
         owner,
         plan: plan.clone(),
         firecracker: None,
+        uid_leased,
         reserved_at_unix_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
@@ -311,6 +313,11 @@ impl Jail {
         if let (Some(ns), true, true) = (&plan.netns, plan.netns_owned, made.netns) {
             if let Err(e) = host.remove_netns(ns) {
                 failures.push(RemoveFailure::Netns(e));
+            }
+        }
+        if failures.is_empty() && rec.uid_leased && made == ALL {
+            if let Err(e) = self.registry.release_uid(plan.uid, &rec.owner) {
+                failures.push(RemoveFailure::Registry(e));
             }
         }
         if failures.is_empty() {
@@ -522,6 +529,7 @@ mod tests {
         let err = apply(
             &theirs.plan,
             Owner::daemon(Path::new("/someone-else")),
+            false,
             &reg,
             host.clone(),
         )
@@ -545,7 +553,7 @@ mod tests {
         let rec = record("vm-b", Owner::this_process(), tmp.path());
         std::fs::create_dir_all(rec.plan.root_dir.join("keep")).unwrap();
         let host = Arc::new(RecordingHost::default());
-        let err = apply(&rec.plan, rec.owner.clone(), &reg, host.clone()).unwrap_err();
+        let err = apply(&rec.plan, rec.owner.clone(), false, &reg, host.clone()).unwrap_err();
         assert!(matches!(err, ApplyError::JailExists { .. }), "{err}");
         assert!(rec.plan.root_dir.join("keep").is_dir());
         assert!(!host

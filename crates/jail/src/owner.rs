@@ -138,6 +138,9 @@ pub struct OwnerRecord {
     pub firecracker: Option<ProcessRef>,
     /// When the id was reserved (Unix ms).
     pub reserved_at_unix_ms: u64,
+    /// The plan's uid is leased for this VM alone (see [`UidLease`]) and goes with it.
+    #[serde(default)]
+    pub uid_leased: bool,
 }
 
 /// A registry operation failed.
@@ -497,6 +500,7 @@ pub(crate) mod tests {
             plan: plan(id, base),
             firecracker: None,
             reserved_at_unix_ms: 1,
+            uid_leased: false,
         }
     }
 

@@ -42,12 +42,13 @@ pub struct RunArgs {
     /// Fail instead of running unjailed when the jailer is missing (production mode).
     #[arg(long)]
     require_jailer: bool,
-    /// User the VM runs as.
-    #[arg(long, default_value_t = warden::vm::jailer::DEFAULT_JAIL_UID)]
-    uid: u32,
-    /// Group the VM runs as.
-    #[arg(long, default_value_t = warden::vm::jailer::DEFAULT_JAIL_UID)]
-    gid: u32,
+    /// User the VM runs as; by default it gets a uid of its own, leased host-wide from
+    /// 1900000000-1900065535 and released when it ends.
+    #[arg(long, requires = "gid")]
+    uid: Option<u32>,
+    /// Group the VM runs as (with --uid).
+    #[arg(long, requires = "uid")]
+    gid: Option<u32>,
     /// CPU cap in percent of one core (default: 100 per vCPU).
     #[arg(long, value_name = "PCT")]
     cpu_quota: Option<u32>,
@@ -166,8 +167,8 @@ impl RunArgs {
                 jailer_binary: self.jailer.clone().unwrap_or(defaults.jailer_binary),
                 exec_file: self.firecracker.clone().unwrap_or(defaults.exec_file),
                 chroot_base_dir: self.chroot_base.clone(),
-                uid: self.uid,
-                gid: self.gid,
+                uid: self.uid.unwrap_or(defaults.uid),
+                gid: self.gid.unwrap_or(defaults.gid),
                 cgroup_version: self.cgroup_version,
                 parent_cgroup: self.parent_cgroup.clone(),
                 cpu_quota_pct: self.cpu_quota,
@@ -188,6 +189,10 @@ impl RunArgs {
                 JailerMode::Auto
             },
             memory_limit_mb: self.memory_limit,
+            uid_range: self
+                .uid
+                .is_none()
+                .then_some(warden::vm::jailer::DEFAULT_JAIL_ID_RANGE),
             serial: Serial::CaptureAndEcho,
             network: warden::vm::config::NetworkOptions {
                 mode: self.net.unwrap_or(jail::net::NetMode::None),
@@ -217,12 +222,24 @@ pub fn plan(args: RunArgs, json: bool) -> anyhow::Result<u8> {
         unjailed_reason: unjailed,
         ..
     } = vm::plan_vm(&config, &options)?;
+    let leased = options
+        .uid_range
+        .filter(|_| plan.jailed)
+        .map(|(a, b)| format!("{a}-{b}"));
     if json {
         let mut v = serde_json::to_value(&plan)?;
         v["unjailed_reason"] = serde_json::json!(unjailed);
+        // `run` leases the VM a uid/gid of its own from this range; uid/gid above are then
+        // replaced by the leased one.
+        v["uid_range"] = serde_json::json!(leased);
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", report::plan(&plan));
+        if let Some(range) = leased {
+            println!(
+                "uid/gid: `warden run` leases this VM one of its own from {range} (pass --uid/--gid for a fixed one)"
+            );
+        }
         if let Some(why) = unjailed {
             println!("WARNING: {why}");
         }

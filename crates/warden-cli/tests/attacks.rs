@@ -520,19 +520,29 @@ async fn a_guest_flooding_its_console_fills_neither_the_disk_nor_the_daemons_mem
     }
     let rss_end = rss_kib(daemon);
     let text = serial(&d, &id);
-    let last: u64 = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("WARDEN_FLOOD "))
-        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
-        .max()
-        .unwrap_or(0);
+    let numbers = |text: &str| -> Vec<u64> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("WARDEN_FLOOD "))
+            .filter(|l| l.ends_with('.'))
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect()
+    };
+    let kept = numbers(&text);
+    let last = kept.iter().copied().max().unwrap_or(0);
     // The guest wrote far more than the cap (each line is 70 bytes)...
     assert!(last * 70 > 2 * CAP, "the guest wrote only {last} lines");
-    // ...but at most the cap (plus what arrives between two checks) stays on disk.
+    // ...but at most the cap (plus what arrives between two checks) stays on disk...
     assert!(most <= CAP + 64 * 1024, "{most} bytes kept on disk");
+    // ...and what stays is the newest: the first lines are gone, later ones keep coming.
     assert!(
-        text.contains(&format!("WARDEN_FLOOD {last} ")),
-        "the newest lines are kept"
+        !kept.contains(&0),
+        "the oldest lines should have been dropped"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let later = numbers(&serial(&d, &id)).into_iter().max().unwrap_or(0);
+    assert!(
+        later > last,
+        "the newest lines are kept ({later} after {last})"
     );
     assert!(
         rss_end < rss_start + 4096,

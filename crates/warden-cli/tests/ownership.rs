@@ -85,7 +85,56 @@ fn run_traces(id: &str) -> Vec<PathBuf> {
         t.push(Path::new("/sys/fs/cgroup").join(c).join("warden").join(id));
     }
     t.retain(|p| p.exists());
+    // A uid leased for the VM counts as its host state too.
+    for l in jail::Registry::default().uid_leases() {
+        if l.vm_id == id {
+            t.push(PathBuf::from(format!("/run/warden/uids/{}.json", l.uid)));
+        }
+    }
     t
+}
+
+fn uid_of(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn two_warden_runs_get_uids_of_their_own_and_give_them_back() {
+    let (a, b) = (unique("own-uid-a"), unique("own-uid-b"));
+    let (mut ca, fa) = run_idle(&a, &[]);
+    let (mut cb, fb) = run_idle(&b, &[]);
+    let (ua, ub) = (uid_of(fa), uid_of(fb));
+    assert_ne!(ua, ub, "two warden runs share a uid");
+    let range = warden::vm::jailer::DEFAULT_JAIL_ID_RANGE;
+    assert!((range.0..=range.1).contains(&ua) && (range.0..=range.1).contains(&ub));
+    for c in [&mut ca, &mut cb] {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
+        assert_eq!(c.wait().unwrap().code(), Some(130));
+    }
+    assert_eq!(run_traces(&a), Vec::<PathBuf>::new(), "uid lease released");
+    assert_eq!(run_traces(&b), Vec::<PathBuf>::new());
+    // An explicit --uid/--gid is used as given.
+    let c = unique("own-uid-fixed");
+    let (mut cc, fc) = run_idle(&c, &["--uid", "10000", "--gid", "10000"]);
+    assert_eq!(uid_of(fc), 10000);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(cc.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    assert_eq!(cc.wait().unwrap().code(), Some(130));
+    assert_eq!(run_traces(&c), Vec::<PathBuf>::new());
 }
 
 /// `warden gc` with a state dir of its own.
@@ -147,7 +196,11 @@ async fn gc_and_a_second_daemon_leave_a_running_warden_run_vm_and_a_foreign_jail
     let id = unique("own-live");
     let (mut child, fc) = run_idle(&id, &["--net", "none"]);
     let before = run_traces(&id);
-    assert_eq!(before.len(), 7, "{before:?}");
+    assert_eq!(
+        before.len(),
+        8,
+        "jail, record, netns, 4 cgroups, uid lease: {before:?}"
+    );
 
     // A jail the plain jailer (or another tool) left, with warden's naming and no owner record.
     let plain = unique("own-plain");

@@ -346,6 +346,7 @@ pub fn plant_vm_state(d: &Daemon, id: &str, owner: Option<jail::Owner>) -> jail:
             plan: plan.clone(),
             firecracker: None,
             reserved_at_unix_ms: 0,
+            uid_leased: false,
         };
         jail::Registry::default().reserve(&rec).unwrap();
         std::fs::write(&plan.owner_file, serde_json::to_vec(&rec).unwrap()).unwrap();

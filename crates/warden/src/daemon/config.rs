@@ -60,11 +60,7 @@ impl LogFormat {
     }
 }
 
-/// The default range of per-VM uids/gids: above every range `useradd` gives to subordinate ids
-/// (`SUB_UID_MAX` is 600100000) and above systemd's container ranges (524288-1879048191), below
-/// 2^31 (tools that treat ids as signed) and below systemd's "foreign" range (from 2147352576).
-/// 65536 ids: one per VM that exists at a time.
-pub const DEFAULT_JAIL_ID_RANGE: (u32, u32) = (1_900_000_000, 1_900_065_535);
+pub use crate::vm::jailer::DEFAULT_JAIL_ID_RANGE;
 
 /// The effective configuration of `warden serve`. Field names are the TOML keys.
 #[derive(Clone, PartialEq)]

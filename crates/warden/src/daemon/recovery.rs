@@ -160,6 +160,8 @@ async fn reconcile(m: &Manager, slot: &mut Slot) -> Result<(), ManagerError> {
                             start_time: start,
                         }),
                         reserved_at_unix_ms: now_ms() as u64,
+                        // The daemon holds its VMs' uids until DeleteVm, not with the jail.
+                        uid_leased: false,
                     };
                     if m.registry.reserve(&r).is_err() {
                         return end(

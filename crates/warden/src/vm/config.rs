@@ -189,6 +189,9 @@ pub struct VmOptions {
     /// Give a VM without networking an empty network namespace of its own (made and removed
     /// with the VM) instead of the host's.
     pub own_netns: bool,
+    /// Lease the VM its own uid/gid from this range (host-wide, released with the VM) instead
+    /// of using `jailer.uid`/`jailer.gid`.
+    pub uid_range: Option<(u32, u32)>,
     /// Who owns the VM's host resources; `None` is this process (its VMs end with it).
     pub owner: Option<jail::Owner>,
     /// The host-wide registry where the VM's id is reserved before anything is made.
@@ -216,6 +219,7 @@ impl Default for VmOptions {
             drive_rate_limiter: None,
             asset_dirs: None,
             own_netns: false,
+            uid_range: None,
             owner: None,
             registry: jail::Registry::default(),
             die_with_owner: true,

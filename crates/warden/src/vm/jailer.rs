@@ -53,6 +53,12 @@ pub struct JailerConfig {
     pub resource_limits: ResourceLimits,
 }
 
+/// The default range of per-VM uids/gids: above every range `useradd` gives to subordinate ids
+/// (`SUB_UID_MAX` is 600100000) and above systemd's container ranges (524288-1879048191), below
+/// 2^31 (tools that treat ids as signed) and below systemd's "foreign" range (from 2147352576).
+/// 65536 ids: one per VM that exists at a time.
+pub const DEFAULT_JAIL_ID_RANGE: (u32, u32) = (1_900_000_000, 1_900_065_535);
+
 /// What Firecracker may write beyond the memory cap before `fsize` stops it (1 GiB).
 pub const DEFAULT_FSIZE_HEADROOM: u64 = 1 << 30;
 
@@ -158,6 +164,8 @@ pub fn is_executable(path: &Path) -> bool {
 #[derive(Debug, Clone)]
 pub(crate) struct Ownership {
     pub(crate) owner: jail::Owner,
+    /// The plan's uid was leased for this VM and is released with it.
+    pub(crate) uid_leased: bool,
     pub(crate) registry: jail::Registry,
     pub(crate) die_with_owner: bool,
 }
@@ -186,12 +194,19 @@ pub(crate) async fn launch(
     phases.mark("validate+plan");
     let Ownership {
         owner,
+        uid_leased,
         registry,
         die_with_owner,
     } = ownership;
     // Copies, netlink and mounts block: off the async workers.
     let applied = tokio::task::spawn_blocking(move || {
-        jail::apply(&plan, owner, &registry, Arc::new(jail::RealHost))
+        jail::apply(
+            &plan,
+            owner,
+            uid_leased,
+            &registry,
+            Arc::new(jail::RealHost),
+        )
     })
     .await
     .map_err(|e| Error::Os {
@@ -334,6 +349,7 @@ pub async fn start_with_jailer(config: &JailerConfig) -> Result<JailedProcess, E
         plan,
         Ownership {
             owner: jail::Owner::this_process(),
+            uid_leased: false,
             registry: jail::Registry::default(),
             die_with_owner: true,
         },

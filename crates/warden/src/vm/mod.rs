@@ -360,8 +360,63 @@ pub fn plan_vm(config: &VmConfig, options: &VmOptions) -> Result<Planned, Error>
 /// Boots a VM: jail, configure, InstanceStart, isolation report.
 pub async fn start_vm(config: &VmConfig, options: &VmOptions) -> Result<VmHandle, Error> {
     let phases = Phases::start();
-    let planned = plan_vm(config, options)?;
-    start_planned(config, options, planned, phases).await
+    let Some(range) = options
+        .uid_range
+        .filter(|_| options.jailer_mode != JailerMode::Disabled)
+    else {
+        let planned = plan_vm(config, options)?;
+        return start_planned(config, options, planned, phases).await;
+    };
+    // A uid of its own, leased host-wide before the plan (the uid is in the argv and owns the
+    // staged files); the jail's removal releases it.
+    let owner = options
+        .owner
+        .clone()
+        .unwrap_or_else(jail::Owner::this_process);
+    let registry = options.registry.clone();
+    let (vm, who) = (config.vm_id.clone(), owner.clone());
+    let leased = tokio::task::spawn_blocking(move || {
+        registry.lease_uid(range, &Default::default(), &vm, &who)
+    })
+    .await
+    .map_err(|e| Error::Os {
+        what: "leasing a uid".into(),
+        source: std::io::Error::other(e),
+    })?
+    .map_err(|e| Error::Os {
+        what: "leasing a uid".into(),
+        source: std::io::Error::other(jail::error_chain(&e)),
+    })?
+    .ok_or_else(|| {
+        Error::Invalid(jail::SpecError::new(
+            "uid_range",
+            format!(
+                "has no free uid left ({}-{}); stop VMs or widen the range",
+                range.0, range.1
+            ),
+        ))
+    })?;
+    let mut options = options.clone();
+    options.jailer.uid = leased;
+    options.jailer.gid = leased;
+    options.owner = Some(owner.clone());
+    let started = match plan_vm(config, &options) {
+        Ok(planned) => start_leased(config, &options, planned, phases).await,
+        Err(e) => Err(e),
+    };
+    if started.is_err() {
+        let _ = options.registry.release_uid(leased, &owner);
+    }
+    started
+}
+
+async fn start_leased(
+    config: &VmConfig,
+    options: &VmOptions,
+    planned: Planned,
+    phases: Phases,
+) -> Result<VmHandle, Error> {
+    start_inner(config, options, planned, phases, true).await
 }
 
 /// Boots a VM from a plan made by [`plan_vm`] with the same config and options (for callers
@@ -370,7 +425,17 @@ pub async fn start_planned(
     config: &VmConfig,
     options: &VmOptions,
     planned: Planned,
+    phases: Phases,
+) -> Result<VmHandle, Error> {
+    start_inner(config, options, planned, phases, false).await
+}
+
+async fn start_inner(
+    config: &VmConfig,
+    options: &VmOptions,
+    planned: Planned,
     mut phases: Phases,
+    uid_leased: bool,
 ) -> Result<VmHandle, Error> {
     let Planned {
         spec,
@@ -387,6 +452,7 @@ pub async fn start_planned(
         }
     }
     let ownership = jailer::Ownership {
+        uid_leased,
         owner: options
             .owner
             .clone()
