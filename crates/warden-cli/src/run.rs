@@ -189,6 +189,7 @@ impl RunArgs {
                 JailerMode::Auto
             },
             memory_limit_mb: self.memory_limit,
+            // With --uid/--gid the VM runs as exactly those.
             uid_range: self
                 .uid
                 .is_none()

@@ -21,16 +21,21 @@ async fn jailed_vm_runs_unprivileged_under_seccomp_in_its_own_mount_namespace() 
         vm.serial_output()
     );
 
+    // A uid and gid of its own, leased from the default range, in every id slot.
     let uid = status_field(vm.pid, "Uid");
     let gid = status_field(vm.pid, "Gid");
+    let own = vm.plan.uid.to_string();
+    let range = warden::vm::jailer::DEFAULT_JAIL_ID_RANGE;
+    assert!((range.0..=range.1).contains(&vm.plan.uid), "{}", vm.plan.uid);
+    assert_eq!(vm.plan.gid, vm.plan.uid);
     assert_eq!(
         uid.split_whitespace().collect::<Vec<_>>(),
-        ["10000"; 4],
+        [own.as_str(); 4],
         "Uid: {uid}"
     );
     assert_eq!(
         gid.split_whitespace().collect::<Vec<_>>(),
-        ["10000"; 4],
+        [own.as_str(); 4],
         "Gid: {gid}"
     );
     let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{}/task", vm.pid))

@@ -69,7 +69,9 @@ async fn mode_none_reaches_the_guest_only_through_the_tap_in_its_namespace() {
         .unwrap();
     let link = String::from_utf8_lossy(&link.stdout);
     assert!(
-        link.contains("tap") && link.contains("user 10000") && link.contains("group 10000"),
+        link.contains("tap")
+            && link.contains(&format!("user {}", vm.plan.uid))
+            && link.contains(&format!("group {}", vm.plan.gid)),
         "{link}"
     );
     assert!(

@@ -722,6 +722,8 @@ impl Manager {
             },
             drive_rate_limiter: spec.drive_rate_limiter.clone(),
             asset_dirs: Some(self.cfg.asset_dirs.clone()),
+            // The daemon leases its VMs' uids itself, for as long as they exist.
+            uid_range: None,
             own_netns: self.cfg.netns,
             owner: Some(self.owner.clone()),
             registry: self.registry.clone(),

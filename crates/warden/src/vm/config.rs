@@ -189,8 +189,10 @@ pub struct VmOptions {
     /// Give a VM without networking an empty network namespace of its own (made and removed
     /// with the VM) instead of the host's.
     pub own_netns: bool,
-    /// Lease the VM its own uid/gid from this range (host-wide, released with the VM) instead
-    /// of using `jailer.uid`/`jailer.gid`.
+    /// Lease the VM a uid/gid of its own from this range (host-wide, released with the VM).
+    /// On by default ([`crate::vm::jailer::DEFAULT_JAIL_ID_RANGE`]); it applies only while
+    /// `jailer.uid`/`jailer.gid` keep their default: a uid set there is used as given, shared by
+    /// every VM that sets it.
     pub uid_range: Option<(u32, u32)>,
     /// Who owns the VM's host resources; `None` is this process (its VMs end with it).
     pub owner: Option<jail::Owner>,
@@ -219,7 +221,7 @@ impl Default for VmOptions {
             drive_rate_limiter: None,
             asset_dirs: None,
             own_netns: false,
-            uid_range: None,
+            uid_range: Some(super::jailer::DEFAULT_JAIL_ID_RANGE),
             owner: None,
             registry: jail::Registry::default(),
             die_with_owner: true,

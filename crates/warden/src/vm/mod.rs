@@ -360,9 +360,12 @@ pub fn plan_vm(config: &VmConfig, options: &VmOptions) -> Result<Planned, Error>
 /// Boots a VM: jail, configure, InstanceStart, isolation report.
 pub async fn start_vm(config: &VmConfig, options: &VmOptions) -> Result<VmHandle, Error> {
     let phases = Phases::start();
+    // A uid set in the jailer config is used as given; the range applies to the default only.
+    let default_ids = options.jailer.uid == jailer::DEFAULT_JAIL_UID
+        && options.jailer.gid == jailer::DEFAULT_JAIL_UID;
     let Some(range) = options
         .uid_range
-        .filter(|_| options.jailer_mode != JailerMode::Disabled)
+        .filter(|_| default_ids && options.jailer_mode != JailerMode::Disabled)
     else {
         let planned = plan_vm(config, options)?;
         return start_planned(config, options, planned, phases).await;
