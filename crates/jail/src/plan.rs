@@ -225,7 +225,16 @@ impl JailSpec {
         if let Some(n) = self.resource_limits.no_file {
             rlimits.push(("no-file".to_owned(), n));
         }
-        if let Some(n) = self.resource_limits.fsize {
+        let fsize = self.resource_limits.fsize.or_else(|| {
+            let largest = staged
+                .iter()
+                .filter_map(|f| f.file.as_ref().map(|s| s.meta.len))
+                .chain(self.limits.memory_bytes)
+                .max()
+                .unwrap_or(0);
+            self.fsize_headroom.map(|h| largest.saturating_add(h))
+        });
+        if let Some(n) = fsize {
             rlimits.push(("fsize".to_owned(), n));
         }
 
@@ -390,6 +399,7 @@ mod tests {
             new_pid_ns: true,
             netns: None,
             make_netns: false,
+            fsize_headroom: None,
             net: None,
             files: vec![StageRequest {
                 source: kernel.to_owned(),
@@ -539,6 +549,26 @@ mod tests {
         );
         assert_eq!(plan.cgroup_dirs, [root.path().join("warden/vm-golden")]);
         assert_eq!(plan.cgroup_accounting_dir, None);
+    }
+
+    #[test]
+    fn the_default_fsize_clears_the_memory_cap_and_every_drive() {
+        let big = kernel();
+        big.as_file().set_len(5 << 30).unwrap();
+        let h = Hierarchy::parse(crate::cgroup::tests_support::HYBRID_MOUNTS).unwrap();
+        let mut s = spec(CgroupVersion::V1, big.path());
+        s.resource_limits.fsize = None;
+        s.fsize_headroom = Some(1 << 30);
+        let plan = s.plan(&h).unwrap();
+        assert!(plan
+            .rlimits
+            .contains(&("fsize".to_owned(), (5 << 30) + (1 << 30))));
+        s.resource_limits.fsize = Some(4096);
+        let plan = s.plan(&h).unwrap();
+        assert!(
+            plan.rlimits.contains(&("fsize".to_owned(), 4096)),
+            "an explicit one wins"
+        );
     }
 
     #[test]

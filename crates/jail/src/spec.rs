@@ -71,6 +71,10 @@ pub struct JailSpec {
     pub limits: CgroupLimits,
     /// rlimits.
     pub resource_limits: ResourceLimits,
+    /// When `resource_limits.fsize` is unset: limit it to the larger of the memory cap and the
+    /// largest staged file, plus this. `fsize` stops Firecracker writing at any offset past it
+    /// (its log, the console file, a snapshot, and also a drive), so it must clear every drive.
+    pub fsize_headroom: Option<u64>,
     /// Exec Firecracker in a new PID namespace.
     pub new_pid_ns: bool,
     /// Network namespace file to join (`--netns`): made by someone else, or by warden when

@@ -228,6 +228,7 @@ mod tests {
             new_pid_ns: false,
             netns: None,
             make_netns: false,
+            fsize_headroom: None,
             net: None,
             files,
         }

@@ -26,7 +26,11 @@ async fn jailed_vm_runs_unprivileged_under_seccomp_in_its_own_mount_namespace() 
     let gid = status_field(vm.pid, "Gid");
     let own = vm.plan.uid.to_string();
     let range = warden::vm::jailer::DEFAULT_JAIL_ID_RANGE;
-    assert!((range.0..=range.1).contains(&vm.plan.uid), "{}", vm.plan.uid);
+    assert!(
+        (range.0..=range.1).contains(&vm.plan.uid),
+        "{}",
+        vm.plan.uid
+    );
     assert_eq!(vm.plan.gid, vm.plan.uid);
     assert_eq!(
         uid.split_whitespace().collect::<Vec<_>>(),

@@ -59,7 +59,8 @@ pub struct JailerConfig {
 /// 65536 ids: one per VM that exists at a time.
 pub const DEFAULT_JAIL_ID_RANGE: (u32, u32) = (1_900_000_000, 1_900_065_535);
 
-/// What Firecracker may write beyond the memory cap before `fsize` stops it (1 GiB).
+/// What Firecracker may write beyond the memory cap and its largest drive before `fsize` stops
+/// it (1 GiB).
 pub const DEFAULT_FSIZE_HEADROOM: u64 = 1 << 30;
 
 /// Default jail user and group: not root, and not a typical login user's id.
@@ -137,14 +138,10 @@ impl JailerConfig {
                 ),
                 pids_max: self.pids_max,
             },
-            // Firecracker grows no file beyond this (its log, the console file, snapshots of
+            resource_limits: self.resource_limits,
+            // Firecracker writes no file past this (its log, the console file, a snapshot of
             // the guest's memory), so a guest cannot fill the disk through it.
-            resource_limits: ResourceLimits {
-                fsize: self.resource_limits.fsize.or(Some(
-                    (u64::from(self.memory_limit_mb) << 20) + DEFAULT_FSIZE_HEADROOM,
-                )),
-                ..self.resource_limits
-            },
+            fsize_headroom: Some(DEFAULT_FSIZE_HEADROOM),
             new_pid_ns: self.new_pid_ns,
             netns: self.netns.as_ref().map(PathBuf::from),
             make_netns: false,
