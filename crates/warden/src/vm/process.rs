@@ -220,6 +220,23 @@ impl Process {
             .stderr(stderr_to)
             // Its own process group: a Ctrl-C at our terminal is ours to handle, not the VM's.
             .process_group(0);
+        // If we die while the jailer is still setting up (before it is in the VM's cgroups and
+        // has dropped to the jail uid, which clears this), it dies too: no half-made jail is
+        // finished after its owner's removal ran. Firecracker itself is unaffected.
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: the closure runs in the forked child before exec and only makes
+        // async-signal-safe calls (prctl, getppid).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
         let mut child = cmd.spawn().map_err(|source| Error::Spawn {
             program: program.clone(),
             source,
