@@ -157,7 +157,14 @@ impl JailSpec {
             .map(|m| m.dev());
         let mut staged = Vec::new();
         for f in &self.files {
-            if f.name.is_empty() || f.name.contains('/') || f.name == "." || f.name == ".." {
+            // One file name on Linux: not empty, `.` or `..`, no `/` or NUL, at most NAME_MAX
+            // (255) bytes.
+            if f.name.is_empty()
+                || f.name.contains(['/', '\0'])
+                || f.name == "."
+                || f.name == ".."
+                || f.name.len() > 255
+            {
                 return Err(SpecError::new(
                     &f.field,
                     format!("staged name {:?} is not a single file name", f.name),

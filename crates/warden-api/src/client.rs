@@ -69,6 +69,10 @@ impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Endpoint::Tcp(url) => f.write_str(url),
+            // `parse` drops a `//` after `unix:`, so a path that starts with one keeps it.
+            Endpoint::Unix(path) if path.as_os_str().as_encoded_bytes().starts_with(b"//") => {
+                write!(f, "unix://{}", path.display())
+            }
             Endpoint::Unix(path) => write!(f, "unix:{}", path.display()),
         }
     }

@@ -263,10 +263,12 @@ impl ApiError {
             #[serde(default)]
             message: String,
         }
-        if let Ok(Wire {
+        // Only an object is a Connect error (serde would also read a struct from an array).
+        let object = body.trim_ascii_start().starts_with(b"{");
+        if let Some(Wire {
             code: Some(code),
             message,
-        }) = serde_json::from_slice::<Wire>(body)
+        }) = serde_json::from_slice::<Wire>(body).ok().filter(|_| object)
         {
             return ApiError {
                 code: code.parse().unwrap_or(Code::Unknown),

@@ -171,6 +171,17 @@ async fn grpc_dispatch(shared: &Shared, mut req: Request, path: &str, start: Ins
         ))
         .into_http();
     }
+    // tonic answers a path that is no method with a bare UNIMPLEMENTED (no grpc-message); say
+    // which methods exist, as the Connect side does.
+    let unknown_method = resp.headers().get("grpc-status").is_some_and(|s| s == "12")
+        && !resp.headers().contains_key("grpc-message");
+    if unknown_method {
+        resp = tonic::Status::unimplemented(format!(
+            "no such method {path:?}; methods are /{SERVICE_NAME}/{{{}}}",
+            METHODS.join(",")
+        ))
+        .into_http();
+    }
     let headers = resp.headers();
     // Requests rejected before reaching the adapter (bad framing, size, unknown method).
     if !logged.0.load(std::sync::atomic::Ordering::Relaxed) {
