@@ -370,17 +370,27 @@ impl Registry {
                 vm_id: vm_id.to_owned(),
                 owner: owner.clone(),
             };
+            // Written whole to a temporary file, then linked to its name (which fails if the
+            // uid is taken): a lease is never seen half written, even after a SIGKILL.
             let path = self.uid_path(uid);
-            let made = std::fs::OpenOptions::new()
+            let tmp = dir.join(format!(
+                ".{uid}.{}.{:?}.tmp",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let written = std::fs::OpenOptions::new()
                 .write(true)
-                .create_new(true)
+                .create(true)
+                .truncate(true)
                 .mode(0o600)
-                .open(&path)
+                .open(&tmp)
                 .and_then(|mut f| {
                     f.write_all(&serde_json::to_vec(&lease).expect("a lease serializes"))?;
                     f.sync_all()
                 });
-            match made {
+            let linked = written.and_then(|()| std::fs::hard_link(&tmp, &path));
+            let _ = std::fs::remove_file(&tmp);
+            match linked {
                 Ok(()) => return Ok(Some(uid)),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(source) => {
@@ -418,6 +428,35 @@ impl Registry {
             }),
             _ => Ok(()),
         }
+    }
+
+    /// Removes lease files nobody can read (left half written by an older warden killed
+    /// mid-write, or damaged) once they are older than a minute; returns their uids.
+    pub fn drop_unreadable_uid_leases(&self) -> Vec<u32> {
+        let mut dropped = Vec::new();
+        for e in std::fs::read_dir(self.uid_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(uid) = name
+                .strip_suffix(".json")
+                .and_then(|u| u.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > std::time::Duration::from_secs(60));
+            if old && self.uid_lease(uid).is_none() && std::fs::remove_file(e.path()).is_ok() {
+                dropped.push(uid);
+            }
+        }
+        dropped
     }
 
     /// Every lease.

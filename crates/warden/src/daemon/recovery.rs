@@ -345,6 +345,9 @@ fn remove_orphans(m: &Manager, known: &HashSet<String>) {
 /// Releases uid leases that this instance holds for VMs its store no longer has, or whose holder
 /// is provably dead. Another live owner's leases stay.
 fn release_stale_uids(m: &Manager, ours: &HashSet<u32>) {
+    for uid in m.registry.drop_unreadable_uid_leases() {
+        tracing::warn!(uid, "removed an unreadable uid lease");
+    }
     for lease in m.registry.uid_leases() {
         let stale = if lease.owner == m.owner {
             !ours.contains(&lease.uid)
