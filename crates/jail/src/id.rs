@@ -1,7 +1,7 @@
 //! Jail ids: the one name that reaches the jailer, the chroot path and the cgroup path.
 //!
 //! The jailer accepts any Unicode alphanumeric plus `-`; we are stricter (ASCII letters, digits
-//! and `-`, 1..=64 characters) so that an id is always a safe single path component and a safe
+//! and `-`, 1..=64 characters, not starting with `-`, which the jailer would take for an option) so that an id is always a safe single path component and a safe
 //! name for cgroups, netns files and logs.
 
 use std::fmt;
@@ -26,6 +26,11 @@ pub enum IdError {
         /// Its length in characters.
         len: usize,
     },
+    /// The id starts with `-`, which the jailer would read as an option (`--id --`).
+    #[error(
+        "starts with '-', which the jailer would read as an option; start with a letter or digit"
+    )]
+    LeadingDash,
     /// The id holds a character outside `[A-Za-z0-9-]`.
     #[error(
         "contains {ch:?}; use only ASCII letters, digits or '-' (no '/', '.', spaces or non-ASCII)"
@@ -51,6 +56,9 @@ impl JailId {
         let len = s.chars().count();
         if len > MAX_LEN {
             return Err(IdError::TooLong { len });
+        }
+        if s.starts_with('-') {
+            return Err(IdError::LeadingDash);
         }
         Ok(Self(s.to_owned()))
     }
@@ -86,6 +94,8 @@ mod tests {
         assert_eq!(JailId::new("vm_1"), Err(IdError::BadChar { ch: '_' }));
         assert_eq!(JailId::new("vmé"), Err(IdError::BadChar { ch: 'é' }));
         assert_eq!(JailId::new("vm 1"), Err(IdError::BadChar { ch: ' ' }));
+        assert_eq!(JailId::new("--"), Err(IdError::LeadingDash));
+        assert_eq!(JailId::new("-rf"), Err(IdError::LeadingDash));
         assert_eq!(
             JailId::new(&"x".repeat(65)),
             Err(IdError::TooLong { len: 65 })

@@ -70,7 +70,8 @@ fn id_like() -> impl Strategy<Value = String> {
 fn jail_ids_are_exactly_1_to_64_ascii_letters_digits_and_dashes() {
     check(20_000, id_like(), |s| {
         let valid = (1..=64).contains(&s.len())
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !s.starts_with('-');
         match JailId::new(&s) {
             Ok(id) => {
                 prop_assert!(valid, "accepted {:?}", s);
@@ -96,10 +97,12 @@ fn jail_ids_are_exactly_1_to_64_ascii_letters_digits_and_dashes() {
                     jail::id::IdError::Empty
                 } else if let Some(ch) = bad {
                     jail::id::IdError::BadChar { ch }
-                } else {
+                } else if s.chars().count() > 64 {
                     jail::id::IdError::TooLong {
                         len: s.chars().count(),
                     }
+                } else {
+                    jail::id::IdError::LeadingDash
                 };
                 prop_assert_eq!(e, want);
             }
