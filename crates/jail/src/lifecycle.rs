@@ -316,7 +316,7 @@ impl Jail {
             }
         }
         if failures.is_empty() && rec.uid_leased && made == ALL {
-            if let Err(e) = self.registry.release_uid(plan.uid, &rec.owner) {
+            if let Err(e) = self.registry.release_uid(plan.uid, &rec.owner, &rec.id) {
                 failures.push(RemoveFailure::Registry(e));
             }
         }

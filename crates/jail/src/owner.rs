@@ -412,20 +412,22 @@ impl Registry {
             .and_then(|b| serde_json::from_slice(&b).ok())
     }
 
-    /// Releases `uid` if `owner` holds it.
-    pub fn release_uid(&self, uid: u32, owner: &Owner) -> Result<(), RegistryError> {
+    /// Releases `uid` if `owner` holds it for `vm_id`.
+    pub fn release_uid(&self, uid: u32, owner: &Owner, vm_id: &str) -> Result<(), RegistryError> {
         match self.uid_lease(uid) {
-            Some(l) if l.owner == *owner => std::fs::remove_file(self.uid_path(uid)).or_else(|e| {
-                if e.kind() == io::ErrorKind::NotFound {
-                    Ok(())
-                } else {
-                    Err(RegistryError::Io {
-                        action: "release",
-                        path: self.uid_path(uid),
-                        source: e,
-                    })
-                }
-            }),
+            Some(l) if l.owner == *owner && l.vm_id == vm_id => {
+                std::fs::remove_file(self.uid_path(uid)).or_else(|e| {
+                    if e.kind() == io::ErrorKind::NotFound {
+                        Ok(())
+                    } else {
+                        Err(RegistryError::Io {
+                            action: "release",
+                            path: self.uid_path(uid),
+                            source: e,
+                        })
+                    }
+                })
+            }
             _ => Ok(()),
         }
     }
@@ -620,13 +622,15 @@ pub(crate) mod tests {
         );
         let skip = [102].into_iter().collect();
         assert_eq!(reg.lease_uid((100, 102), &skip, "vm-3", &a).unwrap(), None);
-        reg.release_uid(100, &b).unwrap();
+        reg.release_uid(100, &b, "vm-1").unwrap();
         assert_eq!(
             reg.uid_lease(100).unwrap().vm_id,
             "vm-1",
             "not b's to release"
         );
-        reg.release_uid(100, &a).unwrap();
+        reg.release_uid(100, &a, "vm-9").unwrap();
+        assert!(reg.uid_lease(100).is_some(), "not vm-9's lease");
+        reg.release_uid(100, &a, "vm-1").unwrap();
         assert!(reg.uid_lease(100).is_none());
         assert_eq!(reg.uid_leases().len(), 1);
     }

@@ -568,7 +568,9 @@ impl Manager {
         }
         if let Some(uid) = slot.rec.uid {
             let (registry, owner) = (self.registry.clone(), self.owner.clone());
-            let _ = tokio::task::spawn_blocking(move || registry.release_uid(uid, &owner)).await;
+            let vm = id.to_owned();
+            let _ =
+                tokio::task::spawn_blocking(move || registry.release_uid(uid, &owner, &vm)).await;
             self.uids.lock().unwrap().remove(&uid);
         }
         slot.rec.state = VmState::Deleted;

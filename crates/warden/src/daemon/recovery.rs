@@ -356,7 +356,7 @@ fn release_stale_uids(m: &Manager, ours: &HashSet<u32>) {
         };
         if stale {
             let holder = lease.owner.clone();
-            match m.registry.release_uid(lease.uid, &holder) {
+            match m.registry.release_uid(lease.uid, &holder, &lease.vm_id) {
                 Ok(()) => {
                     tracing::info!(uid = lease.uid, vm = %lease.vm_id, owner = %holder, "released a uid no live VM holds")
                 }

@@ -408,7 +408,7 @@ pub async fn start_vm(config: &VmConfig, options: &VmOptions) -> Result<VmHandle
         Err(e) => Err(e),
     };
     if started.is_err() {
-        let _ = options.registry.release_uid(leased, &owner);
+        let _ = options.registry.release_uid(leased, &owner, &config.vm_id);
     }
     started
 }
