@@ -158,11 +158,13 @@ pub fn apply(
     };
     let result = (|| -> Result<(), ApplyError> {
         if let Some(n) = &plan.net {
-            made.net = true;
+            // setup removes what it made itself when it fails; a namespace or link of that
+            // name that existed before (someone else's) must not be removed here.
             net::setup(n).map_err(|source| ApplyError::Net {
                 id: plan.id.clone(),
                 source,
             })?;
+            made.net = true;
         } else if let (Some(ns), true) = (&plan.netns, plan.netns_owned) {
             let dir = ns.parent().unwrap_or(Path::new("/"));
             let name = ns.file_name().unwrap_or_default().to_string_lossy();
@@ -544,6 +546,33 @@ mod tests {
             theirs,
             "their record is untouched"
         );
+    }
+
+    #[test]
+    fn a_namespace_of_the_same_name_made_by_someone_else_is_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let reg = Registry::new(tmp.path().join("reg"));
+        let mut rec = record("vm-c", Owner::this_process(), tmp.path());
+        let ns_dir = tmp.path().join("netns");
+        std::fs::create_dir_all(&ns_dir).unwrap();
+        // Theirs: a plain file where our namespace would go.
+        std::fs::write(ns_dir.join("fc-vm-vm-c"), b"").unwrap();
+        rec.plan.net = Some(crate::net::NetPlan::new(
+            "vm-c",
+            &ns_dir.join("fc-vm-vm-c"),
+            crate::net::NetMode::None,
+            1,
+            1,
+            None,
+        ));
+        let host = Arc::new(RecordingHost::default());
+        let err = apply(&rec.plan, rec.owner.clone(), false, &reg, host.clone()).unwrap_err();
+        assert!(matches!(err, ApplyError::Net { .. }), "{err}");
+        assert!(host.calls().is_empty(), "nothing removed: {:?}", host.calls());
+        assert!(ns_dir.join("fc-vm-vm-c").exists());
+        assert!(reg.read("vm-c").unwrap().is_none(), "reservation released");
+        // setup() made the directory a mount of its own.
+        let _ = nix::mount::umount2(&ns_dir, nix::mount::MntFlags::MNT_DETACH);
     }
 
     #[test]
