@@ -568,7 +568,11 @@ mod tests {
         let host = Arc::new(RecordingHost::default());
         let err = apply(&rec.plan, rec.owner.clone(), false, &reg, host.clone()).unwrap_err();
         assert!(matches!(err, ApplyError::Net { .. }), "{err}");
-        assert!(host.calls().is_empty(), "nothing removed: {:?}", host.calls());
+        assert!(
+            host.calls().is_empty(),
+            "nothing removed: {:?}",
+            host.calls()
+        );
         assert!(ns_dir.join("fc-vm-vm-c").exists());
         assert!(reg.read("vm-c").unwrap().is_none(), "reservation released");
         // setup() made the directory a mount of its own.
