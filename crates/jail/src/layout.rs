@@ -194,6 +194,68 @@ impl Layout {
     }
 }
 
+/// One VM's host state found by [`Layout::scan`], and what to do with it.
+#[derive(Debug, Clone)]
+pub enum Found {
+    /// A readable record and the verdict on it.
+    Record(crate::owner::OwnerRecord, crate::owner::Verdict),
+    /// A record (in the registry or beside a jail) that cannot be read: left alone.
+    Unreadable {
+        /// The VM id.
+        id: String,
+        /// Why.
+        why: String,
+    },
+}
+
+impl Layout {
+    /// The orphan scan: every VM the registry records, and every jail of this layout with an
+    /// owner file (a jail that outlived `/run`), judged for `me` ([`crate::owner::judge`]):
+    /// `known` says which ids the caller's store has. Reads only; the caller removes what the
+    /// verdicts say. A jail without any owner record is not listed: it is never touched.
+    pub fn scan(
+        &self,
+        registry: &crate::owner::Registry,
+        me: &crate::owner::Owner,
+        known: &dyn Fn(&str) -> bool,
+        proc_root: &Path,
+    ) -> Vec<Found> {
+        let mut ids = registry.ids();
+        ids.extend(self.owned_jail_ids());
+        ids.sort();
+        ids.dedup();
+        ids.into_iter()
+            .map(|id| {
+                let record = match registry.read(&id) {
+                    Ok(Some(r)) => r,
+                    Ok(None) => match std::fs::read(self.owner_file(&id))
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<crate::owner::OwnerRecord>(&b).ok())
+                    {
+                        // Only a copy that names this very jail is believed.
+                        Some(r) if r.id == id && r.plan.jail_dir == self.jail_dir(&id) => r,
+                        _ => {
+                            return Found::Unreadable {
+                                id,
+                                why: "its owner file cannot be read".into(),
+                            }
+                        }
+                    },
+                    Err(e) => {
+                        return Found::Unreadable {
+                            id,
+                            why: crate::error_chain(&e),
+                        }
+                    }
+                };
+                let alive = record.owner.liveness(proc_root);
+                let verdict = crate::owner::judge(&record, me, known(&id), alive);
+                Found::Record(record, verdict)
+            })
+            .collect()
+    }
+}
+
 /// The file name of the Firecracker binary, as the jailer uses it.
 pub fn exec_name(exec_file: &Path) -> String {
     exec_file
@@ -237,6 +299,51 @@ mod tests {
         assert!(l
             .cgroup_parents()
             .contains(&PathBuf::from("/sys/fs/cgroup/memory/warden")));
+    }
+
+    #[test]
+    fn the_scan_finds_records_and_owner_copies_and_judges_them() {
+        use crate::owner::{tests::record, Owner, Registry, Verdict};
+        let tmp = tempfile::tempdir().unwrap();
+        let mut l = layout();
+        l.chroot_base = tmp.path().join("base");
+        let reg = Registry::new(tmp.path().join("reg"));
+        let me = Owner::daemon(Path::new("/me"));
+        // In the registry: one known, one own leftover, one foreign and alive.
+        for (id, owner) in [
+            ("known", me.clone()),
+            ("left", me.clone()),
+            ("theirs", Owner::this_process()),
+        ] {
+            reg.reserve(&record(id, owner, &l.jails_dir())).unwrap();
+        }
+        // Beside a jail only (the registry was wiped): a dead owner's.
+        let mut lost = record("lost", Owner::daemon(Path::new("/gone")), &l.jails_dir());
+        lost.plan.jail_dir = l.jail_dir("lost");
+        std::fs::create_dir_all(l.root_dir("lost")).unwrap();
+        std::fs::write(l.owner_file("lost"), serde_json::to_vec(&lost).unwrap()).unwrap();
+        // A copy that names another jail is not believed.
+        std::fs::create_dir_all(l.root_dir("forged")).unwrap();
+        let forged = record("forged", me.clone(), Path::new("/elsewhere"));
+        std::fs::write(l.owner_file("forged"), serde_json::to_vec(&forged).unwrap()).unwrap();
+        let found = l.scan(&reg, &me, &|id| id == "known", Path::new("/proc"));
+        let verdicts: Vec<(String, Option<Verdict>)> = found
+            .iter()
+            .map(|f| match f {
+                Found::Record(r, v) => (r.id.clone(), Some(v.clone())),
+                Found::Unreadable { id, .. } => (id.clone(), None),
+            })
+            .collect();
+        assert_eq!(
+            verdicts,
+            [
+                ("forged".to_owned(), None),
+                ("known".to_owned(), Some(Verdict::Known)),
+                ("left".to_owned(), Some(Verdict::OwnLeftover)),
+                ("lost".to_owned(), Some(Verdict::DeadOwner)),
+                ("theirs".to_owned(), Some(Verdict::Foreign)),
+            ]
+        );
     }
 
     #[test]

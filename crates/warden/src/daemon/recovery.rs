@@ -298,37 +298,25 @@ fn remove_orphans(m: &Manager, known: &HashSet<String>) {
         jail::CgroupVersion::V1,
         jail::cgroup::Hierarchy::empty(),
     );
-    let mut ids: Vec<String> = m.registry.ids();
-    ids.extend(layout.owned_jail_ids());
-    ids.sort();
-    ids.dedup();
-    let proc_root = Path::new("/proc");
-    for id in ids {
-        let record = match m.registry.read(&id) {
-            Ok(Some(r)) => r,
-            Ok(None) => match std::fs::read(layout.owner_file(&id))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<jail::OwnerRecord>(&b).ok())
-            {
-                Some(r) if r.id == id && r.plan.jail_dir == layout.jail_dir(&id) => r,
-                _ => {
-                    tracing::warn!(orphan = %id, "left a jail alone: its owner file cannot be read");
-                    continue;
-                }
-            },
-            Err(e) => {
-                tracing::warn!(orphan = %id, error = %error_chain(&e), "left an owner record alone: it cannot be read");
-                continue;
+    use jail::layout::Found;
+    use jail::owner::Verdict;
+    let found = layout.scan(
+        &m.registry,
+        &m.owner,
+        &|id| known.contains(id),
+        Path::new("/proc"),
+    );
+    for f in found {
+        match f {
+            Found::Unreadable { id, why } => {
+                tracing::warn!(orphan = %id, %why, "left a VM's host state alone: its owner record cannot be read")
             }
-        };
-        let alive = record.owner.liveness(proc_root);
-        match jail::owner::judge(&record, &m.owner, known.contains(&id), alive) {
-            jail::owner::Verdict::Known => {}
-            jail::owner::Verdict::Foreign => {
-                tracing::warn!(vm = %id, owner = %record.owner, "left a VM of another live owner alone");
+            Found::Record(_, Verdict::Known) => {}
+            Found::Record(record, Verdict::Foreign) => {
+                tracing::warn!(vm = %record.id, owner = %record.owner, "left a VM of another live owner alone");
             }
-            verdict @ (jail::owner::Verdict::OwnLeftover | jail::owner::Verdict::DeadOwner) => {
-                let owner = record.owner.to_string();
+            Found::Record(record, verdict) => {
+                let (id, owner) = (record.id.clone(), record.owner.to_string());
                 match jail::lifecycle::remove(record, &m.registry, m.host.clone()) {
                     Ok(()) => {
                         tracing::warn!(orphan = %id, %owner, ?verdict, "removed the host state of a VM that no live owner knows")
