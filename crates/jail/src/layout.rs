@@ -198,7 +198,7 @@ impl Layout {
 #[derive(Debug, Clone)]
 pub enum Found {
     /// A readable record and the verdict on it.
-    Record(crate::owner::OwnerRecord, crate::owner::Verdict),
+    Record(Box<crate::owner::OwnerRecord>, crate::owner::Verdict),
     /// A record (in the registry or beside a jail) that cannot be read: left alone.
     Unreadable {
         /// The VM id.
@@ -250,7 +250,7 @@ impl Layout {
                 };
                 let alive = record.owner.liveness(proc_root);
                 let verdict = crate::owner::judge(&record, me, known(&id), alive);
-                Found::Record(record, verdict)
+                Found::Record(Box::new(record), verdict)
             })
             .collect()
     }

@@ -317,7 +317,7 @@ fn remove_orphans(m: &Manager, known: &HashSet<String>) {
             }
             Found::Record(record, verdict) => {
                 let (id, owner) = (record.id.clone(), record.owner.to_string());
-                match jail::lifecycle::remove(record, &m.registry, m.host.clone()) {
+                match jail::lifecycle::remove(*record, &m.registry, m.host.clone()) {
                     Ok(()) => {
                         tracing::warn!(orphan = %id, %owner, ?verdict, "removed the host state of a VM that no live owner knows")
                     }
