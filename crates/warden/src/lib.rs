@@ -36,3 +36,6 @@ pub mod vm;
 
 pub use error::Error;
 pub use jail::inspect::{IsolationReport, Layer};
+// Types the library's public API uses, so callers need no direct dependency on `jail`.
+pub use jail::net::{GuestAddr, NetMode};
+pub use jail::{CgroupVersion, JailPlan, Owner, Registry, ResourceLimits};
