@@ -256,8 +256,9 @@ impl Registry {
                 .truncate(true)
                 .mode(0o600)
                 .open(&tmp)?;
-            f.write_all(&json)?;
-            f.sync_all()
+            // No fsync: the link makes the record whole or absent, and /run does not outlive
+            // a reboot on a normal host (an unreadable record is left alone and logged).
+            f.write_all(&json)
         })();
         written.map_err(|source| {
             let _ = std::fs::remove_file(&tmp);
@@ -385,8 +386,7 @@ impl Registry {
                 .mode(0o600)
                 .open(&tmp)
                 .and_then(|mut f| {
-                    f.write_all(&serde_json::to_vec(&lease).expect("a lease serializes"))?;
-                    f.sync_all()
+                    f.write_all(&serde_json::to_vec(&lease).expect("a lease serializes"))
                 });
             let linked = written.and_then(|()| std::fs::hard_link(&tmp, &path));
             let _ = std::fs::remove_file(&tmp);
