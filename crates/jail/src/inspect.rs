@@ -79,21 +79,7 @@ pub fn report(proc_root: &Path, pid: u32, expected: &Expected<'_>) -> IsolationR
 
     let uid_gid = match (status_ids(&status, "Uid:"), status_ids(&status, "Gid:")) {
         (Some(u), Some(g)) if u.iter().all(|&x| x != 0) && g.iter().all(|&x| x != 0) => {
-            let others = uid_sharers(proc_root, u[0], pid);
-            let shared = match others.len() {
-                0 => "no other process runs as this uid".to_owned(),
-                n => format!(
-                    "shared with {n} other process{} (pid {}): they can signal each other",
-                    if n == 1 { "" } else { "es" },
-                    others
-                        .iter()
-                        .take(5)
-                        .map(u32::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            };
-            Layer::on(format!("uid {} gid {}; {shared}", u[0], g[0]))
+            Layer::on(format!("uid {} gid {}", u[0], g[0]))
         }
         (Some(u), Some(g)) => Layer::off(format!("runs as uid {} gid {} (root)", u[0], g[0])),
         _ => Layer::off("process status unreadable"),
@@ -162,6 +148,31 @@ pub fn is_running(proc_root: &Path, pid: u32, start: u64) -> bool {
     state != Some("Z")
         && state != Some("X")
         && fields.nth(18).and_then(|t| t.parse().ok()) == Some(start)
+}
+
+/// Adds to the uid/gid layer whether any other process runs as the VM's uid (`uid`): a VM's uid
+/// should be its own. One pass over `/proc`, so it is done once per report that is kept, not on
+/// every re-read.
+pub fn note_uid_sharing(report: &mut IsolationReport, proc_root: &Path, pid: u32, uid: u32) {
+    if !report.uid_gid.active {
+        return;
+    }
+    let others = uid_sharers(proc_root, uid, pid);
+    let shared = match others.len() {
+        0 => "no other process runs as this uid".to_owned(),
+        n => format!(
+            "shared with {n} other process{} (pid {}): they can signal each other",
+            if n == 1 { "" } else { "es" },
+            others
+                .iter()
+                .take(5)
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    report.uid_gid.detail.push_str("; ");
+    report.uid_gid.detail.push_str(&shared);
 }
 
 /// Other processes (not `pid`) whose effective uid is `uid`: the owner of `/proc/<pid>` is the

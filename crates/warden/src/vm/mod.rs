@@ -83,7 +83,8 @@ impl VmHandle {
         }
         let socket_path = plan.socket_path.clone();
         let unjailed = (!plan.jailed).then_some("jailer not used");
-        let isolation = isolation_report(&process, &plan, unjailed, false).await;
+        let mut isolation = isolation_report(&process, &plan, unjailed, false).await;
+        inspect::note_uid_sharing(&mut isolation, std::path::Path::new("/proc"), pid, plan.uid);
         Ok(Some(VmHandle {
             vm_id: vm_id.to_owned(),
             pid,
@@ -149,7 +150,10 @@ impl VmHandle {
             cgroup_dirs: &self.plan.cgroup_dirs,
             unjailed_reason: unjailed,
         };
-        inspect::report(std::path::Path::new("/proc"), self.pid, &expected)
+        let proc_root = std::path::Path::new("/proc");
+        let mut report = inspect::report(proc_root, self.pid, &expected);
+        inspect::note_uid_sharing(&mut report, proc_root, self.pid, self.plan.uid);
+        report
     }
 
     /// What the VM's cgroups report now.
@@ -404,22 +408,13 @@ pub async fn start_vm(config: &VmConfig, options: &VmOptions) -> Result<VmHandle
     options.jailer.gid = leased;
     options.owner = Some(owner.clone());
     let started = match plan_vm(config, &options) {
-        Ok(planned) => start_leased(config, &options, planned, phases).await,
+        Ok(planned) => start_inner(config, &options, planned, phases, true).await,
         Err(e) => Err(e),
     };
     if started.is_err() {
         let _ = options.registry.release_uid(leased, &owner, &config.vm_id);
     }
     started
-}
-
-async fn start_leased(
-    config: &VmConfig,
-    options: &VmOptions,
-    planned: Planned,
-    phases: Phases,
-) -> Result<VmHandle, Error> {
-    start_inner(config, options, planned, phases, true).await
 }
 
 /// Boots a VM from a plan made by [`plan_vm`] with the same config and options (for callers
@@ -609,6 +604,9 @@ async fn isolation_report(
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
         report = inspect::report(proc_root, process.pid, &expected);
+    }
+    if settle {
+        inspect::note_uid_sharing(&mut report, proc_root, process.pid, plan.uid);
     }
     report
 }
