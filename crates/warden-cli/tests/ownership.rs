@@ -352,3 +352,86 @@ cat "$ERR"
     assert!(!stdout.contains("cannot remove"), "{stdout}");
     assert_eq!(run_traces(&id), Vec::<PathBuf>::new(), "{stdout}");
 }
+
+/// The state warden no longer makes, made on purpose in a mount namespace of the test's own:
+/// a namespace mounted on the plain directory, then hidden by a first `ip netns` (whose copy is
+/// then unmounted). `warden doctor` reports it, and a removal says why it cannot reach it and
+/// what to run.
+#[test]
+fn a_namespace_hidden_under_a_later_mount_is_reported_and_its_removal_says_why() {
+    let id = unique("own-hid");
+    let other = unique("ohid");
+    let ns = format!("/run/netns/fc-vm-{id}");
+    // A dead owner's record naming that namespace: the next gc tries to remove it.
+    let plan = jail::JailPlan {
+        id: id.clone(),
+        jailed: true,
+        argv: vec!["jailer".into()],
+        jail_dir: PathBuf::from("/nonexistent/jail").join(&id),
+        root_dir: PathBuf::from("/nonexistent/jail").join(&id).join("root"),
+        socket_path: PathBuf::from("/nonexistent/s"),
+        pid_file: PathBuf::from("/nonexistent/p"),
+        log_file: PathBuf::from("/nonexistent/l"),
+        owner_file: PathBuf::from("/nonexistent/o"),
+        uid: 10000,
+        gid: 10000,
+        cgroup_version: jail::CgroupVersion::V1,
+        cgroups: vec![],
+        cgroup_dirs: vec![],
+        cgroup_accounting_dir: None,
+        rlimits: vec![],
+        new_pid_ns: false,
+        netns: Some(PathBuf::from(&ns)),
+        netns_owned: true,
+        net: None,
+        staged: vec![],
+    };
+    let registry = jail::Registry::default();
+    registry
+        .reserve(&jail::OwnerRecord {
+            id: id.clone(),
+            owner: dead_owner(),
+            plan,
+            firecracker: None,
+            reserved_at_unix_ms: 0,
+            uid_leased: false,
+        })
+        .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let script = format!(
+        r#"set -u
+while umount -l /run/netns 2>/dev/null; do :; done
+mkdir -p /run/netns
+touch {ns}
+unshare -n mount --bind /proc/self/ns/net {ns}
+ip netns add {other} && ip netns del {other}
+umount {ns}
+echo "--- doctor"
+{warden} doctor 2>&1 | grep netns-dir
+echo "--- gc"
+WARDEN_STATE_DIR={state} WARDEN_LOG=info {warden} gc 2>&1
+echo "--- cleanup"
+umount -l /run/netns; umount -l {ns}; rm -f {ns}
+"#,
+        warden = env!("CARGO_BIN_EXE_warden"),
+        state = state.path().join("state").display(),
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let _ = registry.release(&id);
+    let _ = std::fs::remove_file(&ns);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (doctor, rest) = stdout
+        .split_once("--- gc")
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        doctor.contains("WARN") && doctor.contains(&format!("fc-vm-{id}")),
+        "doctor reports the hidden namespace: {doctor}"
+    );
+    assert!(
+        rest.contains("cannot remove network namespace") && rest.contains("umount -l"),
+        "the removal says why and what to run: {rest}"
+    );
+}
