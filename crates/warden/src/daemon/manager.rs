@@ -80,20 +80,8 @@ impl ManagerError {
     }
 }
 
-/// An error and its causes on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
-}
+/// An error and its causes on one line (one rule for the whole project, in `jail`).
+pub use jail::error_chain;
 
 /// What GetVmInfo and ListVms return.
 #[derive(Debug, Clone, Serialize)]
