@@ -802,55 +802,50 @@ impl Manager {
             ));
         }
         let cfg = &self.cfg;
-        let exhausted = |field: &str, what: String, key: &str| {
-            ManagerError::new(
-                ErrorCode::ResourceExhausted,
-                format!("{field}: {what}, above this daemon's {key}; ask for less, or raise {key}"),
-            )
+        // Caps: (field, what was asked, this daemon's most, the setting, the unit). Beyond
+        // Firecracker's 32 vCPUs the request is invalid, not just too big: the plan says so.
+        let vcpus = if spec.vcpu_count <= 32 {
+            u64::from(spec.vcpu_count)
+        } else {
+            0
         };
-        // Beyond Firecracker's 32 the request is invalid, not just too big: the plan says so.
-        if u64::from(spec.vcpu_count) > cfg.max_vcpus && spec.vcpu_count <= 32 {
-            return Err(exhausted(
+        let caps = [
+            (
                 "config.vcpu_count",
-                format!(
-                    "{} vCPUs is {} more than {}",
-                    spec.vcpu_count,
-                    u64::from(spec.vcpu_count) - cfg.max_vcpus,
-                    cfg.max_vcpus
-                ),
+                vcpus,
+                cfg.max_vcpus,
                 "max_vcpus",
-            ));
-        }
-        if u64::from(spec.memory_mib) > cfg.max_memory_mib {
-            return Err(exhausted(
+                "vCPUs",
+            ),
+            (
                 "config.memory_mib",
-                format!(
-                    "{} MiB is more than {} MiB",
-                    spec.memory_mib, cfg.max_memory_mib
-                ),
+                u64::from(spec.memory_mib),
+                cfg.max_memory_mib,
                 "max_memory_mib",
-            ));
-        }
-        if spec.drives.len() as u64 > cfg.max_drives {
-            return Err(exhausted(
+                "MiB",
+            ),
+            (
                 "config.drives",
-                format!(
-                    "{} drives is more than {}",
-                    spec.drives.len(),
-                    cfg.max_drives
-                ),
+                spec.drives.len() as u64,
+                cfg.max_drives,
                 "max_drives",
-            ));
-        }
-        if spec.metadata.len() as u64 > cfg.max_metadata_entries {
-            return Err(exhausted(
+                "drives",
+            ),
+            (
                 "config.metadata",
-                format!(
-                    "{} entries is more than {}",
-                    spec.metadata.len(),
-                    cfg.max_metadata_entries
-                ),
+                spec.metadata.len() as u64,
+                cfg.max_metadata_entries,
                 "max_metadata_entries",
+                "entries",
+            ),
+        ];
+        if let Some((field, asked, max, key, unit)) = caps.into_iter().find(|c| c.1 > c.2) {
+            return Err(ManagerError::new(
+                ErrorCode::ResourceExhausted,
+                format!(
+                    "{field}: {asked} {unit} is more than {max} {unit}, above this daemon's {key}; \
+                     ask for less, or raise {key}"
+                ),
             ));
         }
         if let Some((k, v)) = spec
