@@ -15,7 +15,7 @@ pub struct ManagerService(pub Arc<Manager>);
 
 impl From<ManagerError> for ApiError {
     fn from(e: ManagerError) -> Self {
-        let code = match e.code {
+        let code = match e.code() {
             ErrorCode::InvalidArgument => Code::InvalidArgument,
             ErrorCode::NotFound => Code::NotFound,
             ErrorCode::AlreadyExists => Code::AlreadyExists,
@@ -23,7 +23,7 @@ impl From<ManagerError> for ApiError {
             ErrorCode::ResourceExhausted => Code::ResourceExhausted,
             ErrorCode::Internal => Code::Internal,
         };
-        ApiError::new(code, e.message)
+        ApiError::new(code, e.chain())
     }
 }
 
@@ -191,7 +191,7 @@ pub fn info_to_pb(v: &VmInfo) -> pb::VmInfo {
             net_ns: Some(layer(&i.net_ns)),
         }),
         exit: r.exit.as_ref().map(|e| pb::ExitInfo {
-            reason: e.reason.clone(),
+            reason: e.reason.as_str().into(),
             detail: e.detail.clone(),
             at_unix_ms: e.at_unix_ms,
         }),
