@@ -122,7 +122,9 @@ pub enum ManagerError {
         range: (u32, u32),
     },
     /// No address of `address_pool` is free.
-    #[error("no free address left in {net}/{prefix} for VM {id}; delete VMs or widen address_pool")]
+    #[error(
+        "no free address left in {net}/{prefix} for VM {id}; delete VMs or widen address_pool"
+    )]
     NoFreeAddress {
         /// The VM.
         id: String,
@@ -190,9 +192,7 @@ impl ManagerError {
                 crate::Error::Apply(ApplyError::Reserve(RegistryError::Taken { .. })) => {
                     ErrorCode::AlreadyExists
                 }
-                crate::Error::Apply(ApplyError::JailExists { .. }) => {
-                    ErrorCode::FailedPrecondition
-                }
+                crate::Error::Apply(ApplyError::JailExists { .. }) => ErrorCode::FailedPrecondition,
                 _ => ErrorCode::Internal,
             },
             Self::Store(_) | Self::Cleanup(_) | Self::Registry(_) | Self::Os { .. } => {
@@ -307,15 +307,20 @@ mod tests {
             api_field("drives[2].path"),
             FieldOwner::Request("config.drives[2].path".into())
         );
-        assert_eq!(api_field("chroot_base_dir"), FieldOwner::Setting("chroot_dir"));
+        assert_eq!(
+            api_field("chroot_base_dir"),
+            FieldOwner::Setting("chroot_dir")
+        );
         assert_eq!(api_field("vm_id"), FieldOwner::Request("vm_id".into()));
     }
 
     #[test]
     fn codes_follow_the_type() {
-        let invalid: ManagerError =
-            crate::Error::Invalid(jail::SpecError::new("memory_mb", "is 1 MiB; use at least 128"))
-                .into();
+        let invalid: ManagerError = crate::Error::Invalid(jail::SpecError::new(
+            "memory_mb",
+            "is 1 MiB; use at least 128",
+        ))
+        .into();
         assert_eq!(invalid.code(), ErrorCode::InvalidArgument);
         assert_eq!(
             invalid.to_string(),

@@ -40,7 +40,13 @@ impl Manager {
             0
         };
         let caps = [
-            ("config.vcpu_count", vcpus, cfg.max_vcpus, "max_vcpus", "vCPUs"),
+            (
+                "config.vcpu_count",
+                vcpus,
+                cfg.max_vcpus,
+                "max_vcpus",
+                "vCPUs",
+            ),
             (
                 "config.memory_mib",
                 u64::from(spec.memory_mib),

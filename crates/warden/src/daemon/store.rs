@@ -344,6 +344,30 @@ impl Store {
 mod tests {
     use super::*;
 
+    #[test]
+    fn exit_causes_are_stored_and_answered_by_one_name() {
+        use ExitCause::*;
+        for c in [
+            GuestPowerOff,
+            Stopped,
+            Killed,
+            OomKilled,
+            Signaled,
+            FirecrackerError,
+            Unknown,
+            BootFailed,
+            StoppedByApi,
+            Rebooted,
+            DaemonExit,
+            DaemonRestart,
+            Unresponsive,
+        ] {
+            let json = serde_json::to_string(&c).unwrap();
+            assert_eq!(json, format!("\"{c}\""));
+            assert_eq!(serde_json::from_str::<ExitCause>(&json).unwrap(), c);
+        }
+    }
+
     fn rec(id: &str) -> VmRecord {
         VmRecord {
             id: id.into(),

@@ -17,7 +17,11 @@ pub(crate) struct UidLeases {
 
 impl UidLeases {
     /// Leases from `range` (`None`: single-uid mode, every VM runs as the jailer uid).
-    pub(crate) fn new(range: Option<(u32, u32)>, registry: jail::Registry, owner: jail::Owner) -> Self {
+    pub(crate) fn new(
+        range: Option<(u32, u32)>,
+        registry: jail::Registry,
+        owner: jail::Owner,
+    ) -> Self {
         Self {
             range,
             registry,

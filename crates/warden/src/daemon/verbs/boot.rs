@@ -24,13 +24,13 @@ impl Manager {
 
     /// Boots the locked VM (BootVm, and the second half of RebootVm).
     pub(crate) async fn boot_locked(&self, slot: &mut Slot) -> Result<VmState, ManagerError> {
-        let _permit = self
-            .boots
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ManagerError::BootsBusy {
-                max: self.cfg.max_concurrent_boots,
-            })?;
+        let _permit =
+            self.boots
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| ManagerError::BootsBusy {
+                    max: self.cfg.max_concurrent_boots,
+                })?;
         let t0 = Instant::now();
         let id = slot.rec.id.clone();
         let networked = slot.rec.spec.enable_networking;

@@ -15,7 +15,11 @@ use crate::vm;
 impl Manager {
     /// CreateVm: validates everything (sizes, id, asset paths, the jail plan) and records the
     /// VM as `created`. Nothing is created on the host. An empty `id` gets a generated one.
-    pub async fn create(self: &Arc<Self>, id: &str, spec: VmSpec) -> Result<VmRecord, ManagerError> {
+    pub async fn create(
+        self: &Arc<Self>,
+        id: &str,
+        spec: VmSpec,
+    ) -> Result<VmRecord, ManagerError> {
         let (m, id) = (self.clone(), id.to_owned());
         to_completion(async move { m.create_inner(&id, spec).await }).await
     }

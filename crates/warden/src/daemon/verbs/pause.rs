@@ -13,7 +13,10 @@ impl Manager {
         let (m, id) = (self.clone(), id.to_owned());
         to_completion(async move {
             let mut slot = m.lock_for(&id, Op::Pause).await?;
-            let vm = slot.vm.as_ref().ok_or(ManagerError::NotLive { id: id.clone() })?;
+            let vm = slot
+                .vm
+                .as_ref()
+                .ok_or(ManagerError::NotLive { id: id.clone() })?;
             vm.pause().await?;
             slot.rec.state = VmState::Paused;
             m.put(&mut slot.rec).await?;
@@ -27,7 +30,10 @@ impl Manager {
         let (m, id) = (self.clone(), id.to_owned());
         to_completion(async move {
             let mut slot = m.lock_for(&id, Op::Resume).await?;
-            let vm = slot.vm.as_ref().ok_or(ManagerError::NotLive { id: id.clone() })?;
+            let vm = slot
+                .vm
+                .as_ref()
+                .ok_or(ManagerError::NotLive { id: id.clone() })?;
             vm.resume().await?;
             slot.rec.state = VmState::Running;
             m.put(&mut slot.rec).await?;
