@@ -123,28 +123,20 @@ impl RunArgs {
         };
         let guest = match &self.guest_ip {
             None => None,
-            Some(cidr) => {
-                let (a, p) = cidr.split_once('/').unwrap_or((cidr, "24"));
-                let address: std::net::Ipv4Addr = a.parse().map_err(|_| {
-                    anyhow::anyhow!("invalid --guest-ip {cidr:?}: use A.B.C.D/PREFIX")
-                })?;
-                let prefix_len: u8 =
-                    p.parse()
-                        .ok()
-                        .filter(|p| (8..=30).contains(p))
-                        .ok_or_else(|| {
-                            anyhow::anyhow!(
-                                "invalid --guest-ip {cidr:?}: the prefix must be 8 to 30"
-                            )
-                        })?;
-                let mask = u32::MAX << (32 - u32::from(prefix_len));
-                let gateway = self
-                    .gateway
-                    .unwrap_or(((u32::from(address) & mask) + 1).into());
+            Some(arg) => {
+                // A bare address is a /24.
+                let written = if arg.contains('/') {
+                    arg.clone()
+                } else {
+                    format!("{arg}/24")
+                };
+                let cidr: jail::net::Ipv4Cidr = written
+                    .parse()
+                    .map_err(|why| anyhow::anyhow!("invalid --guest-ip {arg:?}: {why}"))?;
                 Some(jail::net::GuestAddr {
-                    address,
-                    gateway,
-                    prefix_len,
+                    address: cidr.address,
+                    gateway: self.gateway.unwrap_or(cidr.first_host()),
+                    prefix_len: cidr.prefix_len,
                 })
             }
         };

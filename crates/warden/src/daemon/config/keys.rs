@@ -359,11 +359,7 @@ pub const KEYS: &[KeyDef] = &[
         kind: Kind::String,
         set: |c, r| {
             let v = text(r)?;
-            (!v.is_empty()
-                && v.len() <= 15
-                && v.chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_'))
-            .then(|| c.bridge = v.to_owned())
+            jail::net::valid_ifname(v).then(|| c.bridge = v.to_owned())
         },
         get: |c| Shown::Str(c.bridge.clone()),
     },
@@ -377,7 +373,7 @@ pub const KEYS: &[KeyDef] = &[
         expected: "an IPv4 subnet in CIDR form with a prefix of 8 to 30 (e.g. 172.31.0.0/16)",
         secret: false,
         kind: Kind::String,
-        set: |c, r| parse_cidr(text(r)?).map(|v| c.address_pool = v),
+        set: |c, r| parse_subnet(r).map(|v| c.address_pool = v),
         get: |c| Shown::Str(format!("{}/{}", c.address_pool.0, c.address_pool.1)),
     },
     KeyDef {

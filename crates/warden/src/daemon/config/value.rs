@@ -48,7 +48,10 @@ pub(super) fn parse_u64(raw: &Raw) -> Option<u64> {
 }
 
 pub(super) fn parse_id(raw: &Raw) -> Option<u32> {
-    text(raw)?.parse().ok().filter(|&id| id != 0)
+    text(raw)?
+        .parse()
+        .ok()
+        .filter(|&id| jail::spec::valid_jail_id(id))
 }
 
 pub(super) fn parse_id_range(raw: &Raw) -> Option<Option<(u32, u32)>> {
@@ -57,8 +60,8 @@ pub(super) fn parse_id_range(raw: &Raw) -> Option<Option<(u32, u32)>> {
         return Some(None);
     }
     let (a, b) = s.split_once('-')?;
-    let (a, b): (u32, u32) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
-    (1000 <= a && a <= b && b < i32::MAX as u32).then_some(Some((a, b)))
+    let range: (u32, u32) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    jail::spec::valid_id_range(range).then_some(Some(range))
 }
 
 pub(super) fn abs_path(s: &str) -> Option<PathBuf> {
@@ -66,16 +69,10 @@ pub(super) fn abs_path(s: &str) -> Option<PathBuf> {
     p.is_absolute().then(|| p.to_path_buf())
 }
 
-pub(super) fn parse_cidr(s: &str) -> Option<(std::net::Ipv4Addr, u8)> {
-    let (addr, prefix) = s.split_once('/')?;
-    let addr: std::net::Ipv4Addr = addr.parse().ok()?;
-    let prefix: u8 = prefix.parse().ok()?;
-    if !(8..=30).contains(&prefix) {
-        return None;
-    }
-    // The network address itself.
-    let mask = u32::MAX << (32 - u32::from(prefix));
-    Some((std::net::Ipv4Addr::from(u32::from(addr) & mask), prefix))
+/// A subnet, as its network address and prefix length.
+pub(super) fn parse_subnet(raw: &Raw) -> Option<(std::net::Ipv4Addr, u8)> {
+    let cidr: jail::net::Ipv4Cidr = text(raw)?.parse().ok()?;
+    Some((cidr.network(), cidr.prefix_len))
 }
 
 pub(super) fn parse_words(raw: &Raw, ok: impl Fn(&str) -> bool) -> Option<Vec<String>> {
@@ -133,11 +130,7 @@ pub(super) fn parse_listen(raw: &Raw) -> Option<String> {
 
 pub(super) fn parse_cgroup_path(raw: &Raw) -> Option<String> {
     let s = text(raw)?;
-    let ok = !s.is_empty()
-        && s.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c));
-    ok.then(|| s.to_string())
+    jail::cgroup::valid_parent(s).then(|| s.to_string())
 }
 
 pub(super) fn path_shown(p: &Path) -> Shown {
