@@ -5,6 +5,7 @@ mod doctor;
 mod report;
 mod run;
 mod serve;
+mod settings;
 mod vm;
 
 use clap::{Parser, Subcommand};

@@ -87,6 +87,27 @@ impl Default for DoctorInput {
     }
 }
 
+impl DoctorInput {
+    /// What the daemon with this configuration would run: its binaries, chroot base, asset
+    /// folders, jail uid/gid or uid range, cgroup version and state directory, on the real
+    /// host paths. `warden serve` checks this at start; `warden doctor` checks it for the same
+    /// configuration (`--config`, the environment, the setting flags).
+    pub fn from_config(cfg: &crate::daemon::config::DaemonConfig) -> Self {
+        Self {
+            jailer_binary: cfg.jailer_binary.clone(),
+            firecracker_binary: cfg.firecracker_binary.clone(),
+            chroot_base_dir: cfg.chroot_dir.clone(),
+            asset_dirs: cfg.asset_dirs.clone(),
+            uid: cfg.jailer_uid,
+            gid: cfg.jailer_gid,
+            state_dir: Some(cfg.state_dir.clone()),
+            cgroup_version: cfg.cgroup_version,
+            id_range: cfg.jail_id_range,
+            ..Self::default()
+        }
+    }
+}
+
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -33,7 +33,42 @@ impl KeyDef {
     pub fn env_names(&self) -> [String; 2] {
         ENV_PREFIXES.map(|p| format!("{p}{}", self.env))
     }
+
+    /// Earlier names of this key, still accepted in the file, as [`Sources::flags`] keys and
+    /// (spelled `--old-name`) as flags.
+    ///
+    /// [`Sources::flags`]: super::Sources::flags
+    pub fn old_keys(&self) -> impl Iterator<Item = &'static str> + '_ {
+        RENAMED
+            .iter()
+            .filter(move |(_, new)| *new == self.key)
+            .map(|(old, _)| *old)
+    }
+
+    /// Whether the value is a boolean (a bare flag means `true`).
+    pub fn is_bool(&self) -> bool {
+        self.kind == Kind::Bool
+    }
+
+    /// Whether the value is a list (comma-separated outside the file).
+    pub fn is_list(&self) -> bool {
+        self.kind == Kind::StringList
+    }
+
+    /// A placeholder for the value in `--help`: `BOOL`, `N`, `LIST` or `VALUE`.
+    pub fn value_name(&self) -> &'static str {
+        match self.kind {
+            Kind::Bool => "BOOL",
+            Kind::Integer => "N",
+            Kind::StringList => "LIST",
+            Kind::String | Kind::IntegerOrString => "VALUE",
+        }
+    }
 }
+
+/// Keys that were renamed, as (old, new): the old name keeps working so existing
+/// configuration files and scripts do.
+pub const RENAMED: &[(&str, &str)] = &[("chroot_dir", "chroot_base")];
 
 /// Every setting, in documentation order. Parsing, `--print-config` and
 /// `docs/configuration.md` all come from this table.
@@ -155,10 +190,12 @@ pub const KEYS: &[KeyDef] = &[
         },
     },
     KeyDef {
-        key: "chroot_dir",
+        key: "chroot_base",
         env: "JAILER_CHROOT_DIR",
-        flag: Some("--chroot-dir"),
-        doc: "Base directory of the jails (the jailer's `--chroot-base-dir`).",
+        flag: Some("--chroot-base"),
+        doc: "Base directory of the jails (the jailer's `--chroot-base-dir`). Was `chroot_dir` \
+              (`--chroot-dir`), still accepted; the environment keeps the seed's \
+              `JAILER_CHROOT_DIR`.",
         default: "`/srv/jailer`",
         expected: "an absolute path (e.g. /srv/jailer)",
         secret: false,
@@ -572,7 +609,11 @@ pub const KEYS: &[KeyDef] = &[
     },
 ];
 
-/// The definition of a key.
+/// The definition of a key, by its name or an old name (see [`RENAMED`]).
 pub fn key_def(key: &str) -> Option<&'static KeyDef> {
+    let key = RENAMED
+        .iter()
+        .find(|(old, _)| *old == key)
+        .map_or(key, |(_, new)| new);
     KEYS.iter().find(|d| d.key == key)
 }

@@ -71,6 +71,14 @@ pub fn load(sources: &Sources) -> Result<Effective, ConfigError> {
                 key: key.clone(),
                 path: path.clone(),
             })?;
+            if def.key != key && table.contains_key(def.key) {
+                return Err(ConfigError::Conflict(format!(
+                    "{} sets both {key} and {}, its new name; keep only {}",
+                    path.display(),
+                    def.key,
+                    def.key
+                )));
+            }
             let here = Origin::File(path.clone());
             let shown = value.to_string();
             let Some(raw) = raw_from_toml(def.kind, value) else {

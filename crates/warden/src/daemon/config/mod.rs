@@ -31,7 +31,7 @@ mod load;
 mod render;
 mod value;
 
-pub use keys::{key_def, KeyDef, KEYS};
+pub use keys::{key_def, KeyDef, KEYS, RENAMED};
 pub use load::load;
 pub use render::reference_markdown;
 #[cfg(test)]
@@ -76,7 +76,8 @@ impl LogFormat {
 
 pub use crate::vm::jailer::DEFAULT_JAIL_ID_RANGE;
 
-/// The effective configuration of `warden serve`. Field names are the TOML keys.
+/// The effective configuration of `warden serve`. Field names are the TOML keys, but for
+/// `chroot_dir`, whose key is now `chroot_base` (the old key is still accepted).
 #[derive(Clone, PartialEq)]
 pub struct DaemonConfig {
     /// VM backend; only `firecracker` exists.

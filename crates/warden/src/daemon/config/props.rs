@@ -127,7 +127,7 @@ fn valid_text(key: &str) -> BoxedStrategy<String> {
         "jailer_enabled" | "require_jailer" | "netns" | "pidns" | "stop_vms_on_exit" => {
             words(vec!["true", "false", "1", "0", "yes", "no", "TRUE", " No "])
         }
-        "jailer_binary" | "firecracker_binary" | "chroot_dir" | "unix_socket" | "state_dir" => {
+        "jailer_binary" | "firecracker_binary" | "chroot_base" | "unix_socket" | "state_dir" => {
             "/[a-z0-9._/ -]{0,12}".boxed()
         }
         "jailer_uid" | "jailer_gid" | "cpu_quota_percent" => num(1..=u64::from(u32::MAX)),

@@ -105,8 +105,11 @@ pub fn reference_markdown() -> String {
     for d in KEYS {
         let [old, new] = d.env_names();
         out.push_str(&format!(
-            "| `{}` | `{old}`<br>`{new}` | {} | {} | {} | {} |\n",
+            "| `{}`{} | `{old}`<br>`{new}` | {} | {} | {} | {} |\n",
             d.key,
+            d.old_keys()
+                .map(|k| format!("<br>(was `{k}`)"))
+                .collect::<String>(),
             d.flag.map_or_else(|| "none".into(), |f| format!("`{f}`")),
             md_cell(d.default),
             md_cell(d.expected),

@@ -129,7 +129,7 @@ const SAMPLES: &[(&str, &str, &str)] = &[
     ("firecracker_binary", "/opt/fc", "\"/opt/fc\""),
     ("jailer_uid", "1234", "1234"),
     ("jailer_gid", "4321", "4321"),
-    ("chroot_dir", "/tmp/jails", "\"/tmp/jails\""),
+    ("chroot_base", "/tmp/jails", "\"/tmp/jails\""),
     ("netns", "1", "true"),
     ("pidns", "False", "false"),
     ("memory_limit_bytes", "268435456", "268435456"),
@@ -582,5 +582,50 @@ fn docs_configuration_md_matches_the_code() {
         expected,
         "{} is out of date with KEYS; rerun this test with WARDEN_BLESS_DOCS=1 to rewrite it",
         path.display()
+    );
+}
+
+#[test]
+fn the_old_chroot_dir_key_still_works_in_the_file_and_as_a_flag_key() {
+    let (_dir, path) = write_file("chroot_dir = \"/tmp/old-jails\"\n");
+    let e = load(&Sources {
+        file: Some(path.clone()),
+        ..Sources::default()
+    })
+    .unwrap();
+    assert_eq!(e.config.chroot_dir, Path::new("/tmp/old-jails"));
+    assert_eq!(e.origin["chroot_base"], Origin::File(path));
+    assert!(e.render().contains("chroot_base = \"/tmp/old-jails\""));
+
+    let e = load(&Sources {
+        flags: vec![("chroot_dir", "/tmp/flagged".into())],
+        ..Sources::default()
+    })
+    .unwrap();
+    assert_eq!(e.config.chroot_dir, Path::new("/tmp/flagged"));
+    assert_eq!(
+        e.origin["chroot_base"],
+        Origin::Flag("--chroot-base".into())
+    );
+
+    // The seed's variable is the key's own.
+    let e = load_env(&[("UNKEY_METALD_JAILER_CHROOT_DIR", "/tmp/seed")]).unwrap();
+    assert_eq!(e.config.chroot_dir, Path::new("/tmp/seed"));
+}
+
+#[test]
+fn a_file_with_both_the_old_and_the_new_name_of_a_key_is_refused() {
+    let (_dir, path) = write_file("chroot_dir = \"/a\"\nchroot_base = \"/b\"\n");
+    let err = load(&Sources {
+        file: Some(path),
+        ..Sources::default()
+    })
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, ConfigError::Conflict(_))
+            && text.contains("chroot_dir")
+            && text.contains("keep only chroot_base"),
+        "{text}"
     );
 }
