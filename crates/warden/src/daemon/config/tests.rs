@@ -565,7 +565,7 @@ fn helpers_for_the_daemon() {
     assert_eq!(c.memory_limit_mb(256), Some(u32::MAX));
 }
 
-const MARKER: &str = "<!-- Generated from crates/warden/src/daemon/config.rs (KEYS); do not edit below this line. -->\n";
+const MARKER: &str = "<!-- Generated from crates/warden/src/daemon/config/keys.rs (KEYS); do not edit below this line. -->\n";
 
 #[test]
 fn docs_configuration_md_matches_the_code() {
