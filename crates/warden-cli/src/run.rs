@@ -96,11 +96,13 @@ pub struct RunArgs {
     /// Most tasks in the VM's cgroup.
     #[arg(long, default_value_t = 1024)]
     pids_max: u64,
-    /// Jailer binary (default: target/assets, then /usr/local/bin).
-    #[arg(long, alias = "jailer", env = "WARDEN_JAILER_BINARY")]
+    /// Jailer binary (default: found by `warden::assets`: $WARDEN_JAILER_BINARY, the asset
+    /// folder, /usr/local/bin, /usr/bin).
+    #[arg(long, alias = "jailer")]
     jailer_binary: Option<PathBuf>,
-    /// Firecracker binary (default: target/assets, then /usr/local/bin).
-    #[arg(long, alias = "firecracker", env = "WARDEN_FIRECRACKER_BINARY")]
+    /// Firecracker binary (default: found by `warden::assets`: $WARDEN_FIRECRACKER_BINARY, the
+    /// asset folder, /usr/local/bin, /usr/bin).
+    #[arg(long, alias = "firecracker")]
     firecracker_binary: Option<PathBuf>,
 }
 
