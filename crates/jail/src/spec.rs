@@ -112,6 +112,18 @@ pub fn valid_id_range((first, last): (u32, u32)) -> bool {
     1000 <= first && first <= last && last < i32::MAX as u32
 }
 
+/// A uid range as written in configuration: `FIRST-LAST` (checked by [`valid_id_range`]), or
+/// `off` (`None`: every VM runs as one configured uid).
+pub fn parse_id_range(s: &str) -> Option<Option<(u32, u32)>> {
+    let s = s.trim();
+    if s == "off" {
+        return Some(None);
+    }
+    let (a, b) = s.split_once('-')?;
+    let range: (u32, u32) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    valid_id_range(range).then_some(Some(range))
+}
+
 impl SpecError {
     /// Builds an error for `field`.
     pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
@@ -184,6 +196,11 @@ mod tests {
         assert!(valid_id_range((1000, 1000)) && valid_id_range((1_900_000_000, 1_900_065_535)));
         for bad in [(999, 2000), (2000, 1000), (1000, i32::MAX as u32)] {
             assert!(!valid_id_range(bad), "{bad:?}");
+        }
+        assert_eq!(parse_id_range(" 2000 - 3000 "), Some(Some((2000, 3000))));
+        assert_eq!(parse_id_range("off"), Some(None));
+        for bad in ["", "2000", "3000-2000", "1-2000", "a-b", "Off"] {
+            assert_eq!(parse_id_range(bad), None, "{bad:?}");
         }
     }
 }

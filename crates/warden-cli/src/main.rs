@@ -170,6 +170,7 @@ mod tests {
                 "network_mode",
                 "bridge",
                 "require_jailer",
+                "jail_id_range",
             ] {
                 assert!(has(sub, key), "warden {sub} lacks {key}");
             }

@@ -46,6 +46,10 @@ pub struct RunArgs {
     /// 1900000000-1900065535 and released when it ends.
     #[arg(long, alias = "uid", requires = "jailer_gid")]
     jailer_uid: Option<u32>,
+    /// The range the VM's own uid/gid is leased from, `FIRST-LAST`, or `off` for the default
+    /// jail user (10000); ignored with --jailer-uid/--jailer-gid.
+    #[arg(long, value_name = "FIRST-LAST|off", conflicts_with = "jailer_uid")]
+    jail_id_range: Option<String>,
     /// Group the VM runs as (with --jailer-uid).
     #[arg(long, alias = "gid", requires = "jailer_uid")]
     jailer_gid: Option<u32>,
@@ -187,10 +191,16 @@ impl RunArgs {
             },
             memory_limit_mb: self.memory_limit,
             // With --jailer-uid/--jailer-gid the VM runs as exactly those.
-            uid_range: self
-                .jailer_uid
-                .is_none()
-                .then_some(warden::vm::jailer::DEFAULT_JAIL_ID_RANGE),
+            uid_range: match (&self.jailer_uid, &self.jail_id_range) {
+                (Some(_), _) => None,
+                (None, None) => Some(warden::vm::jailer::DEFAULT_JAIL_ID_RANGE),
+                (None, Some(r)) => jail::spec::parse_id_range(r).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "invalid --jail-id-range {r:?}: use FIRST-LAST with 1000 <= FIRST <= \
+                         LAST < 2147483647, or off"
+                    )
+                })?,
+            },
             serial: Serial::CaptureAndEcho,
             network: warden::vm::config::NetworkOptions {
                 mode: self.network_mode.unwrap_or(jail::net::NetMode::None),

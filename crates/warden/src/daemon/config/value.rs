@@ -55,13 +55,7 @@ pub(super) fn parse_id(raw: &Raw) -> Option<u32> {
 }
 
 pub(super) fn parse_id_range(raw: &Raw) -> Option<Option<(u32, u32)>> {
-    let s = text(raw)?.trim();
-    if s == "off" {
-        return Some(None);
-    }
-    let (a, b) = s.split_once('-')?;
-    let range: (u32, u32) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
-    jail::spec::valid_id_range(range).then_some(Some(range))
+    jail::spec::parse_id_range(text(raw)?)
 }
 
 pub(super) fn abs_path(s: &str) -> Option<PathBuf> {
