@@ -8,10 +8,14 @@
 //!
 //! `docs/configuration.md` is [`reference_markdown`] below a marker line; a unit test fails when
 //! the two differ (run the test with `WARDEN_BLESS_DOCS=1` to rewrite the document).
-
 //!
-//! The parts: [`keys`] is the table, `value` the parsers its entries use, [`load`] the
-//! precedence, `render` `--print-config` and the reference.
+//! The configuration of `warden gc` and `warden doctor` is the same: the CLI builds their flags
+//! from [`KEYS`] too, and [`crate::doctor::DoctorInput::from_config`] turns a loaded
+//! configuration into the host checks.
+//!
+//! The parts: `keys.rs` is the table, `value.rs` the parsers its entries use (the rules `jail`
+//! owns, such as uids, cgroup paths and subnets, are `jail`'s functions), `load.rs` the
+//! precedence, `render.rs` `--print-config` and the reference.
 
 use std::collections::BTreeMap;
 use std::fmt;
