@@ -20,6 +20,24 @@ pub const LOG_IN_JAIL: &str = "/firecracker.log";
 pub const OWNER_FILE: &str = "warden-owner.json";
 /// Where named network namespaces live (`ip netns` uses the same directory).
 pub const NETNS_DIR: &str = "/var/run/netns";
+/// Longest path the kernel accepts in a `sockaddr_un` (108 bytes including the trailing NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// An API socket path the kernel cannot bind: longer than [`MAX_SOCKET_PATH`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketPathTooLong {
+    /// The path as the host sees it.
+    pub path: PathBuf,
+    /// Its length in bytes.
+    pub len: usize,
+}
+
+impl SocketPathTooLong {
+    /// How many bytes too long it is.
+    pub fn excess(&self) -> usize {
+        self.len - MAX_SOCKET_PATH
+    }
+}
 
 /// The host paths of every VM of one configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +73,17 @@ impl Layout {
             hierarchy,
             netns_dir: PathBuf::from(NETNS_DIR),
         }
+    }
+
+    /// The API socket path of VM `id`, if the kernel can bind it (the one rule for socket path
+    /// length: plans refuse a longer one and `warden doctor` checks the longest id against it).
+    pub fn checked_socket_path(&self, id: &str) -> Result<PathBuf, SocketPathTooLong> {
+        let path = self.socket_path(id);
+        let len = path.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            return Err(SocketPathTooLong { path, len });
+        }
+        Ok(path)
     }
 
     /// `<base>/<exec-name>`: every jail of this layout is a directory in it.

@@ -15,7 +15,7 @@ use crate::cgroup::{CgroupVersion, Hierarchy, Setting};
 use crate::layout::Layout;
 pub use crate::layout::{LOG_IN_JAIL, SOCKET_IN_JAIL};
 use crate::spec::{JailSpec, SpecError};
-use crate::MAX_SOCKET_PATH;
+use crate::layout::MAX_SOCKET_PATH;
 
 /// How a file reaches the jail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,22 +130,19 @@ impl JailSpec {
         let id = self.id.as_str();
         let jail_dir = layout.jail_dir(id);
         let root_dir = layout.root_dir(id);
-        let socket_path = layout.socket_path(id);
-        let log_file = layout.log_file(id);
-        let pid_file = layout.pid_file(id);
-
-        let socket_len = socket_path.as_os_str().len();
-        if socket_len > MAX_SOCKET_PATH {
-            return Err(SpecError::new(
+        let socket_path = layout.checked_socket_path(id).map_err(|e| {
+            SpecError::new(
                 "chroot_base_dir",
                 format!(
                     "makes the API socket path {} bytes long ({}), over the kernel's limit of {MAX_SOCKET_PATH}; \
                      use a shorter chroot base directory or a shorter VM id",
-                    socket_len,
-                    socket_path.display()
+                    e.len,
+                    e.path.display()
                 ),
-            ));
-        }
+            )
+        })?;
+        let log_file = layout.log_file(id);
+        let pid_file = layout.pid_file(id);
 
         let (uid, gid) = if self.jailed {
             (self.uid, self.gid)
