@@ -386,4 +386,26 @@ mod tests {
         std::fs::create_dir_all(l.jails_dir().join("bad.name")).unwrap();
         assert_eq!(l.owned_jail_ids(), ["ours"]);
     }
+
+    #[test]
+    fn a_socket_path_fits_up_to_107_bytes_and_names_its_excess_beyond() {
+        let at = |base: &str| {
+            Layout::new(
+                base,
+                Path::new("/usr/bin/firecracker"),
+                "warden",
+                CgroupVersion::V1,
+                Hierarchy::empty(),
+            )
+        };
+        let id = "x".repeat(crate::id::MAX_LEN);
+        // A base "/bbb" adds its length plus one separator to "/firecracker/<id>/root/...".
+        let fixed = at("/").socket_path(&id).as_os_str().len();
+        let fits = "/".to_owned() + &"b".repeat(MAX_SOCKET_PATH - fixed - 1);
+        let path = at(&fits).checked_socket_path(&id).unwrap();
+        assert_eq!(path.as_os_str().len(), MAX_SOCKET_PATH);
+        let err = at(&format!("{fits}cc")).checked_socket_path(&id).unwrap_err();
+        assert_eq!((err.len, err.excess()), (MAX_SOCKET_PATH + 2, 2));
+        assert_eq!(err.path, at(&format!("{fits}cc")).socket_path(&id));
+    }
 }

@@ -125,6 +125,28 @@ impl JailSpec {
 
     /// Validates the spec and computes its plan against the host's cgroup hierarchy.
     pub fn plan(&self, hierarchy: &Hierarchy) -> Result<JailPlan, SpecError> {
+        self.plan_inner(hierarchy, None)
+    }
+
+    /// The same plan, with other arguments for Firecracker than the API socket and log file
+    /// (after the jailer's `--` when jailed): for a baseline that boots Firecracker from a
+    /// config file (`--no-api --config-file ...`) with exactly the jailer arguments warden uses.
+    pub fn plan_with_firecracker_args(
+        &self,
+        hierarchy: &Hierarchy,
+        firecracker_args: &[&str],
+    ) -> Result<JailPlan, SpecError> {
+        self.plan_inner(
+            hierarchy,
+            Some(firecracker_args.iter().map(|a| a.to_string()).collect()),
+        )
+    }
+
+    fn plan_inner(
+        &self,
+        hierarchy: &Hierarchy,
+        firecracker_args: Option<Vec<String>>,
+    ) -> Result<JailPlan, SpecError> {
         self.validate()?;
         let layout = self.layout(hierarchy);
         let id = self.id.as_str();
@@ -299,24 +321,31 @@ impl JailSpec {
             if self.new_pid_ns {
                 a.push("--new-pid-ns".into());
             }
-            a.extend([
-                "--".into(),
-                "--api-sock".into(),
-                SOCKET_IN_JAIL.into(),
-                "--log-path".into(),
-                LOG_IN_JAIL.into(),
-            ]);
+            a.push("--".into());
+            a.extend(firecracker_args.unwrap_or_else(|| {
+                vec![
+                    "--api-sock".into(),
+                    SOCKET_IN_JAIL.into(),
+                    "--log-path".into(),
+                    LOG_IN_JAIL.into(),
+                ]
+            }));
             a
         } else {
-            vec![
+            let mut a = vec![
                 self.exec_file.display().to_string(),
                 "--id".into(),
                 self.id.to_string(),
-                "--api-sock".into(),
-                socket_path.display().to_string(),
-                "--log-path".into(),
-                log_file.display().to_string(),
-            ]
+            ];
+            a.extend(firecracker_args.unwrap_or_else(|| {
+                vec![
+                    "--api-sock".into(),
+                    socket_path.display().to_string(),
+                    "--log-path".into(),
+                    log_file.display().to_string(),
+                ]
+            }));
+            a
         };
 
         Ok(JailPlan {
@@ -600,5 +629,33 @@ mod tests {
             Path::new("/srv/jailer/firecracker/vm-golden/root/kernel")
         );
         assert!(!plan.new_pid_ns);
+    }
+
+    #[test]
+    fn other_firecracker_args_replace_only_what_follows_the_jailers_separator() {
+        let k = kernel();
+        let h = Hierarchy::parse(crate::cgroup::tests_support::HYBRID_MOUNTS).unwrap();
+        let s = spec(CgroupVersion::V1, k.path());
+        let api = s.plan(&h).unwrap();
+        let args = ["--no-api", "--config-file", "/vm.json"];
+        let own = s.plan_with_firecracker_args(&h, &args).unwrap();
+        let sep = api.argv.iter().position(|a| a == "--").unwrap();
+        assert_eq!(own.argv[..=sep], api.argv[..=sep]);
+        assert_eq!(own.argv[sep + 1..], args);
+        assert_eq!(own.cgroup_dirs, api.cgroup_dirs);
+        let mut unjailed = s.clone();
+        unjailed.jailed = false;
+        let own = unjailed.plan_with_firecracker_args(&h, &args).unwrap();
+        assert_eq!(
+            own.argv,
+            [
+                "/usr/local/bin/firecracker",
+                "--id",
+                "vm-golden",
+                "--no-api",
+                "--config-file",
+                "/vm.json"
+            ]
+        );
     }
 }
