@@ -404,7 +404,9 @@ mod tests {
         let fits = "/".to_owned() + &"b".repeat(MAX_SOCKET_PATH - fixed - 1);
         let path = at(&fits).checked_socket_path(&id).unwrap();
         assert_eq!(path.as_os_str().len(), MAX_SOCKET_PATH);
-        let err = at(&format!("{fits}cc")).checked_socket_path(&id).unwrap_err();
+        let err = at(&format!("{fits}cc"))
+            .checked_socket_path(&id)
+            .unwrap_err();
         assert_eq!((err.len, err.excess()), (MAX_SOCKET_PATH + 2, 2));
         assert_eq!(err.path, at(&format!("{fits}cc")).socket_path(&id));
     }

@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::proc;
 use crate::plan::JailPlan;
+use crate::proc;
 
 /// The default registry directory.
 pub const REGISTRY_DIR: &str = "/run/warden/vms";

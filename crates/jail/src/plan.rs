@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::cgroup::{CgroupVersion, Hierarchy, Setting};
 use crate::layout::Layout;
+use crate::layout::MAX_SOCKET_PATH;
 pub use crate::layout::{LOG_IN_JAIL, SOCKET_IN_JAIL};
 use crate::spec::{JailSpec, SpecError};
-use crate::layout::MAX_SOCKET_PATH;
 
 /// How a file reaches the jail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

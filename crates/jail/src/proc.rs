@@ -276,7 +276,10 @@ mod tests {
 
     /// A stat line as the kernel writes it, with `comm` and the start time given.
     fn stat_line(pid: u32, comm: &str, state: char, ppid: u32, start: u64) -> String {
-        let mid = (5..=21).map(|i| i.to_string()).collect::<Vec<_>>().join(" ");
+        let mid = (5..=21)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(" ");
         format!("{pid} ({comm}) {state} {ppid} {mid} {start} 1234 56 18446744073709551615\n")
     }
 

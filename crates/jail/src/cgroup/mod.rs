@@ -604,7 +604,10 @@ mod tests {
         std::fs::write(v1.join("cgroup.procs"), format!("{}\n", child.id())).unwrap();
         // The fake procs file never empties: the wait ends at the deadline.
         kill_tasks(&[v2.clone(), v1], Duration::from_millis(50));
-        assert_eq!(std::fs::read_to_string(v2.join("cgroup.kill")).unwrap(), "1");
+        assert_eq!(
+            std::fs::read_to_string(v2.join("cgroup.kill")).unwrap(),
+            "1"
+        );
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
     }
