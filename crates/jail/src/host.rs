@@ -65,7 +65,7 @@ impl Host for RealHost {
     }
 
     fn kill_process(&self, p: ProcessRef) {
-        let proc_root = Path::new("/proc");
+        let proc_root = Path::new(crate::proc::PROC);
         if !crate::proc::is_running(proc_root, p.pid, p.start_time) {
             return;
         }
@@ -82,7 +82,7 @@ impl Host for RealHost {
     }
 
     fn is_running(&self, p: ProcessRef) -> bool {
-        crate::proc::is_running(Path::new("/proc"), p.pid, p.start_time)
+        crate::proc::is_running(Path::new(crate::proc::PROC), p.pid, p.start_time)
     }
 }
 

@@ -155,13 +155,11 @@ pub fn note_uid_sharing(report: &mut IsolationReport, proc_root: &Path, pid: u32
 /// Other processes (not `pid`) whose effective uid is `uid`: the owner of `/proc/<pid>` is the
 /// process's effective uid.
 pub fn uid_sharers(proc_root: &Path, uid: u32, pid: u32) -> Vec<u32> {
-    let mut out: Vec<u32> = std::fs::read_dir(proc_root)
+    let mut out: Vec<u32> = crate::proc::pids(proc_root)
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let p: u32 = e.file_name().to_str()?.parse().ok()?;
-            (p != pid && e.metadata().ok()?.uid() == uid).then_some(p)
+        .filter(|&p| {
+            p != pid
+                && std::fs::metadata(crate::proc::dir(proc_root, p)).is_ok_and(|m| m.uid() == uid)
         })
         .collect();
     out.sort_unstable();

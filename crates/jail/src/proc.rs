@@ -270,6 +270,35 @@ pub fn meminfo_kib(proc_root: &Path, key: &str) -> Option<u64> {
     })
 }
 
+/// A numeric kernel setting, `<proc_root>/sys/kernel/<name>` (`pid_max`, `threads-max`).
+pub fn kernel_u64(proc_root: &Path, name: &str) -> Option<u64> {
+    std::fs::read_to_string(proc_root.join("sys/kernel").join(name))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// How many tasks (threads) exist on the host now: the `running/total` field of `loadavg`.
+pub fn task_count(proc_root: &Path) -> Option<u64> {
+    std::fs::read_to_string(proc_root.join("loadavg"))
+        .ok()?
+        .split_whitespace()
+        .nth(3)?
+        .split('/')
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The first CPU's `model name` in `<proc_root>/cpuinfo`.
+pub fn cpu_model(proc_root: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(proc_root.join("cpuinfo")).ok()?;
+    text.lines()
+        .find(|l| l.starts_with("model name"))
+        .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,6 +348,14 @@ mod tests {
         std::fs::write(
             p.join("stat"),
             "cpu  100 2 30 1000 50 0 8 0 0 0\ncpu0 100 2 30 1000 50 0 8 0 0 0\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(p.join("sys/kernel")).unwrap();
+        std::fs::write(p.join("sys/kernel/pid_max"), "4194304\n").unwrap();
+        std::fs::write(p.join("loadavg"), "0.50 0.40 0.30 2/345 6789\n").unwrap();
+        std::fs::write(
+            p.join("cpuinfo"),
+            "processor\t: 0\nmodel name\t: AMD EPYC 7B13\n",
         )
         .unwrap();
         std::fs::write(
@@ -394,7 +431,7 @@ mod tests {
     }
 
     #[test]
-    fn cmdline_pids_cpu_and_memory() {
+    fn cmdline_pids_cpu_memory_and_kernel_limits() {
         let root = fake_proc();
         assert_eq!(
             cmdline(root.path(), 42).unwrap(),
@@ -407,6 +444,10 @@ mod tests {
         assert_eq!((t.total, t.idle, t.busy()), (1190, 1050, 140));
         assert_eq!(meminfo_kib(root.path(), "MemAvailable"), Some(8_000_000));
         assert_eq!(meminfo_kib(root.path(), "Nope"), None);
+        assert_eq!(kernel_u64(root.path(), "pid_max"), Some(4_194_304));
+        assert_eq!(kernel_u64(root.path(), "threads-max"), None);
+        assert_eq!(task_count(root.path()), Some(345));
+        assert_eq!(cpu_model(root.path()).as_deref(), Some("AMD EPYC 7B13"));
     }
 
     #[test]
