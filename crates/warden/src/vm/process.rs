@@ -5,7 +5,9 @@
 //! status, OOM kills from the cgroup, or our own stop), keeps the tail of Firecracker's output,
 //! and then removes the jail and its cgroups: the same cleanup for a guest power-off, a stop, a
 //! crash or a kill from outside. Dropping the handle without stopping kills the VM and cleans
-//! up synchronously, so nothing outlives its owner.
+//! up synchronously, so nothing outlives its owner. Why it ended is decided by
+//! [`super::exit::classify`]; the console and output buffers are [`super::console`]'s, and the
+//! pidfd system calls [`super::pidfd`]'s.
 //!
 //! With `--new-pid-ns` the jailer forks Firecracker and exits; Firecracker would be reparented
 //! to init and its exit status lost, so we become a child subreaper first
