@@ -164,6 +164,14 @@ pub enum RegistryError {
         /// The cause.
         source: io::Error,
     },
+    /// A record is not the JSON of an owner record (a foreign or damaged file).
+    #[error("cannot parse the owner record {path}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: serde_json::Error,
+    },
 }
 
 /// The host-wide directory of owner records.
@@ -277,11 +285,7 @@ impl Registry {
         match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
-                .map_err(|e| RegistryError::Io {
-                    action: "parse",
-                    path,
-                    source: io::Error::new(io::ErrorKind::InvalidData, e),
-                }),
+                .map_err(|source| RegistryError::Parse { path, source }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(RegistryError::Io {
                 action: "read",

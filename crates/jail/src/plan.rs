@@ -28,6 +28,22 @@ pub enum StageMethod {
     Copy,
 }
 
+impl StageMethod {
+    /// The name, as in plan JSON and on the API: `hard-link` or `copy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HardLink => "hard-link",
+            Self::Copy => "copy",
+        }
+    }
+}
+
+impl std::fmt::Display for StageMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One file placed in the jail.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StagedFile {
@@ -657,5 +673,15 @@ mod tests {
                 "/vm.json"
             ]
         );
+    }
+
+    #[test]
+    fn stage_methods_have_one_name_in_json_and_on_the_api() {
+        for m in [StageMethod::HardLink, StageMethod::Copy] {
+            assert_eq!(
+                serde_json::to_string(&m).unwrap(),
+                format!("\"{}\"", m.as_str())
+            );
+        }
     }
 }

@@ -15,7 +15,7 @@ pub struct ManagerService(pub Arc<Manager>);
 
 impl From<ManagerError> for ApiError {
     fn from(e: ManagerError) -> Self {
-        let code = match e.code {
+        let code = match e.code() {
             ErrorCode::InvalidArgument => Code::InvalidArgument,
             ErrorCode::NotFound => Code::NotFound,
             ErrorCode::AlreadyExists => Code::AlreadyExists,
@@ -23,7 +23,7 @@ impl From<ManagerError> for ApiError {
             ErrorCode::ResourceExhausted => Code::ResourceExhausted,
             ErrorCode::Internal => Code::Internal,
         };
-        ApiError::new(code, e.message)
+        ApiError::new(code, e.chain())
     }
 }
 
@@ -41,22 +41,22 @@ pub fn state_to_pb(s: VmState) -> pb::VmState {
     }
 }
 
-fn limiter_from_pb(r: Option<pb::RateLimiter>) -> Option<firecracker_api::RateLimiter> {
+fn limiter_from_pb(r: Option<pb::RateLimiter>) -> Option<warden::RateLimiter> {
     let bucket = |b: Option<pb::TokenBucket>| {
-        b.map(|b| firecracker_api::TokenBucket {
+        b.map(|b| warden::TokenBucket {
             size: b.size,
             one_time_burst: (b.one_time_burst > 0).then_some(b.one_time_burst),
             refill_time: b.refill_time_ms,
         })
     };
-    r.map(|r| firecracker_api::RateLimiter {
+    r.map(|r| warden::RateLimiter {
         bandwidth: bucket(r.bandwidth),
         ops: bucket(r.ops),
     })
 }
 
-fn limiter_to_pb(r: &Option<firecracker_api::RateLimiter>) -> Option<pb::RateLimiter> {
-    let bucket = |b: &Option<firecracker_api::TokenBucket>| {
+fn limiter_to_pb(r: &Option<warden::RateLimiter>) -> Option<pb::RateLimiter> {
+    let bucket = |b: &Option<warden::TokenBucket>| {
         b.as_ref().map(|b| pb::TokenBucket {
             size: b.size,
             one_time_burst: b.one_time_burst.unwrap_or(0),
@@ -174,7 +174,7 @@ pub fn info_to_pb(v: &VmInfo) -> pb::VmInfo {
                     .map(|f| pb::StagedAsset {
                         source: f.source.display().to_string(),
                         path_in_jail: f.path_in_jail.display().to_string(),
-                        method: format!("{:?}", f.method).to_lowercase(),
+                        method: f.method.as_str().into(),
                         writable: f.writable,
                     })
                     .collect()
@@ -191,7 +191,7 @@ pub fn info_to_pb(v: &VmInfo) -> pb::VmInfo {
             net_ns: Some(layer(&i.net_ns)),
         }),
         exit: r.exit.as_ref().map(|e| pb::ExitInfo {
-            reason: e.reason.clone(),
+            reason: e.reason.as_str().into(),
             detail: e.detail.clone(),
             at_unix_ms: e.at_unix_ms,
         }),

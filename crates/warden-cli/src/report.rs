@@ -85,7 +85,7 @@ pub fn plan(p: &JailPlan) -> String {
     s.push_str("staged files:\n");
     for f in &p.staged {
         s.push_str(&format!(
-            "  {} -> {} ({:?}, {}:{} {:04o}, {}) from {}\n",
+            "  {} -> {} ({}, {}:{} {:04o}, {}) from {}\n",
             f.path_in_jail.display(),
             f.dest.display(),
             f.method,

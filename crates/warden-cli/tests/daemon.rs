@@ -207,10 +207,10 @@ async fn every_lifecycle_call_and_the_transitions_it_forbids() {
 
     boot(&c, id.clone()).await;
     let info = vm_info(&c, id.clone()).await;
-    let fc = firecracker_api::Client::new(&info.socket_path);
+    let fc = warden::firecracker_api::Client::new(&info.socket_path);
     assert_eq!(
         fc.instance_info().await.unwrap().state,
-        firecracker_api::InstanceState::Running
+        warden::firecracker_api::InstanceState::Running
     );
 
     let err = c
@@ -231,7 +231,7 @@ async fn every_lifecycle_call_and_the_transitions_it_forbids() {
     assert_eq!(r.state, state(pb::VmState::Paused));
     assert_eq!(
         fc.instance_info().await.unwrap().state,
-        firecracker_api::InstanceState::Paused
+        warden::firecracker_api::InstanceState::Paused
     );
     let r = c
         .resume_vm(pb::ResumeVmRequest { vm_id: id.clone() })
@@ -240,7 +240,7 @@ async fn every_lifecycle_call_and_the_transitions_it_forbids() {
     assert_eq!(r.state, state(pb::VmState::Running));
     assert_eq!(
         fc.instance_info().await.unwrap().state,
-        firecracker_api::InstanceState::Running
+        warden::firecracker_api::InstanceState::Running
     );
 
     let old_pid = info.pid;

@@ -65,6 +65,18 @@ pub enum Error {
         /// The API error, with Firecracker's fault_message (boxed: it is large).
         source: Box<firecracker_api::Error>,
     },
+    /// A running VM's API socket did not answer (at re-attach).
+    #[error("VM {vm_id} (pid {pid}) does not answer on its API socket {}", socket.display())]
+    Unresponsive {
+        /// The VM.
+        vm_id: String,
+        /// Its Firecracker.
+        pid: u32,
+        /// The socket probed.
+        socket: PathBuf,
+        /// What the probe got.
+        source: Box<firecracker_api::Error>,
+    },
     /// Talking to a running VM's API failed.
     #[error(transparent)]
     Api(Box<firecracker_api::Error>),

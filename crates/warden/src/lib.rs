@@ -35,7 +35,13 @@ mod error;
 pub mod vm;
 
 pub use error::Error;
+// Every type the library's public API uses, so callers need no direct dependency on `jail` or
+// `firecracker-api` (the crates stay reachable as `warden::jail` and `warden::firecracker_api`).
+pub use firecracker_api::{self, RateLimiter, TokenBucket};
+pub use jail::cgroup::{CgroupError, CgroupStats};
 pub use jail::inspect::{IsolationReport, Layer};
-// Types the library's public API uses, so callers need no direct dependency on `jail`.
 pub use jail::net::{GuestAddr, NetMode};
+pub use jail::owner::RegistryError;
+pub use jail::plan::StageMethod;
+pub use jail::{self, ApplyError, RemoveError, SpecError, StagedFile};
 pub use jail::{CgroupVersion, JailPlan, Owner, Registry, ResourceLimits};

@@ -2,11 +2,19 @@
 //! manager that runs VMs through the library, recovery after a restart, and metrics. Transports
 //! (Connect, gRPC, the CLI) call the manager; they never call each other.
 
+mod cleanup;
 pub mod config;
+pub mod error;
 pub mod manager;
 pub mod metrics;
+mod pool;
 mod recovery;
+mod spec;
 pub mod state;
 pub mod store;
+mod uids;
+mod verbs;
+mod watch;
 
-pub use manager::{ErrorCode, Manager, ManagerError, VmInfo};
+pub use error::{api_field, ErrorCode, FieldOwner, ManagerError};
+pub use manager::{Manager, VmInfo};

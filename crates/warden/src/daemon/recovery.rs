@@ -22,25 +22,25 @@ use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
-use super::manager::{error_chain, exit_record, ErrorCode, Manager, ManagerError, Slot};
+use jail::error_chain;
+
+use super::error::ManagerError;
+use super::manager::{Manager, Slot};
 use super::state::VmState;
-use super::store::{now_ms, ExitRecord, VmRecord};
+use super::store::{now_ms, ExitCause, ExitRecord, VmRecord};
+use super::watch::exit_record;
 use crate::vm::{ExitReason, VmHandle};
 
 pub(crate) async fn recover(m: &Arc<Manager>) -> Result<(), ManagerError> {
-    let records = m
-        .store
-        .list()
-        .await
-        .map_err(|e| ManagerError::new(ErrorCode::Internal, error_chain(&e)))?;
+    let records = m.store.list().await?;
     let mut known = HashSet::new();
     for rec in records {
         known.insert(rec.id.clone());
         if let Some(a) = rec.address {
-            m.addresses.lock().unwrap().insert(u32::from(a));
+            m.addresses.mark(a);
         }
         if let Some(uid) = rec.uid {
-            m.uids.lock().unwrap().insert(uid);
+            m.uids.mark(uid);
         }
         let id = rec.id.clone();
         let slot = Arc::new(Mutex::new(Slot {
@@ -52,14 +52,13 @@ pub(crate) async fn recover(m: &Arc<Manager>) -> Result<(), ManagerError> {
         let mut slot = slot.lock().await;
         reconcile(m, &mut slot).await?;
     }
-    let uids: HashSet<u32> = m.uids.lock().unwrap().iter().copied().collect();
+    let uids = m.uids.held();
     let (m2, known) = (m.clone(), known);
     tokio::task::spawn_blocking(move || {
         remove_orphans(&m2, &known);
         release_stale_uids(&m2, &uids);
     })
-    .await
-    .map_err(|e| ManagerError::new(ErrorCode::Internal, format!("orphan scan failed: {e}")))?;
+    .await?;
     Ok(())
 }
 
@@ -129,7 +128,7 @@ async fn reconcile(m: &Manager, slot: &mut Slot) -> Result<(), ManagerError> {
             slot.rec.state = VmState::Failed;
             slot.rec.pid = None;
             slot.rec.exit = Some(ExitRecord {
-                reason: "daemon_restart".into(),
+                reason: ExitCause::DaemonRestart,
                 detail: format!("after the daemon restarted, its id was held by {owner}"),
                 at_unix_ms: now_ms(),
             });
@@ -142,7 +141,7 @@ async fn reconcile(m: &Manager, slot: &mut Slot) -> Result<(), ManagerError> {
                 return end(
                     m,
                     slot,
-                    "daemon_restart",
+                    ExitCause::DaemonRestart,
                     "no process was recorded for this VM",
                 )
                 .await;
@@ -167,7 +166,7 @@ async fn reconcile(m: &Manager, slot: &mut Slot) -> Result<(), ManagerError> {
                         return end(
                             m,
                             slot,
-                            "daemon_restart",
+                            ExitCause::DaemonRestart,
                             "its owner record could not be made again",
                         )
                         .await;
@@ -198,7 +197,7 @@ async fn reconcile(m: &Manager, slot: &mut Slot) -> Result<(), ManagerError> {
                     end(
                         m,
                         slot,
-                        "unresponsive",
+                        ExitCause::Unresponsive,
                         &format!(
                             "its API did not answer after the daemon restarted: {}",
                             error_chain(&e)
@@ -214,12 +213,12 @@ async fn reconcile(m: &Manager, slot: &mut Slot) -> Result<(), ManagerError> {
             // cgroups before it removes anything.
             let (reason, detail) = if slot.rec.state == VmState::Booting {
                 (
-                    "daemon_restart",
+                    ExitCause::DaemonRestart,
                     "the daemon stopped while this VM was booting; boot it again",
                 )
             } else {
                 (
-                    "stopped_by_api",
+                    ExitCause::StoppedByApi,
                     "the stop was finished after the daemon restarted",
                 )
             };
@@ -231,9 +230,7 @@ async fn reconcile(m: &Manager, slot: &mut Slot) -> Result<(), ManagerError> {
 
 async fn record_exit(m: &Manager, slot: &mut Slot) -> Result<(), ManagerError> {
     let rec = slot.rec.clone();
-    let record = tokio::task::spawn_blocking(move || died_while_down(&rec))
-        .await
-        .map_err(|e| ManagerError::new(ErrorCode::Internal, e.to_string()))?;
+    let record = tokio::task::spawn_blocking(move || died_while_down(&rec)).await?;
     tracing::warn!(vm_id = %slot.rec.id, reason = %record.reason, "vm exited while the daemon was down; cleaning");
     m.clean_host(&slot.rec.id).await?;
     slot.rec.state = VmState::Stopped;
@@ -243,20 +240,25 @@ async fn record_exit(m: &Manager, slot: &mut Slot) -> Result<(), ManagerError> {
 }
 
 /// Cleans and records a VM as failed (or stopped, for finished stops) with a reason.
-async fn end(m: &Manager, slot: &mut Slot, reason: &str, detail: &str) -> Result<(), ManagerError> {
+async fn end(
+    m: &Manager,
+    slot: &mut Slot,
+    reason: ExitCause,
+    detail: &str,
+) -> Result<(), ManagerError> {
     m.clean_host(&slot.rec.id).await?;
-    slot.rec.state = if reason == "stopped_by_api" {
+    slot.rec.state = if reason == ExitCause::StoppedByApi {
         VmState::Stopped
     } else {
         VmState::Failed
     };
     slot.rec.pid = None;
     slot.rec.exit = Some(ExitRecord {
-        reason: reason.into(),
+        reason,
         detail: detail.into(),
         at_unix_ms: now_ms(),
     });
-    tracing::warn!(vm_id = %slot.rec.id, reason, detail, "vm ended during recovery; host resources cleaned");
+    tracing::warn!(vm_id = %slot.rec.id, %reason, detail, "vm ended during recovery; host resources cleaned");
     m.put(&mut slot.rec).await
 }
 
@@ -265,7 +267,7 @@ async fn end(m: &Manager, slot: &mut Slot, reason: &str, detail: &str) -> Result
 fn died_while_down(rec: &VmRecord) -> ExitRecord {
     let Some(plan) = &rec.plan else {
         return ExitRecord {
-            reason: "unknown".into(),
+            reason: ExitCause::Unknown,
             detail: "exited while the daemon was down".into(),
             at_unix_ms: now_ms(),
         };

@@ -47,11 +47,70 @@ pub struct VmSpec {
     pub drive_rate_limiter: Option<firecracker_api::RateLimiter>,
 }
 
+/// Why a VM ended, machine-readable: stored and answered as its snake_case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitCause {
+    /// The guest powered off (Firecracker exited with status 0).
+    GuestPowerOff,
+    /// Stopped by its owner through the library.
+    Stopped,
+    /// Killed by SIGKILL from outside.
+    Killed,
+    /// Killed by the cgroup's OOM killer.
+    OomKilled,
+    /// Ended by another signal.
+    Signaled,
+    /// Firecracker exited with an error status.
+    FirecrackerError,
+    /// Ended, and nothing says why.
+    Unknown,
+    /// The boot failed; the detail says why.
+    BootFailed,
+    /// ShutdownVm (or a stop finished after a daemon restart).
+    StoppedByApi,
+    /// Stopped for RebootVm.
+    Rebooted,
+    /// Stopped because the daemon exited with `stop_vms_on_exit`.
+    DaemonExit,
+    /// Ended by recovery after a daemon restart (a boot that was not confirmed, a lost record).
+    DaemonRestart,
+    /// Its API did not answer after a daemon restart, so it was ended.
+    Unresponsive,
+}
+
+impl ExitCause {
+    /// The snake_case name, as stored and on the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::GuestPowerOff => "guest_power_off",
+            Self::Stopped => "stopped",
+            Self::Killed => "killed",
+            Self::OomKilled => "oom_killed",
+            Self::Signaled => "signaled",
+            Self::FirecrackerError => "firecracker_error",
+            Self::Unknown => "unknown",
+            Self::BootFailed => "boot_failed",
+            Self::StoppedByApi => "stopped_by_api",
+            Self::Rebooted => "rebooted",
+            Self::DaemonExit => "daemon_exit",
+            Self::DaemonRestart => "daemon_restart",
+            Self::Unresponsive => "unresponsive",
+        }
+    }
+}
+
+impl std::fmt::Display for ExitCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why a VM ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExitRecord {
-    /// Machine-readable reason (`guest_power_off`, `oom_killed`, `stopped_by_api`, ...).
-    pub reason: String,
+    /// Machine-readable reason.
+    pub reason: ExitCause,
     /// For people.
     pub detail: String,
     /// When, in ms since the epoch.
@@ -284,6 +343,30 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exit_causes_are_stored_and_answered_by_one_name() {
+        use ExitCause::*;
+        for c in [
+            GuestPowerOff,
+            Stopped,
+            Killed,
+            OomKilled,
+            Signaled,
+            FirecrackerError,
+            Unknown,
+            BootFailed,
+            StoppedByApi,
+            Rebooted,
+            DaemonExit,
+            DaemonRestart,
+            Unresponsive,
+        ] {
+            let json = serde_json::to_string(&c).unwrap();
+            assert_eq!(json, format!("\"{c}\""));
+            assert_eq!(serde_json::from_str::<ExitCause>(&json).unwrap(), c);
+        }
+    }
 
     fn rec(id: &str) -> VmRecord {
         VmRecord {

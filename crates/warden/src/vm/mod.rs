@@ -75,14 +75,13 @@ impl VmHandle {
         let process =
             process::Process::attach(std::sync::Arc::new(jail), pid, serial_file, serial_max)?;
         let client = Client::new(&plan.socket_path).with_timeout(Duration::from_secs(2));
-        if client.instance_info().await.is_err() {
+        if let Err(e) = client.instance_info().await {
             // Not answering: not a VM we can control. It is ended (and cleaned) by the caller.
-            return Err(Error::Os {
-                what: format!(
-                    "probing the API socket {} of VM {vm_id} (pid {pid})",
-                    plan.socket_path.display()
-                ),
-                source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+            return Err(Error::Unresponsive {
+                vm_id: vm_id.to_owned(),
+                pid,
+                socket: plan.socket_path.clone(),
+                source: Box::new(e),
             });
         }
         let socket_path = plan.socket_path.clone();

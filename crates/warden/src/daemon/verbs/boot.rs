@@ -1,0 +1,106 @@
+//! BootVm: lease what the VM holds (address, uid), record the intent, then make its jail and
+//! start it through the library.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::to_completion;
+use crate::daemon::error::ManagerError;
+use crate::daemon::manager::{Manager, Slot};
+use crate::daemon::state::{Op, VmState};
+use crate::daemon::store::{now_ms, ExitCause, ExitRecord};
+use crate::vm;
+
+impl Manager {
+    /// BootVm.
+    pub async fn boot(self: &Arc<Self>, id: &str) -> Result<VmState, ManagerError> {
+        let (m, id) = (self.clone(), id.to_owned());
+        to_completion(async move {
+            let mut slot = m.lock_for(&id, Op::Boot).await?;
+            m.boot_locked(&mut slot).await
+        })
+        .await
+    }
+
+    /// Boots the locked VM (BootVm, and the second half of RebootVm).
+    pub(crate) async fn boot_locked(&self, slot: &mut Slot) -> Result<VmState, ManagerError> {
+        let _permit =
+            self.boots
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| ManagerError::BootsBusy {
+                    max: self.cfg.max_concurrent_boots,
+                })?;
+        let t0 = Instant::now();
+        let id = slot.rec.id.clone();
+        let networked = slot.rec.spec.enable_networking;
+        // A networked VM's namespace is made with its network; otherwise an empty one if asked.
+        let netns = (self.cfg.netns || networked).then(|| jail::net::netns::name_for(&id));
+        if networked
+            && self.cfg.network_mode == jail::net::NetMode::Bridge
+            && slot.rec.address.is_none()
+        {
+            slot.rec.address = Some(self.addresses.take(&id)?);
+        }
+        if slot.rec.uid.is_none() {
+            slot.rec.uid = self.uids.lease(&id).await?;
+        }
+        // Intent first: a crash from here on leaves a record of what may exist.
+        slot.rec.state = VmState::Booting;
+        slot.rec.netns = netns;
+        slot.rec.tap = networked.then(|| jail::net::TAP_NAME.to_owned());
+        slot.rec.pid = None;
+        slot.rec.start_time = None;
+        slot.rec.exit = None;
+        self.put(&mut slot.rec).await?;
+        let started = async {
+            let dir = self.vm_dir(&id);
+            std::fs::create_dir_all(&dir).map_err(|source| ManagerError::Os {
+                what: format!("creating {}", dir.display()),
+                source,
+            })?;
+            let (mut config, mut options) = self.vm_config(&id, &slot.rec.spec);
+            config.enable_networking = networked;
+            if let Some(uid) = slot.rec.uid {
+                options.jailer.uid = uid;
+                options.jailer.gid = uid;
+            }
+            options.network.guest = slot.rec.address.map(|a| self.addresses.guest(a));
+            let phases = vm::Phases::start();
+            let planned = vm::plan_vm(&config, &options)?;
+            slot.rec.plan = Some(planned.plan.clone());
+            self.put(&mut slot.rec).await?;
+            Ok::<_, ManagerError>(vm::start_planned(&config, &options, planned, phases).await?)
+        }
+        .await;
+        match started {
+            Ok(vm) => {
+                slot.rec.state = VmState::Running;
+                slot.rec.pid = Some(vm.pid);
+                slot.rec.start_time = vm.start_time();
+                slot.rec.plan = Some(vm.plan.clone());
+                slot.generation += 1;
+                self.watch(&id, &vm, slot.generation);
+                slot.vm = Some(vm);
+                self.put(&mut slot.rec).await?;
+                tracing::info!(vm_id = %id, pid = slot.rec.pid, "vm running");
+                self.metrics.observe("boot", t0.elapsed());
+                Ok(VmState::Running)
+            }
+            Err(e) => {
+                // The library removed what it made; a refused id touched nothing of its owner.
+                let detail = e.chain();
+                slot.rec.state = VmState::Failed;
+                slot.rec.exit = Some(ExitRecord {
+                    reason: ExitCause::BootFailed,
+                    detail: detail.clone(),
+                    at_unix_ms: now_ms(),
+                });
+                self.put(&mut slot.rec).await?;
+                self.metrics.failure(ExitCause::BootFailed.as_str());
+                tracing::warn!(vm_id = %id, error = %detail, "boot failed");
+                Err(e)
+            }
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! DeleteVm: stop it if it runs, remove everything of it from the host, give back its address
+//! and uid, forget it.
+
+use std::sync::Arc;
+
+use super::to_completion;
+use crate::daemon::error::ManagerError;
+use crate::daemon::manager::Manager;
+use crate::daemon::state::{Op, VmState};
+
+impl Manager {
+    /// DeleteVm.
+    pub async fn delete(self: &Arc<Self>, id: &str) -> Result<(), ManagerError> {
+        let (m, id) = (self.clone(), id.to_owned());
+        to_completion(async move { m.delete_inner(&id).await }).await
+    }
+
+    async fn delete_inner(&self, id: &str) -> Result<(), ManagerError> {
+        let mut slot = self.lock_for(id, Op::Delete).await?;
+        if let Some(vm) = slot.vm.take() {
+            slot.rec.state = VmState::Stopping;
+            self.put(&mut slot.rec).await?;
+            let _ = vm.stop_within(self.stop_timeout()).await;
+        }
+        self.clean_host(id).await?;
+        let vm_dir = self.vm_dir(id);
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(vm_dir)).await;
+        self.store.delete(id).await?;
+        if let Some(a) = slot.rec.address {
+            self.addresses.release(a);
+        }
+        if let Some(uid) = slot.rec.uid {
+            self.uids.release(uid, id).await;
+        }
+        slot.rec.state = VmState::Deleted;
+        self.slots.lock().unwrap().remove(id);
+        tracing::info!(vm_id = %id, "vm deleted");
+        Ok(())
+    }
+}

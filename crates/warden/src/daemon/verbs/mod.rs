@@ -1,0 +1,21 @@
+//! The lifecycle verbs, one file each. Each public verb runs its work to completion in a task
+//! of its own, which the request only waits on: a caller that goes away (a dropped connection,
+//! a Connect deadline) never leaves an unsupervised Firecracker, or a VM stuck in Booting or
+//! Stopping.
+
+mod boot;
+mod create;
+mod delete;
+mod pause;
+mod reboot;
+mod stop;
+
+use super::error::ManagerError;
+
+/// Runs a request's work in a task of its own and waits for it: dropping the waiter (the
+/// request went away) does not stop the work.
+async fn to_completion<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, ManagerError>> + Send + 'static,
+) -> Result<T, ManagerError> {
+    tokio::spawn(work).await?
+}
