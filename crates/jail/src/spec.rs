@@ -99,6 +99,31 @@ pub struct SpecError {
     pub problem: String,
 }
 
+/// Whether `id` can be the uid or gid of a jailed Firecracker: anything but 0 (root).
+pub fn valid_jail_id(id: u32) -> bool {
+    id != 0
+}
+
+/// Whether `(first, last)` can be a range jail uids/gids are leased from (see
+/// [`crate::owner::Registry::lease_uid`]): `1000 <= first <= last < 2^31 - 1`, so no system
+/// account (below 1000) is ever a jail user and every id stays positive for tools that read
+/// ids as signed.
+pub fn valid_id_range((first, last): (u32, u32)) -> bool {
+    1000 <= first && first <= last && last < i32::MAX as u32
+}
+
+/// A uid range as written in configuration: `FIRST-LAST` (checked by [`valid_id_range`]), or
+/// `off` (`None`: every VM runs as one configured uid).
+pub fn parse_id_range(s: &str) -> Option<Option<(u32, u32)>> {
+    let s = s.trim();
+    if s == "off" {
+        return Some(None);
+    }
+    let (a, b) = s.split_once('-')?;
+    let range: (u32, u32) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    valid_id_range(range).then_some(Some(range))
+}
+
 impl SpecError {
     /// Builds an error for `field`.
     pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
@@ -113,9 +138,13 @@ impl JailSpec {
     /// Checks the parts of the spec that do not depend on the host's cgroups.
     pub fn validate(&self) -> Result<(), SpecError> {
         if self.jailed {
-            if self.uid == 0 || self.gid == 0 {
+            if !valid_jail_id(self.uid) || !valid_jail_id(self.gid) {
                 return Err(SpecError::new(
-                    if self.uid == 0 { "uid" } else { "gid" },
+                    if !valid_jail_id(self.uid) {
+                        "uid"
+                    } else {
+                        "gid"
+                    },
                     "is 0 (root); a jailed Firecracker must drop to an unprivileged user, \
                      e.g. create one with `useradd -r -s /bin/false jailer` and use its ids",
                 ));
@@ -129,12 +158,7 @@ impl JailSpec {
                     ),
                 ));
             }
-            if self.parent_cgroup.is_empty()
-                || self
-                    .parent_cgroup
-                    .split('/')
-                    .any(|c| c.is_empty() || c == "." || c == "..")
-            {
+            if !crate::cgroup::valid_parent(&self.parent_cgroup) {
                 return Err(SpecError::new(
                     "parent_cgroup",
                     format!("{:?} is not a relative cgroup path; use names like \"warden\" or \"warden/tenant-a\"", self.parent_cgroup),
@@ -159,5 +183,24 @@ impl JailSpec {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jail_ids_are_never_root_and_ranges_stay_above_system_users_and_positive() {
+        assert!(!valid_jail_id(0) && valid_jail_id(1) && valid_jail_id(u32::MAX));
+        assert!(valid_id_range((1000, 1000)) && valid_id_range((1_900_000_000, 1_900_065_535)));
+        for bad in [(999, 2000), (2000, 1000), (1000, i32::MAX as u32)] {
+            assert!(!valid_id_range(bad), "{bad:?}");
+        }
+        assert_eq!(parse_id_range(" 2000 - 3000 "), Some(Some((2000, 3000))));
+        assert_eq!(parse_id_range("off"), Some(None));
+        for bad in ["", "2000", "3000-2000", "1-2000", "a-b", "Off"] {
+            assert_eq!(parse_id_range(bad), None, "{bad:?}");
+        }
     }
 }

@@ -5,6 +5,7 @@ mod doctor;
 mod report;
 mod run;
 mod serve;
+mod settings;
 mod vm;
 
 use clap::{Parser, Subcommand};
@@ -102,4 +103,140 @@ fn init_cli_logs() {
                 .unwrap_or_else(|_| "warn,netlink_packet_route=error".into()),
         )
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+    use warden::daemon::config::{key_def, KEYS};
+
+    use super::Cli;
+
+    /// `run` and `plan` flags with a setting's name but another meaning: `--netns PATH` joins
+    /// an existing namespace, while the daemon's `netns` is a switch (a namespace per VM).
+    const SAME_NAME_OTHER_MEANING: &[(&str, &str)] = &[("run", "netns"), ("plan", "netns")];
+
+    #[test]
+    fn every_flag_for_a_setting_is_spelled_as_in_the_settings_table() {
+        let cli = Cli::command();
+        for sub in cli.get_subcommands() {
+            for arg in sub.get_arguments() {
+                let id = arg.get_id().as_str();
+                if SAME_NAME_OTHER_MEANING.contains(&(sub.get_name(), id)) {
+                    continue;
+                }
+                let Some(def) = key_def(id).filter(|d| d.key == id) else {
+                    // Nor may a flag of no setting take a setting's spelling.
+                    let long = arg.get_long().map(|l| format!("--{l}"));
+                    assert!(
+                        !KEYS
+                            .iter()
+                            .any(|d| d.flag.is_some() && d.flag == long.as_deref()),
+                        "warden {} has {long:?} for {id}, which is a setting's flag",
+                        sub.get_name()
+                    );
+                    continue;
+                };
+                assert_eq!(
+                    arg.get_long().map(|l| format!("--{l}")).as_deref(),
+                    def.flag,
+                    "warden {} spells setting {id} differently",
+                    sub.get_name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn run_plan_and_demo_take_the_shared_settings_under_their_table_names() {
+        let cli = Cli::command();
+        let has = |sub: &str, key: &str| {
+            cli.find_subcommand(sub)
+                .unwrap()
+                .get_arguments()
+                .any(|a| a.get_id() == key)
+        };
+        for sub in ["run", "plan"] {
+            for key in [
+                "jailer_binary",
+                "firecracker_binary",
+                "jailer_uid",
+                "jailer_gid",
+                "chroot_base",
+                "cgroup_version",
+                "parent_cgroup",
+                "cpu_quota_percent",
+                "fd_limit",
+                "network_mode",
+                "bridge",
+                "require_jailer",
+                "jail_id_range",
+            ] {
+                assert!(has(sub, key), "warden {sub} lacks {key}");
+            }
+        }
+        assert!(has("demo", "chroot_base"));
+    }
+
+    #[test]
+    fn serve_gc_and_doctor_take_every_setting_that_has_a_flag() {
+        let cli = Cli::command();
+        for sub in ["serve", "gc", "doctor"] {
+            let cmd = cli.find_subcommand(sub).unwrap();
+            for def in KEYS.iter().filter(|d| d.flag.is_some()) {
+                assert!(
+                    cmd.get_arguments().any(|a| a.get_id() == def.key),
+                    "warden {sub} lacks {}",
+                    def.key
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn old_flag_spellings_still_parse() {
+        use clap::Parser;
+        for argv in [
+            &[
+                "warden", "run", "--kernel", "k", "--uid", "5", "--gid", "5", "--net", "none",
+            ][..],
+            &[
+                "warden",
+                "run",
+                "--kernel",
+                "k",
+                "--jailer",
+                "/j",
+                "--no-file",
+                "9",
+                "--cpu-quota",
+                "5",
+            ],
+            &[
+                "warden",
+                "doctor",
+                "--jailer",
+                "/j",
+                "--firecracker",
+                "/f",
+                "--asset-dir",
+                "/a",
+            ],
+            &[
+                "warden",
+                "doctor",
+                "--uid",
+                "5",
+                "--gid",
+                "5",
+                "--chroot-dir",
+                "/c",
+            ],
+            &["warden", "serve", "--chroot-dir", "/c"],
+        ] {
+            if let Err(e) = Cli::try_parse_from(argv) {
+                panic!("{argv:?}: {e}");
+            }
+        }
+    }
 }

@@ -44,14 +44,18 @@ pub struct RunArgs {
     require_jailer: bool,
     /// User the VM runs as; by default it gets a uid of its own, leased host-wide from
     /// 1900000000-1900065535 and released when it ends.
-    #[arg(long, requires = "gid")]
-    uid: Option<u32>,
-    /// Group the VM runs as (with --uid).
-    #[arg(long, requires = "uid")]
-    gid: Option<u32>,
+    #[arg(long, alias = "uid", requires = "jailer_gid")]
+    jailer_uid: Option<u32>,
+    /// The range the VM's own uid/gid is leased from, `FIRST-LAST`, or `off` for the default
+    /// jail user (10000); ignored with --jailer-uid/--jailer-gid.
+    #[arg(long, value_name = "FIRST-LAST|off", conflicts_with = "jailer_uid")]
+    jail_id_range: Option<String>,
+    /// Group the VM runs as (with --jailer-uid).
+    #[arg(long, alias = "gid", requires = "jailer_uid")]
+    jailer_gid: Option<u32>,
     /// CPU cap in percent of one core (default: 100 per vCPU).
-    #[arg(long, value_name = "PCT")]
-    cpu_quota: Option<u32>,
+    #[arg(long, alias = "cpu-quota", value_name = "PCT")]
+    cpu_quota_percent: Option<u32>,
     /// Memory cgroup limit in MiB (default: guest memory + 64 MiB VMM overhead).
     #[arg(long, value_name = "MIB")]
     memory_limit: Option<u32>,
@@ -75,12 +79,12 @@ pub struct RunArgs {
     netns: Option<String>,
     /// Give the VM a network device in its own namespace: `none` (the TAP is reachable only
     /// inside the namespace) or `bridge` (a veth pair to the host bridge).
-    #[arg(long, value_name = "none|bridge")]
-    net: Option<jail::net::NetMode>,
-    /// Host bridge for `--net bridge`.
+    #[arg(long, alias = "net", value_name = "none|bridge")]
+    network_mode: Option<jail::net::NetMode>,
+    /// Host bridge for `--network-mode bridge`.
     #[arg(long, default_value = "warden0")]
     bridge: String,
-    /// The guest's address, `A.B.C.D/PREFIX` (required with `--net bridge`); its gateway is the
+    /// The guest's address, `A.B.C.D/PREFIX` (required with `--network-mode bridge`); its gateway is the
     /// subnet's first address unless `--gateway` says otherwise.
     #[arg(long, value_name = "A.B.C.D/PREFIX")]
     guest_ip: Option<String>,
@@ -88,20 +92,22 @@ pub struct RunArgs {
     #[arg(long)]
     gateway: Option<std::net::Ipv4Addr>,
     /// rlimit no-file for Firecracker.
-    #[arg(long, default_value_t = 2048)]
-    no_file: u64,
+    #[arg(long, alias = "no-file", default_value_t = 2048)]
+    fd_limit: u64,
     /// rlimit fsize for Firecracker, in bytes.
     #[arg(long)]
     fsize: Option<u64>,
     /// Most tasks in the VM's cgroup.
     #[arg(long, default_value_t = 1024)]
     pids_max: u64,
-    /// Jailer binary (default: target/assets, then /usr/local/bin).
-    #[arg(long, env = "WARDEN_JAILER_BINARY")]
-    jailer: Option<PathBuf>,
-    /// Firecracker binary (default: target/assets, then /usr/local/bin).
-    #[arg(long, env = "WARDEN_FIRECRACKER_BINARY")]
-    firecracker: Option<PathBuf>,
+    /// Jailer binary (default: found by `warden::assets`: $WARDEN_JAILER_BINARY, the asset
+    /// folder, /usr/local/bin, /usr/bin).
+    #[arg(long, alias = "jailer")]
+    jailer_binary: Option<PathBuf>,
+    /// Firecracker binary (default: found by `warden::assets`: $WARDEN_FIRECRACKER_BINARY, the
+    /// asset folder, /usr/local/bin, /usr/bin).
+    #[arg(long, alias = "firecracker")]
+    firecracker_binary: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -119,32 +125,24 @@ impl RunArgs {
                 .as_ref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
-            enable_networking: self.net.is_some(),
+            enable_networking: self.network_mode.is_some(),
         };
         let guest = match &self.guest_ip {
             None => None,
-            Some(cidr) => {
-                let (a, p) = cidr.split_once('/').unwrap_or((cidr, "24"));
-                let address: std::net::Ipv4Addr = a.parse().map_err(|_| {
-                    anyhow::anyhow!("invalid --guest-ip {cidr:?}: use A.B.C.D/PREFIX")
-                })?;
-                let prefix_len: u8 =
-                    p.parse()
-                        .ok()
-                        .filter(|p| (8..=30).contains(p))
-                        .ok_or_else(|| {
-                            anyhow::anyhow!(
-                                "invalid --guest-ip {cidr:?}: the prefix must be 8 to 30"
-                            )
-                        })?;
-                let mask = u32::MAX << (32 - u32::from(prefix_len));
-                let gateway = self
-                    .gateway
-                    .unwrap_or(((u32::from(address) & mask) + 1).into());
+            Some(arg) => {
+                // A bare address is a /24.
+                let written = if arg.contains('/') {
+                    arg.clone()
+                } else {
+                    format!("{arg}/24")
+                };
+                let cidr: jail::net::Ipv4Cidr = written
+                    .parse()
+                    .map_err(|why| anyhow::anyhow!("invalid --guest-ip {arg:?}: {why}"))?;
                 Some(jail::net::GuestAddr {
-                    address,
-                    gateway,
-                    prefix_len,
+                    address: cidr.address,
+                    gateway: self.gateway.unwrap_or(cidr.first_host()),
+                    prefix_len: cidr.prefix_len,
                 })
             }
         };
@@ -164,19 +162,22 @@ impl RunArgs {
             boot_args: self.boot_args.clone(),
             drives,
             jailer: JailerConfig {
-                jailer_binary: self.jailer.clone().unwrap_or(defaults.jailer_binary),
-                exec_file: self.firecracker.clone().unwrap_or(defaults.exec_file),
+                jailer_binary: self.jailer_binary.clone().unwrap_or(defaults.jailer_binary),
+                exec_file: self
+                    .firecracker_binary
+                    .clone()
+                    .unwrap_or(defaults.exec_file),
                 chroot_base_dir: self.chroot_base.clone(),
-                uid: self.uid.unwrap_or(defaults.uid),
-                gid: self.gid.unwrap_or(defaults.gid),
+                uid: self.jailer_uid.unwrap_or(defaults.uid),
+                gid: self.jailer_gid.unwrap_or(defaults.gid),
                 cgroup_version: self.cgroup_version,
                 parent_cgroup: self.parent_cgroup.clone(),
-                cpu_quota_pct: self.cpu_quota,
+                cpu_quota_pct: self.cpu_quota_percent,
                 pids_max: Some(self.pids_max),
                 new_pid_ns: !self.share_pid_ns,
                 netns: self.netns.clone(),
                 resource_limits: jail::ResourceLimits {
-                    no_file: Some(self.no_file),
+                    no_file: Some(self.fd_limit),
                     fsize: self.fsize,
                 },
                 ..defaults
@@ -189,14 +190,20 @@ impl RunArgs {
                 JailerMode::Auto
             },
             memory_limit_mb: self.memory_limit,
-            // With --uid/--gid the VM runs as exactly those.
-            uid_range: self
-                .uid
-                .is_none()
-                .then_some(warden::vm::jailer::DEFAULT_JAIL_ID_RANGE),
+            // With --jailer-uid/--jailer-gid the VM runs as exactly those.
+            uid_range: match (&self.jailer_uid, &self.jail_id_range) {
+                (Some(_), _) => None,
+                (None, None) => Some(warden::vm::jailer::DEFAULT_JAIL_ID_RANGE),
+                (None, Some(r)) => jail::spec::parse_id_range(r).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "invalid --jail-id-range {r:?}: use FIRST-LAST with 1000 <= FIRST <= \
+                         LAST < 2147483647, or off"
+                    )
+                })?,
+            },
             serial: Serial::CaptureAndEcho,
             network: warden::vm::config::NetworkOptions {
-                mode: self.net.unwrap_or(jail::net::NetMode::None),
+                mode: self.network_mode.unwrap_or(jail::net::NetMode::None),
                 bridge: self.bridge.clone(),
                 guest,
                 ..Default::default()
@@ -238,7 +245,7 @@ pub fn plan(args: RunArgs, json: bool) -> anyhow::Result<u8> {
         print!("{}", report::plan(&plan));
         if let Some(range) = leased {
             println!(
-                "uid/gid: `warden run` leases this VM one of its own from {range} (pass --uid/--gid for a fixed one)"
+                "uid/gid: `warden run` leases this VM one of its own from {range} (pass --jailer-uid/--jailer-gid for a fixed one)"
             );
         }
         if let Some(why) = unjailed {

@@ -10,13 +10,15 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::routing::get;
 use clap::Args;
-use warden::daemon::config::{self, DaemonConfig, LogFormat, Sources};
+use warden::daemon::config::{self, DaemonConfig, LogFormat};
 use warden::daemon::Manager;
 use warden_api::backend::ManagerService;
 use warden_api::{Listen, ServerOptions};
 
+use crate::settings::Settings;
+
 /// `warden serve` arguments. Every setting is also a flag (see docs/configuration.md), e.g.
-/// `--listen 127.0.0.1:9000 --jailer-uid 1000 --stop-vms-on-exit`.
+/// `--listen 127.0.0.1:9000 --jail-id-range off --stop-vms-on-exit`.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// TOML configuration file.
@@ -28,56 +30,14 @@ pub struct ServeArgs {
     /// With --print-config: JSON.
     #[arg(long)]
     json: bool,
-    /// Settings as flags: `--KEY VALUE`, `--KEY=VALUE`, or `--KEY` for true.
-    #[arg(
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "--SETTING [VALUE]"
-    )]
-    settings: Vec<String>,
-}
-
-/// Turns `--key value` pairs into config sources, naming an unknown flag.
-fn flags(args: &[String]) -> anyhow::Result<Vec<(&'static str, String)>> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < args.len() {
-        let arg = &args[i];
-        let Some(body) = arg.strip_prefix("--") else {
-            anyhow::bail!(
-                "unexpected argument {arg:?}; settings are given as --KEY VALUE (see --help)"
-            );
-        };
-        let (name, inline) = match body.split_once('=') {
-            Some((n, v)) => (n, Some(v.to_owned())),
-            None => (body, None),
-        };
-        let def = config::KEYS
-            .iter()
-            .find(|d| d.flag == Some(&arg[..2 + name.len()]))
-            .with_context(|| {
-                format!("unknown flag --{name}; the settings are listed in docs/configuration.md")
-            })?;
-        let value = match inline {
-            Some(v) => v,
-            None if args.get(i + 1).is_some_and(|n| !n.starts_with("--")) => {
-                i += 1;
-                args[i].clone()
-            }
-            None => "true".into(),
-        };
-        out.push((def.key, value));
-        i += 1;
-    }
-    Ok(out)
+    /// The settings, one flag each.
+    #[command(flatten)]
+    settings: Settings,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
-    let effective = config::load(&Sources::from_process(
-        args.config.clone(),
-        flags(&args.settings)?,
-    ))?;
+    let effective = config::load(&args.settings.sources(args.config))?;
     if args.print_config {
         println!(
             "{}",
@@ -165,10 +125,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
 /// running) live VMs, record and clean VMs that died, remove orphans. Refused while a daemon
 /// owns the same state directory (it already did this at its start).
 pub async fn gc(args: ServeArgs) -> anyhow::Result<u8> {
-    let effective = config::load(&Sources::from_process(
-        args.config.clone(),
-        flags(&args.settings)?,
-    ))?;
+    let effective = config::load(&args.settings.sources(args.config))?;
     let manager = Manager::open(effective.config.clone())
         .await
         .context("cannot reconcile the daemon's state")?;
@@ -237,18 +194,7 @@ fn router(manager: Arc<Manager>, cfg: &DaemonConfig) -> axum::Router {
 /// The host checks of `warden doctor`; in production mode (`require_jailer`) a failing check
 /// stops the start.
 fn preflight(cfg: &DaemonConfig) -> anyhow::Result<()> {
-    let input = warden::doctor::DoctorInput {
-        jailer_binary: cfg.jailer_binary.clone(),
-        firecracker_binary: cfg.firecracker_binary.clone(),
-        chroot_base_dir: cfg.chroot_dir.clone(),
-        asset_dirs: cfg.asset_dirs.clone(),
-        uid: cfg.jailer_uid,
-        gid: cfg.jailer_gid,
-        state_dir: Some(cfg.state_dir.clone()),
-        cgroup_version: cfg.cgroup_version,
-        id_range: cfg.jail_id_range,
-        ..warden::doctor::DoctorInput::default()
-    };
+    let input = warden::doctor::DoctorInput::from_config(cfg);
     let report = warden::doctor::run(&input);
     for c in &report.checks {
         match c.status {

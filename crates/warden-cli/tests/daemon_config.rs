@@ -171,7 +171,7 @@ fn print_config_shows_each_value_and_where_it_came_from() {
         line("listen").contains("127.0.0.1:9999") && line("listen").contains("--listen"),
         "{text}"
     );
-    assert!(line("chroot_dir").contains("default"), "{text}");
+    assert!(line("chroot_base").contains("default"), "{text}");
     assert!(!text.contains("s3cret"), "the token is hidden");
 }
 

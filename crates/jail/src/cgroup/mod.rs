@@ -46,6 +46,19 @@ impl std::str::FromStr for CgroupVersion {
     }
 }
 
+/// Whether `path` can be the parent cgroup of VMs: a relative path of non-empty components, none
+/// `.` or `..`, of ASCII letters, digits, '.', '_', '-' and '/' (it becomes both a jailer
+/// argument and a directory under every hierarchy).
+pub fn valid_parent(path: &str) -> bool {
+    !path.is_empty()
+        && path
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
+        && path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
+}
+
 /// How the host mounts cgroups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -484,6 +497,18 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
 mod tests {
     use super::tests_support::HYBRID_MOUNTS;
     use super::*;
+
+    #[test]
+    fn parent_cgroups_are_relative_paths_of_plain_names() {
+        for ok in ["warden", "warden/tenant-a", "a.b_c"] {
+            assert!(valid_parent(ok), "{ok}");
+        }
+        for bad in [
+            "", "/warden", "warden/", "a//b", "..", "a/../b", "./a", "a b", "a\nb",
+        ] {
+            assert!(!valid_parent(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn detects_hybrid_and_prefers_v1() {

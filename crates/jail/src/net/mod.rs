@@ -55,6 +55,69 @@ impl std::str::FromStr for NetMode {
     }
 }
 
+/// An IPv4 subnet written `A.B.C.D/PREFIX`, with a prefix of 8 to 30: smaller than a /30 leaves
+/// no room for a gateway and a guest. The one parser of subnets and guest addresses in warden.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Cidr {
+    /// The address as written (a host address or the network's).
+    pub address: Ipv4Addr,
+    /// Prefix length, 8 to 30.
+    pub prefix_len: u8,
+}
+
+impl Ipv4Cidr {
+    /// The netmask.
+    pub fn mask(self) -> Ipv4Addr {
+        Ipv4Addr::from(mask_bits(self.prefix_len))
+    }
+
+    /// The network address (host bits cleared).
+    pub fn network(self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.address) & mask_bits(self.prefix_len))
+    }
+
+    /// The subnet's first host address: warden's gateway by convention.
+    pub fn first_host(self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network()) + 1)
+    }
+}
+
+fn mask_bits(prefix_len: u8) -> u32 {
+    u32::MAX
+        .checked_shl(32 - u32::from(prefix_len))
+        .unwrap_or(0)
+}
+
+impl std::str::FromStr for Ipv4Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, p) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} has no /PREFIX; use A.B.C.D/PREFIX"))?;
+        let address = a
+            .parse()
+            .map_err(|_| format!("{a:?} is not an IPv4 address; use A.B.C.D/PREFIX"))?;
+        let prefix_len = p
+            .parse()
+            .ok()
+            .filter(|p| (8..=30).contains(p))
+            .ok_or_else(|| format!("prefix {p:?} is not 8 to 30"))?;
+        Ok(Self {
+            address,
+            prefix_len,
+        })
+    }
+}
+
+/// Whether `name` can be a host interface name warden makes or joins (a bridge): 1 to 15 bytes
+/// (the kernel's `IFNAMSIZ` less its NUL) of ASCII letters, digits, '-' and '_'.
+pub fn valid_ifname(name: &str) -> bool {
+    (1..libc::IFNAMSIZ).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 /// The guest's IPv4 configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestAddr {
@@ -130,11 +193,7 @@ impl NetPlan {
     /// The Linux `ip=` kernel argument that configures the guest's `eth0`, if it has an address.
     pub fn boot_arg(&self) -> Option<String> {
         let g = self.guest?;
-        let mask = Ipv4Addr::from(
-            u32::MAX
-                .checked_shl(32 - u32::from(g.prefix_len))
-                .unwrap_or(0),
-        );
+        let mask = Ipv4Addr::from(mask_bits(g.prefix_len));
         Some(format!(
             "ip={}::{}:{}::eth0:off",
             g.address, g.gateway, mask
@@ -230,6 +289,31 @@ pub fn teardown(plan: &NetPlan) -> Result<(), NetError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cidr_parses_a_subnet_and_finds_its_network_and_first_host() {
+        let c: Ipv4Cidr = "10.1.2.77/24".parse().unwrap();
+        assert_eq!(c.address, Ipv4Addr::new(10, 1, 2, 77));
+        assert_eq!(c.network(), Ipv4Addr::new(10, 1, 2, 0));
+        assert_eq!(c.first_host(), Ipv4Addr::new(10, 1, 2, 1));
+        assert_eq!(c.mask(), Ipv4Addr::new(255, 255, 255, 0));
+        for bad in [
+            "10.1.2.0",
+            "10.1.2.0/7",
+            "10.1.2.0/31",
+            "10.1.2/24",
+            "x/24",
+            "10.0.0.0/",
+        ] {
+            assert!(bad.parse::<Ipv4Cidr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn interface_names_fit_the_kernel_limit() {
+        assert!(valid_ifname("warden0") && valid_ifname("a-b_c") && valid_ifname(&"b".repeat(15)));
+        assert!(!valid_ifname("") && !valid_ifname(&"b".repeat(16)) && !valid_ifname("br 0"));
+    }
 
     #[test]
     fn macs_are_stable_local_unicast_and_distinct() {

@@ -236,7 +236,7 @@ pub fn api_field(library_field: &str) -> FieldOwner {
         ("uid", "jailer_uid"),
         ("gid", "jailer_gid"),
         ("uid_range", "jail_id_range"),
-        ("chroot_base_dir", "chroot_dir"),
+        ("chroot_base_dir", "chroot_base"),
         ("exec_file", "firecracker_binary"),
         ("parent_cgroup", "parent_cgroup"),
         ("cgroup_version", "cgroup_version"),
@@ -309,7 +309,7 @@ mod tests {
         );
         assert_eq!(
             api_field("chroot_base_dir"),
-            FieldOwner::Setting("chroot_dir")
+            FieldOwner::Setting("chroot_base")
         );
         assert_eq!(api_field("vm_id"), FieldOwner::Request("vm_id".into()));
     }

@@ -56,7 +56,7 @@ pub(super) fn check(jailer: &Path, firecracker: &Path) -> Vec<Check> {
             product: "Jailer",
             path: jailer,
             install: "/usr/local/bin/jailer",
-            flag: "--jailer",
+            flag: "--jailer-binary",
             env: "WARDEN_JAILER_BINARY",
         },
         Binary {
@@ -64,7 +64,7 @@ pub(super) fn check(jailer: &Path, firecracker: &Path) -> Vec<Check> {
             product: "Firecracker",
             path: firecracker,
             install: "/usr/local/bin/firecracker",
-            flag: "--firecracker",
+            flag: "--firecracker-binary",
             env: "WARDEN_FIRECRACKER_BINARY",
         },
     ];
@@ -146,7 +146,7 @@ fn found_and_version(bin: &Binary<'_>) -> (Check, Option<String>) {
         if !file_name.contains("firecracker") {
             return fail(
                 format!("{p}: the jailer refuses an --exec-file whose name does not contain \"firecracker\""),
-                format!("cp {p} /usr/local/bin/firecracker and pass --firecracker /usr/local/bin/firecracker"),
+                format!("cp {p} /usr/local/bin/firecracker and pass --firecracker-binary /usr/local/bin/firecracker"),
             );
         }
     }

@@ -17,7 +17,11 @@ const DELEGATE_FIX: &str = "give warden a delegated cgroup: add `Delegate=yes` t
      systemctl restart warden`; in a container, start it with its own writable cgroup \
      (e.g. `docker run --cgroupns=private --privileged ...`)";
 
-pub(super) fn check(mounts_file: &Path, configured: Option<CgroupVersion>) -> Vec<Check> {
+pub(super) fn check(
+    mounts_file: &Path,
+    configured: Option<CgroupVersion>,
+    parent: &str,
+) -> Vec<Check> {
     let h = match Hierarchy::from_mounts_file(mounts_file) {
         Ok(h) => h,
         Err(e) => {
@@ -72,7 +76,55 @@ pub(super) fn check(mounts_file: &Path, configured: Option<CgroupVersion>) -> Ve
             CgroupVersion::V2 => v2_controller(&h, controller),
         });
     }
+    checks.push(parent_cgroup(&h, version, parent));
     checks
+}
+
+/// The VMs' parent cgroup under each hierarchy warden will use: absent (the jailer makes it) or
+/// a writable directory.
+fn parent_cgroup(h: &Hierarchy, version: CgroupVersion, parent: &str) -> Check {
+    const NAME: &str = "cgroup-parent";
+    let roots: Vec<&Path> = match version {
+        CgroupVersion::V1 => CONTROLLERS.iter().filter_map(|c| h.v1_mount(c)).collect(),
+        CgroupVersion::V2 => h.v2.as_deref().into_iter().collect(),
+    };
+    let mut found = Vec::new();
+    for dir in roots.iter().map(|r| r.join(parent)) {
+        match std::fs::metadata(&dir) {
+            Err(_) => {}
+            Ok(m) if !m.is_dir() => {
+                return Check::fail(
+                    NAME,
+                    format!("parent cgroup {} is not a directory", dir.display()),
+                    "choose another parent_cgroup (--parent-cgroup NAME)",
+                )
+            }
+            Ok(_) => match access(&dir, AccessFlags::W_OK) {
+                Ok(()) => found.push(dir.display().to_string()),
+                Err(e) => {
+                    return Check::fail(
+                        NAME,
+                        format!(
+                            "parent cgroup {} is not writable: {}",
+                            dir.display(),
+                            e.desc()
+                        ),
+                        format!(
+                        "{DELEGATE_FIX}; or choose another parent_cgroup (--parent-cgroup NAME)"
+                    ),
+                    )
+                }
+            },
+        }
+    }
+    Check::pass(
+        NAME,
+        if found.is_empty() {
+            format!("parent cgroup {parent:?} does not exist yet; the jailer creates it")
+        } else {
+            format!("parent cgroup {parent:?}: {} writable", found.join(", "))
+        },
+    )
 }
 
 fn name(controller: &str) -> String {
@@ -171,5 +223,49 @@ fn v2_controller(h: &Hierarchy, controller: &str) -> Check {
             ),
             DELEGATE_FIX,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doctor::Status;
+
+    #[test]
+    fn the_parent_cgroup_may_be_missing_or_a_writable_directory_but_not_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("cgroup");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        let mounts = dir.path().join("mounts");
+        std::fs::write(
+            &mounts,
+            format!("cgroup2 {} cgroup2 rw,nosuid 0 0\n", root.display()),
+        )
+        .unwrap();
+        let parent = |name: &str| {
+            check(&mounts, Some(CgroupVersion::V2), name)
+                .into_iter()
+                .find(|c| c.name == "cgroup-parent")
+                .unwrap()
+        };
+
+        let c = parent("tenant/a");
+        assert_eq!(c.status, Status::Pass, "{c:?}");
+        assert!(c.detail.contains("does not exist yet"), "{c:?}");
+
+        std::fs::create_dir(root.join("warden")).unwrap();
+        let c = parent("warden");
+        assert_eq!(c.status, Status::Pass, "{c:?}");
+        assert!(
+            c.detail
+                .contains(&root.join("warden").display().to_string()),
+            "{c:?}"
+        );
+
+        std::fs::write(root.join("file"), "").unwrap();
+        let c = parent("file");
+        assert_eq!(c.status, Status::Fail, "{c:?}");
+        assert!(c.fix.unwrap().contains("--parent-cgroup"));
     }
 }

@@ -1,7 +1,7 @@
 //! Host preflight checks (`warden doctor`): can this machine run jailed Firecracker VMs?
 //!
 //! [`run`] inspects the host as a VM start would use it (KVM, cgroups, the jailer and Firecracker
-//! binaries, the chroot base directory, the jail user, the API socket length, networking and the
+//! binaries, the chroot base directory, the VMs' parent cgroup, the jail user, the API socket length, networking and the
 //! state directory) and returns a [`Report`]. Every [`Check`] names the path or value involved;
 //! every warning or failure carries a concrete command that fixes it. Nothing on the host is
 //! changed, apart from a temporary file in the state directory (removed again) and a network
@@ -49,6 +49,8 @@ pub struct DoctorInput {
     pub state_dir: Option<PathBuf>,
     /// The cgroup version to use; `None` means the one warden detects.
     pub cgroup_version: Option<CgroupVersion>,
+    /// The VMs' parent cgroup, relative to each hierarchy's root.
+    pub parent_cgroup: String,
     /// The KVM device.
     pub kvm_path: PathBuf,
     /// The TUN/TAP clone device.
@@ -77,12 +79,35 @@ impl Default for DoctorInput {
             user_name: None,
             state_dir: None,
             cgroup_version: jailer.cgroup_version,
+            parent_cgroup: jailer.parent_cgroup,
             kvm_path: PathBuf::from("/dev/kvm"),
             tun_path: PathBuf::from("/dev/net/tun"),
             mounts_file: PathBuf::from("/proc/self/mounts"),
             mountinfo_file: PathBuf::from("/proc/self/mountinfo"),
             id_range: None,
             etc_dir: PathBuf::from("/etc"),
+        }
+    }
+}
+
+impl DoctorInput {
+    /// What the daemon with this configuration would run: its binaries, chroot base, asset
+    /// folders, jail uid/gid or uid range, cgroup version and state directory, on the real
+    /// host paths. `warden serve` checks this at start; `warden doctor` checks it for the same
+    /// configuration (`--config`, the environment, the setting flags).
+    pub fn from_config(cfg: &crate::daemon::config::DaemonConfig) -> Self {
+        Self {
+            jailer_binary: cfg.jailer_binary.clone(),
+            firecracker_binary: cfg.firecracker_binary.clone(),
+            chroot_base_dir: cfg.chroot_dir.clone(),
+            asset_dirs: cfg.asset_dirs.clone(),
+            uid: cfg.jailer_uid,
+            gid: cfg.jailer_gid,
+            state_dir: Some(cfg.state_dir.clone()),
+            cgroup_version: cfg.cgroup_version,
+            parent_cgroup: cfg.parent_cgroup.clone(),
+            id_range: cfg.jail_id_range,
+            ..Self::default()
         }
     }
 }
@@ -208,7 +233,11 @@ impl Report {
 /// with `--version`, each with a 5 second timeout).
 pub fn run(input: &DoctorInput) -> Report {
     let mut checks = vec![kvm::check(&input.kvm_path)];
-    checks.extend(cgroups::check(&input.mounts_file, input.cgroup_version));
+    checks.extend(cgroups::check(
+        &input.mounts_file,
+        input.cgroup_version,
+        &input.parent_cgroup,
+    ));
     checks.extend(binaries::check(
         &input.jailer_binary,
         &input.firecracker_binary,

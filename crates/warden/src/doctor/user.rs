@@ -22,7 +22,7 @@ pub(super) fn check(uid: u32, gid: u32, user_name: Option<&str>) -> Check {
             NAME,
             format!("jail {which} 0 (root) ({uid}:{gid}): Firecracker would keep root's privileges inside the jail"),
             format!(
-                "use an unprivileged user: {} and pass --uid {default} --gid {default} (the default)",
+                "use an unprivileged user: {} and pass --jailer-uid {default} --jailer-gid {default} (the default)",
                 create_fix(user_name.unwrap_or("jailer"), default, default)
             ),
         );
@@ -38,7 +38,7 @@ pub(super) fn check(uid: u32, gid: u32, user_name: Option<&str>) -> Check {
                     "user {name} has uid {} gid {}, but warden is configured with uid {uid} gid {gid}",
                     u.uid, u.gid
                 ),
-                format!("pass --uid {} --gid {} (or `usermod -u {uid} -g {gid} {name}`)", u.uid, u.gid),
+                format!("pass --jailer-uid {} --jailer-gid {} (or `usermod -u {uid} -g {gid} {name}`)", u.uid, u.gid),
             ),
             Ok(None) => Check::fail(NAME, format!("user {name} does not exist"), create_fix(name, uid, gid)),
             Err(e) => Check::fail(NAME, format!("cannot look up user {name}: {}", e.desc()), format!("getent passwd {name}")),
@@ -55,7 +55,7 @@ pub(super) fn check(uid: u32, gid: u32, user_name: Option<&str>) -> Check {
                 u.name,
                 u.shell.display()
             ),
-            format!("use a dedicated user: {} and pass --uid {default} --gid {default}", create_fix("jailer", default, default)),
+            format!("use a dedicated user: {} and pass --jailer-uid {default} --jailer-gid {default}", create_fix("jailer", default, default)),
         ),
         Some(u) => Check::pass(NAME, format!("jail uid {uid} ({}) gid {gid}{group_s}, not root", u.name)),
         None => Check::pass(NAME, format!("jail uid {uid} gid {gid}{group_s}, not root (no passwd entry needed)")),
