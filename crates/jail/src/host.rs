@@ -65,8 +65,8 @@ impl Host for RealHost {
     }
 
     fn kill_process(&self, p: ProcessRef) {
-        let proc_root = Path::new("/proc");
-        if !crate::inspect::is_running(proc_root, p.pid, p.start_time) {
+        let proc_root = Path::new(crate::proc::PROC);
+        if !crate::proc::is_running(proc_root, p.pid, p.start_time) {
             return;
         }
         let _ = nix::sys::signal::kill(
@@ -74,7 +74,7 @@ impl Host for RealHost {
             nix::sys::signal::Signal::SIGKILL,
         );
         for _ in 0..400 {
-            if !crate::inspect::is_running(proc_root, p.pid, p.start_time) {
+            if !crate::proc::is_running(proc_root, p.pid, p.start_time) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -82,7 +82,7 @@ impl Host for RealHost {
     }
 
     fn is_running(&self, p: ProcessRef) -> bool {
-        crate::inspect::is_running(Path::new("/proc"), p.pid, p.start_time)
+        crate::proc::is_running(Path::new(crate::proc::PROC), p.pid, p.start_time)
     }
 }
 

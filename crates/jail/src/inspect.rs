@@ -67,9 +67,9 @@ pub struct Expected<'a> {
 
 /// Inspects process `pid` (found under `proc_root`, normally `/proc`).
 pub fn report(proc_root: &Path, pid: u32, expected: &Expected<'_>) -> IsolationReport {
-    let dir = proc_root.join(pid.to_string());
+    let dir = crate::proc::dir(proc_root, pid);
     let own = proc_root.join("self");
-    let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+    let status = crate::proc::status(proc_root, pid).unwrap_or_default();
 
     let jailer = if expected.jailed {
         Layer::on("started by the jailer")
@@ -77,7 +77,7 @@ pub fn report(proc_root: &Path, pid: u32, expected: &Expected<'_>) -> IsolationR
         Layer::off(expected.unjailed_reason.unwrap_or("jailer not used"))
     };
 
-    let uid_gid = match (status_ids(&status, "Uid:"), status_ids(&status, "Gid:")) {
+    let uid_gid = match (status.uids, status.gids) {
         (Some(u), Some(g)) if u.iter().all(|&x| x != 0) && g.iter().all(|&x| x != 0) => {
             Layer::on(format!("uid {} gid {}", u[0], g[0]))
         }
@@ -96,9 +96,9 @@ pub fn report(proc_root: &Path, pid: u32, expected: &Expected<'_>) -> IsolationR
         _ => Layer::off("root directory unreadable"),
     };
 
-    let cgroups = cgroup_layer(&dir, expected.cgroup_dirs);
+    let cgroups = cgroup_layer(proc_root, pid, expected.cgroup_dirs);
 
-    let seccomp = seccomp_layer(&dir);
+    let seccomp = seccomp_layer(proc_root, pid);
 
     let ns = |name: &str, why_off: &str| match (ns_id(&dir, name), ns_id(&own, name)) {
         (Some(a), Some(b)) if a != b => Layer::on(format!("own {name} namespace ({a})")),
@@ -125,30 +125,7 @@ pub fn report(proc_root: &Path, pid: u32, expected: &Expected<'_>) -> IsolationR
     }
 }
 
-/// A process's start time in clock ticks since boot (`/proc/<pid>/stat` field 22). With the pid,
-/// it names one process for good: a recycled pid has a different start time.
-pub fn start_time(proc_root: &Path, pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// Whether process `pid` with this start time still runs (a zombie does not: it has exited and
-/// only waits to be reaped).
-pub fn is_running(proc_root: &Path, pid: u32, start: u64) -> bool {
-    let Ok(stat) = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")) else {
-        return false;
-    };
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-        return false;
-    };
-    let mut fields = rest.split_whitespace();
-    let state = fields.next();
-    state != Some("Z")
-        && state != Some("X")
-        && fields.nth(18).and_then(|t| t.parse().ok()) == Some(start)
-}
+pub use crate::proc::{is_running, start_time};
 
 /// Adds to the uid/gid layer whether any other process runs as the VM's uid (`uid`): a VM's uid
 /// should be its own. One pass over `/proc`, so it is done once per report that is kept, not on
@@ -178,27 +155,15 @@ pub fn note_uid_sharing(report: &mut IsolationReport, proc_root: &Path, pid: u32
 /// Other processes (not `pid`) whose effective uid is `uid`: the owner of `/proc/<pid>` is the
 /// process's effective uid.
 pub fn uid_sharers(proc_root: &Path, uid: u32, pid: u32) -> Vec<u32> {
-    let mut out: Vec<u32> = std::fs::read_dir(proc_root)
+    let mut out: Vec<u32> = crate::proc::pids(proc_root)
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let p: u32 = e.file_name().to_str()?.parse().ok()?;
-            (p != pid && e.metadata().ok()?.uid() == uid).then_some(p)
+        .filter(|&p| {
+            p != pid
+                && std::fs::metadata(crate::proc::dir(proc_root, p)).is_ok_and(|m| m.uid() == uid)
         })
         .collect();
     out.sort_unstable();
     out
-}
-
-/// The real, effective, saved and filesystem ids of a `Uid:`/`Gid:` status line.
-fn status_ids(status: &str, key: &str) -> Option<Vec<u32>> {
-    let line = status.lines().find(|l| l.starts_with(key))?;
-    let ids: Vec<u32> = line[key.len()..]
-        .split_whitespace()
-        .filter_map(|s| s.parse().ok())
-        .collect();
-    (ids.len() == 4).then_some(ids)
 }
 
 fn ns_id(proc_dir: &Path, name: &str) -> Option<String> {
@@ -207,22 +172,12 @@ fn ns_id(proc_dir: &Path, name: &str) -> Option<String> {
         .map(|p| p.display().to_string())
 }
 
-fn seccomp_layer(dir: &Path) -> Layer {
-    let Ok(tasks) = std::fs::read_dir(dir.join("task")) else {
+fn seccomp_layer(proc_root: &Path, pid: u32) -> Layer {
+    let Some(threads) = crate::proc::thread_statuses(proc_root, pid) else {
         return Layer::off("threads unreadable");
     };
-    let mut total = 0;
-    let mut filtered = 0;
-    for t in tasks.flatten() {
-        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
-        total += 1;
-        if status
-            .lines()
-            .any(|l| l.starts_with("Seccomp:") && l.split_whitespace().nth(1) == Some("2"))
-        {
-            filtered += 1;
-        }
-    }
+    let total = threads.len();
+    let filtered = threads.iter().filter(|t| t.seccomp == Some(2)).count();
     if total > 0 && filtered == total {
         Layer::on(format!("all {total} threads filtered (Seccomp: 2)"))
     } else {
@@ -232,15 +187,12 @@ fn seccomp_layer(dir: &Path) -> Layer {
 
 /// The process must be in each expected directory: for v1 the line of that directory's
 /// controller, for v2 the single `0::` line.
-fn cgroup_layer(dir: &Path, expected: &[PathBuf]) -> Layer {
+fn cgroup_layer(proc_root: &Path, pid: u32, expected: &[PathBuf]) -> Layer {
     if expected.is_empty() {
         return Layer::off("no cgroup limits applied");
     }
-    let text = std::fs::read_to_string(dir.join("cgroup")).unwrap_or_default();
-    let paths: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.splitn(3, ':').nth(2))
-        .collect();
+    let entries = crate::proc::cgroups(proc_root, pid);
+    let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
     let missing: Vec<String> = expected
         .iter()
         .filter(|d| {
@@ -268,13 +220,6 @@ fn cgroup_layer(dir: &Path, expected: &[PathBuf]) -> Layer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_ids_from_status() {
-        let s = "Name:\tfirecracker\nUid:\t4242\t4242\t4242\t4242\nGid:\t0\t0\t0\t0\n";
-        assert_eq!(status_ids(s, "Uid:"), Some(vec![4242; 4]));
-        assert_eq!(status_ids(s, "Gid:"), Some(vec![0; 4]));
-    }
 
     #[test]
     fn start_time_identifies_a_process() {

@@ -20,6 +20,24 @@ pub const LOG_IN_JAIL: &str = "/firecracker.log";
 pub const OWNER_FILE: &str = "warden-owner.json";
 /// Where named network namespaces live (`ip netns` uses the same directory).
 pub const NETNS_DIR: &str = "/var/run/netns";
+/// Longest path the kernel accepts in a `sockaddr_un` (108 bytes including the trailing NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// An API socket path the kernel cannot bind: longer than [`MAX_SOCKET_PATH`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketPathTooLong {
+    /// The path as the host sees it.
+    pub path: PathBuf,
+    /// Its length in bytes.
+    pub len: usize,
+}
+
+impl SocketPathTooLong {
+    /// How many bytes too long it is.
+    pub fn excess(&self) -> usize {
+        self.len - MAX_SOCKET_PATH
+    }
+}
 
 /// The host paths of every VM of one configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +73,17 @@ impl Layout {
             hierarchy,
             netns_dir: PathBuf::from(NETNS_DIR),
         }
+    }
+
+    /// The API socket path of VM `id`, if the kernel can bind it (the one rule for socket path
+    /// length: plans refuse a longer one and `warden doctor` checks the longest id against it).
+    pub fn checked_socket_path(&self, id: &str) -> Result<PathBuf, SocketPathTooLong> {
+        let path = self.socket_path(id);
+        let len = path.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            return Err(SocketPathTooLong { path, len });
+        }
+        Ok(path)
     }
 
     /// `<base>/<exec-name>`: every jail of this layout is a directory in it.
@@ -356,5 +385,29 @@ mod tests {
         std::fs::create_dir_all(l.root_dir("plain-jailer")).unwrap();
         std::fs::create_dir_all(l.jails_dir().join("bad.name")).unwrap();
         assert_eq!(l.owned_jail_ids(), ["ours"]);
+    }
+
+    #[test]
+    fn a_socket_path_fits_up_to_107_bytes_and_names_its_excess_beyond() {
+        let at = |base: &str| {
+            Layout::new(
+                base,
+                Path::new("/usr/bin/firecracker"),
+                "warden",
+                CgroupVersion::V1,
+                Hierarchy::empty(),
+            )
+        };
+        let id = "x".repeat(crate::id::MAX_LEN);
+        // A base "/bbb" adds its length plus one separator to "/firecracker/<id>/root/...".
+        let fixed = at("/").socket_path(&id).as_os_str().len();
+        let fits = "/".to_owned() + &"b".repeat(MAX_SOCKET_PATH - fixed - 1);
+        let path = at(&fits).checked_socket_path(&id).unwrap();
+        assert_eq!(path.as_os_str().len(), MAX_SOCKET_PATH);
+        let err = at(&format!("{fits}cc"))
+            .checked_socket_path(&id)
+            .unwrap_err();
+        assert_eq!((err.len, err.excess()), (MAX_SOCKET_PATH + 2, 2));
+        assert_eq!(err.path, at(&format!("{fits}cc")).socket_path(&id));
     }
 }

@@ -21,6 +21,7 @@ pub mod lifecycle;
 pub mod net;
 pub mod owner;
 pub mod plan;
+pub mod proc;
 pub mod source;
 pub mod spec;
 pub mod stage;
@@ -28,7 +29,7 @@ pub mod stage;
 pub use cgroup::{CgroupLimits, CgroupVersion};
 pub use host::{Host, RealHost};
 pub use id::JailId;
-pub use layout::Layout;
+pub use layout::{Layout, SocketPathTooLong, MAX_SOCKET_PATH};
 pub use lifecycle::{apply, ApplyError, Jail, RemoveError};
 pub use owner::{Owner, OwnerRecord, Registry};
 pub use plan::{JailPlan, StagedFile};
@@ -48,6 +49,3 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
-
-/// Longest path the kernel accepts in a `sockaddr_un` (108 bytes including the trailing NUL).
-pub const MAX_SOCKET_PATH: usize = 107;

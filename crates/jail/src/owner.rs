@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::inspect;
 use crate::plan::JailPlan;
+use crate::proc;
 
 /// The default registry directory.
 pub const REGISTRY_DIR: &str = "/run/warden/vms";
@@ -61,7 +61,7 @@ impl Owner {
         let pid = std::process::id();
         Self::Process {
             pid,
-            start_time: inspect::start_time(Path::new("/proc"), pid).unwrap_or(0),
+            start_time: proc::start_time(Path::new(proc::PROC), pid).unwrap_or(0),
             boot_id: boot_id(),
         }
     }
@@ -88,7 +88,7 @@ impl Owner {
                 start_time,
                 boot_id: b,
             } => {
-                if *b != boot_id() || !inspect::is_running(proc_root, *pid, *start_time) {
+                if *b != boot_id() || !proc::is_running(proc_root, *pid, *start_time) {
                     Liveness::Dead
                 } else {
                     Liveness::Alive

@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::cgroup::{CgroupVersion, Hierarchy, Setting};
 use crate::layout::Layout;
+use crate::layout::MAX_SOCKET_PATH;
 pub use crate::layout::{LOG_IN_JAIL, SOCKET_IN_JAIL};
 use crate::spec::{JailSpec, SpecError};
-use crate::MAX_SOCKET_PATH;
 
 /// How a file reaches the jail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,27 +141,46 @@ impl JailSpec {
 
     /// Validates the spec and computes its plan against the host's cgroup hierarchy.
     pub fn plan(&self, hierarchy: &Hierarchy) -> Result<JailPlan, SpecError> {
+        self.plan_inner(hierarchy, None)
+    }
+
+    /// The same plan, with other arguments for Firecracker than the API socket and log file
+    /// (after the jailer's `--` when jailed): for a baseline that boots Firecracker from a
+    /// config file (`--no-api --config-file ...`) with exactly the jailer arguments warden uses.
+    pub fn plan_with_firecracker_args(
+        &self,
+        hierarchy: &Hierarchy,
+        firecracker_args: &[&str],
+    ) -> Result<JailPlan, SpecError> {
+        self.plan_inner(
+            hierarchy,
+            Some(firecracker_args.iter().map(|a| a.to_string()).collect()),
+        )
+    }
+
+    fn plan_inner(
+        &self,
+        hierarchy: &Hierarchy,
+        firecracker_args: Option<Vec<String>>,
+    ) -> Result<JailPlan, SpecError> {
         self.validate()?;
         let layout = self.layout(hierarchy);
         let id = self.id.as_str();
         let jail_dir = layout.jail_dir(id);
         let root_dir = layout.root_dir(id);
-        let socket_path = layout.socket_path(id);
-        let log_file = layout.log_file(id);
-        let pid_file = layout.pid_file(id);
-
-        let socket_len = socket_path.as_os_str().len();
-        if socket_len > MAX_SOCKET_PATH {
-            return Err(SpecError::new(
+        let socket_path = layout.checked_socket_path(id).map_err(|e| {
+            SpecError::new(
                 "chroot_base_dir",
                 format!(
                     "makes the API socket path {} bytes long ({}), over the kernel's limit of {MAX_SOCKET_PATH}; \
                      use a shorter chroot base directory or a shorter VM id",
-                    socket_len,
-                    socket_path.display()
+                    e.len,
+                    e.path.display()
                 ),
-            ));
-        }
+            )
+        })?;
+        let log_file = layout.log_file(id);
+        let pid_file = layout.pid_file(id);
 
         let (uid, gid) = if self.jailed {
             (self.uid, self.gid)
@@ -318,24 +337,31 @@ impl JailSpec {
             if self.new_pid_ns {
                 a.push("--new-pid-ns".into());
             }
-            a.extend([
-                "--".into(),
-                "--api-sock".into(),
-                SOCKET_IN_JAIL.into(),
-                "--log-path".into(),
-                LOG_IN_JAIL.into(),
-            ]);
+            a.push("--".into());
+            a.extend(firecracker_args.unwrap_or_else(|| {
+                vec![
+                    "--api-sock".into(),
+                    SOCKET_IN_JAIL.into(),
+                    "--log-path".into(),
+                    LOG_IN_JAIL.into(),
+                ]
+            }));
             a
         } else {
-            vec![
+            let mut a = vec![
                 self.exec_file.display().to_string(),
                 "--id".into(),
                 self.id.to_string(),
-                "--api-sock".into(),
-                socket_path.display().to_string(),
-                "--log-path".into(),
-                log_file.display().to_string(),
-            ]
+            ];
+            a.extend(firecracker_args.unwrap_or_else(|| {
+                vec![
+                    "--api-sock".into(),
+                    socket_path.display().to_string(),
+                    "--log-path".into(),
+                    log_file.display().to_string(),
+                ]
+            }));
+            a
         };
 
         Ok(JailPlan {
@@ -619,6 +645,34 @@ mod tests {
             Path::new("/srv/jailer/firecracker/vm-golden/root/kernel")
         );
         assert!(!plan.new_pid_ns);
+    }
+
+    #[test]
+    fn other_firecracker_args_replace_only_what_follows_the_jailers_separator() {
+        let k = kernel();
+        let h = Hierarchy::parse(crate::cgroup::tests_support::HYBRID_MOUNTS).unwrap();
+        let s = spec(CgroupVersion::V1, k.path());
+        let api = s.plan(&h).unwrap();
+        let args = ["--no-api", "--config-file", "/vm.json"];
+        let own = s.plan_with_firecracker_args(&h, &args).unwrap();
+        let sep = api.argv.iter().position(|a| a == "--").unwrap();
+        assert_eq!(own.argv[..=sep], api.argv[..=sep]);
+        assert_eq!(own.argv[sep + 1..], args);
+        assert_eq!(own.cgroup_dirs, api.cgroup_dirs);
+        let mut unjailed = s.clone();
+        unjailed.jailed = false;
+        let own = unjailed.plan_with_firecracker_args(&h, &args).unwrap();
+        assert_eq!(
+            own.argv,
+            [
+                "/usr/local/bin/firecracker",
+                "--id",
+                "vm-golden",
+                "--no-api",
+                "--config-file",
+                "/vm.json"
+            ]
+        );
     }
 
     #[test]

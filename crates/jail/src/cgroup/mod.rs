@@ -434,9 +434,11 @@ pub fn remove(dirs: &[PathBuf], deadline: Duration) -> Result<(), CgroupError> {
     Ok(())
 }
 
-/// SIGKILLs every task in these cgroup directories (v2: through `cgroup.kill` where the kernel
-/// has it) and waits up to `deadline` until none is left. Each directory is exactly one VM's, so
-/// every task in it is that VM's.
+/// SIGKILLs every task in these cgroup directories and waits up to `deadline` until none is
+/// left. On v2, where the kernel has `cgroup.kill` (5.14), one write kills the whole subtree at
+/// once, including tasks forked meanwhile; elsewhere (v1, older kernels) each pid in
+/// `cgroup.procs` is signalled. Each directory must be exactly one owner's, so that every task
+/// in it is theirs. This is the workspace's only cgroup kill loop.
 pub fn kill_tasks(dirs: &[PathBuf], deadline: Duration) {
     let start = Instant::now();
     let tasks = |dir: &Path| -> Vec<i32> {
@@ -609,5 +611,29 @@ mod tests {
         assert_eq!(unescape_mount_path("/plain"), "/plain");
         assert_eq!(unescape_mount_path("/données\\040x"), "/données x");
         assert_eq!(unescape_mount_path("/trailing\\04"), "/trailing\\04");
+    }
+
+    #[test]
+    fn kill_tasks_writes_cgroup_kill_where_it_exists_and_signals_each_task_elsewhere() {
+        let root = tempfile::tempdir().unwrap();
+        let v2 = root.path().join("v2/warden/vm1");
+        let v1 = root.path().join("v1/pids/warden/vm1");
+        std::fs::create_dir_all(&v2).unwrap();
+        std::fs::create_dir_all(&v1).unwrap();
+        std::fs::write(v2.join("cgroup.kill"), "").unwrap();
+        std::fs::write(v2.join("cgroup.procs"), "").unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        std::fs::write(v1.join("cgroup.procs"), format!("{}\n", child.id())).unwrap();
+        // The fake procs file never empties: the wait ends at the deadline.
+        kill_tasks(&[v2.clone(), v1], Duration::from_millis(50));
+        assert_eq!(
+            std::fs::read_to_string(v2.join("cgroup.kill")).unwrap(),
+            "1"
+        );
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
     }
 }

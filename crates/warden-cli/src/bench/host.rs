@@ -9,15 +9,22 @@ use std::time::{Duration, Instant};
 
 use super::Leftovers;
 
-/// The bench's jails and cgroups, spelled by the library's layout.
+/// The bench's jails and cgroups, spelled by the library's layout, with the cgroup version
+/// warden would pick on this host.
 fn layout(chroot_base: &Path, parent: &str) -> jail::Layout {
+    let hierarchy =
+        jail::cgroup::Hierarchy::host().unwrap_or_else(|_| jail::cgroup::Hierarchy::empty());
     jail::Layout::new(
         chroot_base,
         Path::new("firecracker"),
         parent,
-        jail::CgroupVersion::V1,
-        jail::cgroup::Hierarchy::host().unwrap_or_else(|_| jail::cgroup::Hierarchy::empty()),
+        hierarchy.default_version(),
+        hierarchy,
     )
+}
+
+fn proc_root() -> &'static Path {
+    Path::new(jail::proc::PROC)
 }
 
 /// The prefix of every VM id (and so jail directory) the bench creates.
@@ -48,46 +55,19 @@ pub(crate) fn raise_fd_limit() {
 
 /// `MemAvailable` in KiB.
 pub(crate) fn mem_available_kib() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemAvailable:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    jail::proc::meminfo_kib(proc_root(), "MemAvailable").unwrap_or(0)
 }
 
 /// Busy CPU time of the whole host so far (all CPUs, idle and iowait excluded), in ms.
 pub(crate) fn cpu_busy_ms() -> f64 {
-    let Some(line) = std::fs::read_to_string("/proc/stat")
-        .ok()
-        .and_then(|s| s.lines().next().map(str::to_owned))
-    else {
-        return 0.0;
-    };
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let total: u64 = v.iter().take(8).sum();
-    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
     // USER_HZ is 100 on Linux.
-    (total - idle) as f64 * 10.0
+    jail::proc::cpu_times(proc_root()).map_or(0.0, |t| t.busy() as f64 * 10.0)
 }
 
 /// A process's `VmRSS` in KiB (0 when gone).
 pub(crate) fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
+    jail::proc::status(proc_root(), pid)
+        .and_then(|s| s.vm_rss_kib)
         .unwrap_or(0)
 }
 
@@ -132,39 +112,21 @@ fn jail_dirs(chroot_base: &Path, prefix: &str) -> Vec<PathBuf> {
 
 /// Live jailer/firecracker processes whose arguments name a VM id starting with `prefix`.
 pub(crate) fn vm_processes(prefix: &str) -> Vec<u32> {
-    let mut out = Vec::new();
     if prefix.is_empty() {
-        return out; // never everyone's VMs
+        return Vec::new(); // never everyone's VMs
     }
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let exe = args
-            .first()
-            .map(|a| String::from_utf8_lossy(a))
-            .unwrap_or_default();
-        if !(exe.ends_with("firecracker") || exe.ends_with("jailer")) {
-            continue;
-        }
-        let ours = args.iter().any(|a| a.starts_with(prefix.as_bytes()));
-        let zombie = std::fs::read_to_string(e.path().join("stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit(')')
-                    .next()
-                    .map(|r| r.trim_start().starts_with('Z'))
-            })
-            .unwrap_or(false);
-        if ours && !zombie {
-            out.push(pid);
-        }
-    }
-    out
+    jail::proc::pids(proc_root())
+        .into_iter()
+        .filter(|&pid| {
+            let Some(args) = jail::proc::cmdline(proc_root(), pid) else {
+                return false;
+            };
+            let exe = args.first().map(String::as_str).unwrap_or_default();
+            (exe.ends_with("firecracker") || exe.ends_with("jailer"))
+                && args.iter().any(|a| a.starts_with(prefix))
+                && jail::proc::is_alive(proc_root(), pid)
+        })
+        .collect()
 }
 
 /// What is left of the VMs under `chroot_base` with ids starting with `prefix` and of the parent
@@ -198,27 +160,25 @@ pub(crate) fn traces(chroot_base: &Path, parent: &str) -> (usize, usize) {
     )
 }
 
-/// Removes by force whatever is left: kills the VMs' processes (by id prefix and by cgroup),
-/// removes their cgroups, the parent cgroup and their jails.
+/// Removes by force whatever is left: kills the VMs' processes (by cgroup, then by id prefix
+/// for a jailer not yet in its cgroups), removes their cgroups, the parent cgroup and their
+/// jails.
 pub(crate) fn sweep(chroot_base: &Path, prefix: &str, parent: &str) {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
     let t0 = Instant::now();
     loop {
-        let mut pids: Vec<u32> = vm_processes(prefix);
-        for dir in parent_dirs(parent)
+        // The parent cgroup is the bench's own: every task below it is one of its VMs'.
+        let dirs: Vec<PathBuf> = parent_dirs(parent)
             .into_iter()
             .chain(cgroup_children(parent))
-        {
-            if let Ok(s) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-                pids.extend(s.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
-            }
-        }
-        pids.retain(|p| *p != std::process::id());
-        if pids.is_empty() || t0.elapsed() > Duration::from_secs(5) {
+            .collect();
+        jail::cgroup::kill_tasks(&dirs, Duration::from_secs(2));
+        let named = vm_processes(prefix);
+        if named.is_empty() || t0.elapsed() > Duration::from_secs(5) {
             break;
         }
-        for p in pids {
+        for p in named {
             let _ = kill(Pid::from_raw(p as i32), Signal::SIGKILL);
         }
         std::thread::sleep(Duration::from_millis(50));

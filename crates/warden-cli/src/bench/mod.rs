@@ -353,22 +353,8 @@ impl Report {
 /// A one-line description of this machine.
 fn machine() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .next()
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|k| k.parse::<u64>().ok())
-        })
+    let mem = jail::proc::meminfo_kib(std::path::Path::new(jail::proc::PROC), "MemTotal")
         .map_or(0, |kb| kb >> 20);
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_default();
+    let model = jail::proc::cpu_model(std::path::Path::new(jail::proc::PROC)).unwrap_or_default();
     format!("{cpus} CPUs ({model}), {mem} GiB RAM")
 }

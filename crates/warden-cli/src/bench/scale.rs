@@ -112,16 +112,10 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<Report> {
 
 /// Why `n` more VMs would not fit the kernel's thread limits, if they would not.
 fn threads_short(n: usize) -> Option<String> {
-    let read = |p: &str| -> Option<u64> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
-    let limit = read("/proc/sys/kernel/pid_max")?.min(read("/proc/sys/kernel/threads-max")?);
-    let now: u64 = std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .nth(3)?
-        .split('/')
-        .nth(1)?
-        .parse()
-        .ok()?;
+    let proc_root = std::path::Path::new(jail::proc::PROC);
+    let limit = jail::proc::kernel_u64(proc_root, "pid_max")?
+        .min(jail::proc::kernel_u64(proc_root, "threads-max")?);
+    let now = jail::proc::task_count(proc_root)?;
     // A jailed Firecracker with one vCPU runs about 4 threads; keep a margin.
     let need = n as u64 * 6;
     (now + need > limit * 9 / 10).then(|| {

@@ -213,64 +213,71 @@ fn bare_firecracker(env: &Env, id: &str) -> anyhow::Result<Duration> {
     t
 }
 
-pub(super) fn bare_jailer(env: &Env, id: &str) -> anyhow::Result<Duration> {
-    use std::os::unix::fs::chown;
-    let layout = jail::Layout::new(
-        &env.base,
-        &env.firecracker,
-        &env.parent_cgroup,
-        jail::CgroupVersion::V1,
-        jail::cgroup::Hierarchy::host()?,
-    );
-    let jail = layout.jail_dir(id);
-    let root = layout.root_dir(id);
-    std::fs::create_dir_all(&root)?;
-    std::fs::hard_link(&env.kernel, root.join("kernel"))
-        .or_else(|_| std::fs::copy(&env.kernel, root.join("kernel")).map(|_| ()))?;
-    std::fs::write(root.join("vm.json"), vm_json("/kernel"))?;
-    chown(root.join("vm.json"), Some(10000), Some(10000))?;
-    // Firecracker's log goes to a file in the jail, as warden's does.
-    std::fs::write(root.join("firecracker.log"), b"")?;
-    chown(root.join("firecracker.log"), Some(10000), Some(10000))?;
-    let mut cmd = Command::new(&env.jailer);
-    cmd.args(["--id", id, "--exec-file"])
-        .arg(&env.firecracker)
-        .args(["--uid", "10000", "--gid", "10000", "--chroot-base-dir"])
-        .arg(&env.base)
-        .args([
-            "--cgroup-version",
-            "1",
-            "--parent-cgroup",
-            &env.parent_cgroup,
-        ])
-        .args([
-            "--cgroup",
-            &format!("memory.limit_in_bytes={}", 192u64 << 20),
-        ])
-        .args([
-            "--cgroup",
-            "cpu.cfs_period_us=100000",
-            "--cgroup",
-            "cpu.cfs_quota_us=100000",
-        ])
-        .args([
-            "--cgroup",
-            "pids.max=1024",
-            "--resource-limit",
-            "no-file=2048",
-        ])
-        .args([
-            "--",
+/// The jail of one bare-jailer boot: warden's own plan (jailer argv with the host's cgroup
+/// version, paths, cgroup values), with Firecracker booting from a config file instead of the
+/// API. Nothing is staged or reserved: the bench prepares the chroot itself.
+fn bare_jailer_plan(env: &Env, id: &str) -> anyhow::Result<jail::JailPlan> {
+    let hierarchy = jail::cgroup::Hierarchy::host()?;
+    let spec = jail::JailSpec {
+        id: jail::JailId::new(id)?,
+        jailed: true,
+        jailer_binary: env.jailer.clone(),
+        exec_file: env.firecracker.clone(),
+        uid: BARE_JAILER_ID,
+        gid: BARE_JAILER_ID,
+        chroot_base_dir: env.base.clone(),
+        cgroup_version: hierarchy.default_version(),
+        parent_cgroup: env.parent_cgroup.clone(),
+        // What warden gives a 128 MiB, one-vCPU guest.
+        limits: jail::CgroupLimits {
+            memory_bytes: Some(192 << 20),
+            cpu_quota_pct: Some(100),
+            pids_max: Some(1024),
+        },
+        resource_limits: jail::ResourceLimits {
+            no_file: Some(2048),
+            fsize: None,
+        },
+        fsize_headroom: None,
+        new_pid_ns: false,
+        netns: None,
+        make_netns: false,
+        net: None,
+        files: Vec::new(),
+    };
+    Ok(spec.plan_with_firecracker_args(
+        &hierarchy,
+        &[
             "--no-api",
             "--config-file",
             "/vm.json",
             "--log-path",
-            "/firecracker.log",
-        ]);
+            jail::plan::LOG_IN_JAIL,
+        ],
+    )?)
+}
+
+/// The uid and gid of the bare jailer's Firecracker.
+const BARE_JAILER_ID: u32 = 10000;
+
+pub(super) fn bare_jailer(env: &Env, id: &str) -> anyhow::Result<Duration> {
+    use std::os::unix::fs::chown;
+    let plan = bare_jailer_plan(env, id)?;
+    let root = &plan.root_dir;
+    std::fs::create_dir_all(root)?;
+    std::fs::hard_link(&env.kernel, root.join("kernel"))
+        .or_else(|_| std::fs::copy(&env.kernel, root.join("kernel")).map(|_| ()))?;
+    std::fs::write(root.join("vm.json"), vm_json("/kernel"))?;
+    chown(root.join("vm.json"), Some(plan.uid), Some(plan.gid))?;
+    // Firecracker's log goes to a file in the jail, as warden's does.
+    std::fs::write(&plan.log_file, b"")?;
+    chown(&plan.log_file, Some(plan.uid), Some(plan.gid))?;
+    let mut cmd = Command::new(&plan.argv[0]);
+    cmd.args(&plan.argv[1..]);
     let t = time_to_marker(cmd);
-    std::fs::remove_dir_all(&jail)?;
-    for dir in layout.vm_cgroup_dirs_everywhere(id) {
-        let _ = std::fs::remove_dir(dir);
+    std::fs::remove_dir_all(&plan.jail_dir)?;
+    for dir in &plan.cgroup_dirs {
+        let _ = jail::cgroup::remove(std::slice::from_ref(dir), Duration::from_secs(2));
     }
     t
 }

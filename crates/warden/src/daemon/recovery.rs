@@ -108,7 +108,7 @@ async fn reconcile(m: &Manager, slot: &mut Slot) -> Result<(), ManagerError> {
         Some(r) if r.owner != m.owner => Seen::Foreign,
         _ => match (slot.rec.pid, slot.rec.start_time) {
             (Some(pid), Some(start))
-                if jail::inspect::is_running(Path::new("/proc"), pid, start) =>
+                if jail::proc::is_running(Path::new(jail::proc::PROC), pid, start) =>
             {
                 Seen::Running
             }
@@ -274,15 +274,12 @@ fn died_while_down(rec: &VmRecord) -> ExitRecord {
     };
     let stats = jail::cgroup::stats(plan.cgroup_version, &plan.cgroup_dirs);
     let log = crate::vm::read_tail(&plan.log_file, crate::vm::TAIL_BYTES);
-    let reason = if stats.oom_kills.unwrap_or(0) > 0 {
-        ExitReason::OomKilled
-    } else {
-        match crate::vm::logged_exit_code(&log) {
-            Some(0) => ExitReason::GuestPowerOff,
-            Some(code) => ExitReason::FirecrackerError { code },
-            None => ExitReason::Unknown,
-        }
-    };
+    // Not our child, never stopped or killed by us: the OOM count, else what it logged.
+    let reason: ExitReason = crate::vm::classify(&crate::vm::Ended {
+        oom_kills: stats.oom_kills,
+        log: &log,
+        ..Default::default()
+    });
     let mut r = exit_record(&reason, &log);
     r.detail = format!("{} while the daemon was down", r.detail);
     r

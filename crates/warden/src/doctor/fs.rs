@@ -176,8 +176,7 @@ pub(super) fn socket_path(base: &Path, firecracker: &Path) -> Check {
     let exec_name = Path::new(&layout.exec_name);
     let max_id = jail::id::MAX_LEN;
     let longest_id = "x".repeat(max_id);
-    let path = layout.socket_path(&longest_id);
-    let len = path.as_os_str().as_bytes().len();
+    let fits = layout.checked_socket_path(&longest_id);
     let raw = base.as_os_str().as_bytes();
     // Trailing slashes do not reach the joined path.
     let trailing = raw
@@ -192,13 +191,18 @@ pub(super) fn socket_path(base: &Path, firecracker: &Path) -> Check {
         base.display().to_string().trim_end_matches('/'),
         exec_name.display(),
     );
-    if len <= MAX_SOCKET_PATH {
-        return Check::pass(
-            NAME,
-            format!("longest API socket path is {len} bytes (limit {MAX_SOCKET_PATH}): {shown}"),
-        );
-    }
-    let over = len - MAX_SOCKET_PATH;
+    let (len, over) = match fits {
+        Ok(path) => {
+            let len = path.as_os_str().len();
+            return Check::pass(
+                NAME,
+                format!(
+                    "longest API socket path is {len} bytes (limit {MAX_SOCKET_PATH}): {shown}"
+                ),
+            );
+        }
+        Err(e) => (e.len, e.excess()),
+    };
     // Longest id that fits with this base, and longest base that fits a full-length id / a UUID.
     let id_room = max_id.saturating_sub(over);
     let base_for_max = base_len.saturating_sub(over);

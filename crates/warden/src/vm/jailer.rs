@@ -12,7 +12,8 @@ use jail::spec::{JailSpec, ResourceLimits, SpecError, StageRequest};
 use jail::{JailId, JailPlan};
 
 use super::config::{Serial, MIN_MEMORY_MB};
-use super::process::{Exit, Process};
+use super::exit::Exit;
+use super::process::Process;
 use super::Phases;
 use crate::{assets, Error};
 
@@ -247,7 +248,7 @@ pub(crate) async fn launch(
         tokio::task::spawn_blocking(move || -> Result<(), Error> {
             // Before InstanceStart, so the vCPU threads are born in it.
             jail.attach_accounting(pid)?;
-            let start_time = jail::inspect::start_time(Path::new("/proc"), pid).unwrap_or(0);
+            let start_time = jail::proc::start_time(Path::new(jail::proc::PROC), pid).unwrap_or(0);
             jail.set_firecracker(jail::owner::ProcessRef { pid, start_time })
                 .map_err(|e| Error::Os {
                     what: "recording Firecracker's pid in the VM's owner record".into(),
@@ -264,10 +265,8 @@ pub(crate) async fn launch(
     };
     if let Err(e) = recorded {
         // Firecracker may have died first (which is then the error to report).
-        let died = process.exited().is_some()
-            || !Path::new(&format!("/proc/{pid}/status")).exists()
-            || std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .is_ok_and(|s| s.contains("zombie"));
+        let died =
+            process.exited().is_some() || !jail::proc::is_alive(Path::new(jail::proc::PROC), pid);
         if !died {
             process.kill();
         }

@@ -7,7 +7,10 @@
 //! after that removes what was made.
 
 pub mod config;
+mod console;
+mod exit;
 pub mod jailer;
+mod pidfd;
 mod process;
 
 use std::path::PathBuf;
@@ -21,8 +24,9 @@ use jail::JailPlan;
 
 use crate::Error;
 use config::{JailerMode, VmConfig, VmOptions, DEFAULT_BOOT_ARGS, VMM_OVERHEAD_MB};
-pub(crate) use process::{logged_exit_code, read_tail, TAIL_BYTES};
-pub use process::{Exit, ExitReason};
+pub(crate) use console::{read_tail, TAIL_BYTES};
+pub(crate) use exit::{classify, Ended};
+pub use exit::{Exit, ExitReason};
 
 /// A running microVM. Stop it with [`stop_firecracker`]; dropping it kills the VM and removes
 /// its jail.
@@ -50,7 +54,7 @@ pub struct VmHandle {
 
 impl VmHandle {
     /// Takes charge again of a VM started earlier (e.g. by a daemon before it restarted): checks
-    /// that `pid` is still the same process (`start_time`, from [`jail::inspect::start_time`])
+    /// that `pid` is still the same process (`start_time`, from [`jail::proc::start_time`])
     /// and that its API answers, then supervises it like a VM started here. `None` when the
     /// process is gone or is not that VM's Firecracker.
     pub async fn attach(
@@ -62,8 +66,8 @@ impl VmHandle {
         serial_max: usize,
         stop_timeout: Duration,
     ) -> Result<Option<VmHandle>, Error> {
-        let proc_root = std::path::Path::new("/proc");
-        if !inspect::is_running(proc_root, pid, start_time) {
+        let proc_root = std::path::Path::new(jail::proc::PROC);
+        if !jail::proc::is_running(proc_root, pid, start_time) {
             jail.disarm();
             return Ok(None);
         }
@@ -83,7 +87,7 @@ impl VmHandle {
         let socket_path = plan.socket_path.clone();
         let unjailed = (!plan.jailed).then_some("jailer not used");
         let mut isolation = isolation_report(&process, &plan, unjailed, false).await;
-        inspect::note_uid_sharing(&mut isolation, std::path::Path::new("/proc"), pid, plan.uid);
+        inspect::note_uid_sharing(&mut isolation, proc_root, pid, plan.uid);
         Ok(Some(VmHandle {
             vm_id: vm_id.to_owned(),
             pid,
@@ -106,7 +110,7 @@ impl VmHandle {
 
     /// The process start time that, with the pid, identifies this VM's Firecracker.
     pub fn start_time(&self) -> Option<u64> {
-        inspect::start_time(std::path::Path::new("/proc"), self.pid)
+        jail::proc::start_time(std::path::Path::new(jail::proc::PROC), self.pid)
     }
 
     /// A client for the VM's API socket.
@@ -149,7 +153,7 @@ impl VmHandle {
             cgroup_dirs: &self.plan.cgroup_dirs,
             unjailed_reason: unjailed,
         };
-        let proc_root = std::path::Path::new("/proc");
+        let proc_root = std::path::Path::new(jail::proc::PROC);
         let mut report = inspect::report(proc_root, self.pid, &expected);
         inspect::note_uid_sharing(&mut report, proc_root, self.pid, self.plan.uid);
         report
@@ -491,7 +495,7 @@ async fn start_inner(
     }
     let after = isolation_report(&process, &plan, unjailed_reason.as_deref(), true).await;
     let isolation = if process.exited().is_some()
-        || !std::path::Path::new(&format!("/proc/{}/status", process.pid)).exists()
+        || !jail::proc::is_alive(std::path::Path::new(jail::proc::PROC), process.pid)
     {
         before
     } else {
@@ -595,7 +599,7 @@ async fn isolation_report(
         cgroup_dirs: &plan.cgroup_dirs,
         unjailed_reason,
     };
-    let proc_root = std::path::Path::new("/proc");
+    let proc_root = std::path::Path::new(jail::proc::PROC);
     let mut report = inspect::report(proc_root, process.pid, &expected);
     for _ in 0..50 {
         if !settle || !plan.jailed || report.seccomp.active || process.exited().is_some() {

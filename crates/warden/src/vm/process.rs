@@ -5,7 +5,9 @@
 //! status, OOM kills from the cgroup, or our own stop), keeps the tail of Firecracker's output,
 //! and then removes the jail and its cgroups: the same cleanup for a guest power-off, a stop, a
 //! crash or a kill from outside. Dropping the handle without stopping kills the VM and cleans
-//! up synchronously, so nothing outlives its owner.
+//! up synchronously, so nothing outlives its owner. Why it ended is decided by
+//! [`super::exit::classify`]; the console and output buffers are [`super::console`]'s, and the
+//! pidfd system calls [`super::pidfd`]'s.
 //!
 //! With `--new-pid-ns` the jailer forks Firecracker and exits; Firecracker would be reparented
 //! to init and its exit status lost, so we become a child subreaper first
@@ -17,7 +19,7 @@
 //! in a session of its own: when the owner dies, even by SIGKILL, the watchdog kills Firecracker.
 //! The owner record then names a dead owner, and the next `gc` removes the rest.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -25,149 +27,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jail::{Jail, JailPlan};
-use serde::Serialize;
-use tokio::io::unix::AsyncFd;
-use tokio::io::AsyncReadExt;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 use super::config::Serial;
+use super::console::{
+    read_tail, spawn_serial_reader, spawn_stderr_reader, tail, SerialBuf, TAIL_BYTES,
+};
+use super::exit::{classify, Ended, Exit, ExitReason};
+use super::pidfd;
 use crate::error::Error;
-
-/// Why a VM's Firecracker process ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "reason", rename_all = "snake_case")]
-pub enum ExitReason {
-    /// The guest powered off or rebooted (Firecracker exited with status 0).
-    GuestPowerOff,
-    /// Stopped gracefully by us (Ctrl-Alt-Del accepted before the deadline).
-    Stopped,
-    /// Killed by us (SIGKILL) after a graceful stop timed out, or on drop.
-    Killed,
-    /// The kernel's OOM killer killed it: the memory cgroup limit was reached.
-    OomKilled,
-    /// Killed by a signal we did not send.
-    Signaled {
-        /// The signal number.
-        signal: i32,
-    },
-    /// Firecracker exited with an error status.
-    FirecrackerError {
-        /// Its exit status.
-        code: i32,
-    },
-    /// It ended while not our child and logged no exit status: most likely killed by a signal.
-    Unknown,
-}
-
-impl std::fmt::Display for ExitReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::GuestPowerOff => f.write_str("guest powered off"),
-            Self::Stopped => f.write_str("stopped"),
-            Self::Killed => f.write_str("killed by warden (SIGKILL)"),
-            Self::OomKilled => f.write_str("OOM-killed: memory cgroup limit reached"),
-            Self::Signaled { signal } => write!(f, "killed by signal {signal}"),
-            Self::FirecrackerError { code } => write!(f, "Firecracker exited with status {code}"),
-            Self::Unknown => {
-                f.write_str("exited without logging a status (likely killed by a signal)")
-            }
-        }
-    }
-}
-
-/// The end of a VM, once its host resources are gone.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Exit {
-    /// Why it ended.
-    pub reason: ExitReason,
-    /// The end of what Firecracker and the jailer printed (stderr, then Firecracker's log).
-    pub output: String,
-    /// Cleanup error, if cleanup failed (the paths are named).
-    pub cleanup_error: Option<String>,
-}
-
-/// Serial console bytes received so far (or the file they go to), the newest `max` of them.
-#[derive(Debug, Default)]
-pub(crate) struct SerialBuf {
-    bytes: Mutex<Vec<u8>>,
-    more: Notify,
-    file: Option<PathBuf>,
-    max: usize,
-}
-
-/// The file a serial log rotates into (one generation is kept).
-pub(crate) fn rotated(path: &std::path::Path) -> PathBuf {
-    let mut p = path.as_os_str().to_owned();
-    p.push(".1");
-    PathBuf::from(p)
-}
-
-impl SerialBuf {
-    pub(crate) fn text(&self) -> String {
-        if let Some(f) = &self.file {
-            let mut all = std::fs::read(rotated(f)).unwrap_or_default();
-            all.extend(std::fs::read(f).unwrap_or_default());
-            return String::from_utf8_lossy(&all).into_owned();
-        }
-        String::from_utf8_lossy(&self.bytes.lock().unwrap()).into_owned()
-    }
-
-    /// Keeps the serial log file at most `max` bytes on disk in all: once it passes half of
-    /// that, its content moves to `<file>.1` (replacing the older generation) and the file is
-    /// truncated. Firecracker appends (`O_APPEND`), so its next write lands at the new end.
-    /// Checked every 200 ms until the VM ends: a guest writing its console flat out (about
-    /// 125 KB/s here) overshoots by a few tens of KiB at most.
-    async fn keep_bounded(self: Arc<Self>, mut exit: watch::Receiver<Option<Exit>>) {
-        let Some(path) = self.file.clone() else {
-            return;
-        };
-        let half = (self.max / 2).max(4096) as u64;
-        loop {
-            if exit.borrow().is_some() {
-                return;
-            }
-            let big = std::fs::metadata(&path).is_ok_and(|m| m.len() > half);
-            if big {
-                let p = path.clone();
-                let _ = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                    std::fs::copy(&p, rotated(&p))?;
-                    std::fs::OpenOptions::new().write(true).open(&p)?.set_len(0)
-                })
-                .await;
-            }
-            if tokio::time::timeout(Duration::from_millis(200), exit.changed())
-                .await
-                .is_ok_and(|r| r.is_err())
-            {
-                return;
-            }
-        }
-    }
-
-    /// Waits until the output contains `needle`, up to `timeout`.
-    pub(crate) async fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let notified = self.more.notified();
-            if self.text().contains(needle) {
-                return true;
-            }
-            // A file has no notifications: poll it.
-            let wait = if self.file.is_some() {
-                tokio::time::Instant::now() + Duration::from_millis(5)
-            } else {
-                deadline
-            };
-            if tokio::time::timeout_at(wait.min(deadline), notified)
-                .await
-                .is_err()
-                && tokio::time::Instant::now() >= deadline
-            {
-                return self.text().contains(needle);
-            }
-        }
-    }
-}
 
 #[derive(Debug, Default)]
 struct Flags {
@@ -241,14 +109,13 @@ impl Process {
             program: program.clone(),
             source,
         })?;
-        let serial_buf = Arc::new(SerialBuf {
-            file: match &serial {
+        let serial_buf = Arc::new(SerialBuf::new(
+            match &serial {
                 Serial::File(p) => Some(p.clone()),
                 _ => None,
             },
-            max: serial_max,
-            ..Default::default()
-        });
+            serial_max,
+        ));
         if let Some(out) = child.stdout.take() {
             spawn_serial_reader(out, serial_buf.clone(), serial == Serial::CaptureAndEcho);
         }
@@ -293,12 +160,12 @@ impl Process {
         };
         // Not waited on through `child`: the supervisor reaps it through the pidfd.
         drop(child);
-        let pidfd = pidfd_open(pid)?;
+        let pidfd = pidfd::open(pid)?;
         let watchdog = if die_with_owner {
             match spawn_watchdog(&pidfd) {
                 Ok(w) => Some(w),
                 Err(e) => {
-                    pidfd_send_signal(&pidfd, libc::SIGKILL);
+                    pidfd::send_signal(&pidfd, libc::SIGKILL);
                     return Err(e);
                 }
             }
@@ -325,13 +192,9 @@ impl Process {
         serial_file: Option<PathBuf>,
         serial_max: usize,
     ) -> Result<Self, Error> {
-        let pidfd = pidfd_open(pid)?;
+        let pidfd = pidfd::open(pid)?;
         let stderr_file = serial_file.as_deref().map(Serial::stderr_path);
-        let serial = Arc::new(SerialBuf {
-            file: serial_file,
-            max: serial_max,
-            ..Default::default()
-        });
+        let serial = Arc::new(SerialBuf::new(serial_file, serial_max));
         Ok(Self::supervised(
             pid,
             jail,
@@ -370,7 +233,7 @@ impl Process {
             exit,
             cleanup_done,
         };
-        if p.serial.file.is_some() {
+        if p.serial.has_file() {
             tokio::spawn(p.serial.clone().keep_bounded(p.exit.clone()));
         }
         tokio::spawn(supervise(
@@ -436,7 +299,7 @@ impl Process {
     /// SIGKILL through the pidfd (never a recycled pid).
     pub(crate) fn kill(&self) {
         self.flags.lock().unwrap().killed = true;
-        pidfd_send_signal(&self.pidfd, libc::SIGKILL);
+        pidfd::send_signal(&self.pidfd, libc::SIGKILL);
     }
 
     /// Waits up to `timeout` for the exit.
@@ -453,8 +316,8 @@ impl Drop for Process {
             return;
         }
         self.kill();
-        wait_pidfd_blocking(&self.pidfd, Duration::from_secs(2));
-        let _ = reap(&self.pidfd);
+        pidfd::wait_blocking(&self.pidfd, Duration::from_secs(2));
+        let _ = pidfd::reap(&self.pidfd);
         if let Some(w) = self.watchdog.lock().unwrap().take() {
             end_watchdog(w, false);
         }
@@ -489,43 +352,23 @@ async fn supervise(
     out: Output,
     tx: watch::Sender<Option<Exit>>,
 ) {
-    // SAFETY: the pidfd stays open for as long as the AsyncFd (it holds an Arc to it), and it is
-    // registered only here.
-    if let Ok(fd) = unsafe {
-        AsyncFd::register_with_interest(PidFd(pidfd.clone()), tokio::io::Interest::READABLE)
-    } {
-        let _ = fd.readable().await;
-    } else {
-        let fd = pidfd.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            wait_pidfd_blocking(&fd, Duration::from_secs(u64::MAX / 4))
-        })
-        .await;
-    }
-    let status = reap(&pidfd);
+    pidfd::exited(pidfd.clone()).await;
+    let status = pidfd::reap(&pidfd);
     let plan = jail.plan();
     if let Some(done) = out.stderr_done {
         let _ = tokio::time::timeout(Duration::from_millis(200), done).await;
     }
     let log = read_tail(&plan.log_file, TAIL_BYTES);
-    // Not our child (re-attached after a restart): Firecracker logs its own exit status.
-    let status = status.or_else(|| logged_exit_code(&log).map(WaitStatus::Exited));
     let stats = jail::cgroup::stats(plan.cgroup_version, &plan.cgroup_dirs);
     let flags = std::mem::take(&mut *flags.lock().unwrap());
-    let reason = if stats.oom_kills.unwrap_or(0) > 0 {
-        ExitReason::OomKilled
-    } else if flags.killed {
-        ExitReason::Killed
-    } else {
-        match status {
-            Some(WaitStatus::Exited(0)) if flags.stop_requested => ExitReason::Stopped,
-            Some(WaitStatus::Exited(0)) => ExitReason::GuestPowerOff,
-            Some(WaitStatus::Exited(code)) => ExitReason::FirecrackerError { code },
-            Some(WaitStatus::Signaled(signal)) => ExitReason::Signaled { signal },
-            None if flags.stop_requested => ExitReason::Stopped,
-            None => ExitReason::Unknown,
-        }
-    };
+    // Not our child (re-attached after a restart): classify reads the status Firecracker logged.
+    let reason = classify(&Ended {
+        status,
+        oom_kills: stats.oom_kills,
+        killed: flags.killed,
+        stop_requested: flags.stop_requested,
+        log: &log,
+    });
     let mut output = String::from_utf8_lossy(&out.stderr.lock().unwrap()).into_owned();
     if let Some(f) = &out.stderr_file {
         output.push_str(&read_tail(f, TAIL_BYTES));
@@ -554,63 +397,6 @@ async fn supervise(
         output,
         cleanup_error,
     }));
-}
-
-fn spawn_serial_reader(out: std::process::ChildStdout, buf: Arc<SerialBuf>, echo: bool) {
-    let Ok(mut out) = tokio::process::ChildStdout::from_std(out) else {
-        return;
-    };
-    tokio::spawn(async move {
-        let mut chunk = [0u8; 4096];
-        loop {
-            match out.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if echo {
-                        use std::io::Write;
-                        let mut so = std::io::stdout().lock();
-                        let _ = so.write_all(&chunk[..n]);
-                        let _ = so.flush();
-                    }
-                    {
-                        // Only the newest `max` bytes are kept: a guest flooding its console
-                        // cannot grow our memory.
-                        let mut b = buf.bytes.lock().unwrap();
-                        b.extend_from_slice(&chunk[..n]);
-                        if b.len() > buf.max {
-                            let cut = b.len() - buf.max;
-                            b.drain(..cut);
-                        }
-                    }
-                    buf.more.notify_waiters();
-                }
-            }
-        }
-    });
-}
-
-fn spawn_stderr_reader(
-    err: std::process::ChildStderr,
-    into: Arc<Mutex<Vec<u8>>>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let Ok(mut err) = tokio::process::ChildStderr::from_std(err) else {
-            return;
-        };
-        let mut chunk = [0u8; 4096];
-        while let Ok(n) = err.read(&mut chunk).await {
-            if n == 0 {
-                break;
-            }
-            let mut v = into.lock().unwrap();
-            // Keep the last 64 KiB only.
-            v.extend_from_slice(&chunk[..n]);
-            let len = v.len();
-            if len > 65536 {
-                v.drain(..len - 65536);
-            }
-        }
-    })
 }
 
 async fn wait_child(
@@ -644,18 +430,6 @@ fn read_pid_file(path: &std::path::Path) -> Result<u32, Error> {
     })
 }
 
-/// The exit status Firecracker logged as it exited (`... exit_code=N`), if it did.
-pub(crate) fn logged_exit_code(log: &str) -> Option<i32> {
-    let line = log.lines().rev().find(|l| l.contains("exit_code="))?;
-    line.rsplit("exit_code=")
-        .next()?
-        .trim()
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// Opens a file for appending, creating it (0600).
 fn append(path: &std::path::Path) -> Result<std::fs::File, Error> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -668,28 +442,6 @@ fn append(path: &std::path::Path) -> Result<std::fs::File, Error> {
             what: format!("opening {}", path.display()),
             source,
         })
-}
-
-/// How much of a log an exit reads: its end, never the whole file.
-pub(crate) const TAIL_BYTES: u64 = 64 * 1024;
-
-/// The last `max` bytes of a file (lossily as text), or nothing.
-pub(crate) fn read_tail(path: &std::path::Path, max: u64) -> String {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return String::new();
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
-    let mut buf = Vec::new();
-    let _ = f.take(max).read_to_end(&mut buf);
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
-/// The last lines of a process's output, for error messages.
-pub(crate) fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(8)..].join("\n")
 }
 
 fn become_subreaper() -> Result<(), Error> {
@@ -708,7 +460,7 @@ fn become_subreaper() -> Result<(), Error> {
 /// raw system calls (async-signal-safe, as required after a fork in a threaded process) and
 /// never returns.
 fn spawn_watchdog(firecracker: &OwnedFd) -> Result<libc::pid_t, Error> {
-    let owner = pidfd_open(std::process::id())?;
+    let owner = pidfd::open(std::process::id())?;
     let devnull = c"/dev/null";
     // SAFETY: fork has no memory-safety preconditions; the child runs only `watchdog`, which is
     // async-signal-safe.
@@ -793,81 +545,5 @@ fn end_watchdog(pid: libc::pid_t, kill: bool) {
         }
         let mut status = 0;
         libc::waitpid(pid, &mut status, 0);
-    }
-}
-
-fn pidfd_open(pid: u32) -> Result<OwnedFd, Error> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return Err(Error::Os {
-            what: format!("pidfd_open({pid})"),
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    // SAFETY: the syscall returned a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-fn pidfd_send_signal(fd: &OwnedFd, signal: i32) {
-    // SAFETY: pidfd_send_signal with a null siginfo and no flags; the fd is open.
-    unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            fd.as_raw_fd(),
-            signal,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        );
-    }
-}
-
-fn wait_pidfd_blocking(fd: &OwnedFd, timeout: Duration) {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: one valid pollfd for the duration of the call.
-    unsafe { libc::poll(&mut pfd, 1, ms) };
-}
-
-#[derive(Debug, Clone, Copy)]
-enum WaitStatus {
-    Exited(i32),
-    Signaled(i32),
-}
-
-/// Reaps the process behind the pidfd; `None` if it is not our child.
-fn reap(fd: &OwnedFd) -> Option<WaitStatus> {
-    // SAFETY: zeroed siginfo is a valid out-parameter for waitid.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: waitid fills `info`; P_PIDFD takes the fd as id.
-    let rc = unsafe {
-        libc::waitid(
-            libc::P_PIDFD,
-            fd.as_raw_fd() as libc::id_t,
-            &mut info,
-            libc::WEXITED,
-        )
-    };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: after a successful waitid with WEXITED, si_status is the valid union member.
-    let status = unsafe { info.si_status() };
-    match info.si_code {
-        libc::CLD_EXITED => Some(WaitStatus::Exited(status)),
-        _ => Some(WaitStatus::Signaled(status)),
-    }
-}
-
-/// A pidfd wrapper for `AsyncFd` (readable = the process exited).
-struct PidFd(Arc<OwnedFd>);
-
-impl AsRawFd for PidFd {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.0.as_raw_fd()
     }
 }
