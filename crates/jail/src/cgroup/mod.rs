@@ -6,6 +6,7 @@
 //! version-specific knowledge lives in [`v1`] and [`v2`]; this module picks one at run time from
 //! the host's mount table, which is an argument so that tests can hand in a fake one.
 
+pub mod delegation;
 pub mod v1;
 pub mod v2;
 
