@@ -91,6 +91,16 @@ pub enum Error {
         /// What is left and why.
         detail: String,
     },
+    /// The jailer's pid file does not hold a pid.
+    #[error("the jailer's pid file {} holds {text:?}, not a pid", path.display())]
+    PidFile {
+        /// The file.
+        path: PathBuf,
+        /// What it holds (at most 64 characters).
+        text: String,
+        /// The parse error.
+        source: std::num::ParseIntError,
+    },
     /// A host call failed.
     #[error("{what} failed")]
     Os {

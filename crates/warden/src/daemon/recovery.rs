@@ -291,7 +291,7 @@ fn died_while_down(rec: &VmRecord) -> ExitRecord {
 fn remove_orphans(m: &Manager, known: &HashSet<String>) {
     let cfg = m.config();
     let layout = jail::Layout::new(
-        &cfg.chroot_dir,
+        &cfg.chroot_base,
         &cfg.firecracker_binary,
         &cfg.parent_cgroup,
         jail::CgroupVersion::V1,

@@ -99,7 +99,7 @@ impl DoctorInput {
         Self {
             jailer_binary: cfg.jailer_binary.clone(),
             firecracker_binary: cfg.firecracker_binary.clone(),
-            chroot_base_dir: cfg.chroot_dir.clone(),
+            chroot_base_dir: cfg.chroot_base.clone(),
             asset_dirs: cfg.asset_dirs.clone(),
             uid: cfg.jailer_uid,
             gid: cfg.jailer_gid,

@@ -420,13 +420,10 @@ fn read_pid_file(path: &std::path::Path) -> Result<u32, Error> {
         what: format!("reading the jailer's pid file {}", path.display()),
         source,
     })?;
-    text.trim().parse().map_err(|_| Error::Os {
-        what: format!(
-            "parsing the jailer's pid file {} ({:?})",
-            path.display(),
-            text.trim()
-        ),
-        source: std::io::Error::from(std::io::ErrorKind::InvalidData),
+    text.trim().parse().map_err(|source| Error::PidFile {
+        path: path.to_owned(),
+        text: text.trim().chars().take(64).collect(),
+        source,
     })
 }
 

@@ -200,8 +200,8 @@ pub const KEYS: &[KeyDef] = &[
         expected: "an absolute path (e.g. /srv/jailer)",
         secret: false,
         kind: Kind::String,
-        set: |c, r| parse_path(r).map(|v| c.chroot_dir = v),
-        get: |c| path_shown(&c.chroot_dir),
+        set: |c, r| parse_path(r).map(|v| c.chroot_base = v),
+        get: |c| path_shown(&c.chroot_base),
     },
     KeyDef {
         key: "netns",

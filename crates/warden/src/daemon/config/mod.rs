@@ -80,8 +80,7 @@ impl LogFormat {
 
 pub use crate::vm::jailer::DEFAULT_JAIL_ID_RANGE;
 
-/// The effective configuration of `warden serve`. Field names are the TOML keys, but for
-/// `chroot_dir`, whose key is now `chroot_base` (the old key is still accepted).
+/// The effective configuration of `warden serve`. Field names are the TOML keys.
 #[derive(Clone, PartialEq)]
 pub struct DaemonConfig {
     /// VM backend; only `firecracker` exists.
@@ -102,7 +101,7 @@ pub struct DaemonConfig {
     /// `jailer_uid`/`jailer_gid`.
     pub jail_id_range: Option<(u32, u32)>,
     /// Base directory of the jails.
-    pub chroot_dir: PathBuf,
+    pub chroot_base: PathBuf,
     /// Give each VM its own network namespace.
     pub netns: bool,
     /// Run Firecracker as PID 1 of a new PID namespace.
@@ -180,7 +179,7 @@ impl Default for DaemonConfig {
             max_drives: 16,
             max_metadata_entries: 64,
             serial_log_max_bytes: crate::vm::config::DEFAULT_SERIAL_LOG_MAX_BYTES as u64,
-            chroot_dir: PathBuf::from("/srv/jailer"),
+            chroot_base: PathBuf::from("/srv/jailer"),
             netns: false,
             pidns: true,
             memory_limit_bytes: None,
@@ -224,7 +223,7 @@ impl fmt::Debug for DaemonConfig {
             .field("max_drives", &self.max_drives)
             .field("max_metadata_entries", &self.max_metadata_entries)
             .field("serial_log_max_bytes", &self.serial_log_max_bytes)
-            .field("chroot_dir", &self.chroot_dir)
+            .field("chroot_dir", &self.chroot_base)
             .field("netns", &self.netns)
             .field("pidns", &self.pidns)
             .field("memory_limit_bytes", &self.memory_limit_bytes)
@@ -256,7 +255,7 @@ impl DaemonConfig {
     pub fn jailer_config(&self) -> JailerConfig {
         JailerConfig {
             jailer_binary: self.jailer_binary.clone(),
-            chroot_base_dir: self.chroot_dir.clone(),
+            chroot_base_dir: self.chroot_base.clone(),
             exec_file: self.firecracker_binary.clone(),
             uid: self.jailer_uid,
             gid: self.jailer_gid,

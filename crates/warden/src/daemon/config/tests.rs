@@ -33,7 +33,7 @@ fn defaults() {
     assert_eq!(c.backend, "firecracker");
     assert!(c.jailer_enabled && !c.require_jailer && c.pidns && !c.netns);
     assert_eq!((c.jailer_uid, c.jailer_gid), (10000, 10000));
-    assert_eq!(c.chroot_dir, Path::new("/srv/jailer"));
+    assert_eq!(c.chroot_base, Path::new("/srv/jailer"));
     assert_eq!(c.memory_limit_bytes, None);
     assert_eq!(c.cpu_quota_percent, None);
     assert_eq!(c.fd_limit, 2048);
@@ -70,7 +70,7 @@ fn the_seed_environment_block_sets_every_field() {
     assert_eq!(c.jailer_binary, Path::new("/usr/bin/jailer"));
     assert_eq!(c.firecracker_binary, Path::new("/usr/bin/firecracker"));
     assert_eq!((c.jailer_uid, c.jailer_gid), (1000, 1000));
-    assert_eq!(c.chroot_dir, Path::new("/srv/jailer"));
+    assert_eq!(c.chroot_base, Path::new("/srv/jailer"));
     assert!(c.netns && c.pidns);
     assert_eq!(c.memory_limit_bytes, Some(134_217_728));
     assert_eq!(c.memory_limit_mb(512), Some(128));
@@ -593,7 +593,7 @@ fn the_old_chroot_dir_key_still_works_in_the_file_and_as_a_flag_key() {
         ..Sources::default()
     })
     .unwrap();
-    assert_eq!(e.config.chroot_dir, Path::new("/tmp/old-jails"));
+    assert_eq!(e.config.chroot_base, Path::new("/tmp/old-jails"));
     assert_eq!(e.origin["chroot_base"], Origin::File(path));
     assert!(e.render().contains("chroot_base = \"/tmp/old-jails\""));
 
@@ -602,7 +602,7 @@ fn the_old_chroot_dir_key_still_works_in_the_file_and_as_a_flag_key() {
         ..Sources::default()
     })
     .unwrap();
-    assert_eq!(e.config.chroot_dir, Path::new("/tmp/flagged"));
+    assert_eq!(e.config.chroot_base, Path::new("/tmp/flagged"));
     assert_eq!(
         e.origin["chroot_base"],
         Origin::Flag("--chroot-base".into())
@@ -610,7 +610,7 @@ fn the_old_chroot_dir_key_still_works_in_the_file_and_as_a_flag_key() {
 
     // The seed's variable is the key's own.
     let e = load_env(&[("UNKEY_METALD_JAILER_CHROOT_DIR", "/tmp/seed")]).unwrap();
-    assert_eq!(e.config.chroot_dir, Path::new("/tmp/seed"));
+    assert_eq!(e.config.chroot_base, Path::new("/tmp/seed"));
 }
 
 #[test]
