@@ -63,6 +63,8 @@ pub struct Expected<'a> {
     pub cgroup_dirs: &'a [PathBuf],
     /// Why the jailer is not used, when it is not.
     pub unjailed_reason: Option<&'a str>,
+    /// Limits left out of its cgroups, and why (named in the cgroups line).
+    pub limits_off: &'a [crate::cgroup::LimitOff],
 }
 
 /// Inspects process `pid` (found under `proc_root`, normally `/proc`).
@@ -96,7 +98,7 @@ pub fn report(proc_root: &Path, pid: u32, expected: &Expected<'_>) -> IsolationR
         _ => Layer::off("root directory unreadable"),
     };
 
-    let cgroups = cgroup_layer(proc_root, pid, expected.cgroup_dirs);
+    let cgroups = cgroup_layer(proc_root, pid, expected.cgroup_dirs, expected.limits_off);
 
     let seccomp = seccomp_layer(proc_root, pid);
 
@@ -187,33 +189,47 @@ fn seccomp_layer(proc_root: &Path, pid: u32) -> Layer {
 
 /// The process must be in each expected directory: for v1 the line of that directory's
 /// controller, for v2 the single `0::` line.
-fn cgroup_layer(proc_root: &Path, pid: u32, expected: &[PathBuf]) -> Layer {
-    if expected.is_empty() {
-        return Layer::off("no cgroup limits applied");
-    }
-    let entries = crate::proc::cgroups(proc_root, pid);
-    let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
-    let missing: Vec<String> = expected
-        .iter()
-        .filter(|d| {
-            // `<mount>/<parent>/<id>` must end with a path the process is in.
-            !paths
+fn cgroup_layer(
+    proc_root: &Path,
+    pid: u32,
+    expected: &[PathBuf],
+    limits_off: &[crate::cgroup::LimitOff],
+) -> Layer {
+    let off = if limits_off.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; limits off: {}",
+            limits_off
                 .iter()
-                .any(|p| *p != "/" && d.to_string_lossy().ends_with(p))
-        })
-        .map(|d| d.display().to_string())
-        .collect();
-    if missing.is_empty() {
-        Layer::on(format!(
-            "in {}",
-            expected
-                .iter()
-                .map(|d| d.display().to_string())
+                .map(|o| format!("{} ({})", o.controller, o.why))
                 .collect::<Vec<_>>()
                 .join(", ")
-        ))
+        )
+    };
+    if expected.is_empty() {
+        return Layer::off(format!("no cgroup limits applied{off}"));
+    }
+    let entries = crate::proc::cgroups(proc_root, pid);
+    let mut shown = Vec::new();
+    let mut missing = Vec::new();
+    for d in expected {
+        // `<mount>/<parent>/<id>` must end with a path the process is in.
+        match entries
+            .iter()
+            .find(|e| e.path != "/" && d.to_string_lossy().ends_with(&e.path))
+        {
+            // v2 as the kernel shows it (`0::/warden/vm-1`); v1 by directory.
+            Some(e) if e.hierarchy_id == 0 => shown.push(format!("0::{}", e.path)),
+            Some(_) => shown.push(d.display().to_string()),
+            None => missing.push(d.display().to_string()),
+        }
+    }
+    shown.dedup();
+    if missing.is_empty() {
+        Layer::on(format!("in {}{off}", shown.join(", ")))
     } else {
-        Layer::off(format!("not in {}", missing.join(", ")))
+        Layer::off(format!("not in {}{off}", missing.join(", ")))
     }
 }
 
@@ -240,6 +256,7 @@ mod tests {
                 jailed: false,
                 root_dir: Path::new("/nonexistent"),
                 cgroup_dirs: &[],
+                limits_off: &[],
                 unjailed_reason: Some("test"),
             },
         );

@@ -122,7 +122,8 @@ pub struct Jail {
 ///    outlives `/run` is still attributed.
 /// 4. **Chroot and staged files**: `root/`, `run/`, the log file, kernel, rootfs and drives.
 /// 5. **cgroup pre-steps**: the v1 `cpuacct` directory the jailer does not make (Firecracker is
-///    moved into it right after the spawn, see [`Jail::attach_accounting`]).
+///    moved into it right after the spawn, see [`Jail::attach_accounting`]), and the v2
+///    directory of a VM without `--cgroup` settings, which the jailer joins as its parent.
 ///
 /// On a failure, what this call made is removed again (never what was there before) and the
 /// reservation is released.
@@ -182,7 +183,7 @@ pub fn apply(
         }
         jail.write_owner_copy()?;
         stage::stage_into(plan)?;
-        if let Some(dir) = &plan.cgroup_accounting_dir {
+        for dir in plan.cgroup_accounting_dir.iter().chain(&plan.cgroup_leaf) {
             made.cgroups = true;
             crate::cgroup::create(dir)?;
         }

@@ -528,6 +528,8 @@ pub(crate) mod tests {
             cgroup_version: CgroupVersion::V1,
             cgroups: vec![],
             cgroup_dirs: vec![],
+            cgroup_leaf: None,
+            cgroups_off: vec![],
             cgroup_accounting_dir: None,
             rlimits: vec![],
             new_pid_ns: false,

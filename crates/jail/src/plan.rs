@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cgroup::{CgroupVersion, Hierarchy, Setting};
+use crate::cgroup::{CgroupVersion, Derived, Hierarchy, LimitOff, Setting};
 use crate::layout::Layout;
 use crate::layout::MAX_SOCKET_PATH;
 pub use crate::layout::{LOG_IN_JAIL, SOCKET_IN_JAIL};
@@ -102,6 +102,13 @@ pub struct JailPlan {
     /// A v1 `cpuacct` directory warden creates and moves Firecracker into itself (see
     /// [`Hierarchy::v1_accounting_dir`]); also listed in `cgroup_dirs`.
     pub cgroup_accounting_dir: Option<PathBuf>,
+    /// The VM's v2 directory when no limit needs the jailer's `--cgroup`: warden creates it and
+    /// passes it as `--parent-cgroup`, which the jailer joins (also listed in `cgroup_dirs`).
+    #[serde(default)]
+    pub cgroup_leaf: Option<PathBuf>,
+    /// Derived limits left out because the hierarchy lacks their controller, and why.
+    #[serde(default)]
+    pub cgroups_off: Vec<crate::cgroup::LimitOff>,
     /// rlimits as `(name, value)`.
     pub rlimits: Vec<(String, u64)>,
     /// New PID namespace.
@@ -156,6 +163,66 @@ impl JailSpec {
             hierarchy,
             Some(firecracker_args.iter().map(|a| a.to_string()).collect()),
         )
+    }
+
+    /// The cgroup settings of this spec that the hierarchy can take. A derived limit whose
+    /// controller is missing is left out and listed with the reason; an explicit one (or any, in
+    /// strict mode) refuses the plan, naming the controller and the fix.
+    fn available_settings(
+        &self,
+        hierarchy: &Hierarchy,
+    ) -> Result<(Vec<Setting>, Vec<LimitOff>), SpecError> {
+        let version = self.cgroup_version;
+        let mut kept = Vec::new();
+        let mut off: Vec<LimitOff> = Vec::new();
+        for s in self.limits.settings(version) {
+            let controller = s.controller().to_owned();
+            if hierarchy.has(version, &controller) {
+                kept.push(s);
+                continue;
+            }
+            if off.iter().any(|o| o.controller == controller) {
+                continue;
+            }
+            let derived = Derived::of(&controller);
+            if derived == Some(Derived::Hugetlb) {
+                // Huge pages are denied where the controller exists: a hardening extra that
+                // nothing needs, so its absence is not worth a warning.
+                continue;
+            }
+            let skippable = derived.is_some_and(|d| !self.explicit_limits.contains(&d));
+            let here = hierarchy.describe(version);
+            if !skippable || self.strict_cgroups {
+                let field = match derived {
+                    Some(Derived::Memory) if !skippable => "memory_limit_mb",
+                    Some(Derived::Cpu) if !skippable => "cpu_quota_pct",
+                    Some(Derived::Pids) if !skippable => "pids_max",
+                    _ if !skippable => limit_field(&controller),
+                    _ => "cgroup_version",
+                };
+                let fix = if version == CgroupVersion::V2 {
+                    format!(
+                        "enable it for warden's cgroups (echo +{controller} > cgroup.subtree_control                          in every ancestor; under systemd, Delegate=yes or Delegate={controller}),                          or use cgroup version 1 where it is mounted"
+                    )
+                } else {
+                    format!("mount the v1 {controller} controller, or use cgroup version 2")
+                };
+                let why = if skippable {
+                    "production mode (require_jailer) refuses a VM without it"
+                } else {
+                    "the limit was asked for explicitly"
+                };
+                return Err(SpecError::new(
+                    field,
+                    format!("needs the {controller} controller, which {here} does not have ({why}); {fix}"),
+                ));
+            }
+            off.push(LimitOff {
+                why: format!("{here} has no {controller} controller"),
+                controller,
+            });
+        }
+        Ok((kept, off))
     }
 
     fn plan_inner(
@@ -281,14 +348,25 @@ impl JailSpec {
         }
 
         let mut accounting = None;
+        let mut leaf = None;
+        let mut cgroups_off = Vec::new();
+        let mut parent_arg = self.parent_cgroup.clone();
         let (cgroups, cgroup_dirs) = if self.jailed {
-            let mut settings = self.limits.settings(self.cgroup_version);
-            hierarchy
-                .check(self.cgroup_version, &settings)
-                .map_err(|e| SpecError::new("cgroup_version", e.to_string()))?;
+            let (mut settings, off) = self.available_settings(hierarchy)?;
+            cgroups_off = off;
             let mut dirs = layout.cgroup_dirs(id, &settings);
             accounting = layout.accounting_dir(id);
             dirs.extend(accounting.clone());
+            if self.cgroup_version == CgroupVersion::V2 && settings.is_empty() {
+                // Without a `--cgroup`, the v2 jailer joins `--parent-cgroup` itself: the
+                // VM's own directory, made by warden, so the VM is still placed alone.
+                if let Some(root) = &hierarchy.v2 {
+                    let dir = root.join(&self.parent_cgroup).join(id);
+                    parent_arg = format!("{}/{id}", self.parent_cgroup);
+                    dirs.push(dir.clone());
+                    leaf = Some(dir);
+                }
+            }
             dirs.sort();
             dirs.dedup();
             for s in &mut settings {
@@ -315,7 +393,7 @@ impl JailSpec {
                 "--cgroup-version".into(),
                 self.cgroup_version.as_arg().into(),
                 "--parent-cgroup".into(),
-                self.parent_cgroup.clone(),
+                parent_arg.clone(),
             ];
             for s in &cgroups {
                 a.push("--cgroup".into());
@@ -380,6 +458,8 @@ impl JailSpec {
             cgroups,
             cgroup_dirs,
             cgroup_accounting_dir: accounting,
+            cgroup_leaf: leaf,
+            cgroups_off,
             rlimits,
             new_pid_ns: self.jailed && self.new_pid_ns,
             netns: self
@@ -418,6 +498,15 @@ fn readable_by(meta: &crate::source::SourceMeta, uid: u32, gid: u32) -> bool {
     }
 }
 
+/// The spec field of a limit that is always explicit, by its controller.
+fn limit_field(controller: &str) -> &'static str {
+    match controller {
+        "cpuset" => "cpuset",
+        "blkio" | "io" => "io_limits",
+        _ => "cgroup_version",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -440,7 +529,10 @@ mod tests {
                 memory_bytes: Some(192 << 20),
                 cpu_quota_pct: Some(50),
                 pids_max: Some(64),
+                hugetlb_deny: vec![],
             },
+            explicit_limits: vec![],
+            strict_cgroups: false,
             resource_limits: ResourceLimits {
                 no_file: Some(1024),
                 fsize: Some(1 << 30),

@@ -69,6 +69,11 @@ pub struct JailSpec {
     pub parent_cgroup: String,
     /// cgroup limits.
     pub limits: CgroupLimits,
+    /// The derived limits the caller set explicitly: like every limit that is not derived,
+    /// they are refused, never skipped, where the hierarchy lacks their controller.
+    pub explicit_limits: Vec<crate::cgroup::Derived>,
+    /// Production mode: a missing controller refuses even a derived limit.
+    pub strict_cgroups: bool,
     /// rlimits.
     pub resource_limits: ResourceLimits,
     /// When `resource_limits.fsize` is unset: limit it to the larger of the memory cap and the

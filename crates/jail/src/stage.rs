@@ -224,6 +224,8 @@ mod tests {
             cgroup_version: CgroupVersion::V1,
             parent_cgroup: "warden".into(),
             limits: Default::default(),
+            explicit_limits: vec![],
+            strict_cgroups: false,
             resource_limits: ResourceLimits::default(),
             new_pid_ns: false,
             netns: None,

@@ -111,6 +111,15 @@ pub fn plan(p: &JailPlan) -> String {
     if p.cgroups.is_empty() {
         s.push_str("  none\n");
     }
+    if let Some(leaf) = &p.cgroup_leaf {
+        s.push_str(&format!(
+            "  {} (made by warden, joined by the jailer)\n",
+            leaf.display()
+        ));
+    }
+    for off in &p.cgroups_off {
+        s.push_str(&format!("  {} limit off: {}\n", off.controller, off.why));
+    }
     s.push_str("rlimits:\n");
     for (name, value) in &p.rlimits {
         s.push_str(&format!("  {name} = {value}\n"));

@@ -39,7 +39,8 @@ pub struct RunArgs {
     /// Run Firecracker without the jailer (development only: no chroot, cgroups or uid drop).
     #[arg(long, conflicts_with = "require_jailer")]
     no_jailer: bool,
-    /// Fail instead of running unjailed when the jailer is missing (production mode).
+    /// Production mode: fail instead of running unjailed when the jailer is missing, and
+    /// instead of leaving out a limit whose cgroup controller is missing.
     #[arg(long)]
     require_jailer: bool,
     /// User the VM runs as; by default it gets a uid of its own, leased host-wide from
@@ -97,9 +98,10 @@ pub struct RunArgs {
     /// rlimit fsize for Firecracker, in bytes.
     #[arg(long)]
     fsize: Option<u64>,
-    /// Most tasks in the VM's cgroup.
-    #[arg(long, default_value_t = 1024)]
-    pids_max: u64,
+    /// Most tasks in the VM's cgroup (default 1024; a default is left out with a warning where
+    /// the cgroup version has no pids controller, a value given here is refused there).
+    #[arg(long)]
+    pids_max: Option<u64>,
     /// Jailer binary (default: found by `warden::assets`: $WARDEN_JAILER_BINARY, the asset
     /// folder, /usr/local/bin, /usr/bin).
     #[arg(long, alias = "jailer")]
@@ -173,7 +175,7 @@ impl RunArgs {
                 cgroup_version: self.cgroup_version,
                 parent_cgroup: self.parent_cgroup.clone(),
                 cpu_quota_pct: self.cpu_quota_percent,
-                pids_max: Some(self.pids_max),
+                pids_max: self.pids_max,
                 new_pid_ns: !self.share_pid_ns,
                 netns: self.netns.clone(),
                 resource_limits: jail::ResourceLimits {
@@ -190,6 +192,8 @@ impl RunArgs {
                 JailerMode::Auto
             },
             memory_limit_mb: self.memory_limit,
+            // Production mode refuses a VM that would lack any of its limits.
+            strict_cgroups: self.require_jailer,
             // With --jailer-uid/--jailer-gid the VM runs as exactly those.
             uid_range: match (&self.jailer_uid, &self.jail_id_range) {
                 (Some(_), _) => None,

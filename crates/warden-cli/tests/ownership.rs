@@ -379,6 +379,8 @@ fn a_namespace_hidden_under_a_later_mount_is_reported_and_its_removal_says_why()
         cgroups: vec![],
         cgroup_dirs: vec![],
         cgroup_accounting_dir: None,
+        cgroup_leaf: None,
+        cgroups_off: vec![],
         rlimits: vec![],
         new_pid_ns: false,
         netns: Some(PathBuf::from(&ns)),

@@ -83,6 +83,9 @@ pub struct Hierarchy {
     pub v2: Option<PathBuf>,
     /// Controllers enabled in the cgroup2 root (`cgroup.controllers`).
     pub v2_controllers: Vec<String>,
+    /// The host's huge page sizes as cgroup file names spell them (`2MB`, `1GB`), from
+    /// `/sys/kernel/mm/hugepages`; empty when not read.
+    pub hugepage_sizes: Vec<String>,
 }
 
 /// Errors from reading or changing cgroups. Each names the path involved.
@@ -136,12 +139,49 @@ impl Hierarchy {
             v1: Vec::new(),
             v2: None,
             v2_controllers: Vec::new(),
+            hugepage_sizes: Vec::new(),
         }
     }
 
-    /// Reads the host's mount table (`/proc/self/mounts`).
+    /// Reads the host's mount table (`/proc/self/mounts`) and its huge page sizes.
     pub fn host() -> Result<Self, CgroupError> {
-        Self::from_mounts_file(Path::new("/proc/self/mounts"))
+        let mut h = Self::from_mounts_file(Path::new("/proc/self/mounts"))?;
+        h.hugepage_sizes = hugepage_sizes(Path::new("/sys/kernel/mm/hugepages"));
+        Ok(h)
+    }
+
+    /// Whether `controller` can be used in `version` on this host.
+    pub fn has(&self, version: CgroupVersion, controller: &str) -> bool {
+        match version {
+            CgroupVersion::V1 => self.v1_mount(controller).is_some(),
+            CgroupVersion::V2 => {
+                self.v2.is_some() && self.v2_controllers.iter().any(|c| c == controller)
+            }
+        }
+    }
+
+    /// What `version` offers here, for messages: `cgroup v2 at /sys/fs/cgroup/unified (it
+    /// offers: hugetlb)`.
+    pub fn describe(&self, version: CgroupVersion) -> String {
+        match version {
+            CgroupVersion::V1 => {
+                let mut names: Vec<&str> = self.v1.iter().map(|(c, _)| c.as_str()).collect();
+                names.dedup();
+                format!("cgroup v1 (mounted: {})", names.join(" "))
+            }
+            CgroupVersion::V2 => match &self.v2 {
+                None => "cgroup v2 (not mounted)".to_owned(),
+                Some(root) => format!(
+                    "cgroup v2 at {} (it offers: {})",
+                    root.display(),
+                    if self.v2_controllers.is_empty() {
+                        "no controllers".to_owned()
+                    } else {
+                        self.v2_controllers.join(" ")
+                    }
+                ),
+            },
+        }
     }
 
     /// Reads a mount table in `/proc/mounts` format from `path`.
@@ -194,6 +234,7 @@ impl Hierarchy {
             v1,
             v2,
             v2_controllers,
+            hugepage_sizes: Vec::new(),
         })
     }
 
@@ -219,13 +260,7 @@ impl Hierarchy {
     pub fn check(&self, version: CgroupVersion, settings: &[Setting]) -> Result<(), CgroupError> {
         for s in settings {
             let controller = s.controller();
-            let present = match version {
-                CgroupVersion::V1 => self.v1_mount(controller).is_some(),
-                CgroupVersion::V2 => {
-                    self.v2.is_some() && self.v2_controllers.iter().any(|c| c == controller)
-                }
-            };
-            if !present {
+            if !self.has(version, controller) {
                 return Err(CgroupError::MissingController {
                     version,
                     controller: controller.to_owned(),
@@ -289,6 +324,31 @@ impl Hierarchy {
     }
 }
 
+/// The huge page sizes under `dir` (`hugepages-2048kB` ...) as the hugetlb controller's file
+/// names spell them: `2MB`, `1GB`.
+pub fn hugepage_sizes(dir: &Path) -> Vec<String> {
+    let mut kib: Vec<u64> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                name.strip_prefix("hugepages-")?
+                    .strip_suffix("kB")?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    kib.sort_unstable();
+    kib.into_iter()
+        .map(|k| match k {
+            k if k >= 1 << 20 => format!("{}GB", k >> 20),
+            k if k >= 1 << 10 => format!("{}MB", k >> 10),
+            k => format!("{k}KB"),
+        })
+        .collect()
+}
+
 /// `/proc/mounts` escapes spaces and a few other bytes as octal.
 pub(crate) fn unescape_mount_path(s: &str) -> String {
     // Works on bytes: an escaped byte may be part of a multi-byte UTF-8 character.
@@ -322,6 +382,52 @@ pub struct CgroupLimits {
     pub cpu_quota_pct: Option<u32>,
     /// Most tasks (threads) the VM's processes may have.
     pub pids_max: Option<u64>,
+    /// Huge page sizes (`2MB`, `1GB`) the VM may not use at all: warden never gives
+    /// Firecracker huge pages, so their pool stays the host's.
+    pub hugetlb_deny: Vec<String>,
+}
+
+/// A limit warden sets by default, and may leave out where its controller is missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Derived {
+    /// Memory, from the VM's size.
+    Memory,
+    /// CPU time, from its vCPUs.
+    Cpu,
+    /// Tasks.
+    Pids,
+    /// No huge pages.
+    Hugetlb,
+}
+
+impl Derived {
+    /// Every derived limit.
+    pub const ALL: [Derived; 4] = [Self::Memory, Self::Cpu, Self::Pids, Self::Hugetlb];
+
+    /// The controller it needs (the same name in v1 and v2).
+    pub fn controller(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Cpu => "cpu",
+            Self::Pids => "pids",
+            Self::Hugetlb => "hugetlb",
+        }
+    }
+
+    /// The limit whose files belong to `controller`, if warden derives one.
+    pub fn of(controller: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.controller() == controller)
+    }
+}
+
+/// A limit that is not applied, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitOff {
+    /// The controller (`memory`, `cpu`, `pids`, `hugetlb`).
+    pub controller: String,
+    /// Why, e.g. `cgroup v2 at /sys/fs/cgroup/unified has no memory controller`.
+    pub why: String,
 }
 
 /// Scheduler period used for CPU quotas, in microseconds (the kernel's default).
@@ -379,6 +485,8 @@ pub struct CgroupStats {
     pub oom_kills: Option<u64>,
     /// CPU time used, in nanoseconds.
     pub cpu_usage_ns: Option<u64>,
+    /// Tasks in the cgroup now.
+    pub pids_current: Option<u64>,
 }
 
 /// Reads what the cgroup directories of one VM report. Missing files are `None`.
@@ -592,6 +700,7 @@ mod tests {
             memory_bytes: Some(1 << 28),
             cpu_quota_pct: Some(50),
             pids_max: Some(64),
+            hugetlb_deny: vec![],
         };
         let dirs = h.vm_dirs(
             CgroupVersion::V1,

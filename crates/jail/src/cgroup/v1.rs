@@ -6,7 +6,7 @@ use super::{read_keyed, read_u64, CgroupLimits, CgroupStats, Setting, CPU_PERIOD
 
 /// The v1 controllers warden knows of.
 pub const CONTROLLERS: &[&str] = &[
-    "cpu", "cpuacct", "cpuset", "memory", "pids", "blkio", "devices", "freezer",
+    "cpu", "cpuacct", "cpuset", "memory", "pids", "blkio", "devices", "freezer", "hugetlb",
 ];
 
 /// Maps limits to v1 files.
@@ -25,6 +25,9 @@ pub fn settings(limits: &CgroupLimits) -> Vec<Setting> {
     if let Some(max) = limits.pids_max {
         out.push(Setting::new("pids.max", max));
     }
+    for size in &limits.hugetlb_deny {
+        out.push(Setting::new(&format!("hugetlb.{size}.limit_in_bytes"), 0));
+    }
     out
 }
 
@@ -37,6 +40,7 @@ pub fn stats(dirs: &[PathBuf]) -> CgroupStats {
         memory_peak_bytes: find("memory.max_usage_in_bytes").and_then(|p| read_u64(&p)),
         oom_kills: find("memory.oom_control").and_then(|p| read_keyed(&p, "oom_kill")),
         cpu_usage_ns: find("cpuacct.usage").and_then(|p| read_u64(&p)),
+        pids_current: find("pids.current").and_then(|p| read_u64(&p)),
     }
 }
 
@@ -50,6 +54,7 @@ mod tests {
             memory_bytes: Some(300 << 20),
             cpu_quota_pct: Some(50),
             pids_max: Some(128),
+            hugetlb_deny: vec!["2MB".into()],
         };
         let args: Vec<String> = settings(&limits).iter().map(Setting::as_arg).collect();
         assert_eq!(
@@ -59,6 +64,7 @@ mod tests {
                 "cpu.cfs_period_us=100000",
                 "cpu.cfs_quota_us=50000",
                 "pids.max=128",
+                "hugetlb.2MB.limit_in_bytes=0",
             ]
         );
     }

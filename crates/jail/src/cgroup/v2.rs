@@ -20,6 +20,9 @@ pub fn settings(limits: &CgroupLimits) -> Vec<Setting> {
     if let Some(max) = limits.pids_max {
         out.push(Setting::new("pids.max", max));
     }
+    for size in &limits.hugetlb_deny {
+        out.push(Setting::new(&format!("hugetlb.{size}.max"), 0));
+    }
     out
 }
 
@@ -33,6 +36,7 @@ pub fn stats(dirs: &[PathBuf]) -> CgroupStats {
         memory_peak_bytes: read_u64(&dir.join("memory.peak")),
         oom_kills: read_keyed(&dir.join("memory.events"), "oom_kill"),
         cpu_usage_ns: read_keyed(&dir.join("cpu.stat"), "usage_usec").map(|us| us * 1000),
+        pids_current: read_u64(&dir.join("pids.current")),
     }
 }
 
@@ -48,6 +52,7 @@ mod tests {
             memory_bytes: Some(300 << 20),
             cpu_quota_pct: Some(150),
             pids_max: Some(128),
+            hugetlb_deny: vec!["2MB".into()],
         };
         let args: Vec<String> = settings(&limits).iter().map(Setting::as_arg).collect();
         assert_eq!(
@@ -55,7 +60,8 @@ mod tests {
             [
                 "memory.max=314572800",
                 "cpu.max=150000 100000",
-                "pids.max=128"
+                "pids.max=128",
+                "hugetlb.2MB.max=0"
             ]
         );
     }

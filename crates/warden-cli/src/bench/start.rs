@@ -233,7 +233,10 @@ fn bare_jailer_plan(env: &Env, id: &str) -> anyhow::Result<jail::JailPlan> {
             memory_bytes: Some(192 << 20),
             cpu_quota_pct: Some(100),
             pids_max: Some(1024),
+            hugetlb_deny: hierarchy.hugepage_sizes.clone(),
         },
+        explicit_limits: Vec::new(),
+        strict_cgroups: false,
         resource_limits: jail::ResourceLimits {
             no_file: Some(2048),
             fsize: None,

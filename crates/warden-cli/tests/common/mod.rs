@@ -332,6 +332,8 @@ pub fn plant_vm_state(d: &Daemon, id: &str, owner: Option<jail::Owner>) -> jail:
         cgroups: vec![],
         cgroup_dirs: vec![cgroup],
         cgroup_accounting_dir: None,
+        cgroup_leaf: None,
+        cgroups_off: vec![],
         rlimits: vec![],
         new_pid_ns: false,
         netns: Some(netns),

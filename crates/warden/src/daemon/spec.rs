@@ -150,6 +150,8 @@ impl Manager {
             memory_limit_mb: spec
                 .memory_limit_mib
                 .or_else(|| self.cfg.memory_limit_mb(spec.memory_mib)),
+            // Production mode refuses a VM that would lack any of its limits.
+            strict_cgroups: self.cfg.require_jailer,
             serial: Serial::File(self.serial_path(id)),
             serial_log_max_bytes: usize::try_from(self.cfg.serial_log_max_bytes)
                 .unwrap_or(usize::MAX),

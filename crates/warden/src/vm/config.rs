@@ -161,6 +161,9 @@ pub struct VmOptions {
     pub boot_args: Option<String>,
     /// Attach the rootfs read-only.
     pub rootfs_read_only: bool,
+    /// Production mode for cgroups: refuse a VM when a controller for any of its limits is
+    /// missing, instead of leaving a derived limit (memory, CPU, pids) out with a warning.
+    pub strict_cgroups: bool,
     /// Extra drives, attached after the rootfs as `drive1`, `drive2`, ...
     pub drives: Vec<DriveConfig>,
     /// Jail settings. `jailer_id`, `cpu_count` and `memory_limit_mb` are taken from the
@@ -209,6 +212,7 @@ impl Default for VmOptions {
         Self {
             boot_args: None,
             rootfs_read_only: false,
+            strict_cgroups: false,
             drives: Vec::new(),
             jailer: JailerConfig::default(),
             jailer_mode: JailerMode::Auto,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use firecracker_api::Client;
-use jail::cgroup::{CgroupLimits, CgroupVersion, Hierarchy};
+use jail::cgroup::{CgroupLimits, CgroupVersion, Derived, Hierarchy};
 use jail::spec::{JailSpec, ResourceLimits, SpecError, StageRequest};
 use jail::{JailId, JailPlan};
 
@@ -45,7 +45,8 @@ pub struct JailerConfig {
     pub parent_cgroup: String,
     /// CPU cap in percent of one core; `None` means `cpu_count * 100`.
     pub cpu_quota_pct: Option<u32>,
-    /// Most tasks in the VM's cgroup.
+    /// Most tasks in the VM's cgroup; `None` means [`DEFAULT_PIDS_MAX`], a derived limit (left
+    /// out with a warning where the hierarchy has no `pids` controller).
     pub pids_max: Option<u64>,
     /// Run Firecracker as PID 1 of a new PID namespace (default on: it then cannot see or
     /// signal any host process by pid).
@@ -63,6 +64,9 @@ pub const DEFAULT_JAIL_ID_RANGE: (u32, u32) = (1_900_000_000, 1_900_065_535);
 /// What Firecracker may write beyond the memory cap and its largest drive before `fsize` stops
 /// it (1 GiB).
 pub const DEFAULT_FSIZE_HEADROOM: u64 = 1 << 30;
+
+/// The tasks cap a VM gets when none is given.
+pub const DEFAULT_PIDS_MAX: u64 = 1024;
 
 /// Default jail user and group: not root, and not a typical login user's id.
 pub const DEFAULT_JAIL_UID: u32 = 10000;
@@ -82,7 +86,7 @@ impl Default for JailerConfig {
             cgroup_version: None,
             parent_cgroup: "warden".into(),
             cpu_quota_pct: None,
-            pids_max: Some(1024),
+            pids_max: None,
             new_pid_ns: true,
             resource_limits: ResourceLimits::default(),
         }
@@ -137,8 +141,23 @@ impl JailerConfig {
                     self.cpu_quota_pct
                         .unwrap_or(u32::from(self.cpu_count) * 100),
                 ),
-                pids_max: self.pids_max,
+                pids_max: Some(self.pids_max.unwrap_or(DEFAULT_PIDS_MAX)),
+                // warden never gives Firecracker huge pages: their pool stays the host's.
+                hugetlb_deny: if jailed {
+                    hierarchy.hugepage_sizes.clone()
+                } else {
+                    Vec::new()
+                },
             },
+            // The caller's own limits; `spec` only knows the CPU quota and the pids cap.
+            explicit_limits: [
+                (self.cpu_quota_pct.is_some(), Derived::Cpu),
+                (self.pids_max.is_some(), Derived::Pids),
+            ]
+            .into_iter()
+            .filter_map(|(set, d)| set.then_some(d))
+            .collect(),
+            strict_cgroups: false,
             resource_limits: self.resource_limits,
             // Firecracker writes no file past this (its log, the console file, a snapshot of
             // the guest's memory), so a guest cannot fill the disk through it.

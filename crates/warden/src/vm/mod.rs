@@ -152,6 +152,7 @@ impl VmHandle {
             root_dir: &self.plan.root_dir,
             cgroup_dirs: &self.plan.cgroup_dirs,
             unjailed_reason: unjailed,
+            limits_off: &self.plan.cgroups_off,
         };
         let proc_root = std::path::Path::new(jail::proc::PROC);
         let mut report = inspect::report(proc_root, self.pid, &expected);
@@ -345,6 +346,10 @@ pub fn plan_vm(config: &VmConfig, options: &VmOptions) -> Result<Planned, Error>
         }
     }
     let mut spec = jc.spec(jailed, &hierarchy, files, net)?;
+    if options.memory_limit_mb.is_some() {
+        spec.explicit_limits.push(jail::cgroup::Derived::Memory);
+    }
+    spec.strict_cgroups = options.strict_cgroups;
     if options.own_netns && !config.enable_networking {
         if spec.netns.is_some() {
             return Err(jail::SpecError::new(
@@ -451,6 +456,15 @@ async fn start_inner(
                  never do this in production (set jailer_mode Required)"
             );
         }
+    }
+    for off in &plan.cgroups_off {
+        tracing::warn!(
+            vm_id = %config.vm_id,
+            "the VM's {} limit is off: {}; enable the controller, or choose the other cgroup \
+             version (production mode refuses such a VM)",
+            off.controller,
+            off.why
+        );
     }
     let ownership = jailer::Ownership {
         uid_leased,
@@ -598,6 +612,7 @@ async fn isolation_report(
         root_dir: &plan.root_dir,
         cgroup_dirs: &plan.cgroup_dirs,
         unjailed_reason,
+        limits_off: &plan.cgroups_off,
     };
     let proc_root = std::path::Path::new(jail::proc::PROC);
     let mut report = inspect::report(proc_root, process.pid, &expected);
