@@ -202,7 +202,9 @@ impl JailSpec {
                 };
                 let fix = if version == CgroupVersion::V2 {
                     format!(
-                        "enable it for warden's cgroups (echo +{controller} > cgroup.subtree_control                          in every ancestor; under systemd, Delegate=yes or Delegate={controller}),                          or use cgroup version 1 where it is mounted"
+                        "enable it for warden's cgroups (echo +{controller} > cgroup.subtree_control \
+                         in every ancestor; under systemd, Delegate=yes or Delegate={controller}), \
+                         or use cgroup version 1 where it is mounted"
                     )
                 } else {
                     format!("mount the v1 {controller} controller, or use cgroup version 2")
