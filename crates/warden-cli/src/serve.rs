@@ -49,10 +49,24 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         );
         return Ok(0);
     }
-    let cfg = effective.config.clone();
+    let mut cfg = effective.config.clone();
     init_logs(cfg.log_format);
     for w in &effective.warnings {
         tracing::warn!("{w}");
+    }
+    // First of all, before any cgroup or child process exists: a daemon in a delegated v2
+    // subtree moves into its supervisor leaf and puts its VMs beside it.
+    let hierarchy = jail::cgroup::Hierarchy::host()?;
+    match warden::daemon::delegation::settle(&mut cfg, &hierarchy, std::path::Path::new("/proc"))? {
+        warden::daemon::delegation::Placement::Delegated(d) => tracing::info!(
+            subtree = %d.subtree,
+            supervisor = %d.supervisor_dir().display(),
+            vm_parent = %cfg.parent_cgroup,
+            "moved into the supervisor leaf of the delegated cgroup; VMs go beside it"
+        ),
+        warden::daemon::delegation::Placement::Unchanged(why) => {
+            tracing::debug!(why, "cgroup placement unchanged")
+        }
     }
     if cfg.jailer_enabled && !warden::vm::jailer::is_executable(&cfg.jailer_binary) {
         anyhow::bail!(

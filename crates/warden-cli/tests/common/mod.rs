@@ -48,11 +48,18 @@ pub struct Daemon {
     pub parent_cgroup: String,
     pub env: Vec<(String, String)>,
     pub log: PathBuf,
+    /// A cgroup (v2) directory the daemon is started in, as systemd starts a service in its own.
+    pub cgroup: Option<PathBuf>,
 }
 
 impl Daemon {
     /// Starts a daemon with the test's own directories plus `env`, and waits for /healthz.
     pub fn start(env: &[(&str, &str)]) -> Self {
+        Self::start_in(env, None)
+    }
+
+    /// Starts a daemon as [`Daemon::start`] does, inside cgroup directory `cgroup` when given.
+    pub fn start_in(env: &[(&str, &str)], cgroup: Option<PathBuf>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("wd")
             .tempdir_in("/tmp")
@@ -93,6 +100,7 @@ impl Daemon {
             chroot,
             parent_cgroup,
             env: all,
+            cgroup,
         };
         d.spawn();
         d
@@ -110,7 +118,21 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_warden"));
+        let mut cmd = match &self.cgroup {
+            // The shell moves itself into the cgroup, then becomes the daemon.
+            Some(dir) => {
+                let mut c = Command::new("sh");
+                c.args([
+                    "-c",
+                    "echo $$ > \"$1/cgroup.procs\" && shift && exec \"$@\"",
+                    "sh",
+                ])
+                .arg(dir)
+                .arg(env!("CARGO_BIN_EXE_warden"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_warden")),
+        };
         cmd.args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())

@@ -4,6 +4,7 @@
 
 mod cleanup;
 pub mod config;
+pub mod delegation;
 pub mod error;
 pub mod manager;
 pub mod metrics;

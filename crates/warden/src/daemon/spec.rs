@@ -147,9 +147,13 @@ impl Manager {
                 .collect(),
             jailer,
             jailer_mode: self.cfg.jailer_mode(),
-            memory_limit_mb: spec
-                .memory_limit_mib
-                .or_else(|| self.cfg.memory_limit_mb(spec.memory_mib)),
+            // Set only when the caller or the operator set it: otherwise the library derives it
+            // from the VM's size (and may leave it out where v2 has no memory controller).
+            memory_limit_mb: spec.memory_limit_mib.or_else(|| {
+                self.cfg
+                    .memory_limit_bytes
+                    .and_then(|_| self.cfg.memory_limit_mb(spec.memory_mib))
+            }),
             // Production mode refuses a VM that would lack any of its limits.
             strict_cgroups: self.cfg.require_jailer,
             serial: Serial::File(self.serial_path(id)),

@@ -5,7 +5,7 @@ use jail::cgroup::CgroupVersion;
 use jail::net::NetMode;
 
 use super::value::*;
-use super::{DaemonConfig, LogFormat, ENV_PREFIXES, MIN_MEMORY_LIMIT_BYTES};
+use super::{DaemonConfig, Delegation, LogFormat, ENV_PREFIXES, MIN_MEMORY_LIMIT_BYTES};
 
 /// One setting: its names, documentation, parser and printer.
 pub struct KeyDef {
@@ -311,6 +311,31 @@ pub const KEYS: &[KeyDef] = &[
             Some(v) => Shown::Int(if v == CgroupVersion::V1 { 1 } else { 2 }),
             None => Shown::Unset("detect"),
         },
+    },
+    KeyDef {
+        key: "cgroup_delegation",
+        env: "CGROUP_DELEGATION",
+        flag: Some("--cgroup-delegation"),
+        doc: "With cgroup v2, a daemon started outside the root cgroup (systemd `Delegate=yes`, \
+              or any delegated subtree) moves itself into a `supervisor` leaf of its own cgroup \
+              and puts every VM beside it, under `<own cgroup>/<parent_cgroup>/<id>`, so the \
+              jailer may enable controllers on the way (the kernel refuses that above a cgroup \
+              with processes). `auto` does it when that is the case, `on` requires it, `off` \
+              never does it.",
+        default: "auto",
+        expected: "auto, on or off",
+        secret: false,
+        kind: Kind::String,
+        set: |c, r| {
+            c.cgroup_delegation = match text(r)? {
+                "auto" => Delegation::Auto,
+                "on" => Delegation::On,
+                "off" => Delegation::Off,
+                _ => return None,
+            };
+            Some(())
+        },
+        get: |c| Shown::Str(c.cgroup_delegation.as_str().into()),
     },
     KeyDef {
         key: "listen",

@@ -58,6 +58,29 @@ pub const OTHER_WARDEN_VARS: &[&str] = &[
 /// The smallest per-VM memory cgroup cap accepted, in bytes (128 MiB, the seed's example).
 pub const MIN_MEMORY_LIMIT_BYTES: u64 = 128 << 20;
 
+/// The `cgroup_delegation` setting: how the daemon lives in a delegated cgroup v2 subtree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Delegation {
+    /// When the VMs use cgroup v2 and the daemon starts outside the root cgroup.
+    Auto,
+    /// Always (the daemon refuses to start in the root cgroup or without cgroup v2).
+    On,
+    /// Never: the daemon stays where it started, VMs go under `parent_cgroup` of the root.
+    Off,
+}
+
+impl Delegation {
+    /// The setting's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::On => "on",
+            Self::Off => "off",
+        }
+    }
+}
+
 /// How the daemon writes its log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -116,6 +139,9 @@ pub struct DaemonConfig {
     pub parent_cgroup: String,
     /// cgroup version; `None` detects it.
     pub cgroup_version: Option<CgroupVersion>,
+    /// Whether the daemon moves into a `supervisor` leaf of its delegated v2 cgroup and puts
+    /// its VMs beside it.
+    pub cgroup_delegation: Delegation,
     /// TCP address of the API, `host:port`.
     pub listen: String,
     /// Unix socket of the API, if any.
@@ -187,6 +213,7 @@ impl Default for DaemonConfig {
             fd_limit: 2048,
             parent_cgroup: "warden".into(),
             cgroup_version: None,
+            cgroup_delegation: Delegation::Auto,
             listen: "127.0.0.1:8080".into(),
             unix_socket: None,
             auth_token: None,
@@ -223,7 +250,7 @@ impl fmt::Debug for DaemonConfig {
             .field("max_drives", &self.max_drives)
             .field("max_metadata_entries", &self.max_metadata_entries)
             .field("serial_log_max_bytes", &self.serial_log_max_bytes)
-            .field("chroot_dir", &self.chroot_base)
+            .field("chroot_base", &self.chroot_base)
             .field("netns", &self.netns)
             .field("pidns", &self.pidns)
             .field("memory_limit_bytes", &self.memory_limit_bytes)
@@ -231,6 +258,7 @@ impl fmt::Debug for DaemonConfig {
             .field("fd_limit", &self.fd_limit)
             .field("parent_cgroup", &self.parent_cgroup)
             .field("cgroup_version", &self.cgroup_version)
+            .field("cgroup_delegation", &self.cgroup_delegation)
             .field("listen", &self.listen)
             .field("unix_socket", &self.unix_socket)
             .field("auth_token", &self.auth_token.as_ref().map(|_| "***"))
