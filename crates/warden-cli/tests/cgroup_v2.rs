@@ -37,6 +37,24 @@ fn v2_line(pid: u32) -> String {
         .unwrap_or_default()
 }
 
+/// Removes the test's cgroup directories when it ends, even by a panic (deepest first, retried
+/// while the kernel still counts a dying task).
+struct Cgroups(Vec<PathBuf>);
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        let mut dirs = self.0.clone();
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for _ in 0..100 {
+            dirs.retain(|d| std::fs::remove_dir(d).is_err() && d.exists());
+            if dirs.is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 fn subtree_control(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default()
 }
@@ -46,6 +64,7 @@ fn a_jailed_vm_on_real_cgroup_v2_is_placed_alone_reported_and_removed() {
     let Some(h) = v2() else { return };
     let mount = h.v2.clone().unwrap();
     let parent = unique("wv2");
+    let _cleanup = Cgroups(vec![mount.join(&parent)]);
     let base = tempfile::Builder::new()
         .prefix("wv2")
         .tempdir_in("/tmp")
@@ -102,7 +121,6 @@ fn a_jailed_vm_on_real_cgroup_v2_is_placed_alone_reported_and_removed() {
         .map(|rd| rd.flatten().collect())
         .unwrap_or_default();
     assert!(jails.is_empty(), "jails left: {jails:?}");
-    let _ = std::fs::remove_dir(mount.join(&parent));
 }
 
 #[test]
@@ -147,6 +165,8 @@ async fn a_daemon_in_a_delegated_cgroup_moves_into_a_leaf_and_boots_its_vms_besi
     // As systemd starts a `Delegate=yes` service: in a cgroup of its own.
     let service = mount.join(format!("{}.service", unique("wdel")));
     std::fs::create_dir(&service).unwrap();
+    // Declared before the daemon: dropped after it, once nothing runs in them.
+    let mut cleanup = Cgroups(vec![service.clone(), service.join("supervisor")]);
     let mut d = Daemon::start_in(
         &[
             ("WARDEN_CGROUP_VERSION", "2"),
@@ -154,6 +174,7 @@ async fn a_daemon_in_a_delegated_cgroup_moves_into_a_leaf_and_boots_its_vms_besi
         ],
         Some(service.clone()),
     );
+    cleanup.0.push(service.join(&d.parent_cgroup));
     let daemon_pid = d.child.as_ref().unwrap().id();
     let rel = service.strip_prefix(&mount).unwrap().display().to_string();
     assert_eq!(
@@ -215,17 +236,10 @@ async fn a_daemon_in_a_delegated_cgroup_moves_into_a_leaf_and_boots_its_vms_besi
         "the VM's cgroup is removed"
     );
     d.kill();
-    // The test's own cgroups: the VMs' parent, the leaf (empty once the daemon is gone), the
-    // "service".
-    let gone = eventually(Duration::from_secs(5), || {
-        let _ = std::fs::remove_dir(service.join(&d.parent_cgroup));
-        let _ = std::fs::remove_dir(service.join("supervisor"));
-        std::fs::remove_dir(&service).is_ok()
-    })
-    .await;
+    drop(cleanup);
     assert!(
-        gone,
-        "the test's cgroup {} could not be removed",
+        !service.exists(),
+        "the test's cgroup {} is removed",
         service.display()
     );
 }
