@@ -714,12 +714,75 @@ mod tests {
         );
     }
 
+    /// A fake cgroup2 mount offering `controllers`.
+    fn v2_tree(controllers: &str) -> (tempfile::TempDir, Hierarchy) {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("cgroup.controllers"), controllers).unwrap();
+        let h = Hierarchy::parse(&format!(
+            "cgroup2 {} cgroup2 rw 0 0\n",
+            root.path().display()
+        ))
+        .unwrap();
+        (root, h)
+    }
+
     #[test]
-    fn v2_on_a_hybrid_host_is_refused_naming_the_field() {
+    fn derived_limits_whose_v2_controller_is_missing_are_left_out_and_named() {
         let k = kernel();
-        let h = Hierarchy::parse(crate::cgroup::tests_support::HYBRID_MOUNTS).unwrap();
-        let err = spec(CgroupVersion::V2, k.path()).plan(&h).unwrap_err();
+        let (root, h) = v2_tree("hugetlb\n");
+        let plan = spec(CgroupVersion::V2, k.path()).plan(&h).unwrap();
+        let off: Vec<&str> = plan
+            .cgroups_off
+            .iter()
+            .map(|o| o.controller.as_str())
+            .collect();
+        assert_eq!(off, ["memory", "cpu", "pids"]);
+        assert!(plan.cgroups_off[0].why.contains("has no memory controller"));
+        assert!(plan.cgroups.is_empty());
+        // No `--cgroup`: the VM's own directory is made by warden and joined by the jailer.
+        let dir = root.path().join("warden/vm-golden");
+        assert_eq!(plan.cgroup_leaf.as_deref(), Some(dir.as_path()));
+        assert_eq!(plan.cgroup_dirs, [dir]);
+        let parent = plan.argv.iter().position(|a| a == "--parent-cgroup").unwrap();
+        assert_eq!(plan.argv[parent + 1], "warden/vm-golden");
+        assert!(!plan.argv.iter().any(|a| a == "--cgroup"));
+    }
+
+    #[test]
+    fn an_explicit_limit_or_production_mode_is_refused_naming_the_controller() {
+        let k = kernel();
+        let (_root, h) = v2_tree("pids\n");
+        let mut s = spec(CgroupVersion::V2, k.path());
+        s.explicit_limits = vec![Derived::Memory];
+        let err = s.plan(&h).unwrap_err();
+        assert_eq!(err.field, "memory_limit_mb");
+        assert!(err.problem.contains("needs the memory controller"), "{err}");
+        assert!(err.problem.contains("subtree_control"), "the fix: {err}");
+        let mut s = spec(CgroupVersion::V2, k.path());
+        s.strict_cgroups = true;
+        let err = s.plan(&h).unwrap_err();
         assert_eq!(err.field, "cgroup_version");
+        assert!(err.problem.contains("production mode"), "{err}");
+        // With the controllers there, the same specs plan, and pids is kept where it exists.
+        let plan = spec(CgroupVersion::V2, k.path()).plan(&h).unwrap();
+        assert!(plan.cgroups.iter().any(|c| c.file == "pids.max"));
+        assert_eq!(plan.cgroup_leaf, None, "the jailer makes the directory");
+    }
+
+    #[test]
+    fn huge_pages_are_denied_where_hugetlb_exists_and_silently_skipped_elsewhere() {
+        let k = kernel();
+        let (_root, h) = v2_tree("cpu memory pids hugetlb\n");
+        let mut s = spec(CgroupVersion::V2, k.path());
+        s.limits.hugetlb_deny = vec!["2MB".into(), "1GB".into()];
+        let plan = s.plan(&h).unwrap();
+        let files: Vec<String> = plan.cgroups.iter().map(|c| c.as_arg()).collect();
+        assert!(files.contains(&"hugetlb.2MB.max=0".to_owned()), "{files:?}");
+        assert!(files.contains(&"hugetlb.1GB.max=0".to_owned()), "{files:?}");
+        let (_root, h) = v2_tree("cpu memory pids\n");
+        let plan = s.plan(&h).unwrap();
+        assert!(plan.cgroups_off.is_empty(), "{:?}", plan.cgroups_off);
+        assert!(!plan.cgroups.iter().any(|c| c.controller() == "hugetlb"));
     }
 
     #[test]
