@@ -743,7 +743,11 @@ mod tests {
         let dir = root.path().join("warden/vm-golden");
         assert_eq!(plan.cgroup_leaf.as_deref(), Some(dir.as_path()));
         assert_eq!(plan.cgroup_dirs, [dir]);
-        let parent = plan.argv.iter().position(|a| a == "--parent-cgroup").unwrap();
+        let parent = plan
+            .argv
+            .iter()
+            .position(|a| a == "--parent-cgroup")
+            .unwrap();
         assert_eq!(plan.argv[parent + 1], "warden/vm-golden");
         assert!(!plan.argv.iter().any(|a| a == "--cgroup"));
     }

@@ -162,10 +162,17 @@ pub fn info_to_pb(v: &VmInfo) -> pb::VmInfo {
                 .iter()
                 .map(|d| d.display().to_string())
                 .collect(),
-            memory_bytes: v.stats.as_ref().and_then(|s| s.memory_bytes).unwrap_or(0),
-            memory_limit_bytes: memory_limit.unwrap_or(0),
-            cpu_usage_ns: v.stats.as_ref().and_then(|s| s.cpu_usage_ns).unwrap_or(0),
-            oom_kills: v.stats.as_ref().and_then(|s| s.oom_kills).unwrap_or(0),
+            memory_bytes: v.stats.as_ref().and_then(|s| s.memory_bytes),
+            memory_limit_bytes: memory_limit
+                .filter(|_| !p.cgroups_off.iter().any(|o| o.controller == "memory")),
+            cpu_usage_ns: v.stats.as_ref().and_then(|s| s.cpu_usage_ns),
+            oom_kills: v.stats.as_ref().and_then(|s| s.oom_kills),
+            pids_current: v.stats.as_ref().and_then(|s| s.pids_current),
+            limits_off: p
+                .cgroups_off
+                .iter()
+                .map(|o| format!("{}: {}", o.controller, o.why))
+                .collect(),
         }),
         staged_assets: plan
             .map(|p| {

@@ -227,8 +227,7 @@ fn table(vms: &[pb::VmInfo]) -> String {
         let mem = v
             .cgroup
             .as_ref()
-            .map(|c| c.memory_bytes)
-            .filter(|m| *m > 0)
+            .and_then(|c| c.memory_bytes)
             .map_or("-".into(), |m| format!("{} MiB", m >> 20));
         s.push_str(&format!(
             "{:<28} {:<9} {:>8} {:<9} {:>10} {}\n",
@@ -263,14 +262,19 @@ fn details(v: &pb::VmInfo) -> String {
         v.jailer_id, v.chroot_path, v.socket_path
     ));
     if let Some(c) = &v.cgroup {
+        let shown = |v: Option<u64>, f: &dyn Fn(u64) -> String| v.map_or("unavailable".into(), f);
         s.push_str(&format!(
-            "cgroups:     {}\nmemory:      {} bytes (limit {})\ncpu:         {:.3} s\noom kills:   {}\n",
+            "cgroups:     {}\nmemory:      {} (limit {})\ncpu:         {}\ntasks:       {}\noom kills:   {}\n",
             c.paths.join(", "),
-            c.memory_bytes,
-            c.memory_limit_bytes,
-            c.cpu_usage_ns as f64 / 1e9,
-            c.oom_kills
+            shown(c.memory_bytes, &|m| format!("{m} bytes")),
+            shown(c.memory_limit_bytes, &|m| format!("{m} bytes")),
+            shown(c.cpu_usage_ns, &|n| format!("{:.3} s", n as f64 / 1e9)),
+            shown(c.pids_current, &|n| n.to_string()),
+            shown(c.oom_kills, &|n| n.to_string()),
         ));
+        for off in &c.limits_off {
+            s.push_str(&format!("limit off:   {off}\n"));
+        }
     }
     if !v.netns.is_empty() {
         s.push_str(&format!("netns:       {}\n", v.netns));

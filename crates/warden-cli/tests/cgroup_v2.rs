@@ -204,6 +204,20 @@ async fn a_daemon_in_a_delegated_cgroup_moves_into_a_leaf_and_boots_its_vms_besi
         vm_dir,
         "Firecracker sits beside the leaf"
     );
+    // Stats read what exists: cpu.stat is in every v2 cgroup; the rest only with its controller.
+    let cg = info.cgroup.clone().unwrap();
+    assert!(cg.cpu_usage_ns.is_some(), "{cg:?}");
+    for (name, reading) in [("memory", cg.memory_bytes), ("pids", cg.pids_current)] {
+        if !h.v2_controllers.iter().any(|c| c == name) {
+            assert_eq!(reading, None, "no {name} controller: unavailable, not 0");
+            assert!(
+                cg.limits_off
+                    .iter()
+                    .any(|o| o.starts_with(&format!("{name}:"))),
+                "{cg:?}"
+            );
+        }
+    }
     let report = info.isolation.unwrap();
     let cgroups = report.cgroups.unwrap();
     assert!(cgroups.active, "{cgroups:?}");
