@@ -165,6 +165,8 @@ async fn a_daemon_in_a_delegated_cgroup_moves_into_a_leaf_and_boots_its_vms_besi
     // As systemd starts a `Delegate=yes` service: in a cgroup of its own.
     let service = mount.join(format!("{}.service", unique("wdel")));
     std::fs::create_dir(&service).unwrap();
+    // systemd's mark on a Delegate=yes unit's cgroup.
+    xattr::set(&service, "trusted.delegate", b"1").unwrap();
     // Declared before the daemon: dropped after it, once nothing runs in them.
     let mut cleanup = Cgroups(vec![service.clone(), service.join("supervisor")]);
     let mut d = Daemon::start_in(
@@ -255,5 +257,36 @@ async fn a_daemon_in_a_delegated_cgroup_moves_into_a_leaf_and_boots_its_vms_besi
         !service.exists(),
         "the test's cgroup {} is removed",
         service.display()
+    );
+}
+
+#[test]
+fn doctor_in_a_delegated_cgroup_says_where_the_daemon_and_its_vms_go() {
+    let Some(h) = v2() else { return };
+    let mount = h.v2.clone().unwrap();
+    let service = mount.join(format!("{}.service", unique("wdoc")));
+    std::fs::create_dir(&service).unwrap();
+    xattr::set(&service, "trusted.delegate", b"1").unwrap();
+    let _cleanup = Cgroups(vec![service.clone()]);
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            "echo $$ > \"$1/cgroup.procs\" && shift && exec \"$@\"",
+            "sh",
+        ])
+        .arg(&service)
+        .arg(env!("CARGO_BIN_EXE_warden"))
+        .args(["doctor", "--cgroup-version", "2", "--parent-cgroup", "vms"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("cgroup-delegation"))
+        .unwrap_or_else(|| panic!("no delegation check: {text}"));
+    let rel = service.strip_prefix(&mount).unwrap().display().to_string();
+    assert!(
+        line.contains(&format!("{rel}/supervisor")) && line.contains(&format!("{rel}/vms")),
+        "{line}"
     );
 }

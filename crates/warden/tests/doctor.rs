@@ -610,9 +610,10 @@ fn pure_v2_without_delegation_fails_with_delegate_fix() {
     );
 }
 
-/// v2 on this hybrid host has no controllers: choosing it fails, and the fix says to use v1.
+/// v2 on this hybrid host has no memory controller: choosing it warns that the limit is left
+/// out (fails in production mode), and the fix says to use v1.
 #[test]
-fn v2_on_hybrid_host_fails_and_points_to_v1() {
+fn v2_on_hybrid_host_warns_fails_in_production_and_points_to_v1() {
     let h = jail::cgroup::Hierarchy::host().unwrap();
     if h.layout != jail::cgroup::Layout::Hybrid || !h.v2_controllers.is_empty() {
         // The hybrid layout is what this project's machines have; elsewhere the other tests cover it.
@@ -625,10 +626,28 @@ fn v2_on_hybrid_host_fails_and_points_to_v1() {
     let c = assert_status(
         &report,
         "cgroup-memory",
-        Status::Fail,
-        &["memory is not in"],
+        Status::Warn,
+        &["memory is not in", "VMs run without this limit"],
     );
     assert!(c.fix.unwrap().contains("--cgroup-version 1"));
+    let report = doctor::run(&DoctorInput {
+        cgroup_version: Some(jail::CgroupVersion::V2),
+        production: true,
+        ..input()
+    });
+    assert_status(
+        &report,
+        "cgroup-memory",
+        Status::Fail,
+        &["production mode refuses"],
+    );
+    // The test process is in the root cgroup of this host's v2 mount, without systemd.
+    assert_status(
+        &report,
+        "cgroup-delegation",
+        Status::Pass,
+        &["not in a delegated cgroup"],
+    );
 }
 
 #[test]

@@ -55,6 +55,20 @@ impl Delegation {
         Self::from_own(mount, &own)
     }
 
+    /// Whether the subtree was handed over as a delegation: systemd marks a `Delegate=yes`
+    /// unit's cgroup with the extended attribute `trusted.delegate=1` (`user.delegate` for a
+    /// user manager). Without systemd (a container, another manager), a cgroup of one's own is
+    /// taken as delegated; under systemd an unmarked one (a login session's scope) is not.
+    pub fn is_delegated(&self, under_systemd: bool) -> bool {
+        let marked = ["trusted.delegate", "user.delegate"].iter().any(|name| {
+            xattr::get(self.dir(), name)
+                .ok()
+                .flatten()
+                .is_some_and(|v| v == b"1")
+        });
+        marked || !under_systemd
+    }
+
     /// The subtree's directory.
     pub fn dir(&self) -> PathBuf {
         self.mount.join(&self.subtree)
@@ -141,5 +155,19 @@ mod tests {
         .unwrap();
         let d = Delegation::detect(Path::new("/cg"), proc_root.path(), 42).unwrap();
         assert_eq!(d.subtree, "t-1.service");
+    }
+
+    #[test]
+    fn a_cgroup_counts_as_delegated_when_marked_or_without_systemd() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Delegation {
+            mount: dir.path().to_owned(),
+            subtree: "unit.service".into(),
+        };
+        std::fs::create_dir(d.dir()).unwrap();
+        assert!(!d.is_delegated(true), "an unmarked cgroup under systemd");
+        assert!(d.is_delegated(false), "a cgroup of one's own elsewhere");
+        xattr::set(d.dir(), "user.delegate", b"1").unwrap();
+        assert!(d.is_delegated(true), "marked by a user manager");
     }
 }

@@ -64,6 +64,14 @@ pub fn settle(
     let Some(subtree) = Subtree::detect(mount, proc_root, std::process::id()) else {
         return unchanged("the daemon runs in the root cgroup");
     };
+    if cfg.cgroup_delegation == Delegation::Auto
+        && !subtree.is_delegated(Path::new("/run/systemd/system").exists())
+    {
+        return unchanged(
+            "the daemon's cgroup is not delegated (systemd did not mark it trusted.delegate=1: \
+             add Delegate=yes to its unit, or set cgroup_delegation=on)",
+        );
+    }
     subtree
         .enter_supervisor()
         .map_err(|source| DelegationError::Move {

@@ -63,6 +63,11 @@ pub struct DoctorInput {
     pub etc_dir: PathBuf,
     /// The mount table with mount ids (`/proc/self/mountinfo`), read for hidden namespaces.
     pub mountinfo_file: PathBuf,
+    /// Production mode (`require_jailer`): a missing controller for any limit is a failure, not
+    /// a warning that the limit will be left out.
+    pub production: bool,
+    /// The daemon's `cgroup_delegation` setting.
+    pub delegation: crate::daemon::config::Delegation,
 }
 
 impl Default for DoctorInput {
@@ -86,6 +91,8 @@ impl Default for DoctorInput {
             mountinfo_file: PathBuf::from("/proc/self/mountinfo"),
             id_range: None,
             etc_dir: PathBuf::from("/etc"),
+            production: false,
+            delegation: crate::daemon::config::Delegation::Auto,
         }
     }
 }
@@ -107,6 +114,8 @@ impl DoctorInput {
             cgroup_version: cfg.cgroup_version,
             parent_cgroup: cfg.parent_cgroup.clone(),
             id_range: cfg.jail_id_range,
+            production: cfg.require_jailer,
+            delegation: cfg.cgroup_delegation,
             ..Self::default()
         }
     }
@@ -237,6 +246,8 @@ pub fn run(input: &DoctorInput) -> Report {
         &input.mounts_file,
         input.cgroup_version,
         &input.parent_cgroup,
+        input.production,
+        input.delegation,
     ));
     checks.extend(binaries::check(
         &input.jailer_binary,
