@@ -231,6 +231,7 @@ mod tests {
             fsize_headroom: None,
             net: None,
             files,
+            sys_root: crate::spec::SYS.into(),
         }
     }
 

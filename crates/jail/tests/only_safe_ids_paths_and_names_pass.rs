@@ -359,6 +359,7 @@ fn spec(files: Vec<StageRequest>, jailed: bool) -> JailSpec {
             memory_bytes: Some(256 << 20),
             cpu_quota_pct: Some(100),
             pids_max: Some(64),
+            ..Default::default()
         },
         resource_limits: ResourceLimits::default(),
         fsize_headroom: None,
@@ -367,6 +368,7 @@ fn spec(files: Vec<StageRequest>, jailed: bool) -> JailSpec {
         make_netns: false,
         net: None,
         files,
+        sys_root: jail::spec::SYS.into(),
     }
 }
 

@@ -6,7 +6,9 @@
 //! version-specific knowledge lives in [`v1`] and [`v2`]; this module picks one at run time from
 //! the host's mount table, which is an argument so that tests can hand in a fake one.
 
+pub mod cpuset;
 pub mod delegation;
+pub mod disk;
 pub mod v1;
 pub mod v2;
 
@@ -322,6 +324,12 @@ pub struct CgroupLimits {
     pub cpu_quota_pct: Option<u32>,
     /// Most tasks (threads) the VM's processes may have.
     pub pids_max: Option<u64>,
+    /// CPUs (and memory nodes) the VM is pinned to; `None` is unpinned.
+    pub cpuset: Option<cpuset::Cpuset>,
+    /// Disk I/O limits, applied on `io_device`.
+    pub io: disk::IoLimits,
+    /// The disk holding the VM's drives; filled in by the plan when `io` has a limit.
+    pub io_device: Option<disk::BlockDevice>,
 }
 
 /// Scheduler period used for CPU quotas, in microseconds (the kernel's default).
@@ -336,6 +344,11 @@ pub struct Setting {
     pub value: String,
     /// Where the file is on this host, once planned.
     pub path: Option<PathBuf>,
+    /// Written by warden into the directory the jailer made, before InstanceStart, instead of
+    /// by the jailer: v2's `io.max` value has several `=`, and the jailer accepts exactly one
+    /// in a `--cgroup` argument.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub by_warden: bool,
 }
 
 impl Setting {
@@ -344,6 +357,14 @@ impl Setting {
             file: file.to_owned(),
             value: value.to_string(),
             path: None,
+            by_warden: false,
+        }
+    }
+
+    fn by_warden(file: &str, value: impl ToString) -> Self {
+        Self {
+            by_warden: true,
+            ..Self::new(file, value)
         }
     }
 
@@ -487,6 +508,8 @@ pub(crate) mod tests_support {
 tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0
 cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0
 cgroup /sys/fs/cgroup/cpuacct cgroup rw,relatime,cpuacct 0 0
+cgroup /sys/fs/cgroup/cpuset cgroup rw,relatime,cpuset 0 0
+cgroup /sys/fs/cgroup/blkio cgroup rw,relatime,blkio 0 0
 cgroup /sys/fs/cgroup/memory cgroup rw,relatime,memory 0 0
 cgroup /sys/fs/cgroup/pids cgroup rw,relatime,pids 0 0
 cgroup /sys/fs/cgroup/systemd cgroup rw,relatime,name=systemd 0 0
@@ -592,6 +615,7 @@ mod tests {
             memory_bytes: Some(1 << 28),
             cpu_quota_pct: Some(50),
             pids_max: Some(64),
+            ..Default::default()
         };
         let dirs = h.vm_dirs(
             CgroupVersion::V1,

@@ -25,6 +25,27 @@ pub fn settings(limits: &CgroupLimits) -> Vec<Setting> {
     if let Some(max) = limits.pids_max {
         out.push(Setting::new("pids.max", max));
     }
+    if let Some(set) = &limits.cpuset {
+        out.push(Setting::new("cpuset.cpus", &set.cpus));
+        // Without mems the kernel refuses the task (ENOSPC); the plan always fills them in.
+        if let Some(mems) = &set.mems {
+            out.push(Setting::new("cpuset.mems", mems));
+        }
+    }
+    if let Some(dev) = limits.io_device {
+        let io = &limits.io;
+        for (file, value) in [
+            ("blkio.throttle.read_bps_device", io.read_bps),
+            ("blkio.throttle.write_bps_device", io.write_bps),
+            ("blkio.throttle.read_iops_device", io.read_iops),
+            ("blkio.throttle.write_iops_device", io.write_iops),
+        ] {
+            if let Some(v) = value {
+                // One '=' in `file=MAJ:MIN N`: the jailer can pass it.
+                out.push(Setting::new(file, format!("{dev} {v}")));
+            }
+        }
+    }
     out
 }
 
@@ -50,6 +71,7 @@ mod tests {
             memory_bytes: Some(300 << 20),
             cpu_quota_pct: Some(50),
             pids_max: Some(128),
+            ..Default::default()
         };
         let args: Vec<String> = settings(&limits).iter().map(Setting::as_arg).collect();
         assert_eq!(
@@ -60,6 +82,57 @@ mod tests {
                 "cpu.cfs_quota_us=50000",
                 "pids.max=128",
             ]
+        );
+    }
+
+    #[test]
+    fn maps_cpuset_and_io_to_v1_files_through_the_jailer() {
+        use crate::cgroup::cpuset::{CpuList, Cpuset};
+        use crate::cgroup::disk::{BlockDevice, IoLimits};
+        let limits = CgroupLimits {
+            cpuset: Some(Cpuset {
+                cpus: CpuList::parse("0-1,3").unwrap(),
+                mems: Some(CpuList::parse("0").unwrap()),
+            }),
+            io: IoLimits {
+                read_bps: Some(1 << 20),
+                write_bps: Some(2 << 20),
+                read_iops: Some(100),
+                write_iops: Some(50),
+            },
+            io_device: Some(BlockDevice {
+                major: 254,
+                minor: 0,
+            }),
+            ..Default::default()
+        };
+        let s = settings(&limits);
+        assert!(s.iter().all(|s| !s.by_warden));
+        let args: Vec<String> = s.iter().map(Setting::as_arg).collect();
+        assert_eq!(
+            args,
+            [
+                "cpuset.cpus=0-1,3",
+                "cpuset.mems=0",
+                "blkio.throttle.read_bps_device=254:0 1048576",
+                "blkio.throttle.write_bps_device=254:0 2097152",
+                "blkio.throttle.read_iops_device=254:0 100",
+                "blkio.throttle.write_iops_device=254:0 50",
+            ]
+        );
+        // The jailer splits on '=' and wants exactly two parts.
+        assert!(args.iter().all(|a| a.split('=').count() == 2));
+        assert_eq!(s[0].controller(), "cpuset");
+        assert_eq!(s[2].controller(), "blkio");
+        let unplaced = CgroupLimits {
+            io_device: None,
+            ..limits
+        };
+        assert!(
+            settings(&unplaced)
+                .iter()
+                .all(|s| s.controller() != "blkio"),
+            "no device, no throttle"
         );
     }
 

@@ -233,6 +233,7 @@ fn bare_jailer_plan(env: &Env, id: &str) -> anyhow::Result<jail::JailPlan> {
             memory_bytes: Some(192 << 20),
             cpu_quota_pct: Some(100),
             pids_max: Some(1024),
+            ..Default::default()
         },
         resource_limits: jail::ResourceLimits {
             no_file: Some(2048),
@@ -244,6 +245,7 @@ fn bare_jailer_plan(env: &Env, id: &str) -> anyhow::Result<jail::JailPlan> {
         make_netns: false,
         net: None,
         files: Vec::new(),
+        sys_root: jail::spec::SYS.into(),
     };
     Ok(spec.plan_with_firecracker_args(
         &hierarchy,
