@@ -434,7 +434,7 @@ impl JailSpec {
                 return Err(SpecError::new(
                     "cpuset",
                     format!(
-                        "names CPU {} that is not online (online: {}); pin to online CPUs only",
+                        "names CPUs that are not online ({}; online: {}); pin to online CPUs only",
                         set.cpus.missing_from(&online.cpus),
                         online.cpus
                     ),
@@ -447,7 +447,7 @@ impl JailSpec {
                 SpecError::new(
                     field,
                     format!(
-                        "cannot be applied: the chroot base {} {why}, so its disk I/O cannot be                          throttled; put the chroot base on a disk-backed filesystem (e.g. ext4                          or xfs) or drop the I/O limits",
+                        "cannot be applied: the chroot base {} {why}, so its disk I/O cannot be throttled; put the chroot base on a disk-backed filesystem (e.g. ext4 or xfs) or drop the I/O limits",
                         self.chroot_base_dir.display()
                     ),
                 )
@@ -914,10 +914,7 @@ mod tests {
             crate::cgroup::cpuset::CpuList::parse("1-3").unwrap();
         let err = s.plan(&h).unwrap_err();
         assert_eq!(err.field, "cpuset");
-        assert!(
-            err.problem.contains("CPU 2-3") && err.problem.contains("online: 0-1"),
-            "{err}"
-        );
+        assert!(err.problem.contains("(2-3; online: 0-1)"), "{err}");
 
         // The fake sysfs has no entry for the temp dir's device: like tmpfs or overlay.
         let mut s = pinned(CgroupVersion::V1, k.path(), sys.path());

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use firecracker_api::Client;
+use jail::cgroup::cpuset::{CpuList, Cpuset};
+pub use jail::cgroup::disk::IoLimits;
 use jail::cgroup::{CgroupLimits, CgroupVersion, Hierarchy};
 use jail::spec::{JailSpec, ResourceLimits, SpecError, StageRequest};
 use jail::{JailId, JailPlan};
@@ -52,6 +54,12 @@ pub struct JailerConfig {
     pub new_pid_ns: bool,
     /// rlimits (`no-file`, `fsize`).
     pub resource_limits: ResourceLimits,
+    /// CPUs to pin the VM to, in the kernel's list syntax (`0-3,5`); `None` is unpinned. Every
+    /// CPU must be online; the memory nodes are every online node.
+    pub cpuset: Option<String>,
+    /// Disk I/O limits on the disk holding the chroot base (where every drive's backing file
+    /// is); unset is unlimited.
+    pub io_limits: IoLimits,
 }
 
 /// The default range of per-VM uids/gids: above every range `useradd` gives to subordinate ids
@@ -85,6 +93,8 @@ impl Default for JailerConfig {
             pids_max: Some(1024),
             new_pid_ns: true,
             resource_limits: ResourceLimits::default(),
+            cpuset: None,
+            io_limits: IoLimits::default(),
         }
     }
 }
@@ -118,6 +128,15 @@ impl JailerConfig {
                 "is 0; use a percentage of one core, e.g. 50 or 200",
             ));
         }
+        let cpuset = self
+            .cpuset
+            .as_deref()
+            .map(|s| {
+                s.parse::<CpuList>()
+                    .map(|cpus| Cpuset { cpus, mems: None })
+                    .map_err(|e| SpecError::new("cpuset", e))
+            })
+            .transpose()?;
         let cgroup_version = self
             .cgroup_version
             .unwrap_or_else(|| hierarchy.default_version());
@@ -138,6 +157,9 @@ impl JailerConfig {
                         .unwrap_or(u32::from(self.cpu_count) * 100),
                 ),
                 pids_max: self.pids_max,
+                cpuset,
+                io: self.io_limits,
+                io_device: None,
             },
             resource_limits: self.resource_limits,
             // Firecracker writes no file past this (its log, the console file, a snapshot of
@@ -148,6 +170,7 @@ impl JailerConfig {
             make_netns: false,
             net,
             files,
+            sys_root: jail::spec::SYS.into(),
         })
     }
 }
@@ -248,6 +271,10 @@ pub(crate) async fn launch(
         tokio::task::spawn_blocking(move || -> Result<(), Error> {
             // Before InstanceStart, so the vCPU threads are born in it.
             jail.attach_accounting(pid)?;
+            // The jailer has made the VM's cgroup and Firecracker does no disk I/O before
+            // InstanceStart: the limits it cannot pass (v2 `io.max`) are in force from the first
+            // read. Here rather than after configuring, so `start_with_jailer` gets them too.
+            jail::cgroup::v2::write_by_warden(&jail.plan().cgroups)?;
             let start_time = jail::proc::start_time(Path::new(jail::proc::PROC), pid).unwrap_or(0);
             jail.set_firecracker(jail::owner::ProcessRef { pid, start_time })
                 .map_err(|e| Error::Os {
