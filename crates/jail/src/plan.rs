@@ -818,7 +818,7 @@ mod tests {
     }
 
     #[test]
-    fn golden_v1_pinning_and_io_limits_go_through_the_jailer_on_the_disk() {
+    fn golden_v1_pinning_goes_through_the_jailer_and_blkio_throttles_on_the_disk_are_warden_s() {
         let k = kernel();
         let sys = tempfile::tempdir().unwrap();
         let mut s = pinned(CgroupVersion::V1, k.path(), sys.path());
@@ -832,13 +832,18 @@ mod tests {
             .filter(|w| w[0] == "--cgroup")
             .map(|w| w[1].as_str())
             .collect();
+        assert_eq!(args[4..], ["cpuset.cpus=1", "cpuset.mems=0"]);
+        let by_warden: Vec<String> = plan
+            .cgroups
+            .iter()
+            .filter(|c| c.by_warden)
+            .map(|c| format!("{}={}", c.path.as_ref().unwrap().display(), c.value))
+            .collect();
         assert_eq!(
-            args[4..],
+            by_warden,
             [
-                "cpuset.cpus=1",
-                "cpuset.mems=0",
-                "blkio.throttle.read_bps_device=254:0 1048576",
-                "blkio.throttle.write_iops_device=254:0 200",
+                "/sys/fs/cgroup/blkio/warden/vm-golden/blkio.throttle.read_bps_device=254:0 1048576",
+                "/sys/fs/cgroup/blkio/warden/vm-golden/blkio.throttle.write_iops_device=254:0 200",
             ]
         );
         assert!(plan

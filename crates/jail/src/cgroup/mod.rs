@@ -431,6 +431,33 @@ pub fn attach(dir: &Path, pid: u32) -> Result<(), CgroupError> {
     write(&procs, &|| std::fs::write(&procs, pid.to_string()))
 }
 
+/// Writes the settings the jailer cannot pass (`Setting::by_warden`: v1 `blkio.throttle.*`,
+/// v2 `io.max`) and moves Firecracker (`pid`, every thread) into each directory holding one.
+/// On v2 that is the directory the jailer made and Firecracker is already in; on v1 it is the
+/// `blkio` directory, which the jailer never joins. Call it before InstanceStart: Firecracker
+/// does no disk I/O until then, so the limits hold from the first read. Each setting's `path`
+/// must be planned.
+pub fn write_by_warden(settings: &[Setting], pid: u32) -> Result<(), CgroupError> {
+    let mut dirs: Vec<&Path> = Vec::new();
+    for s in settings.iter().filter(|s| s.by_warden) {
+        let Some((path, dir)) = s.path.as_deref().and_then(|p| Some((p, p.parent()?))) else {
+            continue;
+        };
+        create(dir)?;
+        std::fs::write(path, &s.value).map_err(|source| CgroupError::Write {
+            path: path.to_owned(),
+            source,
+        })?;
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
+    for dir in dirs {
+        attach(dir, pid)?;
+    }
+    Ok(())
+}
+
 /// Removes a VM's cgroup directories, deepest first. A directory that is already gone is fine.
 /// `rmdir` fails with `EBUSY` while the kernel still counts a dying task: that is retried until
 /// `deadline` passes.

@@ -41,8 +41,10 @@ pub fn settings(limits: &CgroupLimits) -> Vec<Setting> {
             ("blkio.throttle.write_iops_device", io.write_iops),
         ] {
             if let Some(v) = value {
-                // One '=' in `file=MAJ:MIN N`: the jailer can pass it.
-                out.push(Setting::new(file, format!("{dev} {v}")));
+                // The jailer cannot write these: it wants `<controller>.<property>` (one '.') and
+                // first copies the parent's value, which is empty for throttle files. warden
+                // makes the blkio directory, writes them and moves Firecracker in itself.
+                out.push(Setting::by_warden(file, format!("{dev} {v}")));
             }
         }
     }
@@ -86,7 +88,7 @@ mod tests {
     }
 
     #[test]
-    fn maps_cpuset_and_io_to_v1_files_through_the_jailer() {
+    fn maps_cpuset_to_v1_files_for_the_jailer_and_blkio_for_warden() {
         use crate::cgroup::cpuset::{CpuList, Cpuset};
         use crate::cgroup::disk::{BlockDevice, IoLimits};
         let limits = CgroupLimits {
@@ -107,7 +109,8 @@ mod tests {
             ..Default::default()
         };
         let s = settings(&limits);
-        assert!(s.iter().all(|s| !s.by_warden));
+        let by_warden: Vec<bool> = s.iter().map(|s| s.by_warden).collect();
+        assert_eq!(by_warden, [false, false, true, true, true, true]);
         let args: Vec<String> = s.iter().map(Setting::as_arg).collect();
         assert_eq!(
             args,
@@ -120,8 +123,6 @@ mod tests {
                 "blkio.throttle.write_iops_device=254:0 50",
             ]
         );
-        // The jailer splits on '=' and wants exactly two parts.
-        assert!(args.iter().all(|a| a.split('=').count() == 2));
         assert_eq!(s[0].controller(), "cpuset");
         assert_eq!(s[2].controller(), "blkio");
         let unplaced = CgroupLimits {

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use super::{read_keyed, read_u64, CgroupError, CgroupLimits, CgroupStats, Setting, CPU_PERIOD_US};
+use super::{read_keyed, read_u64, CgroupLimits, CgroupStats, Setting, CPU_PERIOD_US};
 
 /// Maps limits to v2 files.
 pub fn settings(limits: &CgroupLimits) -> Vec<Setting> {
@@ -39,27 +39,11 @@ pub fn settings(limits: &CgroupLimits) -> Vec<Setting> {
                 line.push_str(&format!(" {key}={v}"));
             }
         }
-        // Several '=' in one value: the jailer refuses it, so warden writes it (see
-        // [`write_by_warden`]).
+        // Several '=' in one value: the jailer refuses it, so warden writes it into the
+        // directory the jailer made (see [`super::write_by_warden`]).
         out.push(Setting::by_warden("io.max", line));
     }
     out
-}
-
-/// Writes the settings the jailer cannot pass (`io.max`) into the VM's directory, which the
-/// jailer has made by the time Firecracker runs. Call it before InstanceStart: Firecracker does
-/// no disk I/O until then. Each setting's `path` must be planned.
-pub fn write_by_warden(settings: &[Setting]) -> Result<(), CgroupError> {
-    for s in settings.iter().filter(|s| s.by_warden) {
-        let Some(path) = &s.path else {
-            continue;
-        };
-        std::fs::write(path, &s.value).map_err(|source| CgroupError::Write {
-            path: path.clone(),
-            source,
-        })?;
-    }
-    Ok(())
 }
 
 /// Reads usage from the VM's v2 directory.
@@ -221,15 +205,16 @@ mod tests {
                 .setting_dir(CgroupVersion::V2, "warden", "vm-1", x)
                 .map(|d| d.join(&x.file));
         }
-        write_by_warden(&s).unwrap();
+        crate::cgroup::write_by_warden(&s, 4242).unwrap();
         assert_eq!(
             std::fs::read_to_string(vm.join("io.max")).unwrap(),
             "8:0 rbps=1048576"
         );
+        assert_eq!(
+            std::fs::read_to_string(vm.join("cgroup.procs")).unwrap(),
+            "4242"
+        );
         assert!(!vm.join("memory.max").exists(), "the jailer's to write");
-        std::fs::remove_dir_all(&vm).unwrap();
-        let err = write_by_warden(&s).unwrap_err();
-        assert!(err.to_string().contains("io.max"), "{err}");
     }
 
     #[test]

@@ -271,10 +271,10 @@ pub(crate) async fn launch(
         tokio::task::spawn_blocking(move || -> Result<(), Error> {
             // Before InstanceStart, so the vCPU threads are born in it.
             jail.attach_accounting(pid)?;
-            // The jailer has made the VM's cgroup and Firecracker does no disk I/O before
-            // InstanceStart: the limits it cannot pass (v2 `io.max`) are in force from the first
-            // read. Here rather than after configuring, so `start_with_jailer` gets them too.
-            jail::cgroup::v2::write_by_warden(&jail.plan().cgroups)?;
+            // Firecracker does no disk I/O before InstanceStart: the limits the jailer cannot
+            // pass (v1 blkio throttles, v2 `io.max`) are in force from the first read. Here
+            // rather than after configuring, so `start_with_jailer` gets them too.
+            jail::cgroup::write_by_warden(&jail.plan().cgroups, pid)?;
             let start_time = jail::proc::start_time(Path::new(jail::proc::PROC), pid).unwrap_or(0);
             jail.set_firecracker(jail::owner::ProcessRef { pid, start_time })
                 .map_err(|e| Error::Os {
