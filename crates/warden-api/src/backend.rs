@@ -94,6 +94,13 @@ fn spec_from_pb(c: pb::VmConfig) -> Result<VmSpec, ApiError> {
         net_rx_rate_limiter: limiter_from_pb(c.net_rx_rate_limiter),
         net_tx_rate_limiter: limiter_from_pb(c.net_tx_rate_limiter),
         drive_rate_limiter: limiter_from_pb(c.drive_rate_limiter),
+        cpuset: c.cpuset,
+        io_limits: warden::vm::jailer::IoLimits {
+            read_bps: c.io_read_bps,
+            write_bps: c.io_write_bps,
+            read_iops: c.io_read_iops,
+            write_iops: c.io_write_iops,
+        },
     })
 }
 
@@ -119,6 +126,11 @@ fn spec_to_pb(s: &VmSpec) -> pb::VmConfig {
         net_rx_rate_limiter: limiter_to_pb(&s.net_rx_rate_limiter),
         net_tx_rate_limiter: limiter_to_pb(&s.net_tx_rate_limiter),
         drive_rate_limiter: limiter_to_pb(&s.drive_rate_limiter),
+        cpuset: s.cpuset.clone(),
+        io_read_bps: s.io_limits.read_bps,
+        io_write_bps: s.io_limits.write_bps,
+        io_read_iops: s.io_limits.read_iops,
+        io_write_iops: s.io_limits.write_iops,
     }
 }
 
@@ -166,6 +178,20 @@ pub fn info_to_pb(v: &VmInfo) -> pb::VmInfo {
             memory_limit_bytes: memory_limit.unwrap_or(0),
             cpu_usage_ns: v.stats.as_ref().and_then(|s| s.cpu_usage_ns).unwrap_or(0),
             oom_kills: v.stats.as_ref().and_then(|s| s.oom_kills).unwrap_or(0),
+            settings: p
+                .cgroups
+                .iter()
+                .map(|c| pb::CgroupSetting {
+                    file: c.file.clone(),
+                    value: c.value.clone(),
+                    path: c
+                        .path
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    by_warden: c.by_warden,
+                })
+                .collect(),
         }),
         staged_assets: plan
             .map(|p| {
