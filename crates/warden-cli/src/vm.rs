@@ -30,7 +30,7 @@ pub struct VmArgs {
 #[derive(Subcommand, Debug)]
 enum VmCommand {
     /// Create a VM (and boot it with --boot).
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Boot a created or stopped VM.
     Boot { id: String },
     /// List VMs.

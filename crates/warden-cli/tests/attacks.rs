@@ -660,8 +660,7 @@ async fn pinning_and_io_limits_are_the_operators_default_and_maximum() {
     let settings = asked.cgroup.unwrap().settings;
     assert!(settings
         .iter()
-        .any(|s| s.file == "blkio.throttle.write_iops_device"
-            && s.value == format!("{disk} 100")));
+        .any(|s| s.file == "blkio.throttle.write_iops_device" && s.value == format!("{disk} 100")));
     for id in [&default_id, &asked_id] {
         c.delete_vm(pb::DeleteVmRequest { vm_id: id.clone() })
             .await
