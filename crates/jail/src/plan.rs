@@ -171,11 +171,12 @@ impl JailSpec {
     fn available_settings(
         &self,
         hierarchy: &Hierarchy,
+        limits: &crate::cgroup::CgroupLimits,
     ) -> Result<(Vec<Setting>, Vec<LimitOff>), SpecError> {
         let version = self.cgroup_version;
         let mut kept = Vec::new();
         let mut off: Vec<LimitOff> = Vec::new();
-        for s in self.limits.settings(version) {
+        for s in limits.settings(version) {
             let controller = s.controller().to_owned();
             if hierarchy.has(version, &controller) {
                 kept.push(s);
@@ -349,19 +350,21 @@ impl JailSpec {
             rlimits.push(("fsize".to_owned(), n));
         }
 
+        let limits = self.placed_limits(hierarchy, base_dev)?;
         let mut accounting = None;
         let mut leaf = None;
         let mut cgroups_off = Vec::new();
         let mut parent_arg = self.parent_cgroup.clone();
         let (cgroups, cgroup_dirs) = if self.jailed {
-            let (mut settings, off) = self.available_settings(hierarchy)?;
+            let (mut settings, off) = self.available_settings(hierarchy, &limits)?;
             cgroups_off = off;
             let mut dirs = layout.cgroup_dirs(id, &settings);
             accounting = layout.accounting_dir(id);
             dirs.extend(accounting.clone());
-            if self.cgroup_version == CgroupVersion::V2 && settings.is_empty() {
+            if self.cgroup_version == CgroupVersion::V2 && settings.iter().all(|s| s.by_warden) {
                 // Without a `--cgroup`, the v2 jailer joins `--parent-cgroup` itself: the
-                // VM's own directory, made by warden, so the VM is still placed alone.
+                // VM's own directory, made by warden, so the VM is still placed alone (and
+                // what warden writes itself goes there).
                 if let Some(root) = &hierarchy.v2 {
                     let dir = root.join(&self.parent_cgroup).join(id);
                     parent_arg = format!("{}/{id}", self.parent_cgroup);
@@ -397,7 +400,7 @@ impl JailSpec {
                 "--parent-cgroup".into(),
                 parent_arg.clone(),
             ];
-            for s in &cgroups {
+            for s in cgroups.iter().filter(|s| !s.by_warden) {
                 a.push("--cgroup".into());
                 a.push(s.as_arg());
             }
@@ -480,6 +483,111 @@ impl JailSpec {
     }
 }
 
+impl JailSpec {
+    /// The limits with what the host decides filled in: a cpuset's memory nodes (every online
+    /// node) and the disk the I/O limits apply to (the one under the chroot base, `base_dev`).
+    /// Checks what was asked against the host: CPUs online, a block device to throttle, the
+    /// controllers in the chosen cgroup version. Unjailed VMs have no cgroups: nothing to place.
+    fn placed_limits(
+        &self,
+        hierarchy: &Hierarchy,
+        base_dev: Option<u64>,
+    ) -> Result<crate::cgroup::CgroupLimits, SpecError> {
+        use crate::cgroup::{cpuset::Online, disk};
+        let mut limits = self.limits.clone();
+        if let Some((field, _)) = limits.io.fields().into_iter().find(|f| f.1 == Some(0)) {
+            return Err(SpecError::new(
+                field,
+                "is 0; give a positive limit, or leave it unset for no limit",
+            ));
+        }
+        if !self.jailed {
+            return Ok(limits);
+        }
+        if let Some(set) = &mut limits.cpuset {
+            let online = Online::read(&self.sys_root).map_err(|file| {
+                SpecError::new(
+                    "cpuset",
+                    format!(
+                        "cannot be checked: {} is unreadable; drop the cpuset or run where sysfs is mounted",
+                        file.display()
+                    ),
+                )
+            })?;
+            if set.cpus.is_empty() || !set.cpus.is_subset(&online.cpus) {
+                return Err(SpecError::new(
+                    "cpuset",
+                    format!(
+                        "names CPUs that are not online ({}; online: {}); pin to online CPUs only",
+                        set.cpus.missing_from(&online.cpus),
+                        online.cpus
+                    ),
+                ));
+            }
+            set.mems.get_or_insert(online.mems);
+        }
+        if let Some((field, _)) = limits.io.fields().into_iter().find(|f| f.1.is_some()) {
+            let not_block = |why: String| {
+                SpecError::new(
+                    field,
+                    format!(
+                        "cannot be applied: the chroot base {} {why}, so its disk I/O cannot be throttled; put the chroot base on a disk-backed filesystem (e.g. ext4 or xfs) or drop the I/O limits",
+                        self.chroot_base_dir.display()
+                    ),
+                )
+            };
+            let dev = base_dev.ok_or_else(|| not_block("does not exist".into()))?;
+            let disk =
+                disk::disk_of(&self.sys_root, disk::BlockDevice::from_dev(dev)).map_err(|e| {
+                    not_block(format!(
+                        "is on a filesystem without a block device ({e}; tmpfs or overlay?)"
+                    ))
+                })?;
+            limits.io_device = Some(disk);
+        }
+        // Pinning and throttling are never derived: a cgroup version without their controller
+        // is an error naming the request's own field.
+        let asked = crate::cgroup::CgroupLimits {
+            cpuset: limits.cpuset.clone(),
+            io: limits.io,
+            io_device: limits.io_device,
+            ..Default::default()
+        };
+        for s in asked.settings(self.cgroup_version) {
+            hierarchy
+                .check(self.cgroup_version, std::slice::from_ref(&s))
+                .map_err(|e| {
+                    let field = if s.controller() == "cpuset" {
+                        "cpuset"
+                    } else {
+                        asked
+                            .io
+                            .fields()
+                            .into_iter()
+                            .find(|f| f.1.is_some())
+                            .map_or("io", |f| f.0)
+                    };
+                    SpecError::new(field, format!("cannot be applied: {e}, or drop {field}"))
+                })?;
+        }
+        let by_jailer = limits
+            .settings(self.cgroup_version)
+            .iter()
+            .any(|s| !s.by_warden);
+        let first_io = limits.io.fields().into_iter().find(|f| f.1.is_some());
+        if let (false, Some((field, _)), crate::CgroupVersion::V2) =
+            (by_jailer, first_io, self.cgroup_version)
+        {
+            // The jailer makes no v2 cgroup without a value of its own to write.
+            return Err(SpecError::new(
+                field,
+                "needs a cgroup the jailer makes; set a memory, CPU or pids limit too",
+            ));
+        }
+        Ok(limits)
+    }
+}
+
 /// The path itself or its closest existing ancestor.
 fn nearest_existing(path: &Path) -> Option<&Path> {
     path.ancestors().find(|p| p.exists())
@@ -531,7 +639,7 @@ mod tests {
                 memory_bytes: Some(192 << 20),
                 cpu_quota_pct: Some(50),
                 pids_max: Some(64),
-                hugetlb_deny: vec![],
+                ..Default::default()
             },
             explicit_limits: vec![],
             strict_cgroups: false,
@@ -544,6 +652,7 @@ mod tests {
             make_netns: false,
             fsize_headroom: None,
             net: None,
+            sys_root: crate::spec::SYS.into(),
             files: vec![StageRequest {
                 source: kernel.to_owned(),
                 name: "kernel".into(),
@@ -834,6 +943,179 @@ mod tests {
                 "/vm.json"
             ]
         );
+    }
+
+    /// A spec pinned to CPU 1 with read and write limits, planned on a fake sysfs whose disk
+    /// holds the chroot base (the kernel's temp dir) as partition 254:1 of disk 254:0.
+    fn pinned(version: CgroupVersion, k: &Path, sys: &Path) -> JailSpec {
+        use crate::cgroup::cpuset::{CpuList, Cpuset};
+        crate::cgroup::disk::tests_support::fake_sys(sys);
+        let mut s = spec(version, k);
+        s.sys_root = sys.to_owned();
+        s.limits.cpuset = Some(Cpuset {
+            cpus: CpuList::parse("1").unwrap(),
+            mems: None,
+        });
+        s.limits.io.read_bps = Some(1 << 20);
+        s.limits.io.write_iops = Some(200);
+        s
+    }
+
+    /// The fake sysfs's `dev/block` entry for the chroot base's device, removed.
+    fn base_entry(s: &JailSpec, sys: &Path) -> PathBuf {
+        let dev = std::fs::metadata(nearest_existing(&s.chroot_base_dir).unwrap())
+            .unwrap()
+            .dev();
+        let entry = sys
+            .join("dev/block")
+            .join(crate::cgroup::disk::BlockDevice::from_dev(dev).to_string());
+        let _ = std::fs::remove_file(&entry);
+        entry
+    }
+
+    /// Points the fake sysfs's entry for the chroot base's device at the partition.
+    fn base_is_partition(s: &JailSpec, sys: &Path) {
+        let entry = base_entry(s, sys);
+        std::os::unix::fs::symlink("../../devices/virtual/block/vda/vda1", entry).unwrap();
+    }
+
+    #[test]
+    fn golden_v1_pinning_goes_through_the_jailer_and_blkio_throttles_on_the_disk_are_warden_s() {
+        let k = kernel();
+        let sys = tempfile::tempdir().unwrap();
+        let mut s = pinned(CgroupVersion::V1, k.path(), sys.path());
+        s.chroot_base_dir = std::env::temp_dir();
+        base_is_partition(&s, sys.path());
+        let h = Hierarchy::parse(crate::cgroup::tests_support::HYBRID_MOUNTS).unwrap();
+        let plan = s.plan(&h).unwrap();
+        let args: Vec<&str> = plan
+            .argv
+            .windows(2)
+            .filter(|w| w[0] == "--cgroup")
+            .map(|w| w[1].as_str())
+            .collect();
+        assert_eq!(args[4..], ["cpuset.cpus=1", "cpuset.mems=0"]);
+        let by_warden: Vec<String> = plan
+            .cgroups
+            .iter()
+            .filter(|c| c.by_warden)
+            .map(|c| format!("{}={}", c.path.as_ref().unwrap().display(), c.value))
+            .collect();
+        assert_eq!(
+            by_warden,
+            [
+                "/sys/fs/cgroup/blkio/warden/vm-golden/blkio.throttle.read_bps_device=254:0 1048576",
+                "/sys/fs/cgroup/blkio/warden/vm-golden/blkio.throttle.write_iops_device=254:0 200",
+            ]
+        );
+        assert!(plan
+            .cgroup_dirs
+            .contains(&"/sys/fs/cgroup/cpuset/warden/vm-golden".into()));
+        assert!(plan
+            .cgroup_dirs
+            .contains(&"/sys/fs/cgroup/blkio/warden/vm-golden".into()));
+    }
+
+    #[test]
+    fn golden_v2_io_max_is_planned_for_warden_and_kept_out_of_the_jailer_argv() {
+        let k = kernel();
+        let sys = tempfile::tempdir().unwrap();
+        let mut s = pinned(CgroupVersion::V2, k.path(), sys.path());
+        s.chroot_base_dir = std::env::temp_dir();
+        base_is_partition(&s, sys.path());
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(
+            root.path().join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        let h = Hierarchy::parse(&format!(
+            "cgroup2 {} cgroup2 rw 0 0\n",
+            root.path().display()
+        ))
+        .unwrap();
+        let plan = s.plan(&h).unwrap();
+        let args: Vec<&str> = plan
+            .argv
+            .windows(2)
+            .filter(|w| w[0] == "--cgroup")
+            .map(|w| w[1].as_str())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "memory.max=201326592",
+                "cpu.max=50000 100000",
+                "pids.max=64",
+                "cpuset.cpus=1",
+                "cpuset.mems=0",
+            ]
+        );
+        let io = plan.cgroups.iter().find(|c| c.file == "io.max").unwrap();
+        assert!(io.by_warden);
+        assert_eq!(io.value, "254:0 rbps=1048576 wiops=200");
+        assert_eq!(
+            io.path.as_deref(),
+            Some(root.path().join("warden/vm-golden/io.max").as_path())
+        );
+        // Shown in plan JSON, with who writes it.
+        let json = serde_json::to_value(&plan).unwrap();
+        let shown = json["cgroups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["file"] == "io.max")
+            .unwrap();
+        assert_eq!(shown["by_warden"], true);
+    }
+
+    #[test]
+    fn pinning_and_io_limits_are_checked_against_the_host_naming_the_field() {
+        let k = kernel();
+        let sys = tempfile::tempdir().unwrap();
+        let h = Hierarchy::parse(crate::cgroup::tests_support::HYBRID_MOUNTS).unwrap();
+        let mut s = pinned(CgroupVersion::V1, k.path(), sys.path());
+        s.chroot_base_dir = std::env::temp_dir();
+        s.limits.io = Default::default();
+        s.limits.cpuset.as_mut().unwrap().cpus =
+            crate::cgroup::cpuset::CpuList::parse("1-3").unwrap();
+        let err = s.plan(&h).unwrap_err();
+        assert_eq!(err.field, "cpuset");
+        assert!(err.problem.contains("(2-3; online: 0-1)"), "{err}");
+
+        // The fake sysfs has no entry for the temp dir's device: like tmpfs or overlay.
+        let mut s = pinned(CgroupVersion::V1, k.path(), sys.path());
+        s.chroot_base_dir = std::env::temp_dir();
+        base_entry(&s, sys.path());
+        s.limits.cpuset = None;
+        s.limits.io.read_bps = None;
+        let err = s.plan(&h).unwrap_err();
+        assert_eq!(err.field, "io_write_iops");
+        assert!(err.problem.contains("without a block device"), "{err}");
+        assert!(err.problem.contains("drop the I/O limits"), "{err}");
+
+        s.limits.io.write_iops = Some(0);
+        assert_eq!(s.plan(&h).unwrap_err().field, "io_write_iops");
+
+        // v2 without cpuset/io controllers (this host's empty cgroup2): refused, naming them.
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        let v2 = Hierarchy::parse(&format!(
+            "cgroup2 {} cgroup2 rw 0 0\n",
+            root.path().display()
+        ))
+        .unwrap();
+        let mut s = pinned(CgroupVersion::V2, k.path(), sys.path());
+        s.limits.io = Default::default();
+        let err = s.plan(&v2).unwrap_err();
+        assert_eq!(err.field, "cpuset");
+        assert!(err.problem.contains("no cpuset controller"), "{err}");
+
+        // Unjailed VMs have no cgroups: nothing is checked against the host.
+        let mut s = pinned(CgroupVersion::V1, k.path(), sys.path());
+        s.jailed = false;
+        s.sys_root = "/nonexistent".into();
+        assert!(s.plan(&h).unwrap().cgroups.is_empty());
     }
 
     #[test]

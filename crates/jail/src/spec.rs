@@ -92,7 +92,13 @@ pub struct JailSpec {
     pub net: Option<crate::net::NetPlan>,
     /// Files to stage into the jail.
     pub files: Vec<StageRequest>,
+    /// The sysfs root (`/sys` on the host, [`SYS`]): online CPUs and memory nodes for
+    /// `limits.cpuset`, the disk under the chroot base for `limits.io`.
+    pub sys_root: PathBuf,
 }
+
+/// The host's sysfs root.
+pub const SYS: &str = "/sys";
 
 /// A request that cannot be planned. The message names the field and the fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -233,6 +233,7 @@ mod tests {
             fsize_headroom: None,
             net: None,
             files,
+            sys_root: crate::spec::SYS.into(),
         }
     }
 

@@ -359,7 +359,7 @@ fn spec(files: Vec<StageRequest>, jailed: bool) -> JailSpec {
             memory_bytes: Some(256 << 20),
             cpu_quota_pct: Some(100),
             pids_max: Some(64),
-            hugetlb_deny: vec![],
+            ..Default::default()
         },
         explicit_limits: vec![],
         strict_cgroups: false,
@@ -370,6 +370,7 @@ fn spec(files: Vec<StageRequest>, jailed: bool) -> JailSpec {
         make_netns: false,
         net: None,
         files,
+        sys_root: jail::spec::SYS.into(),
     }
 }
 

@@ -94,6 +94,13 @@ fn spec_from_pb(c: pb::VmConfig) -> Result<VmSpec, ApiError> {
         net_rx_rate_limiter: limiter_from_pb(c.net_rx_rate_limiter),
         net_tx_rate_limiter: limiter_from_pb(c.net_tx_rate_limiter),
         drive_rate_limiter: limiter_from_pb(c.drive_rate_limiter),
+        cpuset: c.cpuset,
+        io_limits: warden::vm::jailer::IoLimits {
+            read_bps: c.io_read_bps,
+            write_bps: c.io_write_bps,
+            read_iops: c.io_read_iops,
+            write_iops: c.io_write_iops,
+        },
     })
 }
 
@@ -119,6 +126,11 @@ fn spec_to_pb(s: &VmSpec) -> pb::VmConfig {
         net_rx_rate_limiter: limiter_to_pb(&s.net_rx_rate_limiter),
         net_tx_rate_limiter: limiter_to_pb(&s.net_tx_rate_limiter),
         drive_rate_limiter: limiter_to_pb(&s.drive_rate_limiter),
+        cpuset: s.cpuset.clone(),
+        io_read_bps: s.io_limits.read_bps,
+        io_write_bps: s.io_limits.write_bps,
+        io_read_iops: s.io_limits.read_iops,
+        io_write_iops: s.io_limits.write_iops,
     }
 }
 
@@ -172,6 +184,20 @@ pub fn info_to_pb(v: &VmInfo) -> pb::VmInfo {
                 .cgroups_off
                 .iter()
                 .map(|o| format!("{}: {}", o.controller, o.why))
+                .collect(),
+            settings: p
+                .cgroups
+                .iter()
+                .map(|c| pb::CgroupSetting {
+                    file: c.file.clone(),
+                    value: c.value.clone(),
+                    path: c
+                        .path
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    by_warden: c.by_warden,
+                })
                 .collect(),
         }),
         staged_assets: plan

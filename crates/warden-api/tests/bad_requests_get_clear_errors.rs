@@ -399,11 +399,16 @@ fn vm_config() -> impl Strategy<Value = pb::VmConfig> {
             rate_limiter(),
             rate_limiter(),
         ),
+        (
+            proptest::option::of(short_string()),
+            vec(proptest::option::of(any::<u64>()), 4),
+        ),
     )
         .prop_map(
             |(
                 (vcpu_count, memory_mib, kernel_path, rootfs_path, boot_args, drives, net),
                 (memory_limit_mib, cpu_quota_percent, metadata, rx, tx, drive_rl),
+                (cpuset, io),
             )| pb::VmConfig {
                 vcpu_count,
                 memory_mib,
@@ -418,6 +423,11 @@ fn vm_config() -> impl Strategy<Value = pb::VmConfig> {
                 net_rx_rate_limiter: rx,
                 net_tx_rate_limiter: tx,
                 drive_rate_limiter: drive_rl,
+                cpuset,
+                io_read_bps: io[0],
+                io_write_bps: io[1],
+                io_read_iops: io[2],
+                io_write_iops: io[3],
             },
         )
 }
@@ -1369,6 +1379,11 @@ const VM_CONFIG: &[(u32, &str, bool)] = &[
     (11, "net_rx_rate_limiter", false),
     (12, "net_tx_rate_limiter", false),
     (13, "drive_rate_limiter", false),
+    (100, "cpuset", false),
+    (101, "io_read_bps", true),
+    (102, "io_write_bps", true),
+    (103, "io_read_iops", true),
+    (104, "io_write_iops", true),
 ];
 const DRIVE: &[(u32, &str, bool)] = &[(1, "path", false), (2, "read_only", true)];
 const RATE_LIMITER: &[(u32, &str, bool)] = &[(1, "bandwidth", false), (2, "ops", false)];
@@ -1377,7 +1392,14 @@ const TOKEN_BUCKET: &[(u32, &str, bool)] = &[
     (2, "one_time_burst", true),
     (3, "refill_time_ms", true),
 ];
-const STRING_FIELDS: &[&str] = &["vm_id", "kernel_path", "rootfs_path", "boot_args", "path"];
+const STRING_FIELDS: &[&str] = &[
+    "vm_id",
+    "kernel_path",
+    "rootfs_path",
+    "boot_args",
+    "path",
+    "cpuset",
+];
 
 fn varint(mut n: u64, out: &mut Vec<u8>) {
     while n >= 0x80 {

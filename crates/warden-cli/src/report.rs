@@ -106,7 +106,13 @@ pub fn plan(p: &JailPlan) -> String {
             .path
             .as_ref()
             .map_or(c.file.clone(), |p| p.display().to_string());
-        s.push_str(&format!("  {path} = {}\n", c.value));
+        // The jailer cannot pass these (several '='): warden writes them before InstanceStart.
+        let by = if c.by_warden {
+            "  (written by warden)"
+        } else {
+            ""
+        };
+        s.push_str(&format!("  {path} = {}{by}\n", c.value));
     }
     if p.cgroups.is_empty() {
         s.push_str("  none\n");

@@ -30,7 +30,7 @@ pub struct VmArgs {
 #[derive(Subcommand, Debug)]
 enum VmCommand {
     /// Create a VM (and boot it with --boot).
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Boot a created or stopped VM.
     Boot { id: String },
     /// List VMs.
@@ -86,6 +86,21 @@ struct CreateArgs {
     /// CPU cap in percent of one core.
     #[arg(long)]
     cpu_quota: Option<u32>,
+    /// Pin the VM to these CPUs (e.g. `0-3,5`; within the daemon's cpuset).
+    #[arg(long, value_name = "LIST")]
+    cpuset: Option<String>,
+    /// Most bytes per second the VM's drives may read (at most the daemon's io_read_bps).
+    #[arg(long, value_name = "BYTES")]
+    io_read_bps: Option<u64>,
+    /// Most bytes per second the VM's drives may write.
+    #[arg(long, value_name = "BYTES")]
+    io_write_bps: Option<u64>,
+    /// Most read operations per second.
+    #[arg(long, value_name = "N")]
+    io_read_iops: Option<u64>,
+    /// Most write operations per second.
+    #[arg(long, value_name = "N")]
+    io_write_iops: Option<u64>,
     /// Give the VM a network device (the daemon's network_mode decides how it reaches the host).
     #[arg(long)]
     net: bool,
@@ -123,6 +138,11 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<u8> {
                 memory_limit_mib: c.memory_limit,
                 enable_networking: c.net,
                 cpu_quota_percent: c.cpu_quota,
+                cpuset: c.cpuset,
+                io_read_bps: c.io_read_bps,
+                io_write_bps: c.io_write_bps,
+                io_read_iops: c.io_read_iops,
+                io_write_iops: c.io_write_iops,
                 ..Default::default()
             };
             let created = client
@@ -274,6 +294,12 @@ fn details(v: &pb::VmInfo) -> String {
         ));
         for off in &c.limits_off {
             s.push_str(&format!("limit off:   {off}\n"));
+        }
+        // Pinning and I/O throttles, as the files say them.
+        for x in c.settings.iter().filter(|x| {
+            x.file.starts_with("cpuset.") || x.file.starts_with("blkio.") || x.file == "io.max"
+        }) {
+            s.push_str(&format!("cgroup:      {} = {}\n", x.file, x.value));
         }
     }
     if !v.netns.is_empty() {

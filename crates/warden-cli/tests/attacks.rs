@@ -560,3 +560,111 @@ async fn a_guest_flooding_its_console_fills_neither_the_disk_nor_the_daemons_mem
         .unwrap();
     d.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pinning_and_io_limits_are_the_operators_default_and_maximum() {
+    let d = Daemon::start(&[("WARDEN_CPUSET", "0"), ("WARDEN_IO_READ_BPS", "2097152")]);
+    let c = d.client();
+    let refused = |req: pb::CreateVmRequest| {
+        let c = c.clone();
+        async move { c.create_vm(req).await.unwrap_err() }
+    };
+    let mut req = d.create_req(&unique("pin-out"), "mode=idle");
+    req.config.as_mut().unwrap().cpuset = Some("0-1".into());
+    let e = refused(req).await;
+    assert_eq!(e.code, Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message.contains("config.cpuset") && e.message.contains("subset of 0"),
+        "{e:?}"
+    );
+    let mut req = d.create_req(&unique("pin-bad"), "mode=idle");
+    req.config.as_mut().unwrap().cpuset = Some("zero".into());
+    let e = refused(req).await;
+    assert!(
+        e.message.contains("config.cpuset") && e.message.contains("0-3,5"),
+        "{e:?}"
+    );
+    let mut req = d.create_req(&unique("io-over"), "mode=idle");
+    req.config.as_mut().unwrap().io_read_bps = Some(4 << 20);
+    let e = refused(req).await;
+    assert_eq!(e.code, Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message.contains("config.io_read_bps") && e.message.contains("at most 2097152"),
+        "{e:?}"
+    );
+    let mut req = d.create_req(&unique("io-zero"), "mode=idle");
+    req.config.as_mut().unwrap().io_write_iops = Some(0);
+    let e = refused(req).await;
+    assert!(e.message.contains("config.io_write_iops"), "{e:?}");
+
+    // Unset: the operator's cpuset and read limit. Asked: a tighter read limit and a write one.
+    let disk = {
+        use std::os::unix::fs::MetadataExt;
+        let dev = std::fs::metadata(d.dir.path()).unwrap().dev();
+        jail::cgroup::disk::disk_of(
+            Path::new("/sys"),
+            jail::cgroup::disk::BlockDevice::from_dev(dev),
+        )
+        .unwrap()
+    };
+    let default_id = unique("pin-default");
+    c.create_vm(d.create_req(&default_id, "mode=idle"))
+        .await
+        .unwrap();
+    let asked_id = unique("pin-asked");
+    let mut req = d.create_req(&asked_id, "mode=idle");
+    {
+        let cfg = req.config.as_mut().unwrap();
+        cfg.io_read_bps = Some(1 << 20);
+        cfg.io_write_iops = Some(100);
+    }
+    c.create_vm(req).await.unwrap();
+    for (id, read_bps) in [(&default_id, 2u64 << 20), (&asked_id, 1 << 20)] {
+        boot(&c, id.as_str()).await;
+        let info = vm_info(&c, id.as_str()).await;
+        let settings = info.cgroup.as_ref().unwrap().settings.clone();
+        let value = |file: &str| {
+            settings
+                .iter()
+                .find(|s| s.file == file)
+                .map(|s| s.value.clone())
+        };
+        assert_eq!(value("cpuset.cpus").as_deref(), Some("0"), "{settings:?}");
+        assert_eq!(
+            value("blkio.throttle.read_bps_device"),
+            Some(format!("{disk} {read_bps}"))
+        );
+        let blkio = settings
+            .iter()
+            .find(|s| s.file == "blkio.throttle.read_bps_device")
+            .unwrap();
+        assert!(blkio.by_warden);
+        assert_eq!(
+            std::fs::read_to_string(&blkio.path).unwrap().trim(),
+            format!("{disk} {read_bps}")
+        );
+        let status = std::fs::read_to_string(format!("/proc/{}/status", info.pid)).unwrap();
+        assert!(
+            status
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Cpus_allowed_list:", "0"]),
+            "{status}"
+        );
+    }
+    let asked = vm_info(&c, asked_id.as_str()).await;
+    let cfg = asked.config.unwrap();
+    assert_eq!(
+        (cfg.io_read_bps, cfg.io_write_iops, cfg.cpuset),
+        (Some(1 << 20), Some(100), None)
+    );
+    let settings = asked.cgroup.unwrap().settings;
+    assert!(settings
+        .iter()
+        .any(|s| s.file == "blkio.throttle.write_iops_device" && s.value == format!("{disk} 100")));
+    for id in [&default_id, &asked_id] {
+        c.delete_vm(pb::DeleteVmRequest { vm_id: id.clone() })
+            .await
+            .unwrap();
+    }
+    d.assert_clean();
+}

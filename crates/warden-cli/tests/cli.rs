@@ -285,3 +285,95 @@ fn demo_boots_jailed_and_reports_sandboxed() {
     assert!(stdout.contains("Sandboxed: true"), "{stdout}");
     assert!(stdout.contains("left behind: nothing"), "{stdout}");
 }
+
+#[test]
+fn plan_shows_pinning_and_io_limits_and_refuses_what_the_host_cannot_do() {
+    let id = unique("plan-pin");
+    let out = warden()
+        .args(["plan", "--json", "--id", &id, "--require-jailer"])
+        .args([
+            "--cpuset",
+            "0",
+            "--io-read-bps",
+            "1048576",
+            "--io-write-iops",
+            "50",
+        ])
+        .arg("--kernel")
+        .arg(assets().join("testguest"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let argv: Vec<&str> = plan["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for arg in ["cpuset.cpus=0", "cpuset.mems=0"] {
+        assert!(argv.windows(2).any(|w| w == ["--cgroup", arg]), "{argv:?}");
+    }
+    assert!(!argv.iter().any(|a| a.starts_with("blkio.")), "{argv:?}");
+    let cgroups = plan["cgroups"].as_array().unwrap();
+    let read = cgroups
+        .iter()
+        .find(|c| c["file"] == "blkio.throttle.read_bps_device")
+        .unwrap();
+    assert_eq!(read["by_warden"], true);
+    assert!(
+        read["value"].as_str().unwrap().ends_with(":0 1048576"),
+        "{read}"
+    );
+    let human = warden()
+        .args([
+            "plan",
+            "--id",
+            &id,
+            "--require-jailer",
+            "--io-read-bps",
+            "1048576",
+        ])
+        .arg("--kernel")
+        .arg(assets().join("testguest"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        text.contains(&format!(
+            "/sys/fs/cgroup/blkio/warden/{id}/blkio.throttle.read_bps_device = "
+        )) && text.contains("(written by warden)"),
+        "{text}"
+    );
+    for (args, want) in [
+        (
+            &["--cpuset", "0-4095"][..],
+            "invalid cpuset: names CPUs that are not online",
+        ),
+        (
+            &["--cpuset", "1-0"][..],
+            "invalid cpuset: \"1-0\" is not a CPU list",
+        ),
+        (
+            &["--cpuset", "0", "--cgroup-version", "2"][..],
+            "no cpuset controller",
+        ),
+        (&["--io-read-bps", "0"][..], "invalid io_read_bps: is 0"),
+    ] {
+        let out = warden()
+            .args(["run", "--id", &id, "--require-jailer"])
+            .args(args)
+            .arg("--kernel")
+            .arg(assets().join("testguest"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    assert_nothing_left(&id);
+}

@@ -1,4 +1,5 @@
-//! virtio-blk test: read sector 0 of every block device, and write/verify it when writable.
+//! virtio-blk test: read sector 0 of every block device, and write/verify it when writable;
+//! with `mib=N`, then read the device's first N MiB, a page per request (the I/O-limit tests).
 //!
 //! One request at a time: header (device-readable), 512-byte data buffer, 1-byte status
 //! (device-writable), submitted on queue 0 and completed by polling the used ring.
@@ -29,8 +30,13 @@ struct Blk {
     dev: Device,
     queue: Queue,
     page: u64,
+    /// A whole page of data for the bulk reads of `mib=N`.
+    bulk: u64,
     read_only: bool,
 }
+
+/// Bytes per bulk read request: one page.
+const BULK: u32 = 4096;
 
 fn fail(i: usize, msg: &str) -> ! {
     println!("testguest: error: virtio {}: {}", i, msg);
@@ -55,6 +61,9 @@ pub fn run_all(cfg: &Config) -> usize {
         }
         let mut blk = Blk::init(dev).unwrap_or_else(|e| fail(i, e));
         blk.test(i);
+        if let Some(mib) = cfg.mib {
+            blk.read_mib(i, mib);
+        }
         count += 1;
     }
     count
@@ -65,9 +74,10 @@ impl Blk {
         let features = dev.negotiate(F_VERSION_1 | F_RO)?;
         let queue = Queue::new().ok_or("out of DMA memory")?;
         let page = super::dma::alloc_page().ok_or("out of DMA memory")?;
+        let bulk = super::dma::alloc_page().ok_or("out of DMA memory")?;
         dev.setup_queue(0, &queue)?;
         dev.driver_ok()?;
-        Ok(Blk { dev, queue, page, read_only: features & F_RO != 0 })
+        Ok(Blk { dev, queue, page, bulk, read_only: features & F_RO != 0 })
     }
 
     fn data(&mut self) -> &mut [u8; SECTOR] {
@@ -78,6 +88,17 @@ impl Blk {
 
     /// Submit one request for sector `sector` and wait for it; returns the virtio status.
     fn request(&mut self, kind: u32, sector: u64) -> Result<u8, &'static str> {
+        self.request_into(kind, sector, self.page + DATA_OFF, SECTOR as u32)
+    }
+
+    /// [`Self::request`] with `len` bytes of data at `addr` (inside one of our DMA pages).
+    fn request_into(
+        &mut self,
+        kind: u32,
+        sector: u64,
+        addr: u64,
+        len: u32,
+    ) -> Result<u8, &'static str> {
         // SAFETY: header and status bytes are inside our own DMA page; no request in flight.
         unsafe {
             ((self.page + HDR_OFF) as *mut u32).write_volatile(kind);
@@ -87,7 +108,7 @@ impl Blk {
         }
         let bufs = [
             Buf { addr: self.page + HDR_OFF, len: 16, device_writes: false },
-            Buf { addr: self.page + DATA_OFF, len: SECTOR as u32, device_writes: kind == T_IN },
+            Buf { addr, len, device_writes: kind == T_IN },
             Buf { addr: self.page + STATUS_OFF, len: 1, device_writes: true },
         ];
         let head = self.queue.add(&bufs).ok_or("virtqueue full")?;
@@ -134,6 +155,23 @@ impl Blk {
         let read = matches!(self.request(T_IN, 0), Ok(0));
         let ok = wrote && read && *self.data() == pattern;
         println!("WARDEN_BLK_WROTE {} {}", i, if ok { "ok" } else { "fail" });
+    }
+}
+
+impl Blk {
+    /// Reads the first `mib` MiB of the device, one page per request, then prints
+    /// `WARDEN_BLK_READ <i> <mib>`. The host times it; the guest only reads.
+    fn read_mib(&mut self, i: usize, mib: u64) {
+        let pages = mib * (1 << 20) / u64::from(BULK);
+        let per_page = u64::from(BULK) / SECTOR as u64;
+        for p in 0..pages {
+            match self.request_into(T_IN, p * per_page, self.bulk, BULK) {
+                Ok(0) => {}
+                Ok(_) => fail(i, "bulk read failed (is the drive smaller than mib=?)"),
+                Err(e) => fail(i, e),
+            }
+        }
+        println!("WARDEN_BLK_READ {} {}", i, mib);
     }
 }
 

@@ -6,7 +6,9 @@
 //! version-specific knowledge lives in [`v1`] and [`v2`]; this module picks one at run time from
 //! the host's mount table, which is an argument so that tests can hand in a fake one.
 
+pub mod cpuset;
 pub mod delegation;
+pub mod disk;
 pub mod v1;
 pub mod v2;
 
@@ -385,6 +387,12 @@ pub struct CgroupLimits {
     /// Huge page sizes (`2MB`, `1GB`) the VM may not use at all: warden never gives
     /// Firecracker huge pages, so their pool stays the host's.
     pub hugetlb_deny: Vec<String>,
+    /// CPUs (and memory nodes) the VM is pinned to; `None` is unpinned.
+    pub cpuset: Option<cpuset::Cpuset>,
+    /// Disk I/O limits, applied on `io_device`.
+    pub io: disk::IoLimits,
+    /// The disk holding the VM's drives; filled in by the plan when `io` has a limit.
+    pub io_device: Option<disk::BlockDevice>,
 }
 
 /// A limit warden sets by default, and may leave out where its controller is missing.
@@ -442,6 +450,11 @@ pub struct Setting {
     pub value: String,
     /// Where the file is on this host, once planned.
     pub path: Option<PathBuf>,
+    /// Written by warden into the directory the jailer made, before InstanceStart, instead of
+    /// by the jailer: v2's `io.max` value has several `=`, and the jailer accepts exactly one
+    /// in a `--cgroup` argument.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub by_warden: bool,
 }
 
 impl Setting {
@@ -450,6 +463,14 @@ impl Setting {
             file: file.to_owned(),
             value: value.to_string(),
             path: None,
+            by_warden: false,
+        }
+    }
+
+    fn by_warden(file: &str, value: impl ToString) -> Self {
+        Self {
+            by_warden: true,
+            ..Self::new(file, value)
         }
     }
 
@@ -516,6 +537,33 @@ pub fn attach(dir: &Path, pid: u32) -> Result<(), CgroupError> {
     write(dir, &|| std::fs::create_dir_all(dir))?;
     let procs = dir.join("cgroup.procs");
     write(&procs, &|| std::fs::write(&procs, pid.to_string()))
+}
+
+/// Writes the settings the jailer cannot pass (`Setting::by_warden`: v1 `blkio.throttle.*`,
+/// v2 `io.max`) and moves Firecracker (`pid`, every thread) into each directory holding one.
+/// On v2 that is the directory the jailer made and Firecracker is already in; on v1 it is the
+/// `blkio` directory, which the jailer never joins. Call it before InstanceStart: Firecracker
+/// does no disk I/O until then, so the limits hold from the first read. Each setting's `path`
+/// must be planned.
+pub fn write_by_warden(settings: &[Setting], pid: u32) -> Result<(), CgroupError> {
+    let mut dirs: Vec<&Path> = Vec::new();
+    for s in settings.iter().filter(|s| s.by_warden) {
+        let Some((path, dir)) = s.path.as_deref().and_then(|p| Some((p, p.parent()?))) else {
+            continue;
+        };
+        create(dir)?;
+        std::fs::write(path, &s.value).map_err(|source| CgroupError::Write {
+            path: path.to_owned(),
+            source,
+        })?;
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
+    for dir in dirs {
+        attach(dir, pid)?;
+    }
+    Ok(())
 }
 
 /// Removes a VM's cgroup directories, deepest first. A directory that is already gone is fine.
@@ -595,6 +643,8 @@ pub(crate) mod tests_support {
 tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0
 cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0
 cgroup /sys/fs/cgroup/cpuacct cgroup rw,relatime,cpuacct 0 0
+cgroup /sys/fs/cgroup/cpuset cgroup rw,relatime,cpuset 0 0
+cgroup /sys/fs/cgroup/blkio cgroup rw,relatime,blkio 0 0
 cgroup /sys/fs/cgroup/memory cgroup rw,relatime,memory 0 0
 cgroup /sys/fs/cgroup/pids cgroup rw,relatime,pids 0 0
 cgroup /sys/fs/cgroup/systemd cgroup rw,relatime,name=systemd 0 0
@@ -700,7 +750,7 @@ mod tests {
             memory_bytes: Some(1 << 28),
             cpu_quota_pct: Some(50),
             pids_max: Some(64),
-            hugetlb_deny: vec![],
+            ..Default::default()
         };
         let dirs = h.vm_dirs(
             CgroupVersion::V1,

@@ -25,6 +25,29 @@ pub fn settings(limits: &CgroupLimits) -> Vec<Setting> {
     if let Some(max) = limits.pids_max {
         out.push(Setting::new("pids.max", max));
     }
+    if let Some(set) = &limits.cpuset {
+        out.push(Setting::new("cpuset.cpus", &set.cpus));
+        // Without mems the kernel refuses the task (ENOSPC); the plan always fills them in.
+        if let Some(mems) = &set.mems {
+            out.push(Setting::new("cpuset.mems", mems));
+        }
+    }
+    if let Some(dev) = limits.io_device {
+        let io = &limits.io;
+        for (file, value) in [
+            ("blkio.throttle.read_bps_device", io.read_bps),
+            ("blkio.throttle.write_bps_device", io.write_bps),
+            ("blkio.throttle.read_iops_device", io.read_iops),
+            ("blkio.throttle.write_iops_device", io.write_iops),
+        ] {
+            if let Some(v) = value {
+                // The jailer cannot write these: it wants `<controller>.<property>` (one '.') and
+                // first copies the parent's value, which is empty for throttle files. warden
+                // makes the blkio directory, writes them and moves Firecracker in itself.
+                out.push(Setting::by_warden(file, format!("{dev} {v}")));
+            }
+        }
+    }
     for size in &limits.hugetlb_deny {
         out.push(Setting::new(&format!("hugetlb.{size}.limit_in_bytes"), 0));
     }
@@ -55,6 +78,7 @@ mod tests {
             cpu_quota_pct: Some(50),
             pids_max: Some(128),
             hugetlb_deny: vec!["2MB".into()],
+            ..Default::default()
         };
         let args: Vec<String> = settings(&limits).iter().map(Setting::as_arg).collect();
         assert_eq!(
@@ -66,6 +90,56 @@ mod tests {
                 "pids.max=128",
                 "hugetlb.2MB.limit_in_bytes=0",
             ]
+        );
+    }
+
+    #[test]
+    fn maps_cpuset_to_v1_files_for_the_jailer_and_blkio_for_warden() {
+        use crate::cgroup::cpuset::{CpuList, Cpuset};
+        use crate::cgroup::disk::{BlockDevice, IoLimits};
+        let limits = CgroupLimits {
+            cpuset: Some(Cpuset {
+                cpus: CpuList::parse("0-1,3").unwrap(),
+                mems: Some(CpuList::parse("0").unwrap()),
+            }),
+            io: IoLimits {
+                read_bps: Some(1 << 20),
+                write_bps: Some(2 << 20),
+                read_iops: Some(100),
+                write_iops: Some(50),
+            },
+            io_device: Some(BlockDevice {
+                major: 254,
+                minor: 0,
+            }),
+            ..Default::default()
+        };
+        let s = settings(&limits);
+        let by_warden: Vec<bool> = s.iter().map(|s| s.by_warden).collect();
+        assert_eq!(by_warden, [false, false, true, true, true, true]);
+        let args: Vec<String> = s.iter().map(Setting::as_arg).collect();
+        assert_eq!(
+            args,
+            [
+                "cpuset.cpus=0-1,3",
+                "cpuset.mems=0",
+                "blkio.throttle.read_bps_device=254:0 1048576",
+                "blkio.throttle.write_bps_device=254:0 2097152",
+                "blkio.throttle.read_iops_device=254:0 100",
+                "blkio.throttle.write_iops_device=254:0 50",
+            ]
+        );
+        assert_eq!(s[0].controller(), "cpuset");
+        assert_eq!(s[2].controller(), "blkio");
+        let unplaced = CgroupLimits {
+            io_device: None,
+            ..limits
+        };
+        assert!(
+            settings(&unplaced)
+                .iter()
+                .all(|s| s.controller() != "blkio"),
+            "no device, no throttle"
         );
     }
 

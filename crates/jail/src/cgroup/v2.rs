@@ -20,6 +20,29 @@ pub fn settings(limits: &CgroupLimits) -> Vec<Setting> {
     if let Some(max) = limits.pids_max {
         out.push(Setting::new("pids.max", max));
     }
+    if let Some(set) = &limits.cpuset {
+        out.push(Setting::new("cpuset.cpus", &set.cpus));
+        if let Some(mems) = &set.mems {
+            out.push(Setting::new("cpuset.mems", mems));
+        }
+    }
+    if let (Some(dev), true) = (limits.io_device, limits.io.any()) {
+        let io = &limits.io;
+        let mut line = dev.to_string();
+        for (key, value) in [
+            ("rbps", io.read_bps),
+            ("wbps", io.write_bps),
+            ("riops", io.read_iops),
+            ("wiops", io.write_iops),
+        ] {
+            if let Some(v) = value {
+                line.push_str(&format!(" {key}={v}"));
+            }
+        }
+        // Several '=' in one value: the jailer refuses it, so warden writes it into the
+        // directory the jailer made (see [`super::write_by_warden`]).
+        out.push(Setting::by_warden("io.max", line));
+    }
     for size in &limits.hugetlb_deny {
         out.push(Setting::new(&format!("hugetlb.{size}.max"), 0));
     }
@@ -53,6 +76,7 @@ mod tests {
             cpu_quota_pct: Some(150),
             pids_max: Some(128),
             hugetlb_deny: vec!["2MB".into()],
+            ..Default::default()
         };
         let args: Vec<String> = settings(&limits).iter().map(Setting::as_arg).collect();
         assert_eq!(
@@ -120,6 +144,83 @@ mod tests {
         remove(&dirs, Duration::from_millis(10)).unwrap();
         assert!(!vm.exists());
         remove(&dirs, Duration::from_millis(10)).unwrap();
+    }
+
+    #[test]
+    fn maps_cpuset_through_the_jailer_and_io_max_for_warden_to_write() {
+        use crate::cgroup::cpuset::{CpuList, Cpuset};
+        use crate::cgroup::disk::{BlockDevice, IoLimits};
+        let mut limits = CgroupLimits {
+            cpuset: Some(Cpuset {
+                cpus: CpuList::parse("2-3").unwrap(),
+                mems: Some(CpuList::parse("0").unwrap()),
+            }),
+            io: IoLimits {
+                read_bps: Some(1 << 20),
+                write_bps: Some(2 << 20),
+                read_iops: Some(100),
+                write_iops: Some(50),
+            },
+            io_device: Some(BlockDevice {
+                major: 254,
+                minor: 0,
+            }),
+            ..Default::default()
+        };
+        let s = settings(&limits);
+        let shown: Vec<(String, bool)> = s.iter().map(|s| (s.as_arg(), s.by_warden)).collect();
+        assert_eq!(
+            shown,
+            [
+                ("cpuset.cpus=2-3".to_owned(), false),
+                ("cpuset.mems=0".to_owned(), false),
+                (
+                    "io.max=254:0 rbps=1048576 wbps=2097152 riops=100 wiops=50".to_owned(),
+                    true
+                ),
+            ]
+        );
+        assert_eq!(s[2].controller(), "io");
+        limits.io = IoLimits {
+            write_iops: Some(10),
+            ..Default::default()
+        };
+        assert_eq!(
+            settings(&limits)[2].value,
+            "254:0 wiops=10",
+            "only what is set"
+        );
+    }
+
+    #[test]
+    fn io_max_is_written_into_the_fake_tree_and_nothing_else_is() {
+        let (_root, h, vm) = fake_tree();
+        let limits = CgroupLimits {
+            memory_bytes: Some(1 << 28),
+            io: crate::cgroup::disk::IoLimits {
+                read_bps: Some(1 << 20),
+                ..Default::default()
+            },
+            io_device: Some(crate::cgroup::disk::BlockDevice { major: 8, minor: 0 }),
+            ..Default::default()
+        };
+        let mut s = limits.settings(CgroupVersion::V2);
+        h.check(CgroupVersion::V2, &s).unwrap();
+        for x in &mut s {
+            x.path = h
+                .setting_dir(CgroupVersion::V2, "warden", "vm-1", x)
+                .map(|d| d.join(&x.file));
+        }
+        crate::cgroup::write_by_warden(&s, 4242).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(vm.join("io.max")).unwrap(),
+            "8:0 rbps=1048576"
+        );
+        assert_eq!(
+            std::fs::read_to_string(vm.join("cgroup.procs")).unwrap(),
+            "4242"
+        );
+        assert!(!vm.join("memory.max").exists(), "the jailer's to write");
     }
 
     #[test]

@@ -234,6 +234,7 @@ fn bare_jailer_plan(env: &Env, id: &str) -> anyhow::Result<jail::JailPlan> {
             cpu_quota_pct: Some(100),
             pids_max: Some(1024),
             hugetlb_deny: hierarchy.hugepage_sizes.clone(),
+            ..Default::default()
         },
         explicit_limits: Vec::new(),
         strict_cgroups: false,
@@ -247,6 +248,7 @@ fn bare_jailer_plan(env: &Env, id: &str) -> anyhow::Result<jail::JailPlan> {
         make_netns: false,
         net: None,
         files: Vec::new(),
+        sys_root: jail::spec::SYS.into(),
     };
     Ok(spec.plan_with_firecracker_args(
         &hierarchy,

@@ -118,6 +118,44 @@ impl Manager {
                 ),
             ));
         }
+        // Pinning: within the operator's CPUs; I/O limits: at most the operator's.
+        if let Some(asked) = &spec.cpuset {
+            let cpus = asked
+                .parse::<jail::cgroup::cpuset::CpuList>()
+                .map_err(|e| invalid("config.cpuset", e))?;
+            if let Some(allowed) = cfg.cpuset.as_ref().filter(|a| !cpus.is_subset(a)) {
+                return Err(invalid(
+                    "config.cpuset",
+                    format!(
+                        "names CPUs {} outside the CPUs this daemon pins VMs to ({allowed}, \
+                         cpuset); ask for a subset of {allowed}",
+                        cpus.missing_from(allowed)
+                    ),
+                ));
+            }
+            spec.cpuset = Some(cpus.to_string());
+        }
+        let maxima = cfg.io_limits.fields();
+        for (i, (field, asked)) in spec.io_limits.fields().into_iter().enumerate() {
+            if asked == Some(0) {
+                return Err(invalid(
+                    &format!("config.{field}"),
+                    "is 0; give a positive limit, or leave it unset for the daemon's".into(),
+                ));
+            }
+            if let (Some(asked), Some(max)) = (asked, maxima[i].1) {
+                if asked <= max {
+                    continue;
+                }
+                return Err(invalid(
+                    &format!("config.{field}"),
+                    format!(
+                        "is {asked}, above the maximum of {max} this daemon allows ({field}); \
+                         ask for at most {max}"
+                    ),
+                ));
+            }
+        }
         Ok(spec)
     }
 
@@ -135,6 +173,15 @@ impl Manager {
         if spec.cpu_quota_percent.is_some() {
             jailer.cpu_quota_pct = spec.cpu_quota_percent;
         }
+        if spec.cpuset.is_some() {
+            jailer.cpuset = spec.cpuset.clone();
+        }
+        // Each limit the request leaves unset is the operator's.
+        let (asked, default) = (&spec.io_limits, &mut jailer.io_limits);
+        default.read_bps = asked.read_bps.or(default.read_bps);
+        default.write_bps = asked.write_bps.or(default.write_bps);
+        default.read_iops = asked.read_iops.or(default.read_iops);
+        default.write_iops = asked.write_iops.or(default.write_iops);
         let options = VmOptions {
             boot_args: (!spec.boot_args.is_empty()).then(|| spec.boot_args.clone()),
             drives: spec

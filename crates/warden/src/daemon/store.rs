@@ -45,6 +45,12 @@ pub struct VmSpec {
     /// Rate limiter for every drive.
     #[serde(default)]
     pub drive_rate_limiter: Option<firecracker_api::RateLimiter>,
+    /// CPUs to pin to (`0-3,5`); `None` takes the daemon's `cpuset`.
+    #[serde(default)]
+    pub cpuset: Option<String>,
+    /// Disk I/O limits; each unset one takes the daemon's.
+    #[serde(default)]
+    pub io_limits: jail::cgroup::disk::IoLimits,
 }
 
 /// Why a VM ended, machine-readable: stored and answered as its snake_case name.

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use firecracker_api::Client;
+use jail::cgroup::cpuset::{CpuList, Cpuset};
+pub use jail::cgroup::disk::IoLimits;
 use jail::cgroup::{CgroupLimits, CgroupVersion, Derived, Hierarchy};
 use jail::spec::{JailSpec, ResourceLimits, SpecError, StageRequest};
 use jail::{JailId, JailPlan};
@@ -53,6 +55,12 @@ pub struct JailerConfig {
     pub new_pid_ns: bool,
     /// rlimits (`no-file`, `fsize`).
     pub resource_limits: ResourceLimits,
+    /// CPUs to pin the VM to, in the kernel's list syntax (`0-3,5`); `None` is unpinned. Every
+    /// CPU must be online; the memory nodes are every online node.
+    pub cpuset: Option<String>,
+    /// Disk I/O limits on the disk holding the chroot base (where every drive's backing file
+    /// is); unset is unlimited.
+    pub io_limits: IoLimits,
 }
 
 /// The default range of per-VM uids/gids: above every range `useradd` gives to subordinate ids
@@ -89,6 +97,8 @@ impl Default for JailerConfig {
             pids_max: None,
             new_pid_ns: true,
             resource_limits: ResourceLimits::default(),
+            cpuset: None,
+            io_limits: IoLimits::default(),
         }
     }
 }
@@ -122,6 +132,15 @@ impl JailerConfig {
                 "is 0; use a percentage of one core, e.g. 50 or 200",
             ));
         }
+        let cpuset = self
+            .cpuset
+            .as_deref()
+            .map(|s| {
+                s.parse::<CpuList>()
+                    .map(|cpus| Cpuset { cpus, mems: None })
+                    .map_err(|e| SpecError::new("cpuset", e))
+            })
+            .transpose()?;
         let cgroup_version = self
             .cgroup_version
             .unwrap_or_else(|| hierarchy.default_version());
@@ -148,6 +167,9 @@ impl JailerConfig {
                 } else {
                     Vec::new()
                 },
+                cpuset,
+                io: self.io_limits,
+                io_device: None,
             },
             // The caller's own limits; `spec` only knows the CPU quota and the pids cap.
             explicit_limits: [
@@ -167,6 +189,7 @@ impl JailerConfig {
             make_netns: false,
             net,
             files,
+            sys_root: jail::spec::SYS.into(),
         })
     }
 }
@@ -267,6 +290,10 @@ pub(crate) async fn launch(
         tokio::task::spawn_blocking(move || -> Result<(), Error> {
             // Before InstanceStart, so the vCPU threads are born in it.
             jail.attach_accounting(pid)?;
+            // Firecracker does no disk I/O before InstanceStart: the limits the jailer cannot
+            // pass (v1 blkio throttles, v2 `io.max`) are in force from the first read. Here
+            // rather than after configuring, so `start_with_jailer` gets them too.
+            jail::cgroup::write_by_warden(&jail.plan().cgroups, pid)?;
             let start_time = jail::proc::start_time(Path::new(jail::proc::PROC), pid).unwrap_or(0);
             jail.set_firecracker(jail::owner::ProcessRef { pid, start_time })
                 .map_err(|e| Error::Os {

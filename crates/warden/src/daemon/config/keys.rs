@@ -265,6 +265,85 @@ pub const KEYS: &[KeyDef] = &[
         },
     },
     KeyDef {
+        key: "cpuset",
+        env: "CPUSET",
+        flag: Some("--cpuset"),
+        doc: "CPUs every VM is pinned to by default, and the only ones a request may pin to (a subset, `invalid_argument` otherwise). Each VM also gets every online memory node. cgroup `cpuset.cpus`/`cpuset.mems`.",
+        default: "unset: unpinned, and a request may pin to any online CPU",
+        expected: "a CPU list such as 0-3,5",
+        secret: false,
+        kind: Kind::IntegerOrString,
+        set: |c, r| {
+            c.cpuset = Some(jail::cgroup::cpuset::CpuList::parse(text(r)?)?);
+            Some(())
+        },
+        get: |c| {
+            c.cpuset
+                .as_ref()
+                .map_or(Shown::Unset("unpinned"), |l| Shown::Str(l.to_string()))
+        },
+    },
+    KeyDef {
+        key: "io_read_bps",
+        env: "IO_READ_BPS",
+        flag: Some("--io-read-bps"),
+        doc: "Per-VM disk read limit in bytes per second, on the disk under the chroot base (which holds every drive's backing file): the default for each VM and the most a request may ask for (`invalid_argument` above it). cgroup v1 `blkio.throttle.*`, v2 `io.max`.",
+        default: "unset: unlimited",
+        expected: "a positive integer",
+        secret: false,
+        kind: Kind::Integer,
+        set: |c, r| {
+            c.io_limits.read_bps = Some(parse_u64(r).filter(|&n| n > 0)?);
+            Some(())
+        },
+        get: |c| c.io_limits.read_bps.map_or(Shown::Unset("unlimited"), Shown::Int),
+    },
+    KeyDef {
+        key: "io_write_bps",
+        env: "IO_WRITE_BPS",
+        flag: Some("--io-write-bps"),
+        doc: "Per-VM disk write limit in bytes per second, on the disk under the chroot base (which holds every drive's backing file): the default for each VM and the most a request may ask for (`invalid_argument` above it). cgroup v1 `blkio.throttle.*`, v2 `io.max`.",
+        default: "unset: unlimited",
+        expected: "a positive integer",
+        secret: false,
+        kind: Kind::Integer,
+        set: |c, r| {
+            c.io_limits.write_bps = Some(parse_u64(r).filter(|&n| n > 0)?);
+            Some(())
+        },
+        get: |c| c.io_limits.write_bps.map_or(Shown::Unset("unlimited"), Shown::Int),
+    },
+    KeyDef {
+        key: "io_read_iops",
+        env: "IO_READ_IOPS",
+        flag: Some("--io-read-iops"),
+        doc: "Per-VM disk read limit in operations per second, on the disk under the chroot base (which holds every drive's backing file): the default for each VM and the most a request may ask for (`invalid_argument` above it). cgroup v1 `blkio.throttle.*`, v2 `io.max`.",
+        default: "unset: unlimited",
+        expected: "a positive integer",
+        secret: false,
+        kind: Kind::Integer,
+        set: |c, r| {
+            c.io_limits.read_iops = Some(parse_u64(r).filter(|&n| n > 0)?);
+            Some(())
+        },
+        get: |c| c.io_limits.read_iops.map_or(Shown::Unset("unlimited"), Shown::Int),
+    },
+    KeyDef {
+        key: "io_write_iops",
+        env: "IO_WRITE_IOPS",
+        flag: Some("--io-write-iops"),
+        doc: "Per-VM disk write limit in operations per second, on the disk under the chroot base (which holds every drive's backing file): the default for each VM and the most a request may ask for (`invalid_argument` above it). cgroup v1 `blkio.throttle.*`, v2 `io.max`.",
+        default: "unset: unlimited",
+        expected: "a positive integer",
+        secret: false,
+        kind: Kind::Integer,
+        set: |c, r| {
+            c.io_limits.write_iops = Some(parse_u64(r).filter(|&n| n > 0)?);
+            Some(())
+        },
+        get: |c| c.io_limits.write_iops.map_or(Shown::Unset("unlimited"), Shown::Int),
+    },
+    KeyDef {
         key: "fd_limit",
         env: "JAILER_FD_LIMIT",
         flag: Some("--fd-limit"),

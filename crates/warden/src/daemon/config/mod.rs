@@ -28,7 +28,7 @@ use serde::Serialize;
 
 use crate::assets;
 use crate::vm::config::{JailerMode, VMM_OVERHEAD_MB};
-use crate::vm::jailer::{JailerConfig, DEFAULT_JAIL_UID};
+use crate::vm::jailer::{IoLimits, JailerConfig, DEFAULT_JAIL_UID};
 
 mod keys;
 mod load;
@@ -133,6 +133,10 @@ pub struct DaemonConfig {
     pub memory_limit_bytes: Option<u64>,
     /// Per-VM CPU cap in percent of one core; `None` means 100 per vCPU.
     pub cpu_quota_percent: Option<u32>,
+    /// CPUs VMs are pinned to unless they ask for fewer; `None` is unpinned.
+    pub cpuset: Option<jail::cgroup::cpuset::CpuList>,
+    /// Per-VM disk I/O limits: the default and the most a request may ask for.
+    pub io_limits: IoLimits,
     /// rlimit `no-file` of Firecracker.
     pub fd_limit: u64,
     /// Parent cgroup of all VMs.
@@ -210,6 +214,8 @@ impl Default for DaemonConfig {
             pidns: true,
             memory_limit_bytes: None,
             cpu_quota_percent: None,
+            cpuset: None,
+            io_limits: IoLimits::default(),
             fd_limit: 2048,
             parent_cgroup: "warden".into(),
             cgroup_version: None,
@@ -255,6 +261,8 @@ impl fmt::Debug for DaemonConfig {
             .field("pidns", &self.pidns)
             .field("memory_limit_bytes", &self.memory_limit_bytes)
             .field("cpu_quota_percent", &self.cpu_quota_percent)
+            .field("cpuset", &self.cpuset)
+            .field("io_limits", &self.io_limits)
             .field("fd_limit", &self.fd_limit)
             .field("parent_cgroup", &self.parent_cgroup)
             .field("cgroup_version", &self.cgroup_version)
@@ -290,6 +298,8 @@ impl DaemonConfig {
             cgroup_version: self.cgroup_version,
             parent_cgroup: self.parent_cgroup.clone(),
             cpu_quota_pct: self.cpu_quota_percent,
+            cpuset: self.cpuset.as_ref().map(ToString::to_string),
+            io_limits: self.io_limits,
             new_pid_ns: self.pidns,
             resource_limits: ResourceLimits {
                 no_file: Some(self.fd_limit),

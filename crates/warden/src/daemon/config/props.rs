@@ -140,6 +140,13 @@ fn valid_text(key: &str) -> BoxedStrategy<String> {
         .boxed(),
         "memory_limit_bytes" => num(MIN_MEMORY_LIMIT_BYTES..=u64::MAX),
         "fd_limit" | "max_vms" | "max_concurrent_boots" => num(1..=u64::MAX),
+        "io_read_bps" | "io_write_bps" | "io_read_iops" | "io_write_iops" => num(1..=u64::MAX),
+        "cpuset" => prop_oneof![
+            (0u32..64).prop_map(|n| n.to_string()),
+            (0u32..32, 0u32..32).prop_map(|(a, b)| format!("{}-{}", a.min(b), a.max(b))),
+            words(vec!["0-3,5", " 1,3 "]),
+        ]
+        .boxed(),
         "max_memory_mib" => num(128..=u64::MAX),
         "max_vcpus" => num(1..=32),
         "max_drives" => num(0..=64),
