@@ -27,7 +27,7 @@ impl From<ManagerError> for ApiError {
     }
 }
 
-/// The proto enum value of a state.
+/// warden's finer state, as the proto enum value.
 pub fn state_to_pb(s: VmState) -> pb::VmState {
     match s {
         VmState::Created => pb::VmState::Created,
@@ -35,9 +35,20 @@ pub fn state_to_pb(s: VmState) -> pb::VmState {
         VmState::Running => pb::VmState::Running,
         VmState::Paused => pb::VmState::Paused,
         VmState::Stopping => pb::VmState::Stopping,
-        VmState::Stopped => pb::VmState::Stopped,
+        VmState::Stopped => pb::VmState::Shutdown,
         VmState::Failed => pb::VmState::Failed,
         VmState::Deleted => pb::VmState::Deleted,
+    }
+}
+
+/// The common state (one of metald's four) that a `state` field carries: a VM being booted is
+/// still `created`, one being stopped still `running`, a failed or deleted one `shutdown`.
+pub fn common_state(s: VmState) -> pb::VmState {
+    match s {
+        VmState::Created | VmState::Booting => pb::VmState::Created,
+        VmState::Running | VmState::Stopping => pb::VmState::Running,
+        VmState::Paused => pb::VmState::Paused,
+        VmState::Stopped | VmState::Failed | VmState::Deleted => pb::VmState::Shutdown,
     }
 }
 
@@ -69,30 +80,449 @@ fn limiter_to_pb(r: &Option<warden::RateLimiter>) -> Option<pb::RateLimiter> {
     })
 }
 
-fn spec_from_pb(c: pb::VmConfig) -> Result<VmSpec, ApiError> {
-    let vcpu_count = u8::try_from(c.vcpu_count).map_err(|_| {
-        ApiError::invalid_argument(format!(
-            "invalid config.vcpu_count: is {}; use 1 to 32",
-            c.vcpu_count
-        ))
-    })?;
-    Ok(VmSpec {
-        vcpu_count,
-        memory_mib: c.memory_mib,
-        kernel_path: c.kernel_path,
-        rootfs_path: c.rootfs_path,
-        boot_args: c.boot_args,
-        drives: c
-            .drives
-            .into_iter()
-            .map(|d| (d.path, d.read_only))
-            .collect(),
-        enable_networking: c.enable_networking,
+fn invalid(field: &str, problem: impl std::fmt::Display) -> ApiError {
+    ApiError::invalid_argument(format!("invalid {field}: {problem}"))
+}
+
+/// metald's `RateLimit` (bytes per second, refill time in ms, burst in bytes) as a Firecracker
+/// bandwidth bucket: `bandwidth x refill_time / 1000` bytes every `refill_time` ms.
+fn rate_limit_from_pb(
+    field: &str,
+    r: Option<pb::RateLimit>,
+) -> Result<Option<warden::RateLimiter>, ApiError> {
+    let Some(r) = r else { return Ok(None) };
+    if r.bandwidth == 0 && r.refill_time == 0 && r.burst == 0 {
+        return Ok(None);
+    }
+    for (name, v) in [
+        ("bandwidth", r.bandwidth),
+        ("refill_time", r.refill_time),
+        ("burst", r.burst),
+    ] {
+        if v < 0 {
+            return Err(invalid(
+                &format!("{field}.{name}"),
+                format!("is {v}; give a positive number (0 for the default)"),
+            ));
+        }
+    }
+    if r.bandwidth == 0 {
+        return Err(invalid(
+            &format!("{field}.bandwidth"),
+            "is 0 with a refill_time or burst; give the bytes per second",
+        ));
+    }
+    let refill_ms = if r.refill_time == 0 {
+        1000
+    } else {
+        r.refill_time
+    } as u64;
+    let size = (r.bandwidth as u64).saturating_mul(refill_ms) / 1000;
+    if size == 0 {
+        return Err(invalid(
+            &format!("{field}.bandwidth"),
+            format!(
+                "{} bytes/s over {refill_ms} ms is less than one byte; raise bandwidth or refill_time",
+                r.bandwidth
+            ),
+        ));
+    }
+    Ok(Some(warden::RateLimiter {
+        bandwidth: Some(warden::TokenBucket {
+            size,
+            one_time_burst: (r.burst > 0).then_some(r.burst as u64),
+            refill_time: refill_ms,
+        }),
+        ops: None,
+    }))
+}
+
+/// The metald `RateLimit` of a limiter that has only a bandwidth bucket.
+fn rate_limit_to_pb(r: &Option<warden::RateLimiter>) -> Option<pb::RateLimit> {
+    let r = r.as_ref()?;
+    if r.ops.is_some() {
+        return None;
+    }
+    let b = r.bandwidth.as_ref()?;
+    let refill = b.refill_time.max(1);
+    Some(pb::RateLimit {
+        bandwidth: i64::try_from(b.size.saturating_mul(1000) / refill).unwrap_or(i64::MAX),
+        refill_time: i64::try_from(b.refill_time).unwrap_or(i64::MAX),
+        burst: i64::try_from(b.one_time_burst.unwrap_or(0)).unwrap_or(i64::MAX),
+    })
+}
+
+const MIB: i64 = 1 << 20;
+
+/// Where each of the spec's files came from in the request, so the manager's field names
+/// (`config.kernel_path`, `config.drives[0].path`) can be given as the request spells them.
+#[derive(Debug, Default)]
+pub struct FieldMap {
+    /// The root device's index in `config.storage`.
+    root: Option<usize>,
+    /// The `config.storage` index of each extra drive.
+    drives: Vec<usize>,
+}
+
+impl FieldMap {
+    /// The map of a stored spec: storage lists the root device first, then the drives.
+    fn of_spec(s: &VmSpec) -> FieldMap {
+        let root = (!s.rootfs_path.is_empty()).then_some(0);
+        let first = usize::from(root.is_some());
+        FieldMap {
+            root,
+            drives: (first..first + s.drives.len()).collect(),
+        }
+    }
+
+    /// The request's name of one of the manager's fields.
+    fn rename(&self, field: &str) -> String {
+        let storage = |i: usize| format!("config.storage[{i}].path");
+        match field {
+            "config.vcpu_count" => "config.cpu.vcpu_count".into(),
+            "config.memory_mib" => "config.memory.size_bytes".into(),
+            "config.kernel_path" => "config.boot.kernel_path".into(),
+            "config.boot_args" => "config.boot.kernel_args".into(),
+            "config.drives" => "config.storage".into(),
+            "config.rootfs_path" => self.root.map_or(field.into(), storage),
+            "config.enable_networking" => "config.network".into(),
+            "config.net_rx_rate_limiter" => "config.network[0].rx_rate_limit".into(),
+            "config.net_tx_rate_limiter" => "config.network[0].tx_rate_limit".into(),
+            _ => {
+                let drive = field
+                    .strip_prefix("config.drives[")
+                    .and_then(|r| r.split_once(']'))
+                    .and_then(|(n, rest)| Some((n.parse::<usize>().ok()?, rest)));
+                match drive {
+                    Some((n, rest)) => match self.drives.get(n) {
+                        Some(i) => format!("config.storage[{i}]{rest}"),
+                        None => field.into(),
+                    },
+                    None => field.into(),
+                }
+            }
+        }
+    }
+
+    /// A manager error, with the field it names as the request spells it.
+    fn error(&self, e: ManagerError) -> ApiError {
+        let field = match &e {
+            ManagerError::Invalid { field, .. } => Some(field.clone()),
+            ManagerError::OverCap { field, .. } => Some((*field).to_owned()),
+            _ => None,
+        };
+        let mut api = ApiError::from(e);
+        if let Some(f) = field {
+            api.message = api.message.replacen(&f, &self.rename(&f), 1);
+        }
+        api
+    }
+}
+
+/// The manager's spec of a request's config, refusing (with `invalid_argument` naming the field)
+/// what warden cannot honour.
+pub fn spec_from_pb(c: pb::VmConfig, customer_id: String) -> Result<(VmSpec, FieldMap), ApiError> {
+    let mut map = FieldMap::default();
+    // CPU: Firecracker has no vCPU hotplug and offers one socket of single-threaded cores.
+    let cpu = c.cpu.unwrap_or_default();
+    if cpu.vcpu_count < 0 || cpu.vcpu_count > i32::from(u8::MAX) {
+        return Err(invalid(
+            "config.cpu.vcpu_count",
+            format!("is {}; use 1 to 32", cpu.vcpu_count),
+        ));
+    }
+    let vcpus = if cpu.vcpu_count == 0 {
+        1
+    } else {
+        cpu.vcpu_count
+    };
+    if cpu.max_vcpu_count != 0 && cpu.max_vcpu_count != vcpus {
+        return Err(invalid(
+            "config.cpu.max_vcpu_count",
+            format!(
+                "is {}, not vcpu_count {vcpus}: Firecracker has no vCPU hotplug; leave it 0",
+                cpu.max_vcpu_count
+            ),
+        ));
+    }
+    if let Some(t) = cpu.topology {
+        let one = |n: i32| n == 0 || n == 1;
+        let cores_ok = t.cores_per_socket == 0 || t.cores_per_socket == vcpus;
+        if !one(t.sockets) || !one(t.threads_per_core) || !cores_ok {
+            return Err(invalid(
+                "config.cpu.topology",
+                format!(
+                    "is {} socket(s) x {} core(s) x {} thread(s): warden's Firecracker VMs have \
+                     one socket of vcpu_count single-threaded cores; leave topology out",
+                    t.sockets, t.cores_per_socket, t.threads_per_core
+                ),
+            ));
+        }
+    }
+    if let Some(k) = cpu.features.keys().next() {
+        return Err(invalid(
+            &format!("config.cpu.features[{k:?}]"),
+            "CPU features and models are not supported (warden uses Firecracker's default CPU \
+             template); leave features empty",
+        ));
+    }
+
+    // Memory: whole MiB; no hotplug, no other backing.
+    let mem = c.memory.unwrap_or_default();
+    if mem.size_bytes < 0 || mem.size_bytes % MIB != 0 || mem.size_bytes / MIB > i64::from(u32::MAX)
+    {
+        return Err(invalid(
+            "config.memory.size_bytes",
+            format!(
+                "is {}; give a whole number of MiB (a multiple of 1048576), at least 128 MiB",
+                mem.size_bytes
+            ),
+        ));
+    }
+    let memory_mib = (mem.size_bytes / MIB) as u32;
+    if memory_mib != 0 && memory_mib < 128 {
+        return Err(invalid(
+            "config.memory.size_bytes",
+            format!(
+                "is {} ({memory_mib} MiB); give at least 134217728 (128 MiB)",
+                mem.size_bytes
+            ),
+        ));
+    }
+    if mem.hotplug_enabled {
+        return Err(invalid(
+            "config.memory.hotplug_enabled",
+            "memory hotplug is not supported by warden's Firecracker VMs; leave it false",
+        ));
+    }
+    if mem.max_size_bytes != 0 && mem.max_size_bytes != mem.size_bytes {
+        return Err(invalid(
+            "config.memory.max_size_bytes",
+            format!(
+                "is {}, not size_bytes: memory hotplug is not supported; leave it 0",
+                mem.max_size_bytes
+            ),
+        ));
+    }
+    if let Some(k) = mem.backing.keys().next() {
+        return Err(invalid(
+            &format!("config.memory.backing[{k:?}]"),
+            "memory backing options (hugepages, ...) are not supported; leave backing empty",
+        ));
+    }
+
+    // Boot.
+    let boot = c.boot.unwrap_or_default();
+    if !boot.initrd_path.is_empty() {
+        return Err(invalid(
+            "config.boot.initrd_path",
+            "an initrd is not supported by warden yet; boot a kernel with a root device in \
+             config.storage",
+        ));
+    }
+    if let Some(k) = boot.boot_options.keys().next() {
+        return Err(invalid(
+            &format!("config.boot.boot_options[{k:?}]"),
+            "boot options are not supported; put kernel parameters in kernel_args",
+        ));
+    }
+
+    // Storage: the root device is the rootfs, the others extra drives.
+    let mut rootfs_path = String::new();
+    let mut drives = Vec::new();
+    for (i, d) in c.storage.into_iter().enumerate() {
+        let field = |name: &str| format!("config.storage[{i}].{name}");
+        if !matches!(d.interface_type.as_str(), "" | "virtio-blk") {
+            return Err(invalid(
+                &field("interface_type"),
+                format!(
+                    "is {:?}; Firecracker offers only virtio-blk (or leave it empty)",
+                    d.interface_type
+                ),
+            ));
+        }
+        if let Some(k) = d.options.keys().next() {
+            return Err(invalid(
+                &format!("config.storage[{i}].options[{k:?}]"),
+                "storage options are not supported; leave options empty",
+            ));
+        }
+        if d.path.is_empty() {
+            return Err(invalid(
+                &field("path"),
+                "is empty; give an image under an asset directory",
+            ));
+        }
+        if d.is_root_device {
+            if let Some(first) = map.root {
+                return Err(invalid(
+                    &field("is_root_device"),
+                    format!("config.storage[{first}] is already the root device; mark only one"),
+                ));
+            }
+            if d.read_only {
+                return Err(invalid(
+                    &field("read_only"),
+                    "a read-only root device is not supported by the daemon; the root device is \
+                     writable (extra devices may be read-only)",
+                ));
+            }
+            map.root = Some(i);
+            rootfs_path = d.path;
+        } else {
+            map.drives.push(i);
+            drives.push((d.path, d.read_only));
+        }
+    }
+
+    // Network: one interface, in the VM's own namespace, addressed by the daemon.
+    let mut net_rx = None;
+    let mut net_tx = None;
+    let enable_networking = !c.network.is_empty();
+    if c.network.len() > 1 {
+        return Err(invalid(
+            "config.network",
+            format!(
+                "has {} interfaces; warden gives a VM at most one",
+                c.network.len()
+            ),
+        ));
+    }
+    if let Some(n) = c.network.into_iter().next() {
+        let field = |name: &str| format!("config.network[0].{name}");
+        if !matches!(n.interface_type.as_str(), "" | "virtio-net") {
+            return Err(invalid(
+                &field("interface_type"),
+                format!(
+                    "is {:?}; Firecracker offers only virtio-net (or leave it empty)",
+                    n.interface_type
+                ),
+            ));
+        }
+        if let Some(k) = n.options.keys().next() {
+            return Err(invalid(
+                &format!("config.network[0].options[{k:?}]"),
+                "network options are not supported; leave options empty",
+            ));
+        }
+        if !matches!(n.tap_device.as_str(), "" | "tap0") {
+            return Err(invalid(
+                &field("tap_device"),
+                format!(
+                    "is {:?}; warden creates the TAP itself, as tap0 inside the VM's own network \
+                     namespace; leave it empty",
+                    n.tap_device
+                ),
+            ));
+        }
+        if !n.mac_address.is_empty() {
+            return Err(invalid(
+                &field("mac_address"),
+                "warden derives a stable, locally administered MAC from the VM id (GetVmInfo \
+                 shows it); leave it empty",
+            ));
+        }
+        if let Some(v4) = &n.ipv4_config {
+            if v4.dhcp {
+                return Err(invalid(
+                    &field("ipv4_config.dhcp"),
+                    "warden runs no DHCP server: the guest gets its address on the kernel \
+                     command line (ip=); leave dhcp false",
+                ));
+            }
+            for (name, v) in [
+                ("address", &v4.address),
+                ("netmask", &v4.netmask),
+                ("gateway", &v4.gateway),
+            ] {
+                if !v.is_empty() {
+                    return Err(invalid(
+                        &field(&format!("ipv4_config.{name}")),
+                        "addresses come from the daemon's address_pool (bridge mode), never \
+                         from the request; leave it empty (GetVmInfo's network_info shows the \
+                         address)",
+                    ));
+                }
+            }
+            if !v4.dns_servers.is_empty() {
+                return Err(invalid(
+                    &field("ipv4_config.dns_servers"),
+                    "warden configures no DNS in the guest; leave dns_servers empty",
+                ));
+            }
+        }
+        if n.ipv6_config.is_some() {
+            return Err(invalid(
+                &field("ipv6_config"),
+                "IPv6 is not supported: warden's networking is IPv4 only; leave it out",
+            ));
+        }
+        match pb::NetworkMode::try_from(n.mode) {
+            Ok(pb::NetworkMode::Unspecified | pb::NetworkMode::Ipv4Only) => {}
+            _ => {
+                return Err(invalid(
+                    &field("mode"),
+                    format!(
+                        "is {}; warden's networking is IPv4 only: use NETWORK_MODE_IPV4_ONLY",
+                        pb::NetworkMode::try_from(n.mode)
+                            .map_or_else(|_| n.mode.to_string(), |m| m.as_str_name().into())
+                    ),
+                ));
+            }
+        }
+        let rx = rate_limit_from_pb(&field("rx_rate_limit"), n.rx_rate_limit)?;
+        let tx = rate_limit_from_pb(&field("tx_rate_limit"), n.tx_rate_limit)?;
+        if rx.is_some() && n.rx_rate_limiter.is_some() {
+            return Err(invalid(
+                &field("rx_rate_limiter"),
+                "is given with rx_rate_limit; give one of them",
+            ));
+        }
+        if tx.is_some() && n.tx_rate_limiter.is_some() {
+            return Err(invalid(
+                &field("tx_rate_limiter"),
+                "is given with tx_rate_limit; give one of them",
+            ));
+        }
+        net_rx = rx.or_else(|| limiter_from_pb(n.rx_rate_limiter));
+        net_tx = tx.or_else(|| limiter_from_pb(n.tx_rate_limiter));
+    }
+
+    // Console: always the serial console, captured in serial.log.
+    if let Some(con) = c.console {
+        for (name, v) in [("output", &con.output), ("input", &con.input)] {
+            if !v.is_empty() {
+                return Err(invalid(
+                    &format!("config.console.{name}"),
+                    "the serial console always goes to the VM's serial.log in the daemon's \
+                     state_dir (bounded by serial_log_max_bytes); leave it empty",
+                ));
+            }
+        }
+        if !matches!(con.console_type.as_str(), "" | "serial") {
+            return Err(invalid(
+                "config.console.console_type",
+                format!(
+                    "is {:?}; Firecracker offers only a serial console",
+                    con.console_type
+                ),
+            ));
+        }
+    }
+
+    let spec = VmSpec {
+        vcpu_count: vcpus as u8,
+        memory_mib,
+        kernel_path: boot.kernel_path,
+        rootfs_path,
+        boot_args: boot.kernel_args,
+        drives,
+        enable_networking,
         memory_limit_mib: c.memory_limit_mib,
         cpu_quota_percent: c.cpu_quota_percent,
         metadata: c.metadata.into_iter().collect(),
-        net_rx_rate_limiter: limiter_from_pb(c.net_rx_rate_limiter),
-        net_tx_rate_limiter: limiter_from_pb(c.net_tx_rate_limiter),
+        net_rx_rate_limiter: net_rx,
+        net_tx_rate_limiter: net_tx,
         drive_rate_limiter: limiter_from_pb(c.drive_rate_limiter),
         cpuset: c.cpuset,
         io_limits: warden::vm::jailer::IoLimits {
@@ -101,36 +531,81 @@ fn spec_from_pb(c: pb::VmConfig) -> Result<VmSpec, ApiError> {
             read_iops: c.io_read_iops,
             write_iops: c.io_write_iops,
         },
-    })
+        customer_id,
+    };
+    Ok((spec, map))
 }
 
-fn spec_to_pb(s: &VmSpec) -> pb::VmConfig {
+/// A stored spec as the request's config: the root device first, then the drives.
+pub fn spec_to_pb(s: &VmSpec) -> pb::VmConfig {
+    let mut storage = Vec::new();
+    if !s.rootfs_path.is_empty() {
+        storage.push(pb::StorageDevice {
+            id: "rootfs".into(),
+            path: s.rootfs_path.clone(),
+            read_only: false,
+            is_root_device: true,
+            interface_type: "virtio-blk".into(),
+            options: Default::default(),
+        });
+    }
+    for (i, (path, ro)) in s.drives.iter().enumerate() {
+        storage.push(pb::StorageDevice {
+            id: format!("drive{i}"),
+            path: path.clone(),
+            read_only: *ro,
+            is_root_device: false,
+            interface_type: "virtio-blk".into(),
+            options: Default::default(),
+        });
+    }
+    let network = if s.enable_networking {
+        vec![pb::NetworkInterface {
+            id: "eth0".into(),
+            tap_device: "tap0".into(),
+            interface_type: "virtio-net".into(),
+            mode: pb::NetworkMode::Ipv4Only as i32,
+            rx_rate_limit: rate_limit_to_pb(&s.net_rx_rate_limiter),
+            tx_rate_limit: rate_limit_to_pb(&s.net_tx_rate_limiter),
+            rx_rate_limiter: limiter_to_pb(&s.net_rx_rate_limiter),
+            tx_rate_limiter: limiter_to_pb(&s.net_tx_rate_limiter),
+            ..Default::default()
+        }]
+    } else {
+        Vec::new()
+    };
     pb::VmConfig {
-        vcpu_count: u32::from(s.vcpu_count),
-        memory_mib: s.memory_mib,
-        kernel_path: s.kernel_path.clone(),
-        rootfs_path: s.rootfs_path.clone(),
-        boot_args: s.boot_args.clone(),
-        drives: s
-            .drives
-            .iter()
-            .map(|(p, ro)| pb::Drive {
-                path: p.clone(),
-                read_only: *ro,
-            })
-            .collect(),
-        enable_networking: s.enable_networking,
-        memory_limit_mib: s.memory_limit_mib,
-        cpu_quota_percent: s.cpu_quota_percent,
+        cpu: Some(pb::CpuConfig {
+            vcpu_count: i32::from(s.vcpu_count),
+            max_vcpu_count: i32::from(s.vcpu_count),
+            ..Default::default()
+        }),
+        memory: Some(pb::MemoryConfig {
+            size_bytes: i64::from(s.memory_mib) * MIB,
+            max_size_bytes: i64::from(s.memory_mib) * MIB,
+            ..Default::default()
+        }),
+        boot: Some(pb::BootConfig {
+            kernel_path: s.kernel_path.clone(),
+            kernel_args: s.boot_args.clone(),
+            ..Default::default()
+        }),
+        storage,
+        network,
+        console: Some(pb::ConsoleConfig {
+            enabled: true,
+            console_type: "serial".into(),
+            ..Default::default()
+        }),
         metadata: s.metadata.clone().into_iter().collect(),
-        net_rx_rate_limiter: limiter_to_pb(&s.net_rx_rate_limiter),
-        net_tx_rate_limiter: limiter_to_pb(&s.net_tx_rate_limiter),
-        drive_rate_limiter: limiter_to_pb(&s.drive_rate_limiter),
         cpuset: s.cpuset.clone(),
         io_read_bps: s.io_limits.read_bps,
         io_write_bps: s.io_limits.write_bps,
         io_read_iops: s.io_limits.read_iops,
         io_write_iops: s.io_limits.write_iops,
+        memory_limit_mib: s.memory_limit_mib,
+        cpu_quota_percent: s.cpu_quota_percent,
+        drive_rate_limiter: limiter_to_pb(&s.drive_rate_limiter),
     }
 }
 
@@ -141,8 +616,8 @@ fn layer(l: &warden::Layer) -> pb::IsolationLayer {
     }
 }
 
-/// The proto view of a VM.
-pub fn info_to_pb(v: &VmInfo) -> pb::VmInfo {
+/// warden's own view of a VM.
+pub fn details_to_pb(v: &VmInfo) -> pb::VmDetails {
     let r = &v.record;
     let plan = r.plan.as_ref();
     let net = plan.and_then(|p| p.net.as_ref());
@@ -152,10 +627,8 @@ pub fn info_to_pb(v: &VmInfo) -> pb::VmInfo {
             .find(|c| c.file == "memory.limit_in_bytes" || c.file == "memory.max")
             .and_then(|c| c.value.parse().ok())
     });
-    pb::VmInfo {
-        vm_id: r.id.clone(),
+    pb::VmDetails {
         state: state_to_pb(r.state) as i32,
-        config: Some(spec_to_pb(&r.spec)),
         pid: r.pid.unwrap_or(0),
         jailer_id: if plan.is_some_and(|p| p.jailed) {
             r.id.clone()
@@ -241,6 +714,123 @@ pub fn info_to_pb(v: &VmInfo) -> pb::VmInfo {
             .unwrap_or_default(),
         host_veth: net.and_then(|n| n.host_veth.clone()).unwrap_or_default(),
         bridge: net.and_then(|n| n.bridge.clone()).unwrap_or_default(),
+        uid: r.uid,
+    }
+}
+
+/// The list entry of a VM.
+pub fn info_to_pb(v: &VmInfo) -> pb::VmInfo {
+    let r = &v.record;
+    pb::VmInfo {
+        vm_id: r.id.clone(),
+        state: common_state(r.state) as i32,
+        vcpu_count: i32::from(r.spec.vcpu_count),
+        memory_size_bytes: i64::from(r.spec.memory_mib) * MIB,
+        created_timestamp: r.created_at / 1000,
+        modified_timestamp: r.updated_at / 1000,
+        metadata: r.spec.metadata.clone().into_iter().collect(),
+        customer_id: r.spec.customer_id.clone(),
+        warden: Some(details_to_pb(v)),
+    }
+}
+
+/// Seconds since the process with this start time (clock ticks since boot) started.
+fn uptime_seconds(start_ticks: u64) -> Option<u64> {
+    let uptime = std::fs::read_to_string("/proc/uptime").ok()?;
+    let host: f64 = uptime.split_whitespace().next()?.parse().ok()?;
+    // USER_HZ, which /proc/<pid>/stat counts in, is 100 on every Linux ABI.
+    let started = start_ticks as f64 / 100.0;
+    Some((host - started).max(0.0) as u64)
+}
+
+/// GetVmInfo's answer.
+pub fn get_response(v: &VmInfo) -> pb::GetVmInfoResponse {
+    let r = &v.record;
+    let details = details_to_pb(v);
+    let running = r.state.may_have_process();
+    let uptime = r
+        .start_time
+        .filter(|_| running)
+        .and_then(uptime_seconds)
+        .unwrap_or(0);
+    let cpu_ns = v.stats.as_ref().and_then(|s| s.cpu_usage_ns).unwrap_or(0);
+    let cpu_usage_percent = if uptime > 0 {
+        let pct =
+            cpu_ns as f64 / (uptime as f64 * 1e9) / f64::from(r.spec.vcpu_count.max(1)) * 100.0;
+        pct.clamp(0.0, 100.0)
+    } else {
+        0.0
+    };
+    let metrics = running.then(|| pb::VmMetrics {
+        cpu_usage_percent,
+        memory_usage_bytes: v
+            .stats
+            .as_ref()
+            .and_then(|s| s.memory_bytes)
+            .and_then(|m| i64::try_from(m).ok())
+            .unwrap_or(0),
+        network_stats: Some(Default::default()),
+        storage_stats: Some(Default::default()),
+        uptime_seconds: i64::try_from(uptime).unwrap_or(0),
+    });
+    let mut backend = std::collections::HashMap::new();
+    backend.insert("backend".to_owned(), "firecracker".to_owned());
+    backend.insert("state".to_owned(), r.state.as_str().to_owned());
+    let mut put = |k: &str, v: String| {
+        if !v.is_empty() {
+            backend.insert(k.to_owned(), v);
+        }
+    };
+    put("customer_id", r.spec.customer_id.clone());
+    put("jailed", (!details.jailer_id.is_empty()).to_string());
+    if details.pid != 0 {
+        put("pid", details.pid.to_string());
+    }
+    put("jailer_id", details.jailer_id.clone());
+    put("chroot_path", details.chroot_path.clone());
+    put("socket_path", details.socket_path.clone());
+    if let Some(uid) = details.uid {
+        put("uid", uid.to_string());
+        put("gid", uid.to_string());
+    }
+    if let Some(c) = &details.cgroup {
+        put("cgroups", c.paths.join(","));
+    }
+    put("netns", details.netns.clone());
+    if let Some(i) = &details.isolation {
+        put("sandboxed", i.is_sandboxed.to_string());
+    }
+    if let Some(e) = &details.exit {
+        put("exit_reason", e.reason.clone());
+    }
+    let network_info = r.spec.enable_networking.then(|| pb::VmNetworkInfo {
+        ip_address: details
+            .guest_ip
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+        mac_address: details.mac.clone(),
+        tap_device: details.tap_device.clone(),
+        network_namespace: details.netns.clone(),
+        gateway: r
+            .plan
+            .as_ref()
+            .and_then(|p| p.net.as_ref())
+            .and_then(|n| n.guest)
+            .map(|g| g.gateway.to_string())
+            .unwrap_or_default(),
+        dns_servers: Vec::new(),
+        port_mappings: Vec::new(),
+    });
+    pb::GetVmInfoResponse {
+        vm_id: r.id.clone(),
+        config: Some(spec_to_pb(&r.spec)),
+        state: common_state(r.state) as i32,
+        metrics,
+        backend_info: backend,
+        network_info,
+        warden: Some(details),
     }
 }
 
@@ -253,72 +843,127 @@ fn need_id(id: &str) -> Result<&str, ApiError> {
     Ok(id)
 }
 
+/// An opaque page token: the id of the last VM of the previous page.
+fn page_token(last_id: &str) -> String {
+    let hex: String = last_id.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("after-{hex}")
+}
+
+fn parse_page_token(token: &str) -> Result<Option<String>, ApiError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || {
+        invalid(
+            "page_token",
+            "is not a token ListVms gave; pass next_page_token unchanged, or leave it empty",
+        )
+    };
+    let hex = token.strip_prefix("after-").ok_or_else(bad)?;
+    if hex.len() % 2 != 0 || hex.is_empty() {
+        return Err(bad());
+    }
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes.ok_or_else(bad)?)
+        .map(Some)
+        .map_err(|_| bad())
+}
+
+/// Whether a VM matches ListVms' state filter: by its common state or its finer one.
+fn state_matches(filter: &[i32], s: VmState) -> bool {
+    filter.is_empty()
+        || filter.contains(&(common_state(s) as i32))
+        || filter.contains(&(state_to_pb(s) as i32))
+}
+
+macro_rules! state_response {
+    ($ty:ident, $s:expr) => {{
+        let s = $s;
+        pb::$ty {
+            success: true,
+            state: common_state(s) as i32,
+            warden_state: state_to_pb(s) as i32,
+        }
+    }};
+}
+
 #[crate::async_trait]
 impl VmService for ManagerService {
     async fn create_vm(&self, req: pb::CreateVmRequest) -> Result<pb::CreateVmResponse, ApiError> {
         let config = req.config.ok_or_else(|| {
             ApiError::invalid_argument(
-                "invalid config: missing; give {\"config\": {\"kernel_path\": ...}}",
+                "invalid config: missing; give {\"config\": {\"boot\": {\"kernel_path\": ...}}}",
             )
         })?;
-        let rec = self.0.create(&req.vm_id, spec_from_pb(config)?).await?;
+        let (spec, fields) = spec_from_pb(config, req.customer_id)?;
+        let rec = self
+            .0
+            .create(&req.vm_id, spec)
+            .await
+            .map_err(|e| fields.error(e))?;
         Ok(pb::CreateVmResponse {
             vm_id: rec.id,
-            state: state_to_pb(rec.state) as i32,
+            state: common_state(rec.state) as i32,
+            warden_state: state_to_pb(rec.state) as i32,
         })
     }
 
     async fn delete_vm(&self, req: pb::DeleteVmRequest) -> Result<pb::DeleteVmResponse, ApiError> {
-        self.0.delete(need_id(&req.vm_id)?).await?;
+        self.0.delete_with(need_id(&req.vm_id)?, req.force).await?;
         Ok(pb::DeleteVmResponse { success: true })
     }
 
     async fn boot_vm(&self, req: pb::BootVmRequest) -> Result<pb::BootVmResponse, ApiError> {
-        let s = self.0.boot(need_id(&req.vm_id)?).await?;
-        Ok(pb::BootVmResponse {
-            success: true,
-            state: state_to_pb(s) as i32,
-        })
+        let id = need_id(&req.vm_id)?;
+        let s = match self.0.boot(id).await {
+            Ok(s) => s,
+            Err(e) => return Err(self.stored_fields(id, e).await),
+        };
+        Ok(state_response!(BootVmResponse, s))
     }
 
     async fn shutdown_vm(
         &self,
         req: pb::ShutdownVmRequest,
     ) -> Result<pb::ShutdownVmResponse, ApiError> {
-        let timeout =
-            (req.timeout_seconds > 0).then(|| Duration::from_secs(u64::from(req.timeout_seconds)));
+        if req.timeout_seconds < 0 {
+            return Err(invalid(
+                "timeout_seconds",
+                format!(
+                    "is {}; give seconds to wait (0 for the daemon's default)",
+                    req.timeout_seconds
+                ),
+            ));
+        }
+        let timeout = (req.timeout_seconds > 0)
+            .then(|| Duration::from_secs(u64::from(req.timeout_seconds.unsigned_abs())));
         let s = self
             .0
             .shutdown(need_id(&req.vm_id)?, req.force, timeout)
             .await?;
-        Ok(pb::ShutdownVmResponse {
-            success: true,
-            state: state_to_pb(s) as i32,
-        })
+        Ok(state_response!(ShutdownVmResponse, s))
     }
 
     async fn pause_vm(&self, req: pb::PauseVmRequest) -> Result<pb::PauseVmResponse, ApiError> {
         let s = self.0.pause(need_id(&req.vm_id)?).await?;
-        Ok(pb::PauseVmResponse {
-            success: true,
-            state: state_to_pb(s) as i32,
-        })
+        Ok(state_response!(PauseVmResponse, s))
     }
 
     async fn resume_vm(&self, req: pb::ResumeVmRequest) -> Result<pb::ResumeVmResponse, ApiError> {
         let s = self.0.resume(need_id(&req.vm_id)?).await?;
-        Ok(pb::ResumeVmResponse {
-            success: true,
-            state: state_to_pb(s) as i32,
-        })
+        Ok(state_response!(ResumeVmResponse, s))
     }
 
     async fn reboot_vm(&self, req: pb::RebootVmRequest) -> Result<pb::RebootVmResponse, ApiError> {
-        let s = self.0.reboot(need_id(&req.vm_id)?).await?;
-        Ok(pb::RebootVmResponse {
-            success: true,
-            state: state_to_pb(s) as i32,
-        })
+        let id = need_id(&req.vm_id)?;
+        let s = match self.0.reboot_with(id, req.force).await {
+            Ok(s) => s,
+            Err(e) => return Err(self.stored_fields(id, e).await),
+        };
+        Ok(state_response!(RebootVmResponse, s))
     }
 
     async fn get_vm_info(
@@ -326,15 +971,81 @@ impl VmService for ManagerService {
         req: pb::GetVmInfoRequest,
     ) -> Result<pb::GetVmInfoResponse, ApiError> {
         let info = self.0.get(need_id(&req.vm_id)?).await?;
-        Ok(pb::GetVmInfoResponse {
-            vm: Some(info_to_pb(&info)),
+        Ok(get_response(&info))
+    }
+
+    async fn list_vms(&self, req: pb::ListVmsRequest) -> Result<pb::ListVmsResponse, ApiError> {
+        if req.page_size < 0 || req.page_size > MAX_PAGE_SIZE {
+            return Err(invalid(
+                "page_size",
+                format!(
+                    "is {}; give 1 to {MAX_PAGE_SIZE} (0 for {DEFAULT_PAGE_SIZE})",
+                    req.page_size
+                ),
+            ));
+        }
+        for (i, s) in req.state_filter.iter().enumerate() {
+            if pb::VmState::try_from(*s).is_err() || *s == pb::VmState::Unspecified as i32 {
+                return Err(invalid(
+                    &format!("state_filter[{i}]"),
+                    format!("is {s}, not a VmState; give VM_STATE_CREATED .. VM_STATE_DELETED"),
+                ));
+            }
+        }
+        let after = parse_page_token(&req.page_token)?;
+        let size = if req.page_size == 0 {
+            DEFAULT_PAGE_SIZE
+        } else {
+            req.page_size
+        } as usize;
+        // The manager lists by id, so a page is the ids after the last one of the previous page;
+        // VMs created or deleted between pages neither repeat nor shift the others.
+        let vms: Vec<VmInfo> = self
+            .0
+            .list()
+            .await?
+            .into_iter()
+            .filter(|v| state_matches(&req.state_filter, v.record.state))
+            .collect();
+        let total = vms.len();
+        let rest: Vec<&VmInfo> = vms
+            .iter()
+            .filter(|v| {
+                after
+                    .as_ref()
+                    .is_none_or(|a| v.record.id.as_str() > a.as_str())
+            })
+            .collect();
+        let page: Vec<pb::VmInfo> = rest.iter().take(size).map(|v| info_to_pb(v)).collect();
+        let next_page_token = if rest.len() > size {
+            page.last()
+                .map(|v| page_token(&v.vm_id))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(pb::ListVmsResponse {
+            vms: page,
+            next_page_token,
+            total_count: i32::try_from(total).unwrap_or(i32::MAX),
         })
     }
 
-    async fn list_vms(&self, _req: pb::ListVmsRequest) -> Result<pb::ListVmsResponse, ApiError> {
-        let vms = self.0.list().await?;
-        Ok(pb::ListVmsResponse {
-            vms: vms.iter().map(info_to_pb).collect(),
-        })
+    async fn watch_vms(&self, _req: pb::WatchVmsRequest) -> Result<crate::VmEventStream, ApiError> {
+        Err(ApiError::unimplemented("WatchVms is not implemented yet"))
+    }
+}
+
+const DEFAULT_PAGE_SIZE: i32 = 100;
+const MAX_PAGE_SIZE: i32 = 1000;
+
+impl ManagerService {
+    /// A BootVm or RebootVm error (staging names `config.kernel_path`, `config.drives[0].path`),
+    /// with the field as GetVmInfo's config spells it.
+    async fn stored_fields(&self, id: &str, e: ManagerError) -> ApiError {
+        match self.0.get(id).await {
+            Ok(info) => FieldMap::of_spec(&info.record.spec).error(e),
+            Err(_) => e.into(),
+        }
     }
 }

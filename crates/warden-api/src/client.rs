@@ -155,6 +155,26 @@ impl Client {
         list_vms(ListVmsRequest) -> ListVmsResponse, "ListVms";
     }
 
+    /// Every VM in one of `state_filter` (every VM when empty), following ListVms' pages.
+    pub async fn list_all_vms(&self, state_filter: Vec<i32>) -> Result<Vec<pb::VmInfo>, ApiError> {
+        let mut vms = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .list_vms(pb::ListVmsRequest {
+                    state_filter: state_filter.clone(),
+                    page_size: 1000,
+                    page_token,
+                })
+                .await?;
+            vms.extend(page.vms);
+            if page.next_page_token.is_empty() {
+                return Ok(vms);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
     /// Calls `method` (e.g. `"CreateVm"`) with a proto3-JSON request and decodes the response.
     pub async fn call<Req, Resp>(&self, method: &str, req: &Req) -> Result<Resp, ApiError>
     where

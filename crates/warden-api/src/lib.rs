@@ -41,7 +41,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 /// The fully qualified service name, `vmprovisioner.v1.VmService`.
 pub const SERVICE_NAME: &str = "vmprovisioner.v1.VmService";
 
-/// The RPC method names, as they appear in `/vmprovisioner.v1.VmService/<Method>`.
+/// The unary RPC method names, as they appear in `/vmprovisioner.v1.VmService/<Method>`.
 pub const METHODS: [&str; 9] = [
     "CreateVm",
     "DeleteVm",
@@ -53,6 +53,9 @@ pub const METHODS: [&str; 9] = [
     "GetVmInfo",
     "ListVms",
 ];
+
+/// The server-streaming RPC: `/vmprovisioner.v1.VmService/WatchVms`.
+pub const WATCH_METHOD: &str = "WatchVms";
 
 /// The VM service, implemented by the daemon. One method per RPC of `vmprovisioner.v1.VmService`;
 /// the server maps [`ApiError`] to a Connect error or a gRPC status.
@@ -80,6 +83,94 @@ pub trait VmService: Send + Sync + 'static {
         &self,
         req: pb::GetVmInfoRequest,
     ) -> Result<pb::GetVmInfoResponse, ApiError>;
-    /// Describes every VM.
+    /// Lists VMs, a page at a time.
     async fn list_vms(&self, req: pb::ListVmsRequest) -> Result<pb::ListVmsResponse, ApiError>;
+    /// WatchVms: the current state of each VM (or of one), then every change.
+    async fn watch_vms(&self, req: pb::WatchVmsRequest) -> Result<VmEventStream, ApiError>;
+}
+
+/// The events of [`VmService::watch_vms`]; an error ends the stream.
+pub type VmEventStream =
+    std::pin::Pin<Box<dyn futures_core::Stream<Item = Result<pb::VmEvent, ApiError>> + Send>>;
+
+/// Shorthands for building and reading the messages whose shape follows metald's.
+impl pb::VmConfig {
+    /// A config that boots `kernel_path` (1 vCPU and 512 MiB unless set).
+    pub fn with_kernel(kernel_path: impl Into<String>) -> pb::VmConfig {
+        pb::VmConfig {
+            boot: Some(pb::BootConfig {
+                kernel_path: kernel_path.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Sets the guest memory, in MiB.
+    pub fn memory_mib(mut self, mib: u32) -> pb::VmConfig {
+        self.memory.get_or_insert_with(Default::default).size_bytes = i64::from(mib) << 20;
+        self
+    }
+
+    /// Sets the vCPUs.
+    pub fn vcpus(mut self, n: i32) -> pb::VmConfig {
+        self.cpu.get_or_insert_with(Default::default).vcpu_count = n;
+        self
+    }
+
+    /// Sets the kernel command line.
+    pub fn kernel_args(mut self, args: impl Into<String>) -> pb::VmConfig {
+        self.boot.get_or_insert_with(Default::default).kernel_args = args.into();
+        self
+    }
+
+    /// Adds the root device.
+    pub fn rootfs(mut self, path: impl Into<String>) -> pb::VmConfig {
+        self.storage.push(pb::StorageDevice {
+            path: path.into(),
+            is_root_device: true,
+            ..Default::default()
+        });
+        self
+    }
+
+    /// Adds an extra drive.
+    pub fn drive(mut self, path: impl Into<String>, read_only: bool) -> pb::VmConfig {
+        self.storage.push(pb::StorageDevice {
+            path: path.into(),
+            read_only,
+            ..Default::default()
+        });
+        self
+    }
+
+    /// Adds the network interface (networking on).
+    pub fn network(mut self) -> pb::VmConfig {
+        self.network = vec![pb::NetworkInterface::default()];
+        self
+    }
+
+    /// The guest memory in MiB.
+    pub fn memory_in_mib(&self) -> i64 {
+        self.memory.as_ref().map_or(0, |m| m.size_bytes >> 20)
+    }
+
+    /// The kernel path.
+    pub fn kernel_path(&self) -> &str {
+        self.boot.as_ref().map_or("", |b| b.kernel_path.as_str())
+    }
+}
+
+impl pb::GetVmInfoResponse {
+    /// warden's details (empty when the server sent none).
+    pub fn details(&self) -> pb::VmDetails {
+        self.warden.clone().unwrap_or_default()
+    }
+}
+
+impl pb::VmInfo {
+    /// warden's details (empty when the server sent none).
+    pub fn details(&self) -> pb::VmDetails {
+        self.warden.clone().unwrap_or_default()
+    }
 }

@@ -492,10 +492,33 @@ async fn grpc_call<T>(
         .map_err(tonic::Status::from)
 }
 
+/// WatchVms' gRPC stream: the service's events, errors as statuses.
+type GrpcEventStream =
+    std::pin::Pin<Box<dyn futures_core::Stream<Item = Result<pb::VmEvent, tonic::Status>> + Send>>;
+
 macro_rules! grpc_methods {
     ($($func:ident($req:ident) -> $resp:ident, $path:literal;)*) => {
         #[crate::async_trait]
         impl pb::vm_service_server::VmService for GrpcAdapter {
+            type WatchVmsStream = GrpcEventStream;
+
+            async fn watch_vms(
+                &self,
+                request: tonic::Request<pb::WatchVmsRequest>,
+            ) -> Result<tonic::Response<GrpcEventStream>, tonic::Status> {
+                if let Some(logged) = request.extensions().get::<GrpcLogged>() {
+                    logged.0.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                let stream = grpc_call(
+                    "/vmprovisioner.v1.VmService/WatchVms",
+                    self.0.watch_vms(request.into_inner()),
+                )
+                .await?
+                .into_inner();
+                let stream = tokio_stream::StreamExt::map(stream, |e| e.map_err(tonic::Status::from));
+                Ok(tonic::Response::new(Box::pin(stream) as GrpcEventStream))
+            }
+
             $(
                 async fn $func(
                     &self,

@@ -320,11 +320,13 @@ fn short_string() -> impl Strategy<Value = String> {
 fn json_value() -> impl Strategy<Value = Value> {
     let key = prop_oneof![
         3 => select(vec![
-            "vmId", "vm_id", "config", "vcpuCount", "vcpu_count", "memoryMib", "memory_mib",
-            "kernelPath", "rootfsPath", "bootArgs", "drives", "path", "readOnly", "read_only",
-            "enableNetworking", "memoryLimitMib", "cpuQuotaPercent", "metadata",
-            "netRxRateLimiter", "netTxRateLimiter", "driveRateLimiter", "bandwidth", "ops",
-            "size", "oneTimeBurst", "refillTimeMs", "force", "timeoutSeconds",
+            "vmId", "vm_id", "config", "customerId", "cpu", "vcpuCount", "vcpu_count", "memory",
+            "sizeBytes", "size_bytes", "boot", "kernelPath", "kernelArgs", "initrdPath",
+            "storage", "path", "readOnly", "read_only", "isRootDevice", "network", "macAddress",
+            "tapDevice", "ipv4Config", "rxRateLimit", "txRateLimit", "refillTime", "burst",
+            "console", "memoryLimitMib", "cpuQuotaPercent", "metadata", "rxRateLimiter",
+            "txRateLimiter", "driveRateLimiter", "bandwidth", "ops", "size", "oneTimeBurst",
+            "refillTimeMs", "force", "timeoutSeconds", "stateFilter", "pageSize",
         ])
         .prop_map(str::to_owned),
         1 => "\\PC{0,8}",
@@ -379,24 +381,53 @@ fn rate_limiter() -> impl Strategy<Value = Option<pb::RateLimiter>> {
 }
 
 fn vm_config() -> impl Strategy<Value = pb::VmConfig> {
-    let drive =
-        (short_string(), any::<bool>()).prop_map(|(path, read_only)| pb::Drive { path, read_only });
+    let device = (short_string(), any::<bool>(), any::<bool>()).prop_map(
+        |(path, read_only, is_root_device)| pb::StorageDevice {
+            path,
+            read_only,
+            is_root_device,
+            ..Default::default()
+        },
+    );
+    let rate_limit = proptest::option::of((any::<i64>(), any::<i64>(), any::<i64>()).prop_map(
+        |(bandwidth, refill_time, burst)| pb::RateLimit {
+            bandwidth,
+            refill_time,
+            burst,
+        },
+    ));
+    let interface = (
+        short_string(),
+        short_string(),
+        rate_limit.clone(),
+        rate_limit,
+        rate_limiter(),
+        rate_limiter(),
+    )
+        .prop_map(
+            |(mac_address, tap_device, rx, tx, rxl, txl)| pb::NetworkInterface {
+                mac_address,
+                tap_device,
+                rx_rate_limit: rx,
+                tx_rate_limit: tx,
+                rx_rate_limiter: rxl,
+                tx_rate_limiter: txl,
+                ..Default::default()
+            },
+        );
     (
         (
-            any::<u32>(),
-            any::<u32>(),
+            any::<i32>(),
+            any::<i64>(),
             short_string(),
             short_string(),
-            short_string(),
-            vec(drive, 0..3),
-            any::<bool>(),
+            vec(device, 0..3),
+            vec(interface, 0..2),
         ),
         (
             proptest::option::of(any::<u32>()),
             proptest::option::of(any::<u32>()),
             btree_map(short_string(), short_string(), 0..3),
-            rate_limiter(),
-            rate_limiter(),
             rate_limiter(),
         ),
         (
@@ -406,42 +437,54 @@ fn vm_config() -> impl Strategy<Value = pb::VmConfig> {
     )
         .prop_map(
             |(
-                (vcpu_count, memory_mib, kernel_path, rootfs_path, boot_args, drives, net),
-                (memory_limit_mib, cpu_quota_percent, metadata, rx, tx, drive_rl),
+                (vcpu_count, size_bytes, kernel_path, kernel_args, storage, network),
+                (memory_limit_mib, cpu_quota_percent, metadata, drive_rl),
                 (cpuset, io),
             )| pb::VmConfig {
-                vcpu_count,
-                memory_mib,
-                kernel_path,
-                rootfs_path,
-                boot_args,
-                drives,
-                enable_networking: net,
+                cpu: Some(pb::CpuConfig {
+                    vcpu_count,
+                    ..Default::default()
+                }),
+                memory: Some(pb::MemoryConfig {
+                    size_bytes,
+                    ..Default::default()
+                }),
+                boot: Some(pb::BootConfig {
+                    kernel_path,
+                    kernel_args,
+                    ..Default::default()
+                }),
+                storage,
+                network,
                 memory_limit_mib,
                 cpu_quota_percent,
                 metadata: metadata.into_iter().collect(),
-                net_rx_rate_limiter: rx,
-                net_tx_rate_limiter: tx,
                 drive_rate_limiter: drive_rl,
                 cpuset,
                 io_read_bps: io[0],
                 io_write_bps: io[1],
                 io_read_iops: io[2],
                 io_write_iops: io[3],
+                ..Default::default()
             },
         )
 }
 
 fn create_vm_request() -> impl Strategy<Value = pb::CreateVmRequest> {
-    (short_string(), proptest::option::of(vm_config()))
-        .prop_map(|(vm_id, config)| pb::CreateVmRequest { vm_id, config })
+    (short_string(), proptest::option::of(vm_config())).prop_map(|(vm_id, config)| {
+        pb::CreateVmRequest {
+            vm_id,
+            config,
+            customer_id: String::new(),
+        }
+    })
 }
 
 /// A real request of some type: encoded as proto3 JSON or protobuf.
 fn any_request() -> impl Strategy<Value = (Value, Vec<u8>)> {
     prop_oneof![
         create_vm_request().prop_map(|r| (serde_json::to_value(&r).unwrap(), r.encode_to_vec())),
-        (short_string(), any::<bool>(), any::<u32>()).prop_map(|(vm_id, force, t)| {
+        (short_string(), any::<bool>(), any::<i32>()).prop_map(|(vm_id, force, t)| {
             let r = pb::ShutdownVmRequest {
                 vm_id,
                 force,
@@ -839,6 +882,8 @@ enum Kind {
     Str,
     U32,
     U64,
+    I32,
+    I64,
     Bool,
     Msg,
     List,
@@ -851,37 +896,73 @@ fn fields(method: &str) -> Vec<(Vec<&'static str>, Kind)> {
     let mut f = match method {
         "CreateVm" => vec![
             (vec!["vmId"], Kind::Str),
+            (vec!["customerId"], Kind::Str),
             (vec!["config"], Kind::Msg),
-            (vec!["config", "vcpuCount"], Kind::U32),
-            (vec!["config", "memoryMib"], Kind::U32),
-            (vec!["config", "kernelPath"], Kind::Str),
-            (vec!["config", "rootfsPath"], Kind::Str),
-            (vec!["config", "bootArgs"], Kind::Str),
-            (vec!["config", "drives"], Kind::List),
-            (vec!["config", "drives", "0"], Kind::Msg),
-            (vec!["config", "drives", "0", "path"], Kind::Str),
-            (vec!["config", "drives", "0", "readOnly"], Kind::Bool),
-            (vec!["config", "enableNetworking"], Kind::Bool),
+            (vec!["config", "cpu"], Kind::Msg),
+            (vec!["config", "cpu", "vcpuCount"], Kind::I32),
+            (vec!["config", "cpu", "maxVcpuCount"], Kind::I32),
+            (vec!["config", "memory"], Kind::Msg),
+            (vec!["config", "memory", "sizeBytes"], Kind::I64),
+            (vec!["config", "memory", "hotplugEnabled"], Kind::Bool),
+            (vec!["config", "boot"], Kind::Msg),
+            (vec!["config", "boot", "kernelPath"], Kind::Str),
+            (vec!["config", "boot", "kernelArgs"], Kind::Str),
+            (vec!["config", "storage"], Kind::List),
+            (vec!["config", "storage", "0"], Kind::Msg),
+            (vec!["config", "storage", "0", "path"], Kind::Str),
+            (vec!["config", "storage", "0", "readOnly"], Kind::Bool),
+            (vec!["config", "storage", "0", "isRootDevice"], Kind::Bool),
+            (vec!["config", "network"], Kind::List),
+            (vec!["config", "network", "0"], Kind::Msg),
+            (vec!["config", "network", "0", "tapDevice"], Kind::Str),
+            (vec!["config", "network", "0", "rxRateLimit"], Kind::Msg),
+            (
+                vec!["config", "network", "0", "rxRateLimit", "bandwidth"],
+                Kind::I64,
+            ),
+            (
+                vec!["config", "network", "0", "rxRateLimit", "refillTime"],
+                Kind::I64,
+            ),
+            (
+                vec!["config", "network", "0", "rxRateLimit", "burst"],
+                Kind::I64,
+            ),
+            (vec!["config", "console"], Kind::Msg),
+            (vec!["config", "console", "enabled"], Kind::Bool),
             (vec!["config", "memoryLimitMib"], Kind::U32),
             (vec!["config", "cpuQuotaPercent"], Kind::U32),
+            (vec!["config", "ioReadBps"], Kind::U64),
+            (vec!["config", "ioWriteIops"], Kind::U64),
             (vec!["config", "metadata"], Kind::Map),
             (vec!["config", "metadata", "k"], Kind::MapValue),
         ],
         "ShutdownVm" => vec![
             (vec!["vmId"], Kind::Str),
             (vec!["force"], Kind::Bool),
-            (vec!["timeoutSeconds"], Kind::U32),
+            (vec!["timeoutSeconds"], Kind::I32),
         ],
-        "ListVms" => vec![],
+        "ListVms" => vec![
+            (vec!["pageSize"], Kind::I32),
+            (vec!["pageToken"], Kind::Str),
+        ],
         _ => vec![(vec!["vmId"], Kind::Str)],
     };
     if method == "CreateVm" {
-        for rl in ["netRxRateLimiter", "netTxRateLimiter", "driveRateLimiter"] {
-            f.push((vec!["config", rl], Kind::Msg));
+        let limiters = [
+            vec!["config", "driveRateLimiter"],
+            vec!["config", "network", "0", "txRateLimiter"],
+        ];
+        for rl in limiters {
+            f.push((rl.clone(), Kind::Msg));
             for bucket in ["bandwidth", "ops"] {
-                f.push((vec!["config", rl, bucket], Kind::Msg));
+                let mut b = rl.clone();
+                b.push(bucket);
+                f.push((b.clone(), Kind::Msg));
                 for field in ["size", "oneTimeBurst", "refillTimeMs"] {
-                    f.push((vec!["config", rl, bucket, field], Kind::U64));
+                    let mut x = b.clone();
+                    x.push(field);
+                    f.push((x, Kind::U64));
                 }
             }
         }
@@ -896,16 +977,22 @@ fn full_request(method: &str) -> Value {
     match method {
         "CreateVm" => json!({
             "vmId": "vm-1",
+            "customerId": "c-1",
             "config": {
-                "vcpuCount": 1, "memoryMib": "128", "kernelPath": "/k", "rootfsPath": "/r",
-                "bootArgs": "console=ttyS0", "drives": [{"path": "/d", "readOnly": true}],
-                "enableNetworking": false, "memoryLimitMib": 300, "cpuQuotaPercent": "50",
-                "metadata": {"k": "v"}, "netRxRateLimiter": rl, "netTxRateLimiter": rl,
-                "driveRateLimiter": rl,
+                "cpu": {"vcpuCount": 1, "maxVcpuCount": 1},
+                "memory": {"sizeBytes": "134217728", "hotplugEnabled": false},
+                "boot": {"kernelPath": "/k", "kernelArgs": "console=ttyS0"},
+                "storage": [{"path": "/r", "readOnly": false, "isRootDevice": true}],
+                "network": [{"tapDevice": "tap0",
+                             "rxRateLimit": {"bandwidth": "1000", "refillTime": 100, "burst": "0"},
+                             "txRateLimiter": rl}],
+                "console": {"enabled": true},
+                "memoryLimitMib": 300, "cpuQuotaPercent": "50", "ioReadBps": "1000",
+                "ioWriteIops": 10, "metadata": {"k": "v"}, "driveRateLimiter": rl,
             },
         }),
         "ShutdownVm" => json!({"vmId": "vm-1", "force": true, "timeoutSeconds": 5}),
-        "ListVms" => json!({}),
+        "ListVms" => json!({"pageSize": 10, "pageToken": ""}),
         _ => json!({"vmId": "vm-1"}),
     }
 }
@@ -1064,6 +1151,27 @@ fn wrong_value(kind: Kind) -> BoxedStrategy<Value> {
             .boxed();
             if kind == Kind::U32 {
                 let big = ((1u64 << 32)..u64::MAX).prop_map(Value::from);
+                s = prop_oneof![4 => s, 1 => big].boxed();
+            }
+            s
+        }
+        Kind::I32 | Kind::I64 => {
+            let out_of_range = prop_oneof![
+                (-1e6f64..1e6)
+                    .prop_filter("integral", |f| f.fract() != 0.0)
+                    .prop_map(Value::from),
+                Just(json!(1e30)),
+                (1u128..1 << 100).prop_map(|n| Value::from((u128::from(u64::MAX) + n).to_string())),
+            ];
+            let mut s = prop_oneof![
+                bools.boxed(),
+                containers.boxed(),
+                non_numeric_strings.prop_map(Value::from).boxed(),
+                out_of_range.boxed(),
+            ]
+            .boxed();
+            if kind == Kind::I32 {
+                let big = ((1i64 << 31)..i64::MAX).prop_map(Value::from);
                 s = prop_oneof![4 => s, 1 => big].boxed();
             }
             s
@@ -1334,7 +1442,7 @@ fn numbers_of_any_size_are_taken_exactly_or_refused_naming_the_field() {
                 ))?;
                 prop_assert_eq!(info.status, StatusCode::OK);
                 let v: Value = serde_json::from_slice(&info.body).unwrap();
-                let mut got = &v["vm"];
+                let mut got = &v;
                 for seg in &path {
                     got = match seg.parse::<usize>() {
                         Ok(i) => &got[i],
@@ -1364,28 +1472,73 @@ fn numbers_of_any_size_are_taken_exactly_or_refused_naming_the_field() {
 // Protobuf: wrong wire types and broken values, field by field.
 
 /// (tag, proto field name, whether it is a varint field) of each message.
-const CREATE_VM_REQUEST: &[(u32, &str, bool)] = &[(1, "vm_id", false), (2, "config", false)];
+const CREATE_VM_REQUEST: &[(u32, &str, bool)] = &[
+    (1, "vm_id", false),
+    (2, "config", false),
+    (3, "customer_id", false),
+];
 const VM_CONFIG: &[(u32, &str, bool)] = &[
-    (1, "vcpu_count", true),
-    (2, "memory_mib", true),
-    (3, "kernel_path", false),
-    (4, "rootfs_path", false),
-    (5, "boot_args", false),
-    (6, "drives", false),
-    (7, "enable_networking", true),
-    (8, "memory_limit_mib", true),
-    (9, "cpu_quota_percent", true),
-    (10, "metadata", false),
-    (11, "net_rx_rate_limiter", false),
-    (12, "net_tx_rate_limiter", false),
-    (13, "drive_rate_limiter", false),
+    (1, "cpu", false),
+    (2, "memory", false),
+    (3, "boot", false),
+    (4, "storage", false),
+    (5, "network", false),
+    (6, "console", false),
+    (7, "metadata", false),
     (100, "cpuset", false),
     (101, "io_read_bps", true),
     (102, "io_write_bps", true),
     (103, "io_read_iops", true),
     (104, "io_write_iops", true),
+    (105, "memory_limit_mib", true),
+    (106, "cpu_quota_percent", true),
+    (107, "drive_rate_limiter", false),
 ];
-const DRIVE: &[(u32, &str, bool)] = &[(1, "path", false), (2, "read_only", true)];
+const CPU_CONFIG: &[(u32, &str, bool)] = &[
+    (1, "vcpu_count", true),
+    (2, "max_vcpu_count", true),
+    (3, "topology", false),
+    (4, "features", false),
+];
+const MEMORY_CONFIG: &[(u32, &str, bool)] = &[
+    (1, "size_bytes", true),
+    (2, "hotplug_enabled", true),
+    (3, "max_size_bytes", true),
+    (4, "backing", false),
+];
+const BOOT_CONFIG: &[(u32, &str, bool)] = &[
+    (1, "kernel_path", false),
+    (2, "initrd_path", false),
+    (3, "kernel_args", false),
+    (4, "boot_options", false),
+];
+const STORAGE_DEVICE: &[(u32, &str, bool)] = &[
+    (1, "id", false),
+    (2, "path", false),
+    (3, "read_only", true),
+    (4, "is_root_device", true),
+    (5, "interface_type", false),
+    (6, "options", false),
+];
+const NETWORK_INTERFACE: &[(u32, &str, bool)] = &[
+    (1, "id", false),
+    (2, "mac_address", false),
+    (3, "tap_device", false),
+    (4, "interface_type", false),
+    (5, "options", false),
+    (6, "ipv4_config", false),
+    (7, "ipv6_config", false),
+    (8, "mode", true),
+    (10, "rx_rate_limit", false),
+    (11, "tx_rate_limit", false),
+    (100, "rx_rate_limiter", false),
+    (101, "tx_rate_limiter", false),
+];
+const RATE_LIMIT: &[(u32, &str, bool)] = &[
+    (1, "bandwidth", true),
+    (2, "refill_time", true),
+    (3, "burst", true),
+];
 const RATE_LIMITER: &[(u32, &str, bool)] = &[(1, "bandwidth", false), (2, "ops", false)];
 const TOKEN_BUCKET: &[(u32, &str, bool)] = &[
     (1, "size", true),
@@ -1394,10 +1547,15 @@ const TOKEN_BUCKET: &[(u32, &str, bool)] = &[
 ];
 const STRING_FIELDS: &[&str] = &[
     "vm_id",
+    "customer_id",
     "kernel_path",
-    "rootfs_path",
-    "boot_args",
+    "initrd_path",
+    "kernel_args",
+    "id",
     "path",
+    "interface_type",
+    "mac_address",
+    "tap_device",
     "cpuset",
 ];
 
@@ -1441,33 +1599,34 @@ fn broken_field() -> impl Strategy<Value = (Vec<Step>, Break, Vec<u8>)> {
     let leaf = |msg: &'static str, table: &'static [(u32, &'static str, bool)]| {
         select(table.to_vec()).prop_map(move |f| (msg, f))
     };
+    const CONFIG: Step = ("CreateVmRequest", 2, "config");
+    const NETWORK: Step = ("VmConfig", 5, "network");
     let chain = prop_oneof![
         leaf("CreateVmRequest", CREATE_VM_REQUEST).prop_map(|l| (vec![], l)),
-        leaf("VmConfig", VM_CONFIG).prop_map(|l| (vec![("CreateVmRequest", 2, "config")], l)),
-        leaf("Drive", DRIVE).prop_map(|l| (
-            vec![("CreateVmRequest", 2, "config"), ("VmConfig", 6, "drives")],
-            l
-        )),
+        leaf("VmConfig", VM_CONFIG).prop_map(|l| (vec![CONFIG], l)),
+        leaf("CpuConfig", CPU_CONFIG).prop_map(|l| (vec![CONFIG, ("VmConfig", 1, "cpu")], l)),
+        leaf("MemoryConfig", MEMORY_CONFIG)
+            .prop_map(|l| (vec![CONFIG, ("VmConfig", 2, "memory")], l)),
+        leaf("BootConfig", BOOT_CONFIG).prop_map(|l| (vec![CONFIG, ("VmConfig", 3, "boot")], l)),
+        leaf("StorageDevice", STORAGE_DEVICE)
+            .prop_map(|l| (vec![CONFIG, ("VmConfig", 4, "storage")], l)),
+        leaf("NetworkInterface", NETWORK_INTERFACE).prop_map(|l| (vec![CONFIG, NETWORK], l)),
         (
-            select(vec![
-                (11, "net_rx_rate_limiter"),
-                (12, "net_tx_rate_limiter"),
-                (13, "drive_rate_limiter")
-            ]),
-            leaf("RateLimiter", RATE_LIMITER)
+            select(vec![(10, "rx_rate_limit"), (11, "tx_rate_limit")]),
+            leaf("RateLimit", RATE_LIMIT)
         )
-            .prop_map(|((t, n), l)| (
-                vec![("CreateVmRequest", 2, "config"), ("VmConfig", t, n)],
-                l
-            )),
+            .prop_map(|((t, n), l)| (vec![CONFIG, NETWORK, ("NetworkInterface", t, n)], l)),
+        leaf("RateLimiter", RATE_LIMITER)
+            .prop_map(|l| (vec![CONFIG, ("VmConfig", 107, "drive_rate_limiter")], l)),
         (
             select(vec![(1, "bandwidth"), (2, "ops")]),
             leaf("TokenBucket", TOKEN_BUCKET)
         )
             .prop_map(|((t, n), l)| (
                 vec![
-                    ("CreateVmRequest", 2, "config"),
-                    ("VmConfig", 11, "net_rx_rate_limiter"),
+                    CONFIG,
+                    NETWORK,
+                    ("NetworkInterface", 100, "rx_rate_limiter"),
                     ("RateLimiter", t, n),
                 ],
                 l

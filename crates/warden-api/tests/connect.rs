@@ -82,7 +82,7 @@ async fn json_create_then_get() {
     let r = post_json(
         &app,
         "CreateVm",
-        json!({"vmId": "vm1", "config": {"vcpuCount": 2, "memoryMib": 256, "metadata": {"team": "a"}, "memoryLimitMib": 300}}),
+        json!({"vmId": "vm1", "customerId": "acme", "config": {"cpu": {"vcpuCount": 2}, "memory": {"sizeBytes": "268435456"}, "metadata": {"team": "a"}, "memoryLimitMib": 300}}),
     )
     .await;
     assert_eq!(
@@ -94,20 +94,20 @@ async fn json_create_then_get() {
     assert_eq!(r.content_type(), "application/json");
     assert_eq!(
         r.json(),
-        json!({"vmId": "vm1", "state": "VM_STATE_CREATED"})
+        json!({"vmId": "vm1", "state": "VM_STATE_CREATED", "wardenState": "VM_STATE_CREATED"})
     );
 
     let r = post_json(&app, "GetVmInfo", json!({"vmId": "vm1"})).await;
     assert_eq!(r.status, StatusCode::OK);
     let v = r.json();
-    assert_eq!(v["vm"]["vmId"], "vm1");
-    assert_eq!(v["vm"]["state"], "VM_STATE_CREATED");
-    assert_eq!(v["vm"]["config"]["vcpuCount"], 2);
-    assert_eq!(v["vm"]["config"]["memoryMib"], 256);
-    assert_eq!(v["vm"]["config"]["memoryLimitMib"], 300);
-    assert_eq!(v["vm"]["config"]["metadata"]["team"], "a");
+    assert_eq!(v["vmId"], "vm1");
+    assert_eq!(v["state"], "VM_STATE_CREATED");
+    assert_eq!(v["config"]["cpu"]["vcpuCount"], 2);
     // int64 is a string in proto3 JSON.
-    assert_eq!(v["vm"]["createdAtUnixMs"], "1700000000000");
+    assert_eq!(v["config"]["memory"]["sizeBytes"], "268435456");
+    assert_eq!(v["config"]["memoryLimitMib"], 300);
+    assert_eq!(v["config"]["metadata"]["team"], "a");
+    assert_eq!(v["warden"]["createdAtUnixMs"], "1700000000000");
 
     let r = post_json(&app, "ListVms", json!({})).await;
     assert_eq!(r.json()["vms"].as_array().unwrap().len(), 1);
@@ -120,7 +120,7 @@ async fn json_create_then_get() {
     let r = post_json(&app, "BootVm", json!({"vmId": "vm1"})).await;
     assert_eq!(
         r.json(),
-        json!({"success": true, "state": "VM_STATE_RUNNING"})
+        json!({"success": true, "state": "VM_STATE_RUNNING", "wardenState": "VM_STATE_RUNNING"})
     );
     post_json(&app, "BootVm", json!({"vmId": "vm1"}))
         .await
@@ -139,7 +139,7 @@ async fn curl_form_content_type_is_json() {
         &app,
         "CreateVm",
         Some("application/x-www-form-urlencoded"),
-        r#"{"config":{"vcpuCount":1}}"#,
+        r#"{"config":{"cpu":{"vcpuCount":1}}}"#,
     )
     .await;
     assert_eq!(
@@ -155,7 +155,7 @@ async fn curl_form_content_type_is_json() {
     // No content type at all: same treatment.
     let r = post(&app, "GetVmInfo", None, format!(r#"{{"vm_id":"{vm_id}"}}"#)).await;
     assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.json()["vm"]["config"]["vcpuCount"], 1);
+    assert_eq!(r.json()["config"]["cpu"]["vcpuCount"], 1);
 
     // An empty body is the empty message (`curl -X POST .../ListVms`).
     let r = post(&app, "ListVms", None, "").await;
@@ -190,8 +190,9 @@ async fn snake_and_camel_case_fields() {
     let r = post_json(
         &app,
         "CreateVm",
-        json!({"vm_id": "snake", "config": {"vcpu_count": 3, "memory_mib": 128, "kernel_path": "/k", "enable_networking": true,
-            "drives": [{"path": "/d", "read_only": true}], "cpu_quota_percent": 50}}),
+        json!({"vm_id": "snake", "customer_id": "c", "config": {"cpu": {"vcpu_count": 3}, "memory": {"size_bytes": 134217728},
+            "boot": {"kernel_path": "/k"}, "network": [{"tap_device": "tap0"}],
+            "storage": [{"path": "/d", "read_only": true}], "cpu_quota_percent": 50}}),
     )
     .await;
     assert_eq!(
@@ -203,8 +204,9 @@ async fn snake_and_camel_case_fields() {
     let r = post_json(
         &app,
         "CreateVm",
-        json!({"vmId": "camel", "config": {"vcpuCount": 3, "memoryMib": 128, "kernelPath": "/k", "enableNetworking": true,
-            "drives": [{"path": "/d", "readOnly": true}], "cpuQuotaPercent": 50}}),
+        json!({"vmId": "camel", "customerId": "c", "config": {"cpu": {"vcpuCount": 3}, "memory": {"sizeBytes": "134217728"},
+            "boot": {"kernelPath": "/k"}, "network": [{"tapDevice": "tap0"}],
+            "storage": [{"path": "/d", "readOnly": true}], "cpuQuotaPercent": 50}}),
     )
     .await;
     assert_eq!(r.status, StatusCode::OK);
@@ -214,11 +216,12 @@ async fn snake_and_camel_case_fields() {
     let b = post_json(&app, "GetVmInfo", json!({"vmId": "camel"}))
         .await
         .json();
-    assert_eq!(a["vm"]["config"], b["vm"]["config"]);
+    assert_eq!(a["config"], b["config"]);
     assert_eq!(
-        a["vm"]["config"],
-        json!({"vcpuCount": 3, "memoryMib": 128, "kernelPath": "/k", "enableNetworking": true,
-            "drives": [{"path": "/d", "readOnly": true}], "cpuQuotaPercent": 50})
+        a["config"],
+        json!({"cpu": {"vcpuCount": 3}, "memory": {"sizeBytes": "134217728"}, "boot": {"kernelPath": "/k"},
+            "network": [{"tapDevice": "tap0"}], "storage": [{"path": "/d", "readOnly": true}],
+            "cpuQuotaPercent": 50})
     );
     // Enum values may be sent as names or numbers.
     let r = post_json(
@@ -240,24 +243,24 @@ async fn unknown_field_is_invalid_argument_naming_it() {
     let m = post_json(
         &app,
         "CreateVm",
-        json!({"config": {"vcpuCount": 1, "vcpus": 2}}),
+        json!({"config": {"cpu": {"vcpuCount": 1, "vcpus": 2}}}),
     )
     .await
     .assert_error(400, "invalid_argument");
-    assert!(m.contains("vcpus") && m.contains("config"), "{m}");
+    assert!(m.contains("vcpus") && m.contains("config.cpu"), "{m}");
 }
 
 #[tokio::test]
 async fn wrong_types_and_bad_json_are_invalid_argument() {
     let app = app();
     for body in [
-        json!({"config": {"vcpuCount": "lots"}}),
-        json!({"config": {"vcpuCount": -1}}),
-        json!({"config": {"vcpuCount": 1.5}}),
+        json!({"config": {"cpu": {"vcpuCount": "lots"}}}),
+        json!({"config": {"memory": {"sizeBytes": "1.5"}}}),
+        json!({"config": {"cpu": {"vcpuCount": 1.5}}}),
         json!({"vmId": 5}),
         json!({"config": "big"}),
-        json!({"config": {"drives": {"path": "/d"}}}),
-        json!({"config": {"enableNetworking": "yes"}}),
+        json!({"config": {"storage": {"path": "/d"}}}),
+        json!({"config": {"console": {"enabled": "yes"}}}),
         json!([1, 2]),
     ] {
         let m = post_json(&app, "CreateVm", body.clone())
@@ -283,11 +286,12 @@ async fn binary_proto_round_trip() {
     let app = app();
     let req = pb::CreateVmRequest {
         vm_id: "bin".into(),
-        config: Some(pb::VmConfig {
-            vcpu_count: 4,
-            memory_mib: 1024,
-            ..Default::default()
-        }),
+        config: Some(
+            pb::VmConfig::with_kernel(String::new())
+                .vcpus(4)
+                .memory_mib(1024),
+        ),
+        customer_id: String::new(),
     };
     let r = post(
         &app,
@@ -312,8 +316,8 @@ async fn binary_proto_round_trip() {
         req.encode_to_vec(),
     )
     .await;
-    let info = pb::GetVmInfoResponse::decode(r.body).unwrap().vm.unwrap();
-    assert_eq!(info.config.unwrap().memory_mib, 1024);
+    let info = pb::GetVmInfoResponse::decode(r.body).unwrap();
+    assert_eq!(info.config.unwrap().memory_in_mib(), 1024);
 
     // Garbage protobuf: invalid_argument, answered in Connect error JSON.
     let r = post(

@@ -31,10 +31,8 @@ async fn grpc_with_tonic_client() {
     let resp = grpc
         .create_vm(pb::CreateVmRequest {
             vm_id: "g1".into(),
-            config: Some(pb::VmConfig {
-                vcpu_count: 2,
-                ..Default::default()
-            }),
+            config: Some(pb::VmConfig::with_kernel(String::new()).vcpus(2)),
+            customer_id: String::new(),
         })
         .await
         .unwrap()
@@ -46,7 +44,7 @@ async fn grpc_with_tonic_client() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(info.vm.unwrap().config.unwrap().vcpu_count, 2);
+    assert_eq!(info.config.unwrap().cpu.unwrap().vcpu_count, 2);
     let booted = grpc
         .boot_vm(pb::BootVmRequest { vm_id: "g1".into() })
         .await
@@ -54,7 +52,7 @@ async fn grpc_with_tonic_client() {
         .into_inner();
     assert_eq!(booted.state(), pb::VmState::Running);
     assert_eq!(
-        grpc.list_vms(pb::ListVmsRequest {})
+        grpc.list_vms(pb::ListVmsRequest::default())
             .await
             .unwrap()
             .into_inner()
@@ -76,6 +74,7 @@ async fn grpc_with_tonic_client() {
         let err = grpc
             .delete_vm(pb::DeleteVmRequest {
                 vm_id: format!("code:{code}"),
+                force: false,
             })
             .await
             .unwrap_err();
@@ -87,7 +86,7 @@ async fn grpc_with_tonic_client() {
     let client = Client::new(Endpoint::Tcp(format!("http://{addr}")), None);
     assert_eq!(
         client
-            .list_vms(pb::ListVmsRequest {})
+            .list_vms(pb::ListVmsRequest::default())
             .await
             .unwrap()
             .vms
@@ -102,14 +101,17 @@ async fn grpc_bearer_token() {
     let mut grpc = VmServiceClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
-    let err = grpc.list_vms(pb::ListVmsRequest {}).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unauthenticated);
     let err = grpc
-        .list_vms(authed(pb::ListVmsRequest {}, "bad"))
+        .list_vms(pb::ListVmsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
-    grpc.list_vms(authed(pb::ListVmsRequest {}, "tok"))
+    let err = grpc
+        .list_vms(authed(pb::ListVmsRequest::default(), "bad"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    grpc.list_vms(authed(pb::ListVmsRequest::default(), "tok"))
         .await
         .unwrap();
 }
@@ -128,12 +130,13 @@ async fn grpc_oversized_message_is_rejected() {
         .create_vm(pb::CreateVmRequest {
             vm_id: "x".repeat(4096),
             config: None,
+            customer_id: String::new(),
         })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
     // The connection is still usable.
-    grpc.list_vms(pb::ListVmsRequest {}).await.unwrap();
+    grpc.list_vms(pb::ListVmsRequest::default()).await.unwrap();
 }
 
 #[tokio::test]
@@ -144,11 +147,12 @@ async fn connect_client_over_tcp() {
     let created = client
         .create_vm(pb::CreateVmRequest {
             vm_id: String::new(),
-            config: Some(pb::VmConfig {
-                vcpu_count: 1,
-                memory_mib: 128,
-                ..Default::default()
-            }),
+            config: Some(
+                pb::VmConfig::with_kernel(String::new())
+                    .vcpus(1)
+                    .memory_mib(128),
+            ),
+            customer_id: String::new(),
         })
         .await
         .unwrap();
@@ -159,7 +163,7 @@ async fn connect_client_over_tcp() {
         })
         .await
         .unwrap();
-    assert_eq!(info.vm.unwrap().config.unwrap().memory_mib, 128);
+    assert_eq!(info.config.unwrap().memory_in_mib(), 128);
     client
         .boot_vm(pb::BootVmRequest {
             vm_id: "vm-1".into(),
@@ -181,6 +185,7 @@ async fn connect_client_over_tcp() {
     client
         .reboot_vm(pb::RebootVmRequest {
             vm_id: "vm-1".into(),
+            force: false,
         })
         .await
         .unwrap();
@@ -192,7 +197,7 @@ async fn connect_client_over_tcp() {
         })
         .await
         .unwrap();
-    assert_eq!(stopped.state(), pb::VmState::Stopped);
+    assert_eq!(stopped.state(), pb::VmState::Shutdown);
 
     let err = client
         .get_vm_info(pb::GetVmInfoRequest {
@@ -205,10 +210,8 @@ async fn connect_client_over_tcp() {
     let err = client
         .create_vm(pb::CreateVmRequest {
             vm_id: "big".into(),
-            config: Some(pb::VmConfig {
-                vcpu_count: 64,
-                ..Default::default()
-            }),
+            config: Some(pb::VmConfig::with_kernel(String::new()).vcpus(64)),
+            customer_id: String::new(),
         })
         .await
         .unwrap_err();
@@ -216,7 +219,8 @@ async fn connect_client_over_tcp() {
     assert!(
         client
             .delete_vm(pb::DeleteVmRequest {
-                vm_id: "vm-1".into()
+                vm_id: "vm-1".into(),
+                force: false
             })
             .await
             .unwrap()
@@ -225,12 +229,12 @@ async fn connect_client_over_tcp() {
 
     // Wrong or missing token.
     let err = Client::new(Endpoint::Tcp(format!("http://{addr}")), Some("bad".into()))
-        .list_vms(pb::ListVmsRequest {})
+        .list_vms(pb::ListVmsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code, Code::Unauthenticated);
     let err = Client::new(Endpoint::Tcp(format!("http://{addr}")), None)
-        .list_vms(pb::ListVmsRequest {})
+        .list_vms(pb::ListVmsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code, Code::Unauthenticated);
@@ -267,16 +271,21 @@ async fn connect_client_over_unix_socket() {
         .create_vm(pb::CreateVmRequest {
             vm_id: "u1".into(),
             config: Some(Default::default()),
+            customer_id: String::new(),
         })
         .await
         .unwrap();
-    let list = client.list_vms(pb::ListVmsRequest {}).await.unwrap();
+    let list = client
+        .list_vms(pb::ListVmsRequest::default())
+        .await
+        .unwrap();
     assert_eq!(list.vms.len(), 1);
     assert_eq!(list.vms[0].vm_id, "u1");
     let err = client
         .create_vm(pb::CreateVmRequest {
             vm_id: "u1".into(),
             config: None,
+            customer_id: String::new(),
         })
         .await
         .unwrap_err();
@@ -297,7 +306,7 @@ async fn connect_client_over_unix_socket() {
         .unwrap();
     let mut grpc = VmServiceClient::new(channel);
     assert_eq!(
-        grpc.list_vms(authed(pb::ListVmsRequest {}, "tok"))
+        grpc.list_vms(authed(pb::ListVmsRequest::default(), "tok"))
             .await
             .unwrap()
             .into_inner()
@@ -318,7 +327,10 @@ async fn connect_client_over_unix_socket() {
     assert!(!path.exists(), "socket removed on shutdown");
 
     // Daemon gone: unavailable, naming the endpoint and `warden serve`.
-    let err = client.list_vms(pb::ListVmsRequest {}).await.unwrap_err();
+    let err = client
+        .list_vms(pb::ListVmsRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code, Code::Unavailable);
     assert!(err.message.contains(&path.display().to_string()), "{err}");
     assert!(err.message.contains("warden serve"), "{err}");
@@ -331,7 +343,10 @@ async fn client_reports_unreachable_tcp_daemon() {
     drop(listener);
     let client = Client::new(Endpoint::parse(&addr.to_string()).unwrap(), None);
     assert_eq!(client.endpoint(), &Endpoint::Tcp(format!("http://{addr}")));
-    let err = client.list_vms(pb::ListVmsRequest {}).await.unwrap_err();
+    let err = client
+        .list_vms(pb::ListVmsRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code, Code::Unavailable);
     assert!(err.message.contains(&addr.to_string()), "{err}");
     assert!(err.message.contains("warden serve"), "{err}");
@@ -381,7 +396,7 @@ async fn curl_seed_command() {
             "POST",
             &url,
             "-d",
-            r#"{"config":{"vcpuCount":1}}"#,
+            r#"{"config":{"cpu":{"vcpuCount":1}}}"#,
         ])
         .args(["-w", "\n%{http_code} %{content_type}"])
         .output()

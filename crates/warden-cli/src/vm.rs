@@ -33,8 +33,13 @@ enum VmCommand {
     Create(Box<CreateArgs>),
     /// Boot a created or stopped VM.
     Boot { id: String },
-    /// List VMs.
-    Ls,
+    /// List VMs (every page).
+    Ls {
+        /// Only VMs in this state (created, running, paused, shutdown, booting, stopping,
+        /// failed); repeatable.
+        #[arg(long = "state", value_name = "STATE")]
+        states: Vec<String>,
+    },
     /// Show one VM: state, pid, jail paths, cgroups, isolation report, exit reason.
     Get { id: String },
     /// Pause a running VM.
@@ -42,7 +47,12 @@ enum VmCommand {
     /// Resume a paused VM.
     Resume { id: String },
     /// Stop and boot again.
-    Reboot { id: String },
+    Reboot {
+        id: String,
+        /// Kill instead of stopping gracefully.
+        #[arg(long)]
+        force: bool,
+    },
     /// Stop a VM (Ctrl-Alt-Del, then SIGKILL after the timeout).
     Stop {
         id: String,
@@ -53,8 +63,13 @@ enum VmCommand {
         #[arg(long)]
         timeout: Option<u32>,
     },
-    /// Delete a VM (stopping it first).
-    Rm { id: String },
+    /// Delete a VM (stopping it gracefully first).
+    Rm {
+        id: String,
+        /// Kill a running VM at once instead.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -104,6 +119,9 @@ struct CreateArgs {
     /// Give the VM a network device (the daemon's network_mode decides how it reaches the host).
     #[arg(long)]
     net: bool,
+    /// The customer the VM belongs to (kept and shown).
+    #[arg(long)]
+    customer_id: Option<String>,
     /// Boot it right after creating it.
     #[arg(long)]
     boot: bool,
@@ -115,28 +133,43 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<u8> {
     let json = args.json;
     match args.command {
         VmCommand::Create(c) => {
+            let mut storage = Vec::new();
+            if let Some(rootfs) = &c.rootfs {
+                storage.push(pb::StorageDevice {
+                    path: rootfs.display().to_string(),
+                    is_root_device: true,
+                    ..Default::default()
+                });
+            }
+            for d in &c.drives {
+                let (path, read_only) = crate::run::parse_drive(d);
+                storage.push(pb::StorageDevice {
+                    path: path.into(),
+                    read_only,
+                    ..Default::default()
+                });
+            }
             let config = pb::VmConfig {
-                vcpu_count: c.vcpus,
-                memory_mib: c.memory,
-                kernel_path: c.kernel.display().to_string(),
-                rootfs_path: c
-                    .rootfs
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-                boot_args: c.boot_args.unwrap_or_default(),
-                drives: c
-                    .drives
-                    .iter()
-                    .map(|d| {
-                        let (path, read_only) = crate::run::parse_drive(d);
-                        pb::Drive {
-                            path: path.into(),
-                            read_only,
-                        }
-                    })
-                    .collect(),
+                cpu: Some(pb::CpuConfig {
+                    vcpu_count: i32::try_from(c.vcpus).unwrap_or(i32::MAX),
+                    ..Default::default()
+                }),
+                memory: Some(pb::MemoryConfig {
+                    size_bytes: i64::from(c.memory) << 20,
+                    ..Default::default()
+                }),
+                boot: Some(pb::BootConfig {
+                    kernel_path: c.kernel.display().to_string(),
+                    kernel_args: c.boot_args.unwrap_or_default(),
+                    ..Default::default()
+                }),
+                storage,
+                network: if c.net {
+                    vec![pb::NetworkInterface::default()]
+                } else {
+                    Vec::new()
+                },
                 memory_limit_mib: c.memory_limit,
-                enable_networking: c.net,
                 cpu_quota_percent: c.cpu_quota,
                 cpuset: c.cpuset,
                 io_read_bps: c.io_read_bps,
@@ -149,6 +182,7 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<u8> {
                 .create_vm(pb::CreateVmRequest {
                     vm_id: c.id.unwrap_or_default(),
                     config: Some(config),
+                    customer_id: c.customer_id.unwrap_or_default(),
                 })
                 .await?;
             if c.boot {
@@ -158,11 +192,11 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<u8> {
                     })
                     .await?;
                 print(json, &booted, || {
-                    format!("{} {}", created.vm_id, state_name(booted.state))
+                    format!("{} {}", created.vm_id, state_name(booted.warden_state))
                 });
             } else {
                 print(json, &created, || {
-                    format!("{} {}", created.vm_id, state_name(created.state))
+                    format!("{} {}", created.vm_id, state_name(created.warden_state))
                 });
             }
         }
@@ -170,51 +204,76 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<u8> {
             let r = client
                 .boot_vm(pb::BootVmRequest { vm_id: id.clone() })
                 .await?;
-            print(json, &r, || format!("{id} {}", state_name(r.state)));
+            print(json, &r, || format!("{id} {}", state_name(r.warden_state)));
         }
         VmCommand::Pause { id } => {
             let r = client
                 .pause_vm(pb::PauseVmRequest { vm_id: id.clone() })
                 .await?;
-            print(json, &r, || format!("{id} {}", state_name(r.state)));
+            print(json, &r, || format!("{id} {}", state_name(r.warden_state)));
         }
         VmCommand::Resume { id } => {
             let r = client
                 .resume_vm(pb::ResumeVmRequest { vm_id: id.clone() })
                 .await?;
-            print(json, &r, || format!("{id} {}", state_name(r.state)));
+            print(json, &r, || format!("{id} {}", state_name(r.warden_state)));
         }
-        VmCommand::Reboot { id } => {
+        VmCommand::Reboot { id, force } => {
             let r = client
-                .reboot_vm(pb::RebootVmRequest { vm_id: id.clone() })
+                .reboot_vm(pb::RebootVmRequest {
+                    vm_id: id.clone(),
+                    force,
+                })
                 .await?;
-            print(json, &r, || format!("{id} {}", state_name(r.state)));
+            print(json, &r, || format!("{id} {}", state_name(r.warden_state)));
         }
         VmCommand::Stop { id, force, timeout } => {
             let r = client
                 .shutdown_vm(pb::ShutdownVmRequest {
                     vm_id: id.clone(),
                     force,
-                    timeout_seconds: timeout.unwrap_or(0),
+                    timeout_seconds: i32::try_from(timeout.unwrap_or(0)).unwrap_or(i32::MAX),
                 })
                 .await?;
-            print(json, &r, || format!("{id} {}", state_name(r.state)));
+            print(json, &r, || format!("{id} {}", state_name(r.warden_state)));
         }
-        VmCommand::Rm { id } => {
+        VmCommand::Rm { id, force } => {
             let r = client
-                .delete_vm(pb::DeleteVmRequest { vm_id: id.clone() })
+                .delete_vm(pb::DeleteVmRequest {
+                    vm_id: id.clone(),
+                    force,
+                })
                 .await?;
             print(json, &r, || format!("{id} deleted"));
         }
-        VmCommand::Ls => {
-            let r = client.list_vms(pb::ListVmsRequest {}).await?;
-            print(json, &r, || table(&r.vms));
+        VmCommand::Ls { states } => {
+            let state_filter = states
+                .iter()
+                .map(|s| parse_state(s))
+                .collect::<anyhow::Result<Vec<i32>>>()?;
+            let mut all = pb::ListVmsResponse::default();
+            loop {
+                let page = client
+                    .list_vms(pb::ListVmsRequest {
+                        state_filter: state_filter.clone(),
+                        page_size: 0,
+                        page_token: all.next_page_token.clone(),
+                    })
+                    .await?;
+                all.vms.extend(page.vms);
+                all.total_count = page.total_count;
+                all.next_page_token = page.next_page_token;
+                if all.next_page_token.is_empty() {
+                    break;
+                }
+            }
+            print(json, &all, || table(&all.vms));
         }
         VmCommand::Get { id } => {
             let r = client
                 .get_vm_info(pb::GetVmInfoRequest { vm_id: id })
                 .await?;
-            print(json, &r, || r.vm.as_ref().map(details).unwrap_or_default());
+            print(json, &r, || details(&r));
         }
     }
     Ok(0)
@@ -238,12 +297,32 @@ fn state_name(s: i32) -> String {
         .unwrap_or_else(|_| format!("state {s}"))
 }
 
+/// `running` or `VM_STATE_RUNNING` as the enum's number.
+fn parse_state(s: &str) -> anyhow::Result<i32> {
+    let name = s.trim().to_ascii_uppercase();
+    let name = if name.starts_with("VM_STATE_") {
+        name
+    } else {
+        format!("VM_STATE_{name}")
+    };
+    pb::VmState::from_str_name(&name)
+        .filter(|s| *s != pb::VmState::Unspecified)
+        .map(|s| s as i32)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "unknown state {s:?}: use created, running, paused, shutdown, booting, stopping or failed"
+            )
+        })
+}
+
 fn table(vms: &[pb::VmInfo]) -> String {
     let mut s = format!(
         "{:<28} {:<9} {:>8} {:<9} {:>10} {}\n",
         "ID", "STATE", "PID", "SANDBOXED", "MEMORY", "EXIT"
     );
-    for v in vms {
+    for vm in vms {
+        let fallback = pb::VmDetails::default();
+        let v = vm.warden.as_ref().unwrap_or(&fallback);
         let mem = v
             .cgroup
             .as_ref()
@@ -251,8 +330,12 @@ fn table(vms: &[pb::VmInfo]) -> String {
             .map_or("-".into(), |m| format!("{} MiB", m >> 20));
         s.push_str(&format!(
             "{:<28} {:<9} {:>8} {:<9} {:>10} {}\n",
-            v.vm_id,
-            state_name(v.state),
+            vm.vm_id,
+            state_name(if vm.warden.is_some() {
+                v.state
+            } else {
+                vm.state
+            }),
             if v.pid == 0 {
                 "-".into()
             } else {
@@ -268,12 +351,17 @@ fn table(vms: &[pb::VmInfo]) -> String {
     s.trim_end().to_owned()
 }
 
-fn details(v: &pb::VmInfo) -> String {
+fn details(r: &pb::GetVmInfoResponse) -> String {
+    let fallback = pb::VmDetails::default();
+    let v = r.warden.as_ref().unwrap_or(&fallback);
     let mut s = format!(
         "id:          {}\nstate:       {}\n",
-        v.vm_id,
-        state_name(v.state)
+        r.vm_id,
+        state_name(if r.warden.is_some() { v.state } else { r.state })
     );
+    if let Some(customer) = r.backend_info.get("customer_id") {
+        s.push_str(&format!("customer:    {customer}\n"));
+    }
     if v.pid != 0 {
         s.push_str(&format!("pid:         {}\n", v.pid));
     }

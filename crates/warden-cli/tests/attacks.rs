@@ -30,9 +30,10 @@ fn with_drive(
     args: &str,
 ) -> pb::CreateVmRequest {
     let mut req = d.create_req(id, args);
-    req.config.as_mut().unwrap().drives = vec![pb::Drive {
+    req.config.as_mut().unwrap().storage = vec![pb::StorageDevice {
         path: path.display().to_string(),
         read_only,
+        ..Default::default()
     }];
     req
 }
@@ -71,15 +72,18 @@ async fn a_drive_swapped_for_a_symlink_after_create_vm_is_refused_at_boot() {
     std::os::unix::fs::symlink(&secret, &drive).unwrap();
     let e = refused_boot(&d, &id).await;
     assert_eq!(e.code, Code::InvalidArgument, "{e:?}");
-    assert!(e.message.contains("config.drives[0].path"), "{e:?}");
+    assert!(e.message.contains("config.storage[0].path"), "{e:?}");
     assert!(e.message.contains("symbolic link"), "{e:?}");
     assert!(
         !e.message.contains(&secret.display().to_string()),
         "never echoes the target: {e:?}"
     );
-    c.delete_vm(pb::DeleteVmRequest { vm_id: id })
-        .await
-        .unwrap();
+    c.delete_vm(pb::DeleteVmRequest {
+        vm_id: id,
+        force: false,
+    })
+    .await
+    .unwrap();
     d.assert_clean();
 }
 
@@ -110,9 +114,12 @@ async fn a_parent_directory_swapped_for_a_symlink_after_create_vm_is_refused_at_
     let e = refused_boot(&d, &id).await;
     assert_eq!(e.code, Code::InvalidArgument, "{e:?}");
     assert!(e.message.contains("symbolic link"), "{e:?}");
-    c.delete_vm(pb::DeleteVmRequest { vm_id: id })
-        .await
-        .unwrap();
+    c.delete_vm(pb::DeleteVmRequest {
+        vm_id: id,
+        force: false,
+    })
+    .await
+    .unwrap();
     d.assert_clean();
 }
 
@@ -154,7 +161,15 @@ async fn a_world_writable_image_attached_read_only_is_copied_and_the_original_ne
     let rootfs = d.asset_file("rw.img", b"per-vm-rootfs");
     let id = unique("atk-ww");
     let mut req = with_drive(&d, &id, &img, true, "mode=blk then=idle");
-    req.config.as_mut().unwrap().rootfs_path = rootfs.clone();
+    req.config
+        .as_mut()
+        .unwrap()
+        .storage
+        .push(pb::StorageDevice {
+            path: rootfs.clone(),
+            is_root_device: true,
+            ..Default::default()
+        });
     c.create_vm(req).await.unwrap();
     boot(&c, id.clone()).await;
     assert!(
@@ -179,9 +194,12 @@ async fn a_world_writable_image_attached_read_only_is_copied_and_the_original_ne
         "a copy, never a link"
     );
     assert_eq!(m.mode() & 0o777, 0o400, "read-only for the jail user only");
-    c.delete_vm(pb::DeleteVmRequest { vm_id: id })
-        .await
-        .unwrap();
+    c.delete_vm(pb::DeleteVmRequest {
+        vm_id: id,
+        force: false,
+    })
+    .await
+    .unwrap();
     assert_eq!(std::fs::read(&img).unwrap(), before, "the original changed");
     assert_eq!(
         std::fs::read(&rootfs).unwrap()[..13],
@@ -204,7 +222,11 @@ async fn a_sparse_1_tib_image_is_staged_without_filling_the_disk() {
         .blocks_available();
     let id = unique("atk-sparse");
     let mut req = d.create_req(&id, "mode=blk then=idle");
-    req.config.as_mut().unwrap().rootfs_path = img.display().to_string();
+    req.config.as_mut().unwrap().storage = vec![pb::StorageDevice {
+        path: img.display().to_string(),
+        is_root_device: true,
+        ..Default::default()
+    }];
     c.create_vm(req).await.unwrap();
     boot(&c, id.clone()).await;
     let info = vm_info(&c, id.clone()).await;
@@ -222,9 +244,12 @@ async fn a_sparse_1_tib_image_is_staged_without_filling_the_disk() {
         free_before.saturating_sub(free_after) < 16 << 20 >> 12,
         "the disk filled"
     );
-    c.delete_vm(pb::DeleteVmRequest { vm_id: id })
-        .await
-        .unwrap();
+    c.delete_vm(pb::DeleteVmRequest {
+        vm_id: id,
+        force: false,
+    })
+    .await
+    .unwrap();
     d.assert_clean();
 }
 
@@ -290,9 +315,12 @@ async fn each_vm_runs_as_its_own_uid_and_one_cannot_signal_the_others_firecracke
         "VM a's uid can signal VM b's Firecracker"
     );
     for id in &ids {
-        c.delete_vm(pb::DeleteVmRequest { vm_id: id.clone() })
-            .await
-            .unwrap();
+        c.delete_vm(pb::DeleteVmRequest {
+            vm_id: id.clone(),
+            force: false,
+        })
+        .await
+        .unwrap();
     }
     let leases = jail::Registry::default().uid_leases();
     assert!(
@@ -353,9 +381,12 @@ async fn a_boot_whose_caller_goes_away_runs_to_completion_and_the_vm_stays_contr
         c.pause_vm(pb::PauseVmRequest { vm_id: id.clone() })
             .await
             .unwrap();
-        c.delete_vm(pb::DeleteVmRequest { vm_id: id })
-            .await
-            .unwrap();
+        c.delete_vm(pb::DeleteVmRequest {
+            vm_id: id,
+            force: false,
+        })
+        .await
+        .unwrap();
     }
     d.assert_clean();
 }
@@ -380,7 +411,7 @@ async fn a_browser_page_a_rebinding_name_and_an_unauthenticated_metrics_scrape_a
     let d = Daemon::start(&[("WARDEN_AUTH_TOKEN", "s3cret")]);
     let create = format!("{}/vmprovisioner.v1.VmService/CreateVm", d.url());
     let body = format!(
-        r#"{{"vm_id":"{}","config":{{"kernel_path":"{}"}}}}"#,
+        r#"{{"vm_id":"{}","config":{{"boot":{{"kernel_path":"{}"}}}}}}"#,
         unique("atk-web"),
         testguest()
     );
@@ -462,10 +493,11 @@ async fn a_tenant_cannot_lift_the_operators_limits_or_exceed_the_caps() {
 
     let drive = d.asset_file("d.img", b"d");
     let mut req = d.create_req(&unique("atk-drives"), "mode=idle");
-    req.config.as_mut().unwrap().drives = (0..1000)
-        .map(|_| pb::Drive {
+    req.config.as_mut().unwrap().storage = (0..1000)
+        .map(|_| pb::StorageDevice {
             path: drive.clone(),
             read_only: true,
+            ..Default::default()
         })
         .collect();
     let e = c.create_vm(req).await.unwrap_err();
@@ -555,9 +587,12 @@ async fn a_guest_flooding_its_console_fills_neither_the_disk_nor_the_daemons_mem
         rss_end < rss_start + 4096,
         "daemon memory grew from {rss_start} KiB to {rss_end} KiB"
     );
-    c.delete_vm(pb::DeleteVmRequest { vm_id: id })
-        .await
-        .unwrap();
+    c.delete_vm(pb::DeleteVmRequest {
+        vm_id: id,
+        force: false,
+    })
+    .await
+    .unwrap();
     d.assert_clean();
 }
 
@@ -651,20 +686,23 @@ async fn pinning_and_io_limits_are_the_operators_default_and_maximum() {
             "{status}"
         );
     }
-    let asked = vm_info(&c, asked_id.as_str()).await;
-    let cfg = asked.config.unwrap();
+    let asked = get_info(&c, asked_id.as_str()).await;
+    let cfg = asked.config.clone().unwrap();
     assert_eq!(
         (cfg.io_read_bps, cfg.io_write_iops, cfg.cpuset),
         (Some(1 << 20), Some(100), None)
     );
-    let settings = asked.cgroup.unwrap().settings;
+    let settings = asked.details().cgroup.unwrap().settings;
     assert!(settings
         .iter()
         .any(|s| s.file == "blkio.throttle.write_iops_device" && s.value == format!("{disk} 100")));
     for id in [&default_id, &asked_id] {
-        c.delete_vm(pb::DeleteVmRequest { vm_id: id.clone() })
-            .await
-            .unwrap();
+        c.delete_vm(pb::DeleteVmRequest {
+            vm_id: id.clone(),
+            force: false,
+        })
+        .await
+        .unwrap();
     }
     d.assert_clean();
 }

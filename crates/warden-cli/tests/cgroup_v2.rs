@@ -244,9 +244,12 @@ async fn a_daemon_in_a_delegated_cgroup_moves_into_a_leaf_and_boots_its_vms_besi
         );
     }
 
-    c.delete_vm(pb::DeleteVmRequest { vm_id: id.clone() })
-        .await
-        .unwrap();
+    c.delete_vm(pb::DeleteVmRequest {
+        vm_id: id.clone(),
+        force: false,
+    })
+    .await
+    .unwrap();
     assert!(
         !mount.join(vm_dir.trim_start_matches('/')).exists(),
         "the VM's cgroup is removed"

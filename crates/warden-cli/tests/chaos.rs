@@ -98,22 +98,54 @@ fn seed() -> u64 {
     })
 }
 
-fn vm_state(v: &pb::VmInfo) -> pb::VmState {
+/// A VM as ListVms or GetVmInfo shows it: its id and warden's details (the finer state).
+#[derive(Debug, Clone, Default)]
+struct Vm {
+    vm_id: String,
+    d: pb::VmDetails,
+}
+
+impl std::ops::Deref for Vm {
+    type Target = pb::VmDetails;
+    fn deref(&self) -> &pb::VmDetails {
+        &self.d
+    }
+}
+
+impl From<pb::VmInfo> for Vm {
+    fn from(v: pb::VmInfo) -> Vm {
+        Vm {
+            d: v.details(),
+            vm_id: v.vm_id,
+        }
+    }
+}
+
+impl From<pb::GetVmInfoResponse> for Vm {
+    fn from(v: pb::GetVmInfoResponse) -> Vm {
+        Vm {
+            d: v.details(),
+            vm_id: v.vm_id,
+        }
+    }
+}
+
+fn vm_state(v: &Vm) -> pb::VmState {
     pb::VmState::try_from(v.state).unwrap_or(pb::VmState::Unspecified)
 }
 
-fn state_name(v: &pb::VmInfo) -> &'static str {
+fn state_name(v: &Vm) -> &'static str {
     vm_state(v).as_str_name().trim_start_matches("VM_STATE_")
 }
 
-fn may_run(v: &pb::VmInfo) -> bool {
+fn may_run(v: &Vm) -> bool {
     matches!(vm_state(v), pb::VmState::Running | pb::VmState::Paused)
 }
 
-fn bootable(v: &pb::VmInfo) -> bool {
+fn bootable(v: &Vm) -> bool {
     matches!(
         vm_state(v),
-        pb::VmState::Created | pb::VmState::Stopped | pb::VmState::Failed
+        pb::VmState::Created | pb::VmState::Shutdown | pb::VmState::Failed
     )
 }
 
@@ -401,7 +433,7 @@ impl Chaos {
 
     fn create_req(&self, id: &str) -> pb::CreateVmRequest {
         let mut r = self.d.create_req(id, "mode=idle");
-        r.config.as_mut().unwrap().enable_networking = true;
+        r.config.as_mut().unwrap().network = vec![pb::NetworkInterface::default()];
         r
     }
 
@@ -416,9 +448,14 @@ impl Chaos {
         self.odd_errors.push(format!("step {}: {what}", self.step));
     }
 
-    async fn list(&mut self) -> Option<Vec<pb::VmInfo>> {
-        match bounded(self.c.list_vms(pb::ListVmsRequest {})).await {
-            Ok(r) => Some(r.vms),
+    async fn list(&mut self) -> Option<Vec<Vm>> {
+        match bounded(self.c.list_vms(pb::ListVmsRequest {
+            page_size: 1000,
+            ..Default::default()
+        }))
+        .await
+        {
+            Ok(r) => Some(r.vms.into_iter().map(Vm::from).collect()),
             Err(e) => {
                 self.violation(format!("ListVms of an idle, running daemon failed: {e}"));
                 None
@@ -460,7 +497,7 @@ impl Chaos {
             if !alive(pid) {
                 let req = pb::GetVmInfoRequest { vm_id: id.into() };
                 if let Ok(r) = bounded(self.c.get_vm_info(req)).await {
-                    if !r.vm.as_ref().is_some_and(may_run) {
+                    if !may_run(&Vm::from(r)) {
                         self.say(&format!("{id} (pid {pid}) died during the audit"));
                         return true;
                     }
@@ -488,10 +525,15 @@ impl Chaos {
         }
     }
 
-    async fn delete(&mut self, vm: &pb::VmInfo) {
+    async fn delete(&mut self, vm: &Vm) {
         let id = vm.vm_id.clone();
         self.say(&format!("delete {id} ({})", state_name(vm)));
-        match bounded(self.c.delete_vm(pb::DeleteVmRequest { vm_id: id.clone() })).await {
+        match bounded(self.c.delete_vm(pb::DeleteVmRequest {
+            vm_id: id.clone(),
+            force: false,
+        }))
+        .await
+        {
             Ok(_) => {
                 // DeleteVm returns once everything of the VM is gone from the host.
                 let mut left = traces_of(&self.d.chroot, &self.d.parent_cgroup, &id, &host_links());
@@ -512,7 +554,7 @@ impl Chaos {
         }
     }
 
-    async fn kill_firecracker(&mut self, vm: &pb::VmInfo) {
+    async fn kill_firecracker(&mut self, vm: &Vm) {
         let id = vm.vm_id.clone();
         match bounded(
             self.c
@@ -521,7 +563,7 @@ impl Chaos {
         .await
         {
             Ok(r) => {
-                let pid = r.vm.map_or(0, |v| v.pid);
+                let pid = r.details().pid;
                 if pid == 0 {
                     self.violation(format!("running VM {id}: GetVmInfo gives no pid"));
                 } else {
@@ -536,7 +578,7 @@ impl Chaos {
     }
 
     /// SIGKILLs the daemon, perhaps some Firecrackers while it is down, restarts it and audits.
-    async fn kill_daemon(&mut self, running: &[pb::VmInfo]) {
+    async fn kill_daemon(&mut self, running: &[Vm]) {
         self.say("SIGKILL the daemon");
         self.d.kill();
         self.daemon_kills += 1;
@@ -546,7 +588,7 @@ impl Chaos {
     /// With the daemon down: perhaps SIGKILLs a running VM's Firecracker, restarts the daemon,
     /// and checks that every other VM that was running (but `busy`, the one a cut-off request
     /// was about) was re-attached with its process.
-    async fn down_then_restart(&mut self, running: &[pb::VmInfo], busy: Option<&str>) {
+    async fn down_then_restart(&mut self, running: &[Vm], busy: Option<&str>) {
         let mut survivors: Vec<(String, u32)> = running
             .iter()
             .filter(|v| v.pid != 0 && Some(v.vm_id.as_str()) != busy)
@@ -586,7 +628,7 @@ impl Chaos {
     }
 
     /// A request on a task, the daemon SIGKILLed 0-150 ms into it, then a restart.
-    async fn kill_daemon_during(&mut self, what: &str, id: String, running: &[pb::VmInfo]) {
+    async fn kill_daemon_during(&mut self, what: &str, id: String, running: &[Vm]) {
         // 0-40 ms lands in the request's first phases (intent, network, staging); a boot takes
         // about 100 ms here, so sometimes reach into the jailer's spawn, configuration and
         // InstanceStart as well.
@@ -611,9 +653,12 @@ impl Chaos {
             "delete" => {
                 let vm_id = id.clone();
                 tokio::spawn(async move {
-                    bounded(c.delete_vm(pb::DeleteVmRequest { vm_id }))
-                        .await
-                        .map(|_| ())
+                    bounded(c.delete_vm(pb::DeleteVmRequest {
+                        vm_id,
+                        force: false,
+                    }))
+                    .await
+                    .map(|_| ())
                 })
             }
             _ => {
@@ -644,10 +689,7 @@ impl Chaos {
         }
         // What the daemon answered before it died holds after the restart.
         let req = pb::GetVmInfoRequest { vm_id: id.clone() };
-        let now = bounded(self.c.get_vm_info(req))
-            .await
-            .ok()
-            .and_then(|r| r.vm);
+        let now = bounded(self.c.get_vm_info(req)).await.ok().map(Vm::from);
         let held = match (what, &now) {
             ("delete", now) => now.is_none(),
             ("create", now) => now.is_some(),
@@ -668,9 +710,14 @@ impl Chaos {
     }
 
     /// The host-side checks (1-4 of the module docs) once; the problems found.
-    async fn check_host(&mut self) -> (Vec<String>, Vec<pb::VmInfo>) {
-        let vms = match bounded(self.c.list_vms(pb::ListVmsRequest {})).await {
-            Ok(r) => r.vms,
+    async fn check_host(&mut self) -> (Vec<String>, Vec<Vm>) {
+        let vms = match bounded(self.c.list_vms(pb::ListVmsRequest {
+            page_size: 1000,
+            ..Default::default()
+        }))
+        .await
+        {
+            Ok(r) => r.vms.into_iter().map(Vm::from).collect::<Vec<Vm>>(),
             Err(e) => return (vec![format!("ListVms failed: {e}")], Vec::new()),
         };
         let (chroot, parent) = (self.d.chroot.clone(), self.d.parent_cgroup.clone());
@@ -721,8 +768,7 @@ impl Chaos {
             }
         }
         let links = host_links();
-        let listed: BTreeMap<&str, &pb::VmInfo> =
-            vms.iter().map(|v| (v.vm_id.as_str(), v)).collect();
+        let listed: BTreeMap<&str, &Vm> = vms.iter().map(|v| (v.vm_id.as_str(), v)).collect();
         let ever = self.ever();
         for id in &ever {
             let vm = listed.get(id.as_str());
@@ -760,7 +806,7 @@ impl Chaos {
     }
 
     /// The audit: the host checks, given [`GRACE`] to settle, then every running VM must answer.
-    async fn audit(&mut self, when: &str) -> Vec<pb::VmInfo> {
+    async fn audit(&mut self, when: &str) -> Vec<Vm> {
         let t0 = Instant::now();
         let (problems, vms) = loop {
             let (problems, vms) = self.check_host().await;
@@ -779,7 +825,7 @@ impl Chaos {
                     .get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() }),
             )
             .await
-            .map(|r| r.vm.unwrap_or_default());
+            .map(Vm::from);
             match info {
                 Ok(i) if i.pid == vm.pid && i.pid != 0 && vm_state(&i) == pb::VmState::Running => {}
                 Ok(_) if self.died_meanwhile(&id, pid).await => continue,
@@ -820,9 +866,9 @@ impl Chaos {
         vms
     }
 
-    async fn run_step(&mut self, vms: &[pb::VmInfo]) {
-        let runnable: Vec<pb::VmInfo> = vms.iter().filter(|v| bootable(v)).cloned().collect();
-        let running: Vec<pb::VmInfo> = vms
+    async fn run_step(&mut self, vms: &[Vm]) {
+        let runnable: Vec<Vm> = vms.iter().filter(|v| bootable(v)).cloned().collect();
+        let running: Vec<Vm> = vms
             .iter()
             .filter(|v| vm_state(v) == pb::VmState::Running)
             .cloned()
@@ -876,6 +922,7 @@ impl Chaos {
             self.say(&format!("final delete {} ({})", vm.vm_id, state_name(&vm)));
             if let Err(e) = bounded(self.c.delete_vm(pb::DeleteVmRequest {
                 vm_id: vm.vm_id.clone(),
+                force: false,
             }))
             .await
             {

@@ -35,7 +35,7 @@ async fn the_seeds_curl_command_creates_and_boots_a_jailed_vm() {
     let created = curl(
         &format!("{}/vmprovisioner.v1.VmService/CreateVm", d.url()),
         &format!(
-            r#"{{"vm_id":"{id}","config":{{"kernel_path":"{}","boot_args":"mode=idle marker=seed","memory_mib":128}}}}"#,
+            r#"{{"vm_id":"{id}","customer_id":"acme","config":{{"cpu":{{"vcpu_count":1}},"memory":{{"size_bytes":134217728}},"boot":{{"kernel_path":"{}","kernel_args":"mode=idle marker=seed"}}}}}}"#,
             testguest()
         ),
     );
@@ -100,14 +100,25 @@ async fn the_seeds_curl_command_creates_and_boots_a_jailed_vm() {
     let mut grpc = pb::vm_service_client::VmServiceClient::connect(d.url())
         .await
         .unwrap();
-    let info = grpc
+    let full = grpc
         .get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() })
         .await
         .unwrap()
-        .into_inner()
-        .vm
-        .unwrap();
+        .into_inner();
+    // metald's fields: the common state, the config as sent, metrics, backend details.
+    assert_eq!(full.state, state(pb::VmState::Running));
+    let config = full.config.clone().unwrap();
+    assert_eq!(config.memory_in_mib(), 128);
+    assert_eq!(config.kernel_path(), testguest());
+    assert_eq!(full.backend_info["customer_id"], "acme");
+    assert_eq!(full.backend_info["jailer_id"], id);
+    assert!(
+        full.metrics.as_ref().unwrap().memory_usage_bytes > 0,
+        "{full:?}"
+    );
+    let info = full.details();
     assert_eq!(info.state, state(pb::VmState::Running));
+    assert_eq!(full.backend_info["pid"], info.pid.to_string());
     let iso = info.isolation.unwrap();
     assert!(iso.is_sandboxed, "{iso:?}");
     assert!(iso.uid_gid.unwrap().detail.contains("uid 10007"));
@@ -172,7 +183,8 @@ async fn the_seeds_curl_command_creates_and_boots_a_jailed_vm() {
         .output()
         .unwrap();
     let get: serde_json::Value = serde_json::from_slice(&get.stdout).unwrap();
-    assert_eq!(get["vm"]["isolation"]["isSandboxed"], true);
+    assert_eq!(get["warden"]["isolation"]["isSandboxed"], true);
+    assert_eq!(get["state"], "VM_STATE_RUNNING");
     for vm in [id.clone(), format!("{id}-cli")] {
         let rm = Command::new(env!("CARGO_BIN_EXE_warden"))
             .args(["vm", "--endpoint", &d.url(), "rm", &vm])
@@ -245,7 +257,10 @@ async fn every_lifecycle_call_and_the_transitions_it_forbids() {
 
     let old_pid = info.pid;
     let r = c
-        .reboot_vm(pb::RebootVmRequest { vm_id: id.clone() })
+        .reboot_vm(pb::RebootVmRequest {
+            vm_id: id.clone(),
+            force: false,
+        })
         .await
         .unwrap();
     assert_eq!(r.state, state(pb::VmState::Running));
@@ -259,7 +274,7 @@ async fn every_lifecycle_call_and_the_transitions_it_forbids() {
         })
         .await
         .unwrap();
-    assert_eq!(r.state, state(pb::VmState::Stopped));
+    assert_eq!(r.state, state(pb::VmState::Shutdown));
     let info = vm_info(&c, id.clone()).await;
     assert_eq!(info.exit.unwrap().reason, "stopped_by_api");
     d.assert_clean();
@@ -274,9 +289,12 @@ async fn every_lifecycle_call_and_the_transitions_it_forbids() {
 
     // A stopped VM boots again.
     boot(&c, id.clone()).await;
-    c.delete_vm(pb::DeleteVmRequest { vm_id: id.clone() })
-        .await
-        .unwrap();
+    c.delete_vm(pb::DeleteVmRequest {
+        vm_id: id.clone(),
+        force: false,
+    })
+    .await
+    .unwrap();
     let err = c
         .get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() })
         .await
@@ -301,14 +319,14 @@ async fn a_vm_killed_from_outside_is_shown_stopped_with_the_reason_within_a_seco
     let t0 = Instant::now();
     let info = loop {
         let info = vm_info(&c, id.clone()).await;
-        if info.state == state(pb::VmState::Stopped) || t0.elapsed() > Duration::from_secs(1) {
+        if info.state == state(pb::VmState::Shutdown) || t0.elapsed() > Duration::from_secs(1) {
             break info;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     assert_eq!(
         info.state,
-        state(pb::VmState::Stopped),
+        state(pb::VmState::Shutdown),
         "not noticed within a second"
     );
     let exit = info.exit.unwrap();
@@ -348,44 +366,68 @@ async fn bad_requests_get_the_right_code_and_create_nothing() {
     let k = testguest();
     let cases: Vec<(String, &str, &str)> = vec![
         (
-            format!(r#"{{"config":{{"kernel_path":"{k}","bogus":1}}}}"#),
+            format!(r#"{{"config":{{"boot":{{"kernel_path":"{k}"}},"bogus":1}}}}"#),
             "invalid_argument",
             "bogus",
         ),
         (
-            r#"{"config":{"vcpu_count":"two"}}"#.to_owned(),
+            r#"{"config":{"cpu":{"vcpu_count":"two"}}}"#.to_owned(),
             "invalid_argument",
             "vcpu_count",
         ),
         (
-            format!(r#"{{"config":{{"kernel_path":"{k}","memory_mib":64}}}}"#),
+            format!(
+                r#"{{"config":{{"boot":{{"kernel_path":"{k}"}},"memory":{{"size_bytes":67108864}}}}}}"#
+            ),
             "invalid_argument",
-            "config.memory_mib",
+            "config.memory.size_bytes",
         ),
         (
-            format!(r#"{{"config":{{"kernel_path":"{k}","vcpu_count":64}}}}"#),
+            format!(r#"{{"config":{{"boot":{{"kernel_path":"{k}"}},"cpu":{{"vcpu_count":64}}}}}}"#),
             "invalid_argument",
-            "config.vcpu_count",
+            "config.cpu.vcpu_count",
         ),
         (
-            format!(r#"{{"vm_id":"../etc","config":{{"kernel_path":"{k}"}}}}"#),
-            "invalid_argument",
-            "vm_id",
-        ),
-        (
-            format!(r#"{{"vm_id":"a/b","config":{{"kernel_path":"{k}"}}}}"#),
+            format!(r#"{{"vm_id":"../etc","config":{{"boot":{{"kernel_path":"{k}"}}}}}}"#),
             "invalid_argument",
             "vm_id",
         ),
         (
-            r#"{"config":{"kernel_path":"/etc/passwd"}}"#.to_owned(),
+            format!(r#"{{"vm_id":"a/b","config":{{"boot":{{"kernel_path":"{k}"}}}}}}"#),
+            "invalid_argument",
+            "vm_id",
+        ),
+        (
+            r#"{"config":{"boot":{"kernel_path":"/etc/passwd"}}}"#.to_owned(),
             "invalid_argument",
             "outside the asset directories",
         ),
         (
-            format!(r#"{{"config":{{"kernel_path":"{k}","drives":[{{"path":"/etc/shadow"}}]}}}}"#),
+            format!(
+                r#"{{"config":{{"boot":{{"kernel_path":"{k}"}},"storage":[{{"path":"{k}","is_root_device":true}},{{"path":"/etc/shadow"}}]}}}}"#
+            ),
             "invalid_argument",
-            "config.drives[0].path",
+            "config.storage[1].path",
+        ),
+        // metald's fields that warden cannot honour, each named.
+        (
+            format!(r#"{{"config":{{"boot":{{"kernel_path":"{k}","initrd_path":"{k}"}}}}}}"#),
+            "invalid_argument",
+            "config.boot.initrd_path",
+        ),
+        (
+            format!(
+                r#"{{"config":{{"boot":{{"kernel_path":"{k}"}},"network":[{{"ipv6_config":{{"address":"fd00::2"}}}}]}}}}"#
+            ),
+            "invalid_argument",
+            "config.network[0].ipv6_config",
+        ),
+        (
+            format!(
+                r#"{{"config":{{"boot":{{"kernel_path":"{k}"}},"memory":{{"size_bytes":134217728,"hotplug_enabled":true}}}}}}"#
+            ),
+            "invalid_argument",
+            "config.memory.hotplug_enabled",
         ),
     ];
     for (body, code, needle) in cases {
@@ -401,7 +443,10 @@ async fn bad_requests_get_the_right_code_and_create_nothing() {
     std::os::unix::fs::symlink("/etc/shadow", &link).unwrap();
     let v = curl(
         &url,
-        &format!(r#"{{"config":{{"kernel_path":"{}"}}}}"#, link.display()),
+        &format!(
+            r#"{{"config":{{"boot":{{"kernel_path":"{}"}}}}}}"#,
+            link.display()
+        ),
     );
     assert_eq!(v["code"], "invalid_argument", "{v}");
     let msg = v["message"].as_str().unwrap();
@@ -414,7 +459,10 @@ async fn bad_requests_get_the_right_code_and_create_nothing() {
     let big = d.dir.path().join("big.json");
     std::fs::write(
         &big,
-        format!(r#"{{"config":{{"boot_args":"{}"}}}}"#, "x".repeat(10 << 20)),
+        format!(
+            r#"{{"config":{{"boot":{{"kernel_args":"{}"}}}}}}"#,
+            "x".repeat(10 << 20)
+        ),
     )
     .unwrap();
     let out = Command::new("curl")
@@ -432,7 +480,7 @@ async fn bad_requests_get_the_right_code_and_create_nothing() {
         .unwrap_err();
     assert_eq!(err.code, Code::NotFound);
     assert!(
-        c.list_vms(pb::ListVmsRequest {})
+        c.list_vms(pb::ListVmsRequest::default())
             .await
             .unwrap()
             .vms
@@ -458,16 +506,19 @@ async fn fifty_concurrent_creates_and_deletes_leave_a_consistent_store_and_a_cle
                 boot(&c, id.clone()).await;
             }
             if i % 2 == 0 {
-                c.delete_vm(pb::DeleteVmRequest { vm_id: id })
-                    .await
-                    .unwrap();
+                c.delete_vm(pb::DeleteVmRequest {
+                    vm_id: id,
+                    force: false,
+                })
+                .await
+                .unwrap();
             }
         });
     }
     while let Some(r) = tasks.join_next().await {
         r.unwrap();
     }
-    let vms = c.list_vms(pb::ListVmsRequest {}).await.unwrap().vms;
+    let vms = c.list_vms(pb::ListVmsRequest::default()).await.unwrap().vms;
     let mut ids: Vec<String> = vms.iter().map(|v| v.vm_id.clone()).collect();
     ids.sort();
     let mut want: Vec<String> = (0..50)
@@ -482,12 +533,15 @@ async fn fifty_concurrent_creates_and_deletes_leave_a_consistent_store_and_a_cle
         .count();
     assert_eq!(running, 5, "ids 5, 15, 25, 35, 45 were booted and kept");
     for id in ids {
-        c.delete_vm(pb::DeleteVmRequest { vm_id: id })
-            .await
-            .unwrap();
+        c.delete_vm(pb::DeleteVmRequest {
+            vm_id: id,
+            force: false,
+        })
+        .await
+        .unwrap();
     }
     assert!(c
-        .list_vms(pb::ListVmsRequest {})
+        .list_vms(pb::ListVmsRequest::default())
         .await
         .unwrap()
         .vms

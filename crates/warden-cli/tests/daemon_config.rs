@@ -79,9 +79,12 @@ async fn each_seed_variable_reaches_the_jail() {
     let got = std::fs::read_link(format!("/proc/{}/ns/net", info.pid)).unwrap();
     assert_eq!(got.display().to_string(), format!("net:[{want}]"));
     assert!(info.isolation.unwrap().net_ns.unwrap().active);
-    c.delete_vm(pb::DeleteVmRequest { vm_id: id })
-        .await
-        .unwrap();
+    c.delete_vm(pb::DeleteVmRequest {
+        vm_id: id,
+        force: false,
+    })
+    .await
+    .unwrap();
     assert!(!ns_file.exists(), "the namespace goes with the VM");
     d.assert_clean();
 }
@@ -209,12 +212,15 @@ async fn a_bearer_token_guards_tcp_and_a_0600_unix_socket_serves_too() {
     ]);
     let err = d
         .client()
-        .list_vms(pb::ListVmsRequest {})
+        .list_vms(pb::ListVmsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code, warden_api::Code::Unauthenticated);
     let authed = warden_api::Client::new(warden_api::Endpoint::Tcp(d.url()), Some("t0ken".into()));
-    authed.list_vms(pb::ListVmsRequest {}).await.unwrap();
+    authed
+        .list_vms(pb::ListVmsRequest::default())
+        .await
+        .unwrap();
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
@@ -224,7 +230,7 @@ async fn a_bearer_token_guards_tcp_and_a_0600_unix_socket_serves_too() {
         warden_api::Endpoint::Unix(sock.clone()),
         Some("t0ken".into()),
     );
-    local.list_vms(pb::ListVmsRequest {}).await.unwrap();
+    local.list_vms(pb::ListVmsRequest::default()).await.unwrap();
     // `warden vm` over the Unix socket.
     let out = Command::new(env!("CARGO_BIN_EXE_warden"))
         .args([

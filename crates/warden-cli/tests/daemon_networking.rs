@@ -37,7 +37,7 @@ impl Drop for BridgeGuard {
 
 fn networked(d: &Daemon, id: &str) -> pb::CreateVmRequest {
     let mut r = d.create_req(id, "mode=net secs=60");
-    r.config.as_mut().unwrap().enable_networking = true;
+    r.config.as_mut().unwrap().network = vec![pb::NetworkInterface::default()];
     r
 }
 
@@ -93,9 +93,12 @@ async fn thirty_networked_vms_created_and_deleted_concurrently_leave_nothing_and
         let c = c.clone();
         let id = id.clone();
         tasks.spawn(async move {
-            c.delete_vm(pb::DeleteVmRequest { vm_id: id })
-                .await
-                .unwrap()
+            c.delete_vm(pb::DeleteVmRequest {
+                vm_id: id,
+                force: false,
+            })
+            .await
+            .unwrap()
         });
     }
     while let Some(r) = tasks.join_next().await {
@@ -116,9 +119,12 @@ async fn thirty_networked_vms_created_and_deleted_concurrently_leave_nothing_and
     boot(&c, id.clone()).await;
     let info = vm_info(&c, id.clone()).await;
     assert_eq!(info.guest_ip, "10.215.1.2/24");
-    c.delete_vm(pb::DeleteVmRequest { vm_id: id })
-        .await
-        .unwrap();
+    c.delete_vm(pb::DeleteVmRequest {
+        vm_id: id,
+        force: false,
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -153,7 +159,7 @@ async fn killed_firecrackers_and_a_killed_daemon_leave_no_network_behind() {
     d.restart();
     let c = d.client();
     let dead = vm_info(&c, ids[1].clone()).await;
-    assert_eq!(dead.state, state(pb::VmState::Stopped));
+    assert_eq!(dead.state, state(pb::VmState::Shutdown));
     assert!(
         !netns_exists(&infos[1].netns),
         "namespace of a VM that died while the daemon was down"
@@ -163,9 +169,12 @@ async fn killed_firecrackers_and_a_killed_daemon_leave_no_network_behind() {
     assert_eq!(alive.state, state(pb::VmState::Running), "re-attached");
     assert!(netns_exists(&infos[2].netns));
     for id in &ids {
-        c.delete_vm(pb::DeleteVmRequest { vm_id: id.clone() })
-            .await
-            .unwrap();
+        c.delete_vm(pb::DeleteVmRequest {
+            vm_id: id.clone(),
+            force: false,
+        })
+        .await
+        .unwrap();
     }
     for i in &infos {
         assert!(!netns_exists(&i.netns));

@@ -53,7 +53,7 @@ async fn a_sigkilled_daemon_reattaches_running_vms_and_cleans_orphans() {
     let t0 = std::time::Instant::now();
     d.restart();
     let reattach = t0.elapsed();
-    let vms = c.list_vms(pb::ListVmsRequest {}).await.unwrap().vms;
+    let vms = c.list_vms(pb::ListVmsRequest::default()).await.unwrap().vms;
     assert_eq!(vms.len(), 10);
     for id in &ids[..9] {
         let info = vms.iter().find(|v| &v.vm_id == id).unwrap();
@@ -63,11 +63,11 @@ async fn a_sigkilled_daemon_reattaches_running_vms_and_cleans_orphans() {
             "{id}: {info:?}\n{}",
             d.logs()
         );
-        assert!(info.isolation.as_ref().unwrap().is_sandboxed);
+        assert!(info.details().isolation.unwrap().is_sandboxed);
     }
     let dead = vms.iter().find(|v| v.vm_id == ids[9]).unwrap();
-    assert_eq!(dead.state, state(pb::VmState::Stopped));
-    let exit = dead.exit.as_ref().unwrap();
+    assert_eq!(dead.state, state(pb::VmState::Shutdown));
+    let exit = dead.details().exit.unwrap();
     assert!(
         exit.detail.contains("while the daemon was down"),
         "{exit:?}"
@@ -121,11 +121,14 @@ async fn a_sigkilled_daemon_reattaches_running_vms_and_cleans_orphans() {
     .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = vm_info(&c, ids[0].clone()).await;
-    assert_eq!(after.state, state(pb::VmState::Stopped), "{after:?}");
+    assert_eq!(after.state, state(pb::VmState::Shutdown), "{after:?}");
     for id in &ids {
-        c.delete_vm(pb::DeleteVmRequest { vm_id: id.clone() })
-            .await
-            .unwrap();
+        c.delete_vm(pb::DeleteVmRequest {
+            vm_id: id.clone(),
+            force: false,
+        })
+        .await
+        .unwrap();
     }
     d.assert_clean();
     eprintln!("daemon restart to 10 VMs reconciled: {reattach:?}");
@@ -169,7 +172,7 @@ async fn a_daemon_killed_mid_boot_leaves_a_known_running_vm_or_nothing() {
                 [
                     pb::VmState::Created,
                     pb::VmState::Failed,
-                    pb::VmState::Stopped
+                    pb::VmState::Shutdown
                 ]
                 .iter()
                 .any(|s| info.state == state(*s)),
@@ -196,9 +199,12 @@ async fn a_daemon_killed_mid_boot_leaves_a_known_running_vm_or_nothing() {
                 "delay {delay_ms} ms: a process of {id} survived"
             );
         }
-        c.delete_vm(pb::DeleteVmRequest { vm_id: id.clone() })
-            .await
-            .unwrap();
+        c.delete_vm(pb::DeleteVmRequest {
+            vm_id: id.clone(),
+            force: false,
+        })
+        .await
+        .unwrap();
     }
     d.assert_clean();
 }
@@ -245,12 +251,14 @@ async fn a_graceful_daemon_exit_leaves_vms_running_unless_told_to_stop_them() {
         .get_vm_info(pb::GetVmInfoRequest { vm_id: id.clone() })
         .await
         .unwrap()
-        .vm
-        .unwrap();
-    assert_eq!(info.state, state(pb::VmState::Stopped));
+        .details();
+    assert_eq!(info.state, state(pb::VmState::Shutdown));
     assert_eq!(info.exit.unwrap().reason, "daemon_exit");
     d.client()
-        .delete_vm(pb::DeleteVmRequest { vm_id: id })
+        .delete_vm(pb::DeleteVmRequest {
+            vm_id: id,
+            force: false,
+        })
         .await
         .unwrap();
     d.assert_clean();

@@ -279,9 +279,12 @@ async fn an_id_is_built_by_one_instance_only_and_a_refused_boot_cleans_nothing_o
         .unwrap_err();
     assert_eq!(again.code, warden_api::Code::AlreadyExists, "{again:?}");
     // B deleting its refused VM takes nothing of A's.
-    cb.delete_vm(pb::DeleteVmRequest { vm_id: id.clone() })
-        .await
-        .unwrap();
+    cb.delete_vm(pb::DeleteVmRequest {
+        vm_id: id.clone(),
+        force: false,
+    })
+    .await
+    .unwrap();
     // Nor does a `warden run` with the same id.
     let run = warden()
         .args(["run", "--id", &id, "--kernel", &testguest()])
@@ -305,9 +308,12 @@ async fn an_id_is_built_by_one_instance_only_and_a_refused_boot_cleans_nothing_o
     ca.pause_vm(pb::PauseVmRequest { vm_id: id.clone() })
         .await
         .unwrap();
-    ca.delete_vm(pb::DeleteVmRequest { vm_id: id.clone() })
-        .await
-        .unwrap();
+    ca.delete_vm(pb::DeleteVmRequest {
+        vm_id: id.clone(),
+        force: false,
+    })
+    .await
+    .unwrap();
     a.assert_clean();
     b.assert_clean();
 }

@@ -11,7 +11,7 @@ use warden_api::{ApiError, Code, VmService};
 /// VMs in a map. `DeleteVm` with `vm_id = "code:<connect name>"` fails with that code.
 #[derive(Default)]
 pub struct FakeVms {
-    vms: Mutex<BTreeMap<String, pb::VmInfo>>,
+    vms: Mutex<BTreeMap<String, pb::GetVmInfoResponse>>,
 }
 
 pub fn fake() -> Arc<dyn VmService> {
@@ -31,6 +31,9 @@ impl FakeVms {
             )));
         }
         vm.set_state(to);
+        if let Some(w) = vm.warden.as_mut() {
+            w.set_state(to);
+        }
         Ok(())
     }
 }
@@ -39,7 +42,7 @@ impl FakeVms {
 impl VmService for FakeVms {
     async fn create_vm(&self, req: pb::CreateVmRequest) -> Result<pb::CreateVmResponse, ApiError> {
         let config = req.config.unwrap_or_default();
-        if config.vcpu_count > 32 {
+        if config.cpu.as_ref().is_some_and(|c| c.vcpu_count > 32) {
             return Err(ApiError::invalid_argument("vcpu_count must be 1-32"));
         }
         let mut vms = self.vms.lock().unwrap();
@@ -51,17 +54,22 @@ impl VmService for FakeVms {
         if vms.contains_key(&vm_id) {
             return Err(ApiError::already_exists(format!("VM {vm_id:?} exists")));
         }
-        let info = pb::VmInfo {
+        let info = pb::GetVmInfoResponse {
             vm_id: vm_id.clone(),
             state: VmState::Created as i32,
             config: Some(config),
-            created_at_unix_ms: 1_700_000_000_000,
+            warden: Some(pb::VmDetails {
+                state: VmState::Created as i32,
+                created_at_unix_ms: 1_700_000_000_000,
+                ..Default::default()
+            }),
             ..Default::default()
         };
         vms.insert(vm_id.clone(), info);
         Ok(pb::CreateVmResponse {
             vm_id,
             state: VmState::Created as i32,
+            warden_state: VmState::Created as i32,
         })
     }
 
@@ -82,12 +90,13 @@ impl VmService for FakeVms {
     async fn boot_vm(&self, req: pb::BootVmRequest) -> Result<pb::BootVmResponse, ApiError> {
         self.set_state(
             &req.vm_id,
-            &[VmState::Created, VmState::Stopped],
+            &[VmState::Created, VmState::Shutdown],
             VmState::Running,
         )?;
         Ok(pb::BootVmResponse {
             success: true,
             state: VmState::Running as i32,
+            warden_state: VmState::Running as i32,
         })
     }
 
@@ -98,11 +107,12 @@ impl VmService for FakeVms {
         self.set_state(
             &req.vm_id,
             &[VmState::Running, VmState::Paused],
-            VmState::Stopped,
+            VmState::Shutdown,
         )?;
         Ok(pb::ShutdownVmResponse {
             success: true,
-            state: VmState::Stopped as i32,
+            state: VmState::Shutdown as i32,
+            warden_state: VmState::Shutdown as i32,
         })
     }
 
@@ -111,6 +121,7 @@ impl VmService for FakeVms {
         Ok(pb::PauseVmResponse {
             success: true,
             state: VmState::Paused as i32,
+            warden_state: VmState::Paused as i32,
         })
     }
 
@@ -119,6 +130,7 @@ impl VmService for FakeVms {
         Ok(pb::ResumeVmResponse {
             success: true,
             state: VmState::Running as i32,
+            warden_state: VmState::Running as i32,
         })
     }
 
@@ -127,6 +139,7 @@ impl VmService for FakeVms {
         Ok(pb::RebootVmResponse {
             success: true,
             state: VmState::Running as i32,
+            warden_state: VmState::Running as i32,
         })
     }
 
@@ -139,13 +152,48 @@ impl VmService for FakeVms {
             .get(&req.vm_id)
             .cloned()
             .ok_or_else(|| ApiError::not_found(format!("no VM {:?}", req.vm_id)))?;
-        Ok(pb::GetVmInfoResponse { vm: Some(vm) })
+        Ok(vm)
     }
 
     async fn list_vms(&self, _req: pb::ListVmsRequest) -> Result<pb::ListVmsResponse, ApiError> {
+        let vms: Vec<pb::VmInfo> = self
+            .vms
+            .lock()
+            .unwrap()
+            .values()
+            .map(|v| pb::VmInfo {
+                vm_id: v.vm_id.clone(),
+                state: v.state,
+                warden: v.warden.clone(),
+                ..Default::default()
+            })
+            .collect();
         Ok(pb::ListVmsResponse {
-            vms: self.vms.lock().unwrap().values().cloned().collect(),
+            total_count: vms.len() as i32,
+            vms,
+            next_page_token: String::new(),
         })
+    }
+
+    async fn watch_vms(
+        &self,
+        _req: pb::WatchVmsRequest,
+    ) -> Result<warden_api::VmEventStream, ApiError> {
+        let events: Vec<Result<pb::VmEvent, ApiError>> = self
+            .vms
+            .lock()
+            .unwrap()
+            .values()
+            .map(|v| {
+                Ok(pb::VmEvent {
+                    vm_id: v.vm_id.clone(),
+                    new_state: v.state,
+                    reason: "current".into(),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        Ok(Box::pin(tokio_stream::iter(events)))
     }
 }
 

@@ -191,13 +191,13 @@ impl BenchDaemon {
     pub(crate) fn create_req(&self, id: &str, boot_args: &str) -> pb::CreateVmRequest {
         pb::CreateVmRequest {
             vm_id: id.into(),
-            config: Some(pb::VmConfig {
-                vcpu_count: 1,
-                memory_mib: 128,
-                kernel_path: self.kernel.clone(),
-                boot_args: boot_args.into(),
-                ..Default::default()
-            }),
+            config: Some(
+                pb::VmConfig::with_kernel(self.kernel.clone())
+                    .vcpus(1)
+                    .memory_mib(128)
+                    .kernel_args(boot_args),
+            ),
+            customer_id: String::new(),
         }
     }
 
@@ -234,9 +234,8 @@ impl BenchDaemon {
 /// Deletes every VM the daemon behind `client` lists.
 async fn delete_all(client: Client, parallel: usize) -> anyhow::Result<()> {
     let ids: Vec<String> = client
-        .list_vms(pb::ListVmsRequest {})
+        .list_all_vms(Vec::new())
         .await?
-        .vms
         .into_iter()
         .map(|v| v.vm_id)
         .collect();
@@ -248,6 +247,7 @@ async fn delete_all(client: Client, parallel: usize) -> anyhow::Result<()> {
             client
                 .delete_vm(pb::DeleteVmRequest {
                     vm_id: ids[i].clone(),
+                    force: false,
                 })
                 .await
                 .with_context(|| format!("DeleteVm {}", ids[i]))?;
@@ -295,16 +295,21 @@ impl Drop for BenchDaemon {
 
 /// [`delete_all`] without the interruption check (which would stop it after a Ctrl-C).
 async fn delete_all_uninterruptible(client: Client) {
-    let Ok(list) = client.list_vms(pb::ListVmsRequest {}).await else {
+    let Ok(vms) = client.list_all_vms(Vec::new()).await else {
         return;
     };
     let mut set = tokio::task::JoinSet::new();
-    for chunk in list.vms.chunks(list.vms.len().div_ceil(8).max(1)) {
+    for chunk in vms.chunks(vms.len().div_ceil(8).max(1)) {
         let ids: Vec<String> = chunk.iter().map(|v| v.vm_id.clone()).collect();
         let client = client.clone();
         set.spawn(async move {
             for vm_id in ids {
-                let _ = client.delete_vm(pb::DeleteVmRequest { vm_id }).await;
+                let _ = client
+                    .delete_vm(pb::DeleteVmRequest {
+                        vm_id,
+                        force: false,
+                    })
+                    .await;
             }
         });
     }
@@ -347,8 +352,7 @@ pub(crate) async fn wait_for_state(
         let vm = client
             .get_vm_info(pb::GetVmInfoRequest { vm_id: id.into() })
             .await?
-            .vm
-            .context("GetVmInfo without vm")?;
+            .details();
         if vm.state == want as i32 {
             return Ok(());
         }

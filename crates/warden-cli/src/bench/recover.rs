@@ -82,11 +82,13 @@ pub async fn run(args: RecoverArgs) -> anyhow::Result<Report> {
     };
     let pids: Arc<HashMap<String, u32>> = Arc::new(
         shared
-            .list_vms(pb::ListVmsRequest {})
+            .list_all_vms(Vec::new())
             .await?
-            .vms
             .into_iter()
-            .map(|v| (v.vm_id, v.pid))
+            .map(|v| {
+                let pid = v.details().pid;
+                (v.vm_id, pid)
+            })
             .collect(),
     );
     anyhow::ensure!(pids.len() == n, "{} VMs listed, not {n}", pids.len());
@@ -100,7 +102,7 @@ pub async fn run(args: RecoverArgs) -> anyhow::Result<Report> {
         listening.push(t0.elapsed());
         let client = daemon.client();
         loop {
-            let vms = client.list_vms(pb::ListVmsRequest {}).await?.vms;
+            let vms = client.list_all_vms(Vec::new()).await?;
             let running = vms
                 .iter()
                 .filter(|v| v.state == pb::VmState::Running as i32)
@@ -125,8 +127,7 @@ pub async fn run(args: RecoverArgs) -> anyhow::Result<Report> {
                         vm_id: ids[i].clone(),
                     })
                     .await?
-                    .vm
-                    .context("GetVmInfo without vm")?;
+                    .details();
                 anyhow::ensure!(
                     vm.state == pb::VmState::Running as i32,
                     "{} is {} after the restart",

@@ -186,14 +186,14 @@ async fn one_step(
         (host::cpu_busy_ms() - cpu0) / (t_idle.elapsed().as_secs_f64() * 1e3 * cpus) * 100.0;
 
     let client = daemon.client();
-    let list = client.list_vms(pb::ListVmsRequest {}).await?.vms;
+    let list = client.list_all_vms(Vec::new()).await?;
     anyhow::ensure!(list.len() == n, "ListVms shows {} VMs, not {n}", list.len());
     let running = list
         .iter()
         .filter(|v| v.state == pb::VmState::Running as i32)
         .count();
     anyhow::ensure!(running == n, "{running} of {n} VMs running");
-    let fc_rss: u64 = list.iter().map(|v| host::rss_kib(v.pid)).sum();
+    let fc_rss: u64 = list.iter().map(|v| host::rss_kib(v.details().pid)).sum();
     let rss = host::rss_kib(dpid);
     let avail_after = host::mem_available_kib();
 
@@ -201,7 +201,7 @@ async fn one_step(
     for _ in 0..args.calls {
         super::check_interrupted()?;
         let t = Instant::now();
-        let got = client.list_vms(pb::ListVmsRequest {}).await?.vms.len();
+        let got = client.list_all_vms(Vec::new()).await?.len();
         list_t.push(t.elapsed());
         anyhow::ensure!(got == n, "ListVms shows {got} VMs, not {n}");
     }
@@ -226,6 +226,7 @@ async fn one_step(
                     .client()
                     .delete_vm(pb::DeleteVmRequest {
                         vm_id: ids[i].clone(),
+                        force: false,
                     })
                     .await
                     .with_context(|| format!("DeleteVm {}", ids[i]))?;

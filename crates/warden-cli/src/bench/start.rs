@@ -383,13 +383,16 @@ async fn via_daemon(
     daemon::wait_for_state(
         &client,
         id,
-        warden_api::pb::VmState::Stopped,
+        warden_api::pb::VmState::Shutdown,
         Duration::from_millis(2),
         Duration::from_secs(20),
     )
     .await?;
     client
-        .delete_vm(warden_api::pb::DeleteVmRequest { vm_id: id.into() })
+        .delete_vm(warden_api::pb::DeleteVmRequest {
+            vm_id: id.into(),
+            force: false,
+        })
         .await?;
     Ok((
         t,

@@ -292,14 +292,17 @@ async fn daemon_cell(
             daemon::wait_for_state(
                 &client,
                 &id,
-                pb::VmState::Stopped,
+                pb::VmState::Shutdown,
                 Duration::from_millis(2),
                 Duration::from_secs(20),
             )
             .await?;
             let stopped = t.elapsed();
             client
-                .delete_vm(pb::DeleteVmRequest { vm_id: id.clone() })
+                .delete_vm(pb::DeleteVmRequest {
+                    vm_id: id.clone(),
+                    force: false,
+                })
                 .await
                 .with_context(|| format!("DeleteVm {id}"))?;
             let total = t.elapsed();

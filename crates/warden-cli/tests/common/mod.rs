@@ -235,13 +235,13 @@ impl Daemon {
     pub fn create_req(&self, id: &str, boot_args: &str) -> pb::CreateVmRequest {
         pb::CreateVmRequest {
             vm_id: id.into(),
-            config: Some(pb::VmConfig {
-                vcpu_count: 1,
-                memory_mib: 128,
-                kernel_path: testguest(),
-                boot_args: boot_args.into(),
-                ..Default::default()
-            }),
+            config: Some(
+                pb::VmConfig::with_kernel(testguest())
+                    .vcpus(1)
+                    .memory_mib(128)
+                    .kernel_args(boot_args),
+            ),
+            customer_id: String::new(),
         }
     }
 }
@@ -258,10 +258,13 @@ impl Drop for Daemon {
                     .build()
                     .unwrap();
                 rt.block_on(async {
-                    if let Ok(list) = client.list_vms(pb::ListVmsRequest {}).await {
-                        for vm in list.vms {
+                    if let Ok(vms) = client.list_all_vms(Vec::new()).await {
+                        for vm in vms {
                             let _ = client
-                                .delete_vm(pb::DeleteVmRequest { vm_id: vm.vm_id })
+                                .delete_vm(pb::DeleteVmRequest {
+                                    vm_id: vm.vm_id,
+                                    force: false,
+                                })
                                 .await;
                         }
                     }
@@ -301,12 +304,15 @@ pub fn state(s: pb::VmState) -> i32 {
     s as i32
 }
 
-/// GetVmInfo's VM.
-pub async fn vm_info(c: &Client, id: impl Into<String>) -> pb::VmInfo {
+/// GetVmInfo's warden details of a VM (`state` is warden's finer state).
+pub async fn vm_info(c: &Client, id: impl Into<String>) -> pb::VmDetails {
+    get_info(c, id).await.details()
+}
+
+/// GetVmInfo's whole answer.
+pub async fn get_info(c: &Client, id: impl Into<String>) -> pb::GetVmInfoResponse {
     c.get_vm_info(pb::GetVmInfoRequest { vm_id: id.into() })
         .await
-        .unwrap()
-        .vm
         .unwrap()
 }
 

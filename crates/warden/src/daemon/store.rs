@@ -51,6 +51,9 @@ pub struct VmSpec {
     /// Disk I/O limits; each unset one takes the daemon's.
     #[serde(default)]
     pub io_limits: jail::cgroup::disk::IoLimits,
+    /// The caller's customer, kept and returned as given.
+    #[serde(default)]
+    pub customer_id: String,
 }
 
 /// Why a VM ended, machine-readable: stored and answered as its snake_case name.

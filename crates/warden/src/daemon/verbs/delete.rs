@@ -9,18 +9,28 @@ use crate::daemon::manager::Manager;
 use crate::daemon::state::{Op, VmState};
 
 impl Manager {
-    /// DeleteVm.
+    /// DeleteVm: a running VM is stopped gracefully first (within the daemon's stop timeout).
     pub async fn delete(self: &Arc<Self>, id: &str) -> Result<(), ManagerError> {
-        let (m, id) = (self.clone(), id.to_owned());
-        to_completion(async move { m.delete_inner(&id).await }).await
+        self.delete_with(id, false).await
     }
 
-    async fn delete_inner(&self, id: &str) -> Result<(), ManagerError> {
+    /// DeleteVm; with `force` a running VM is killed at once instead of stopped gracefully.
+    pub async fn delete_with(self: &Arc<Self>, id: &str, force: bool) -> Result<(), ManagerError> {
+        let (m, id) = (self.clone(), id.to_owned());
+        to_completion(async move { m.delete_inner(&id, force).await }).await
+    }
+
+    async fn delete_inner(&self, id: &str, force: bool) -> Result<(), ManagerError> {
         let mut slot = self.lock_for(id, Op::Delete).await?;
         if let Some(vm) = slot.vm.take() {
             slot.rec.state = VmState::Stopping;
             self.put(&mut slot.rec).await?;
-            let _ = vm.stop_within(self.stop_timeout()).await;
+            let timeout = if force {
+                std::time::Duration::ZERO
+            } else {
+                self.stop_timeout()
+            };
+            let _ = vm.stop_within(timeout).await;
         }
         self.clean_host(id).await?;
         let vm_dir = self.vm_dir(id);
