@@ -1031,8 +1031,88 @@ impl VmService for ManagerService {
         })
     }
 
-    async fn watch_vms(&self, _req: pb::WatchVmsRequest) -> Result<crate::VmEventStream, ApiError> {
-        Err(ApiError::unimplemented("WatchVms is not implemented yet"))
+    async fn watch_vms(&self, req: pb::WatchVmsRequest) -> Result<crate::VmEventStream, ApiError> {
+        let only = (!req.vm_id.is_empty()).then_some(req.vm_id);
+        if let Some(id) = &only {
+            self.0.get(id).await?;
+        }
+        let manager = self.0.clone();
+        let (tx, out) = tokio::sync::mpsc::channel::<Result<pb::VmEvent, ApiError>>(64);
+        tokio::spawn(async move {
+            let wanted = |id: &str| only.as_deref().is_none_or(|o| o == id);
+            // What this watcher last reported of each VM, to resynchronise after a lag.
+            let mut sent: std::collections::HashMap<String, VmState> = Default::default();
+            let mut reason = "current";
+            loop {
+                let (mut rx, states) = manager.subscribe();
+                let now = warden::daemon::store::now_ms();
+                let mut gone: std::collections::HashSet<String> = sent.keys().cloned().collect();
+                for (id, state) in states.into_iter().filter(|(id, _)| wanted(id)) {
+                    gone.remove(&id);
+                    let old = sent.insert(id.clone(), state);
+                    if old == Some(state) {
+                        continue;
+                    }
+                    let ev = pb::VmEvent {
+                        vm_id: id,
+                        old_state: old.map_or(pb::VmState::Unspecified, state_to_pb) as i32,
+                        new_state: state_to_pb(state) as i32,
+                        reason: reason.into(),
+                        at_unix_ms: now,
+                    };
+                    if tx.send(Ok(ev)).await.is_err() {
+                        return;
+                    }
+                }
+                // Deleted while this watcher lagged.
+                for id in gone {
+                    let old = sent.remove(&id);
+                    let ev = pb::VmEvent {
+                        vm_id: id,
+                        old_state: old.map_or(pb::VmState::Unspecified, state_to_pb) as i32,
+                        new_state: pb::VmState::Deleted as i32,
+                        reason: "deleted".into(),
+                        at_unix_ms: now,
+                    };
+                    if tx.send(Ok(ev)).await.is_err() {
+                        return;
+                    }
+                }
+                loop {
+                    // A client that went away ends the task without waiting for an event.
+                    let next = tokio::select! {
+                        next = rx.recv() => next,
+                        () = tx.closed() => return,
+                    };
+                    let ev = match next {
+                        Ok(ev) => ev,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    };
+                    if !wanted(&ev.vm_id) {
+                        continue;
+                    }
+                    if ev.new_state == VmState::Deleted {
+                        sent.remove(&ev.vm_id);
+                    } else {
+                        sent.insert(ev.vm_id.clone(), ev.new_state);
+                    }
+                    let ev = pb::VmEvent {
+                        vm_id: ev.vm_id,
+                        old_state: ev.old_state.map_or(pb::VmState::Unspecified, state_to_pb)
+                            as i32,
+                        new_state: state_to_pb(ev.new_state) as i32,
+                        reason: ev.reason,
+                        at_unix_ms: ev.at_unix_ms,
+                    };
+                    if tx.send(Ok(ev)).await.is_err() {
+                        return;
+                    }
+                }
+                reason = "resync";
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out)))
     }
 }
 

@@ -210,17 +210,19 @@ impl Client {
         host: Option<&str>,
         method: &str,
         body: Bytes,
+        content_type: &'static str,
     ) -> Result<Request<Full<Bytes>>, ApiError> {
         let mut builder = Request::builder()
             .method(Method::POST)
             .uri(uri)
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, "application/json")
+            .header(header::CONTENT_TYPE, content_type)
+            .header(header::ACCEPT, content_type)
             .header("connect-protocol-version", "1");
         if let Some(host) = host {
             builder = builder.header(header::HOST, host);
         }
-        if let Some(t) = self.timeout {
+        // A stream has no deadline.
+        if let Some(t) = self.timeout.filter(|_| content_type == "application/json") {
             builder = builder.header("connect-timeout-ms", t.as_millis().max(1).to_string());
         }
         if let Some(token) = &self.token {
@@ -237,6 +239,52 @@ impl Client {
     }
 
     async fn exchange(&self, method: &str, body: Bytes) -> Result<(StatusCode, Bytes), ApiError> {
+        let resp = self.send(method, body, "application/json").await?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.unreachable(&e))?
+            .to_bytes();
+        Ok((status, body))
+    }
+
+    /// `WatchVms` over Connect streaming (JSON): each VM's current state, then every change,
+    /// until the daemon ends the stream or the [`EventStream`] is dropped.
+    pub async fn watch_vms(&self, req: pb::WatchVmsRequest) -> Result<EventStream, ApiError> {
+        let body = serde_json::to_vec(&req)
+            .map_err(|e| ApiError::internal(format!("failed to encode the request: {e}")))?;
+        let mut framed = vec![0u8];
+        framed.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_be_bytes());
+        framed.extend_from_slice(&body);
+        let resp = self
+            .send("WatchVms", Bytes::from(framed), "application/connect+json")
+            .await?;
+        let status = resp.status();
+        if status != StatusCode::OK {
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| self.unreachable(&e))?
+                .to_bytes();
+            return Err(ApiError::from_connect_response(status, &body));
+        }
+        Ok(EventStream {
+            body: resp.into_body(),
+            buf: Vec::new(),
+            done: false,
+            endpoint: self.endpoint.to_string(),
+        })
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        body: Bytes,
+        content_type: &'static str,
+    ) -> Result<http::Response<hyper::body::Incoming>, ApiError> {
         let path = format!("/{SERVICE_NAME}/{method}");
         let resp = match &self.endpoint {
             Endpoint::Tcp(base) => {
@@ -250,7 +298,7 @@ impl Client {
                         "endpoint {base:?}: only http:// URLs are supported"
                     )));
                 }
-                let req = self.request(uri, None, method, body)?;
+                let req = self.request(uri, None, method, body, content_type)?;
                 self.http
                     .request(req)
                     .await
@@ -272,21 +320,14 @@ impl Client {
                 let uri: Uri = path.parse().map_err(|e| {
                     ApiError::internal(format!("invalid request path {path:?}: {e}"))
                 })?;
-                let req = self.request(uri, Some("localhost"), method, body)?;
+                let req = self.request(uri, Some("localhost"), method, body, content_type)?;
                 sender
                     .send_request(req)
                     .await
                     .map_err(|e| self.unreachable(&e))?
             }
         };
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| self.unreachable(&e))?
-            .to_bytes();
-        Ok((status, body))
+        Ok(resp)
     }
 
     fn unreachable(&self, e: &(dyn std::error::Error + 'static)) -> ApiError {
@@ -308,4 +349,88 @@ impl Client {
             ),
         )
     }
+}
+
+/// The events of [`Client::watch_vms`].
+pub struct EventStream {
+    body: hyper::body::Incoming,
+    buf: Vec<u8>,
+    done: bool,
+    endpoint: String,
+}
+
+impl fmt::Debug for EventStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventStream")
+            .field("endpoint", &self.endpoint)
+            .finish()
+    }
+}
+
+impl EventStream {
+    /// The next event; `None` when the daemon ended the stream normally, an error when it ended
+    /// it with one (or the connection broke).
+    pub async fn next(&mut self) -> Option<Result<pb::VmEvent, ApiError>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
+                    as usize;
+                if self.buf.len() >= 5 + len {
+                    let flags = self.buf[0];
+                    let message: Vec<u8> = self.buf.drain(..5 + len).skip(5).collect();
+                    if flags & 0x02 != 0 {
+                        self.done = true;
+                        return end_of_stream(&message).map(Err);
+                    }
+                    return Some(serde_json::from_slice(&message).map_err(|e| {
+                        ApiError::internal(format!(
+                            "invalid WatchVms event from {}: {e}",
+                            self.endpoint
+                        ))
+                    }));
+                }
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Some(Err(ApiError::new(
+                        Code::Unavailable,
+                        format!("the WatchVms stream from {} broke: {e}", self.endpoint),
+                    )));
+                }
+                None => {
+                    self.done = true;
+                    return Some(Err(ApiError::new(
+                        Code::Unavailable,
+                        format!(
+                            "the WatchVms stream from {} ended without its end message",
+                            self.endpoint
+                        ),
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// The error of a Connect end-of-stream message, if it carries one.
+fn end_of_stream(message: &[u8]) -> Option<ApiError> {
+    #[derive(serde::Deserialize)]
+    struct End {
+        error: Option<serde_json::Value>,
+    }
+    let end: End = serde_json::from_slice(message).ok()?;
+    let error = end.error?;
+    Some(ApiError::from_connect_response(
+        StatusCode::OK,
+        error.to_string().as_bytes(),
+    ))
 }

@@ -18,7 +18,7 @@ mod error;
 pub mod guard;
 mod server;
 
-pub use client::{Client, Endpoint};
+pub use client::{Client, Endpoint, EventStream};
 pub use error::{ApiError, Code, UnknownCode};
 pub use server::{bind_unix, router, serve, serve_with_shutdown, Listen, ServerOptions};
 

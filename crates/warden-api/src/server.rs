@@ -19,7 +19,7 @@ use subtle::ConstantTimeEq;
 use tower::ServiceExt as _;
 
 use crate::pb::vm_service_server::VmServiceServer;
-use crate::{pb, ApiError, Code, VmService, METHODS, SERVICE_NAME};
+use crate::{pb, ApiError, Code, VmService, METHODS, SERVICE_NAME, WATCH_METHOD};
 
 /// Options for [`router`].
 #[derive(Clone, Debug)]
@@ -128,10 +128,13 @@ async fn dispatch(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         .strip_prefix('/')
         .and_then(|p| p.strip_prefix(SERVICE_NAME))
         .and_then(|p| p.strip_prefix('/'))
-        .filter(|m| METHODS.contains(m))
+        .filter(|m| METHODS.contains(m) || *m == WATCH_METHOD)
         .map(str::to_owned);
     let result = match method {
         None => Err(unknown_path(&path)),
+        Some(method) if method == WATCH_METHOD => {
+            connect_stream(&shared, media.as_deref(), req).await
+        }
         Some(method) => connect_unary(&shared, &method, media.as_deref(), req).await,
     };
     match result {
@@ -263,11 +266,161 @@ fn unknown_path(path: &str) -> Rejection {
     Rejection::Status(
         StatusCode::NOT_FOUND,
         ApiError::unimplemented(format!(
-            "no such method {path:?}; methods are POST /{SERVICE_NAME}/{{{}}}",
+            "no such method {path:?}; methods are POST /{SERVICE_NAME}/{{{},{WATCH_METHOD}}}",
             METHODS.join(",")
         )),
         None,
     )
+}
+
+/// A Connect envelope: flags, big-endian length, message.
+fn envelope(flags: u8, message: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(5 + message.len());
+    out.push(flags);
+    out.extend_from_slice(&u32::try_from(message.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(message);
+    Bytes::from(out)
+}
+
+/// The flag of the last envelope of a Connect stream, carrying the end-of-stream JSON.
+const END_STREAM: u8 = 0x02;
+
+fn end_stream(error: Option<&ApiError>) -> Bytes {
+    let body = match error {
+        None => b"{}".to_vec(),
+        Some(e) => serde_json::to_vec(&serde_json::json!({
+            "error": {"code": e.code.as_str(), "message": e.message}
+        }))
+        .unwrap_or_default(),
+    };
+    envelope(END_STREAM, &body)
+}
+
+/// WatchVms over the Connect streaming protocol: `application/connect+json` or
+/// `application/connect+proto`, one enveloped request, then one envelope per event. Errors,
+/// before or during the stream, are in the end-of-stream message (HTTP 200), as Connect says.
+async fn connect_stream(
+    shared: &Shared,
+    media: Option<&str>,
+    req: Request,
+) -> Result<Response, Rejection> {
+    if req.method() != Method::POST {
+        return Err(Rejection::Status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::unimplemented(format!("{} is not allowed; use POST", req.method())),
+            Some(("allow", "POST")),
+        ));
+    }
+    let codec = match media {
+        Some("application/connect+json") => Codec::Json,
+        Some("application/connect+proto") => Codec::Proto,
+        other => {
+            return Err(Rejection::Status(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ApiError::invalid_argument(format!(
+                    "unsupported content type {:?} for the streaming WatchVms: send \
+                     application/connect+json or application/connect+proto (Connect \
+                     streaming), or application/grpc",
+                    other.unwrap_or("(none)")
+                )),
+                Some((
+                    "accept-post",
+                    "application/connect+json, application/connect+proto",
+                )),
+            ))
+        }
+    };
+    if let Some(enc) = req.headers().get("connect-content-encoding") {
+        if enc.as_bytes() != b"identity" {
+            return Err(ApiError::unimplemented(format!(
+                "unsupported connect-content-encoding {:?}; send uncompressed requests",
+                String::from_utf8_lossy(enc.as_bytes())
+            ))
+            .into());
+        }
+    }
+    let declared = headers_len(req.headers());
+    let body = read_body(req.into_body(), declared, shared.max_body_bytes).await?;
+    let content_type = if codec == Codec::Json {
+        "application/connect+json"
+    } else {
+        "application/connect+proto"
+    };
+    let respond = |body: Body| {
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+            body,
+        )
+            .into_response()
+    };
+    let request = match unenvelope(&body).and_then(|m| decode::<pb::WatchVmsRequest>(codec, m)) {
+        Ok(r) => r,
+        Err(e) => return Ok(respond(Body::from(end_stream(Some(&e))))),
+    };
+    let events = match shared.service.watch_vms(request).await {
+        Ok(s) => s,
+        Err(e) => return Ok(respond(Body::from(end_stream(Some(&e))))),
+    };
+    let stream = event_envelopes(events, codec);
+    Ok(respond(Body::from_stream(stream)))
+}
+
+/// The message of the one envelope of a streaming request (an empty body is the empty message).
+fn unenvelope(body: &[u8]) -> Result<&[u8], ApiError> {
+    if body.is_empty() {
+        return Ok(body);
+    }
+    let bad = |why: &str| {
+        ApiError::invalid_argument(format!(
+            "invalid Connect envelope for vmprovisioner.v1.WatchVmsRequest: {why}"
+        ))
+    };
+    if body.len() < 5 {
+        return Err(bad("shorter than its 5-byte prefix"));
+    }
+    if body[0] & 0x01 != 0 {
+        return Err(ApiError::unimplemented(
+            "compressed messages are not supported; send uncompressed requests",
+        ));
+    }
+    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    if body.len() - 5 != len {
+        return Err(bad(&format!(
+            "the prefix says {len} bytes, the body holds {}",
+            body.len() - 5
+        )));
+    }
+    Ok(&body[5..])
+}
+
+/// The events as envelopes, then the end of the stream (with the error that ended it, if any).
+fn event_envelopes(
+    events: crate::VmEventStream,
+    codec: Codec,
+) -> impl futures_core::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send {
+    use tokio_stream::StreamExt as _;
+    let mut done = false;
+    let events = events.map(Some).chain(tokio_stream::once(None));
+    events.map_while(move |item| {
+        if done {
+            return None;
+        }
+        Some(Ok(match item {
+            Some(Ok(ev)) => match encode(codec, &ev) {
+                Ok(m) => envelope(0, &m),
+                Err(e) => {
+                    done = true;
+                    end_stream(Some(&e))
+                }
+            },
+            Some(Err(e)) => {
+                done = true;
+                end_stream(Some(&e))
+            }
+            None => end_stream(None),
+        }))
+    })
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

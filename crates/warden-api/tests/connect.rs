@@ -562,3 +562,101 @@ async fn requests_are_logged_at_debug() {
     assert!(logs.contains("duration_ms="), "{logs}");
     assert!(logs.contains("DEBUG"), "{logs}");
 }
+
+/// The envelopes of a Connect stream: (flags, message).
+fn envelopes(mut body: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while !body.is_empty() {
+        assert!(body.len() >= 5, "a truncated envelope prefix: {body:?}");
+        let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+        out.push((body[0], body[5..5 + len].to_vec()));
+        body = &body[5 + len..];
+    }
+    out
+}
+
+fn enveloped(message: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8];
+    out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    out.extend_from_slice(message);
+    out
+}
+
+#[tokio::test]
+async fn watch_vms_streams_enveloped_events_over_connect() {
+    let app = app();
+    post_json(&app, "CreateVm", json!({"vmId": "w1"})).await;
+    post_json(&app, "CreateVm", json!({"vmId": "w2"})).await;
+
+    // JSON: one envelope per event, then the end-of-stream message.
+    let r = post(
+        &app,
+        "WatchVms",
+        Some("application/connect+json"),
+        enveloped(b"{}"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.content_type(), "application/connect+json");
+    let env = envelopes(&r.body);
+    assert_eq!(env.len(), 3, "{env:?}");
+    let first: Value = serde_json::from_slice(&env[0].1).unwrap();
+    assert_eq!(
+        first,
+        json!({"vmId": "w1", "newState": "VM_STATE_CREATED", "reason": "current"})
+    );
+    assert_eq!(env[2], (0x02, b"{}".to_vec()));
+
+    // Binary protobuf.
+    let req = pb::WatchVmsRequest::default().encode_to_vec();
+    let r = post(
+        &app,
+        "WatchVms",
+        Some("application/connect+proto"),
+        enveloped(&req),
+    )
+    .await;
+    let env = envelopes(&r.body);
+    let ev = pb::VmEvent::decode(env[1].1.as_slice()).unwrap();
+    assert_eq!((ev.vm_id.as_str(), ev.new_state()), ("w2", pb::VmState::Created));
+
+    // An error is the end-of-stream message, with HTTP 200.
+    let r = post(
+        &app,
+        "WatchVms",
+        Some("application/connect+json"),
+        enveloped(br#"{"vmId":"none"}"#),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let env = envelopes(&r.body);
+    assert_eq!(env.len(), 1);
+    let end: Value = serde_json::from_slice(&env[0].1).unwrap();
+    assert_eq!(end["error"]["code"], "not_found", "{end}");
+
+    // A bad request message names the type and field.
+    let r = post(
+        &app,
+        "WatchVms",
+        Some("application/connect+json"),
+        enveloped(br#"{"vmId":5}"#),
+    )
+    .await;
+    let end: Value = serde_json::from_slice(&envelopes(&r.body)[0].1).unwrap();
+    assert_eq!(end["error"]["code"], "invalid_argument");
+    assert!(
+        end["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("WatchVmsRequest at vmId"),
+        "{end}"
+    );
+    // A broken envelope.
+    let r = post(&app, "WatchVms", Some("application/connect+json"), "{}").await;
+    let end: Value = serde_json::from_slice(&envelopes(&r.body)[0].1).unwrap();
+    assert_eq!(end["error"]["code"], "invalid_argument", "{end}");
+    // The unary content types are not the streaming protocol's.
+    post(&app, "WatchVms", Some("application/json"), "{}")
+        .await
+        .assert_error(415, "invalid_argument");
+}

@@ -63,6 +63,12 @@ enum VmCommand {
         #[arg(long)]
         timeout: Option<u32>,
     },
+    /// Print every state change (WatchVms): first each VM's current state, then each change as
+    /// it happens, until interrupted. With --json, one event per line.
+    Events {
+        /// Only this VM's events.
+        id: Option<String>,
+    },
     /// Delete a VM (stopping it gracefully first).
     Rm {
         id: String,
@@ -269,6 +275,28 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<u8> {
             }
             print(json, &all, || table(&all.vms));
         }
+        VmCommand::Events { id } => {
+            let mut events = client
+                .watch_vms(pb::WatchVmsRequest {
+                    vm_id: id.unwrap_or_default(),
+                })
+                .await?;
+            while let Some(ev) = events.next().await {
+                let ev = ev?;
+                if json {
+                    println!("{}", serde_json::to_string(&ev).expect("proto JSON"));
+                } else {
+                    println!(
+                        "{} {} {} -> {} ({})",
+                        format_ms(ev.at_unix_ms),
+                        ev.vm_id,
+                        state_name(ev.old_state),
+                        state_name(ev.new_state),
+                        ev.reason
+                    );
+                }
+            }
+        }
         VmCommand::Get { id } => {
             let r = client
                 .get_vm_info(pb::GetVmInfoRequest { vm_id: id })
@@ -288,6 +316,9 @@ fn print<T: serde::Serialize>(json: bool, msg: &T, human: impl FnOnce() -> Strin
 }
 
 fn state_name(s: i32) -> String {
+    if s == pb::VmState::Unspecified as i32 {
+        return "-".into();
+    }
     pb::VmState::try_from(s)
         .map(|s| {
             s.as_str_name()
@@ -295,6 +326,18 @@ fn state_name(s: i32) -> String {
                 .to_lowercase()
         })
         .unwrap_or_else(|_| format!("state {s}"))
+}
+
+/// Milliseconds since the epoch as UTC `HH:MM:SS.mmm`.
+fn format_ms(ms: i64) -> String {
+    let s = ms.div_euclid(1000);
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        s.div_euclid(3600).rem_euclid(24),
+        s.div_euclid(60).rem_euclid(60),
+        s.rem_euclid(60),
+        ms.rem_euclid(1000)
+    )
 }
 
 /// `running` or `VM_STATE_RUNNING` as the enum's number.

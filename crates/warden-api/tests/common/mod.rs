@@ -177,8 +177,11 @@ impl VmService for FakeVms {
 
     async fn watch_vms(
         &self,
-        _req: pb::WatchVmsRequest,
+        req: pb::WatchVmsRequest,
     ) -> Result<warden_api::VmEventStream, ApiError> {
+        if req.vm_id == "none" {
+            return Err(ApiError::not_found("no VM \"none\""));
+        }
         let events: Vec<Result<pb::VmEvent, ApiError>> = self
             .vms
             .lock()

@@ -339,33 +339,34 @@ pub(crate) async fn wait_for_file(
     }
 }
 
-/// Waits until the VM's state is `want`, polling GetVmInfo every `every`.
+/// Waits until the VM's state is `want`, on its WatchVms stream (which starts with its current
+/// state, so a change before the call is not missed).
 pub(crate) async fn wait_for_state(
     client: &Client,
     id: &str,
     want: pb::VmState,
-    every: Duration,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let t0 = Instant::now();
-    loop {
-        let vm = client
-            .get_vm_info(pb::GetVmInfoRequest { vm_id: id.into() })
-            .await?
-            .details();
-        if vm.state == want as i32 {
-            return Ok(());
+    let wait = async {
+        let mut events = client
+            .watch_vms(pb::WatchVmsRequest { vm_id: id.into() })
+            .await?;
+        let mut last = pb::VmState::Unspecified as i32;
+        while let Some(ev) = events.next().await {
+            let ev = ev?;
+            last = ev.new_state;
+            if ev.new_state == want as i32 {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                ev.new_state != pb::VmState::Failed as i32,
+                "VM {id} failed: {}",
+                ev.reason
+            );
         }
-        anyhow::ensure!(
-            vm.state != pb::VmState::Failed as i32,
-            "VM {id} failed: {:?}",
-            vm.exit
-        );
-        anyhow::ensure!(
-            t0.elapsed() < timeout,
-            "VM {id} not {want:?} after {timeout:?} (state {})",
-            vm.state
-        );
-        tokio::time::sleep(every).await;
-    }
+        anyhow::bail!("the WatchVms stream of {id} ended in state {last}")
+    };
+    tokio::time::timeout(timeout, wait)
+        .await
+        .map_err(|_| anyhow::anyhow!("VM {id} not {want:?} after {timeout:?}"))?
 }

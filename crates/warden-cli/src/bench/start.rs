@@ -384,7 +384,6 @@ async fn via_daemon(
         &client,
         id,
         warden_api::pb::VmState::Shutdown,
-        Duration::from_millis(2),
         Duration::from_secs(20),
     )
     .await?;

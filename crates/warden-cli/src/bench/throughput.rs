@@ -293,7 +293,6 @@ async fn daemon_cell(
                 &client,
                 &id,
                 pb::VmState::Shutdown,
-                Duration::from_millis(2),
                 Duration::from_secs(20),
             )
             .await?;

@@ -63,6 +63,8 @@ pub struct Manager {
     pub(crate) host: Arc<dyn jail::Host>,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// State changes, for WatchVms.
+    pub(crate) events: super::events::Events,
 }
 
 type Result<T> = std::result::Result<T, ManagerError>;
@@ -88,6 +90,7 @@ impl Manager {
             slots: Default::default(),
             boots: Arc::new(tokio::sync::Semaphore::new(boots)),
             metrics: Metrics::default(),
+            events: Default::default(),
         });
         super::recovery::recover(&manager).await?;
         Ok(manager)
@@ -190,7 +193,20 @@ impl Manager {
 
     pub(crate) async fn put(&self, rec: &mut VmRecord) -> Result<()> {
         rec.updated_at = now_ms();
-        Ok(self.store.put(rec).await?)
+        self.store.put(rec).await?;
+        self.events.record(rec);
+        Ok(())
+    }
+
+    /// WatchVms: each VM's state now and, from the same instant, every change. A receiver that
+    /// lags (`RecvError::Lagged`) has missed changes: subscribe again to start over.
+    pub fn subscribe(
+        &self,
+    ) -> (
+        tokio::sync::broadcast::Receiver<super::events::VmEvent>,
+        Vec<(String, VmState)>,
+    ) {
+        self.events.subscribe()
     }
 
     pub(crate) fn stop_timeout(&self) -> Duration {

@@ -6,6 +6,7 @@ mod cleanup;
 pub mod config;
 pub mod delegation;
 pub mod error;
+pub mod events;
 pub mod manager;
 pub mod metrics;
 mod pool;
@@ -18,4 +19,5 @@ mod verbs;
 mod watch;
 
 pub use error::{api_field, ErrorCode, FieldOwner, ManagerError};
+pub use events::VmEvent;
 pub use manager::{Manager, VmInfo};

@@ -51,6 +51,7 @@ pub(crate) async fn recover(m: &Arc<Manager>) -> Result<(), ManagerError> {
         m.slots.lock().unwrap().insert(id, slot.clone());
         let mut slot = slot.lock().await;
         reconcile(m, &mut slot).await?;
+        m.events.record(&slot.rec);
     }
     let uids = m.uids.held();
     let (m2, known) = (m.clone(), known);

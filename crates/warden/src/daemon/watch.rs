@@ -16,6 +16,7 @@ impl Manager {
         };
         let store = self.store.clone();
         let metrics = self.metrics.clone();
+        let events = self.events.clone();
         let id = id.to_owned();
         tokio::spawn(async move {
             let Ok(exit) = exit_rx.wait_for(Option::is_some).await.map(|e| e.clone()) else {
@@ -39,6 +40,7 @@ impl Manager {
             if let Err(e) = store.put(&slot.rec).await {
                 tracing::error!(vm_id = %id, error = %jail::error_chain(&e), "recording the exit failed");
             }
+            events.record(&slot.rec);
         });
     }
 }

@@ -86,6 +86,7 @@ impl Manager {
             }
         }
         tracing::info!(vm_id = %id, "vm created");
+        self.events.record(&rec);
         self.metrics.observe("create", t0.elapsed());
         Ok(rec)
     }

@@ -44,6 +44,7 @@ impl Manager {
         }
         slot.rec.state = VmState::Deleted;
         self.slots.lock().unwrap().remove(id);
+        self.events.deleted(id);
         tracing::info!(vm_id = %id, "vm deleted");
         Ok(())
     }
