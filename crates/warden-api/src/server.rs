@@ -277,7 +277,11 @@ fn unknown_path(path: &str) -> Rejection {
 fn envelope(flags: u8, message: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(5 + message.len());
     out.push(flags);
-    out.extend_from_slice(&u32::try_from(message.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(
+        &u32::try_from(message.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
     out.extend_from_slice(message);
     Bytes::from(out)
 }

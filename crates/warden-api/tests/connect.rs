@@ -618,7 +618,10 @@ async fn watch_vms_streams_enveloped_events_over_connect() {
     .await;
     let env = envelopes(&r.body);
     let ev = pb::VmEvent::decode(env[1].1.as_slice()).unwrap();
-    assert_eq!((ev.vm_id.as_str(), ev.new_state()), ("w2", pb::VmState::Created));
+    assert_eq!(
+        (ev.vm_id.as_str(), ev.new_state()),
+        ("w2", pb::VmState::Created)
+    );
 
     // An error is the end-of-stream message, with HTTP 200.
     let r = post(

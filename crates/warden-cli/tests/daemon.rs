@@ -311,24 +311,33 @@ async fn a_vm_killed_from_outside_is_shown_stopped_with_the_reason_within_a_seco
     c.create_vm(d.create_req(&id, "mode=idle")).await.unwrap();
     boot(&c, id.clone()).await;
     let pid = vm_info(&c, id.clone()).await.pid;
+    // Watch first (its first event is the current state), then kill.
+    let mut events = c
+        .watch_vms(pb::WatchVmsRequest { vm_id: id.clone() })
+        .await
+        .unwrap();
+    let now = events.next().await.unwrap().unwrap();
+    assert_eq!(now.new_state(), pb::VmState::Running, "{now:?}");
+    let t0 = Instant::now();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    let t0 = Instant::now();
-    let info = loop {
-        let info = vm_info(&c, id.clone()).await;
-        if info.state == state(pb::VmState::Shutdown) || t0.elapsed() > Duration::from_secs(1) {
-            break info;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    assert_eq!(
-        info.state,
-        state(pb::VmState::Shutdown),
-        "not noticed within a second"
+    let event = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .expect("an event within 5 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.new_state(), pb::VmState::Shutdown, "{event:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "not noticed within a second: {:?}",
+        t0.elapsed()
     );
+    assert_eq!(event.reason, "signaled", "{event:?}");
+    let info = vm_info(&c, id.clone()).await;
+    assert_eq!(info.state, state(pb::VmState::Shutdown));
     let exit = info.exit.unwrap();
     assert_eq!(exit.reason, "signaled", "{exit:?}");
     assert!(exit.detail.contains("signal 9"), "{exit:?}");
@@ -339,21 +348,18 @@ async fn a_vm_killed_from_outside_is_shown_stopped_with_the_reason_within_a_seco
         .await
         .unwrap();
     boot(&c, id2.clone()).await;
-    assert!(
-        eventually(Duration::from_secs(2), || {
-            let rt = tokio::runtime::Handle::current();
-            let c = c.clone();
-            let id2 = id2.clone();
-            tokio::task::block_in_place(|| {
-                rt.block_on(async move {
-                    vm_info(&c, id2)
-                        .await
-                        .exit
-                        .is_some_and(|e| e.reason == "guest_power_off")
-                })
-            })
-        })
-        .await
+    let off = wait_state(
+        &c,
+        id2.clone(),
+        pb::VmState::Shutdown,
+        Duration::from_secs(2),
+    )
+    .await
+    .expect("powered off within 2 s");
+    assert_eq!(off.reason, "guest_power_off", "{off:?}");
+    assert_eq!(
+        vm_info(&c, id2).await.exit.map(|e| e.reason).as_deref(),
+        Some("guest_power_off")
     );
     d.assert_clean();
 }

@@ -41,10 +41,18 @@ fn python_env() -> PathBuf {
     let tag: String = PYTHON_PACKAGES
         .join("-")
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
-    let venv = home.join(".cache/warden").join(format!("metald-client-{tag}"));
+    let venv = home
+        .join(".cache/warden")
+        .join(format!("metald-client-{tag}"));
     let python = venv.join("bin/python");
     let ready = venv.join(".ready");
     if ready.exists() {
@@ -54,7 +62,13 @@ fn python_env() -> PathBuf {
     std::fs::create_dir_all(venv.parent().unwrap()).unwrap();
     run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
     run(Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
         .args(PYTHON_PACKAGES));
     std::fs::write(&ready, PYTHON_PACKAGES.join("\n")).unwrap();
     python

@@ -72,7 +72,9 @@ async fn watch_vms_streams_the_current_state_then_every_change() {
         take(&mut all, 1).await,
         vec![ev(&a, VmState::Unspecified, VmState::Created, "current")]
     );
-    c.create_vm(d.create_req(&b, "mode=poweroff")).await.unwrap();
+    c.create_vm(d.create_req(&b, "mode=poweroff"))
+        .await
+        .unwrap();
     let mut grpc_b = grpc
         .watch_vms(pb::WatchVmsRequest { vm_id: b.clone() })
         .await

@@ -289,13 +289,8 @@ async fn daemon_cell(
             )
             .await?;
             let marked = t.elapsed();
-            daemon::wait_for_state(
-                &client,
-                &id,
-                pb::VmState::Shutdown,
-                Duration::from_secs(20),
-            )
-            .await?;
+            daemon::wait_for_state(&client, &id, pb::VmState::Shutdown, Duration::from_secs(20))
+                .await?;
             let stopped = t.elapsed();
             client
                 .delete_vm(pb::DeleteVmRequest {

@@ -316,6 +316,32 @@ pub async fn get_info(c: &Client, id: impl Into<String>) -> pb::GetVmInfoRespons
         .unwrap()
 }
 
+/// Waits on the VM's WatchVms stream (it starts with the current state) until it is `want`;
+/// the event that says so, or `None` after `timeout`.
+pub async fn wait_state(
+    c: &Client,
+    id: impl Into<String>,
+    want: pb::VmState,
+    timeout: Duration,
+) -> Option<pb::VmEvent> {
+    let mut events = c
+        .watch_vms(pb::WatchVmsRequest { vm_id: id.into() })
+        .await
+        .unwrap();
+    tokio::time::timeout(timeout, async {
+        while let Some(ev) = events.next().await {
+            let ev = ev.unwrap();
+            if ev.new_state() == want {
+                return Some(ev);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
 /// BootVm, which must succeed.
 pub async fn boot(c: &Client, id: impl Into<String>) {
     c.boot_vm(pb::BootVmRequest { vm_id: id.into() })

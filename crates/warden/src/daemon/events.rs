@@ -135,9 +135,10 @@ mod tests {
         e.record(&rec("a", VmState::Booting));
         e.record(&rec("a", VmState::Running));
         e.deleted("a");
-        let got: Vec<(Option<VmState>, VmState, String)> = std::iter::from_fn(|| rx.try_recv().ok())
-            .map(|ev| (ev.old_state, ev.new_state, ev.reason))
-            .collect();
+        let got: Vec<(Option<VmState>, VmState, String)> =
+            std::iter::from_fn(|| rx.try_recv().ok())
+                .map(|ev| (ev.old_state, ev.new_state, ev.reason))
+                .collect();
         assert_eq!(
             got,
             vec![
