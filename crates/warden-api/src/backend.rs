@@ -1037,7 +1037,7 @@ impl VmService for ManagerService {
             self.0.get(id).await?;
         }
         let manager = self.0.clone();
-        let (tx, out) = tokio::sync::mpsc::channel::<Result<pb::VmEvent, ApiError>>(64);
+        let (tx, out) = tokio::sync::mpsc::channel::<Result<pb::WatchVmsResponse, ApiError>>(64);
         tokio::spawn(async move {
             let wanted = |id: &str| only.as_deref().is_none_or(|o| o == id);
             // What this watcher last reported of each VM, to resynchronise after a lag.
@@ -1053,7 +1053,7 @@ impl VmService for ManagerService {
                     if old == Some(state) {
                         continue;
                     }
-                    let ev = pb::VmEvent {
+                    let ev = pb::WatchVmsResponse {
                         vm_id: id,
                         old_state: old.map_or(pb::VmState::Unspecified, state_to_pb) as i32,
                         new_state: state_to_pb(state) as i32,
@@ -1067,7 +1067,7 @@ impl VmService for ManagerService {
                 // Deleted while this watcher lagged.
                 for id in gone {
                     let old = sent.remove(&id);
-                    let ev = pb::VmEvent {
+                    let ev = pb::WatchVmsResponse {
                         vm_id: id,
                         old_state: old.map_or(pb::VmState::Unspecified, state_to_pb) as i32,
                         new_state: pb::VmState::Deleted as i32,
@@ -1097,7 +1097,7 @@ impl VmService for ManagerService {
                     } else {
                         sent.insert(ev.vm_id.clone(), ev.new_state);
                     }
-                    let ev = pb::VmEvent {
+                    let ev = pb::WatchVmsResponse {
                         vm_id: ev.vm_id,
                         old_state: ev.old_state.map_or(pb::VmState::Unspecified, state_to_pb)
                             as i32,

@@ -370,7 +370,7 @@ impl fmt::Debug for EventStream {
 impl EventStream {
     /// The next event; `None` when the daemon ended the stream normally, an error when it ended
     /// it with one (or the connection broke).
-    pub async fn next(&mut self) -> Option<Result<pb::VmEvent, ApiError>> {
+    pub async fn next(&mut self) -> Option<Result<pb::WatchVmsResponse, ApiError>> {
         loop {
             if self.done {
                 return None;

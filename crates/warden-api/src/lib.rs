@@ -90,8 +90,9 @@ pub trait VmService: Send + Sync + 'static {
 }
 
 /// The events of [`VmService::watch_vms`]; an error ends the stream.
-pub type VmEventStream =
-    std::pin::Pin<Box<dyn futures_core::Stream<Item = Result<pb::VmEvent, ApiError>> + Send>>;
+pub type VmEventStream = std::pin::Pin<
+    Box<dyn futures_core::Stream<Item = Result<pb::WatchVmsResponse, ApiError>> + Send>,
+>;
 
 /// Shorthands for building and reading the messages whose shape follows metald's.
 impl pb::VmConfig {

@@ -650,8 +650,9 @@ async fn grpc_call<T>(
 }
 
 /// WatchVms' gRPC stream: the service's events, errors as statuses.
-type GrpcEventStream =
-    std::pin::Pin<Box<dyn futures_core::Stream<Item = Result<pb::VmEvent, tonic::Status>> + Send>>;
+type GrpcEventStream = std::pin::Pin<
+    Box<dyn futures_core::Stream<Item = Result<pb::WatchVmsResponse, tonic::Status>> + Send>,
+>;
 
 macro_rules! grpc_methods {
     ($($func:ident($req:ident) -> $resp:ident, $path:literal;)*) => {

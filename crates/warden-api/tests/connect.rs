@@ -617,7 +617,7 @@ async fn watch_vms_streams_enveloped_events_over_connect() {
     )
     .await;
     let env = envelopes(&r.body);
-    let ev = pb::VmEvent::decode(env[1].1.as_slice()).unwrap();
+    let ev = pb::WatchVmsResponse::decode(env[1].1.as_slice()).unwrap();
     assert_eq!(
         (ev.vm_id.as_str(), ev.new_state()),
         ("w2", pb::VmState::Created)

@@ -117,7 +117,11 @@ async fn watch_vms_streams_the_current_state_then_every_change() {
 
     // The gRPC stream of b: its state when it subscribed, then its changes.
     let mut grpc_got = Vec::new();
-    while grpc_got.last().map(|e: &pb::VmEvent| e.new_state()) != Some(VmState::Shutdown) {
+    while grpc_got
+        .last()
+        .map(|e: &pb::WatchVmsResponse| e.new_state())
+        != Some(VmState::Shutdown)
+    {
         let e = tokio::time::timeout(Duration::from_secs(30), grpc_b.message())
             .await
             .expect("a gRPC event")

@@ -182,13 +182,13 @@ impl VmService for FakeVms {
         if req.vm_id == "none" {
             return Err(ApiError::not_found("no VM \"none\""));
         }
-        let events: Vec<Result<pb::VmEvent, ApiError>> = self
+        let events: Vec<Result<pb::WatchVmsResponse, ApiError>> = self
             .vms
             .lock()
             .unwrap()
             .values()
             .map(|v| {
-                Ok(pb::VmEvent {
+                Ok(pb::WatchVmsResponse {
                     vm_id: v.vm_id.clone(),
                     new_state: v.state,
                     reason: "current".into(),

@@ -323,7 +323,7 @@ pub async fn wait_state(
     id: impl Into<String>,
     want: pb::VmState,
     timeout: Duration,
-) -> Option<pb::VmEvent> {
+) -> Option<pb::WatchVmsResponse> {
     let mut events = c
         .watch_vms(pb::WatchVmsRequest { vm_id: id.into() })
         .await
