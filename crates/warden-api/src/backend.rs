@@ -472,20 +472,22 @@ pub fn spec_from_pb(c: pb::VmConfig, customer_id: String) -> Result<(VmSpec, Fie
         }
         let rx = rate_limit_from_pb(&field("rx_rate_limit"), n.rx_rate_limit)?;
         let tx = rate_limit_from_pb(&field("tx_rate_limit"), n.tx_rate_limit)?;
-        if rx.is_some() && n.rx_rate_limiter.is_some() {
-            return Err(invalid(
-                &field("rx_rate_limiter"),
-                "is given with rx_rate_limit; give one of them",
-            ));
-        }
-        if tx.is_some() && n.tx_rate_limiter.is_some() {
-            return Err(invalid(
-                &field("tx_rate_limiter"),
-                "is given with tx_rate_limit; give one of them",
-            ));
-        }
-        net_rx = rx.or_else(|| limiter_from_pb(n.rx_rate_limiter));
-        net_tx = tx.or_else(|| limiter_from_pb(n.tx_rate_limiter));
+        // Both may be given when they say the same (as GetVmInfo's config does).
+        let pick = |name: &str,
+                    common: Option<warden::RateLimiter>,
+                    full: Option<pb::RateLimiter>|
+         -> Result<Option<warden::RateLimiter>, ApiError> {
+            let full = limiter_from_pb(full);
+            match (common, full) {
+                (Some(a), Some(b)) if a != b => Err(invalid(
+                    &field(name),
+                    format!("differs from {}; give one of them", &name[..name.len() - 2]),
+                )),
+                (a, b) => Ok(a.or(b)),
+            }
+        };
+        net_rx = pick("rx_rate_limiter", rx, n.rx_rate_limiter)?;
+        net_tx = pick("tx_rate_limiter", tx, n.tx_rate_limiter)?;
     }
 
     // Console: always the serial console, captured in serial.log.
@@ -1126,6 +1128,227 @@ impl ManagerService {
         match self.0.get(id).await {
             Ok(info) => FieldMap::of_spec(&info.record.spec).error(e),
             Err(_) => e.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> pb::VmConfig {
+        pb::VmConfig::with_kernel("/k").memory_mib(256).vcpus(2)
+    }
+
+    fn refused(c: pb::VmConfig) -> String {
+        let e = spec_from_pb(c, String::new()).unwrap_err();
+        assert_eq!(e.code, Code::InvalidArgument, "{e:?}");
+        e.message
+    }
+
+    #[test]
+    fn metalds_config_becomes_the_spec_and_comes_back_the_same() {
+        let mut c = config().kernel_args("console=ttyS0").drive("/d", true);
+        c.storage.insert(
+            0,
+            pb::StorageDevice {
+                path: "/r".into(),
+                is_root_device: true,
+                ..Default::default()
+            },
+        );
+        c.network = vec![pb::NetworkInterface {
+            rx_rate_limit: Some(pb::RateLimit {
+                bandwidth: 1_000_000,
+                refill_time: 100,
+                burst: 5000,
+            }),
+            ..Default::default()
+        }];
+        let (spec, map) = spec_from_pb(c, "acme".into()).unwrap();
+        assert_eq!((spec.vcpu_count, spec.memory_mib), (2, 256));
+        assert_eq!(
+            (spec.rootfs_path.as_str(), &spec.drives),
+            ("/r", &vec![("/d".to_owned(), true)])
+        );
+        assert!(spec.enable_networking);
+        assert_eq!(spec.customer_id, "acme");
+        let rx = spec.net_rx_rate_limiter.clone().unwrap().bandwidth.unwrap();
+        assert_eq!(
+            (rx.size, rx.refill_time, rx.one_time_burst),
+            (100_000, 100, Some(5000))
+        );
+        assert_eq!(
+            map.rename("config.drives[0].path"),
+            "config.storage[1].path"
+        );
+        assert_eq!(map.rename("config.rootfs_path"), "config.storage[0].path");
+        assert_eq!(map.rename("config.memory_mib"), "config.memory.size_bytes");
+        let back = spec_to_pb(&spec);
+        assert_eq!(back.memory_in_mib(), 256);
+        assert_eq!(back.storage[0].path, "/r");
+        assert!(back.storage[0].is_root_device);
+        assert_eq!(back.storage[1].path, "/d");
+        let rl = back.network[0].rx_rate_limit.unwrap();
+        assert_eq!(
+            (rl.bandwidth, rl.refill_time, rl.burst),
+            (1_000_000, 100, 5000)
+        );
+        assert_eq!(spec_from_pb(back, "acme".into()).unwrap().0, spec);
+    }
+
+    #[test]
+    fn what_warden_cannot_honour_is_refused_naming_the_field() {
+        type Change = Box<dyn Fn(&mut pb::VmConfig)>;
+        let cases: Vec<(&str, Change)> = vec![
+            (
+                "config.boot.initrd_path",
+                Box::new(|c| c.boot.as_mut().unwrap().initrd_path = "/i".into()),
+            ),
+            (
+                "config.cpu.max_vcpu_count",
+                Box::new(|c| c.cpu.as_mut().unwrap().max_vcpu_count = 8),
+            ),
+            (
+                "config.memory.size_bytes",
+                Box::new(|c| c.memory.as_mut().unwrap().size_bytes = 1 << 30 | 1),
+            ),
+            (
+                "config.memory.size_bytes",
+                Box::new(|c| c.memory.as_mut().unwrap().size_bytes = 64 << 20),
+            ),
+            (
+                "config.memory.hotplug_enabled",
+                Box::new(|c| c.memory.as_mut().unwrap().hotplug_enabled = true),
+            ),
+            (
+                "config.network",
+                Box::new(|c| c.network = vec![Default::default(), Default::default()]),
+            ),
+            (
+                "config.network[0].ipv6_config",
+                Box::new(|c| {
+                    c.network = vec![pb::NetworkInterface {
+                        ipv6_config: Some(Default::default()),
+                        ..Default::default()
+                    }]
+                }),
+            ),
+            (
+                "config.network[0].ipv4_config.dhcp",
+                Box::new(|c| {
+                    c.network = vec![pb::NetworkInterface {
+                        ipv4_config: Some(pb::IPv4Config {
+                            dhcp: true,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }]
+                }),
+            ),
+            (
+                "config.network[0].rx_rate_limit.bandwidth",
+                Box::new(|c| {
+                    c.network = vec![pb::NetworkInterface {
+                        rx_rate_limit: Some(pb::RateLimit {
+                            bandwidth: -1,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }]
+                }),
+            ),
+            (
+                "config.storage[0].read_only",
+                Box::new(|c| {
+                    c.storage = vec![pb::StorageDevice {
+                        path: "/r".into(),
+                        is_root_device: true,
+                        read_only: true,
+                        ..Default::default()
+                    }]
+                }),
+            ),
+            (
+                "config.storage[0].interface_type",
+                Box::new(|c| {
+                    c.storage = vec![pb::StorageDevice {
+                        path: "/r".into(),
+                        interface_type: "nvme".into(),
+                        ..Default::default()
+                    }]
+                }),
+            ),
+            (
+                "config.console.output",
+                Box::new(|c| {
+                    c.console = Some(pb::ConsoleConfig {
+                        output: "/tmp/x".into(),
+                        ..Default::default()
+                    })
+                }),
+            ),
+        ];
+        for (field, change) in cases {
+            let mut c = config();
+            change(&mut c);
+            let m = refused(c);
+            assert!(m.starts_with(&format!("invalid {field}")), "{field}: {m}");
+        }
+    }
+
+    #[test]
+    fn states_map_to_metalds_four_and_warden_keeps_the_finer_ones() {
+        for (s, common, fine) in [
+            (VmState::Created, pb::VmState::Created, pb::VmState::Created),
+            (VmState::Booting, pb::VmState::Created, pb::VmState::Booting),
+            (VmState::Running, pb::VmState::Running, pb::VmState::Running),
+            (VmState::Paused, pb::VmState::Paused, pb::VmState::Paused),
+            (
+                VmState::Stopping,
+                pb::VmState::Running,
+                pb::VmState::Stopping,
+            ),
+            (
+                VmState::Stopped,
+                pb::VmState::Shutdown,
+                pb::VmState::Shutdown,
+            ),
+            (VmState::Failed, pb::VmState::Shutdown, pb::VmState::Failed),
+        ] {
+            assert_eq!((common_state(s), state_to_pb(s)), (common, fine), "{s:?}");
+            assert!(state_matches(&[common as i32], s));
+            assert!(state_matches(&[fine as i32], s));
+        }
+        // metald's numbers.
+        assert_eq!(
+            [
+                pb::VmState::Created,
+                pb::VmState::Running,
+                pb::VmState::Paused,
+                pb::VmState::Shutdown
+            ]
+            .map(|s| s as i32),
+            [1, 2, 3, 4]
+        );
+        assert!(!state_matches(
+            &[pb::VmState::Failed as i32],
+            VmState::Stopped
+        ));
+    }
+
+    #[test]
+    fn page_tokens_round_trip_and_others_are_refused() {
+        for id in ["a", "vm-0123", "x-y-z"] {
+            assert_eq!(
+                parse_page_token(&page_token(id)).unwrap().as_deref(),
+                Some(id)
+            );
+        }
+        assert_eq!(parse_page_token("").unwrap(), None);
+        for bad in ["garbage", "after-", "after-zz", "after-6"] {
+            let e = parse_page_token(bad).unwrap_err();
+            assert!(e.message.contains("page_token"), "{bad}: {e:?}");
         }
     }
 }

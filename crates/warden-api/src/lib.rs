@@ -1,13 +1,18 @@
 //! The warden daemon's API.
 //!
-//! The API is defined once, in `proto/vmprovisioner/v1/vm.proto`. This crate provides:
+//! The API is defined once, in `proto/vmprovisioner/v1/vm.proto`: metald's `vmprovisioner.v1`
+//! on the wire (the same messages, field numbers, types and states, so metald's clients work
+//! unchanged), with warden's extras in fields numbered from 100 and the `WatchVms` stream
+//! (`docs/api.md` maps every field). This crate provides:
 //!
 //! - [`pb`]: the generated `vmprovisioner.v1` messages (prost, with proto3-JSON serde impls from
 //!   pbjson) and the tonic gRPC client and server;
 //! - [`VmService`]: the trait the daemon implements, one method per RPC;
 //! - [`router`]: one axum [`Router`](axum::Router) serving the Connect protocol (JSON and binary
-//!   protobuf, unary) and gRPC on the same port, with optional bearer-token authentication;
-//! - [`Client`]: a Connect JSON client over TCP or a Unix socket, for the CLI;
+//!   protobuf, unary; Connect streaming for `WatchVms`) and gRPC on the same port, with optional
+//!   bearer-token authentication;
+//! - [`Client`]: a Connect JSON client over TCP or a Unix socket, for the CLI (with
+//!   [`Client::watch_vms`] for the event stream);
 //! - [`serve`] / [`serve_with_shutdown`]: helpers to run the router on TCP or a Unix socket.
 
 #![deny(missing_docs)]

@@ -1,4 +1,5 @@
-//! One axum router serving Connect (unary, JSON and binary protobuf) and gRPC.
+//! One axum router serving Connect (unary, JSON and binary protobuf; streaming for WatchVms) and
+//! gRPC.
 
 use std::future::Future;
 use std::io;
@@ -52,6 +53,8 @@ struct Shared {
 /// - Connect unary: `POST /vmprovisioner.v1.VmService/<Method>` with `application/json`
 ///   (proto3 JSON), `application/proto` (binary), or — for `curl -d` — a form or missing
 ///   content type whose body is JSON; errors are Connect error JSON.
+/// - Connect streaming, for `WatchVms`: `application/connect+json` or `application/connect+proto`,
+///   one enveloped request, then enveloped events and the end-of-stream message.
 /// - gRPC: requests whose content type is `application/grpc*` go to the tonic server
 ///   (HTTP/2; `axum::serve` and [`serve`] speak h2c).
 ///

@@ -473,7 +473,7 @@ pub const KEYS: &[KeyDef] = &[
         key: "network_mode",
         env: "NETWORK_MODE",
         flag: Some("--network-mode"),
-        doc: "How networked VMs (`enable_networking`) reach the host: `none` (their TAP is \
+        doc: "How networked VMs (an interface in `config.network`) reach the host: `none` (their TAP is \
               reachable only inside their namespace) or `bridge` (a veth pair joins each VM's \
               namespace to `bridge`, with an address from `address_pool`).",
         default: "`none`",
