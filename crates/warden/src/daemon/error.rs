@@ -224,6 +224,7 @@ pub enum FieldOwner {
 pub fn api_field(library_field: &str) -> FieldOwner {
     const REQUEST: &[(&str, &str)] = &[
         ("vm_id", "vm_id"),
+        ("jailer_id", "vm_id"),
         ("vcpu_count", "config.vcpu_count"),
         ("memory_mb", "config.memory_mib"),
         ("memory_limit_mb", "config.memory_limit_mib"),
@@ -247,7 +248,6 @@ pub fn api_field(library_field: &str) -> FieldOwner {
         ("cgroup_version", "cgroup_version"),
         ("netns", "netns"),
         ("network.guest", "address_pool"),
-        ("jailer_id", "vm_id"),
     ];
     if let Some((_, api)) = REQUEST.iter().find(|(lib, _)| *lib == library_field) {
         return FieldOwner::Request((*api).to_owned());
