@@ -51,6 +51,9 @@ pub struct VmSpec {
     /// Disk I/O limits; each unset one takes the daemon's.
     #[serde(default)]
     pub io_limits: jail::cgroup::disk::IoLimits,
+    /// Started from this snapshot of the daemon's store (RestoreVm) instead of booted.
+    #[serde(default)]
+    pub restore_from: Option<String>,
 }
 
 /// Why a VM ended, machine-readable: stored and answered as its snake_case name.
