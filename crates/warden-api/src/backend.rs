@@ -101,6 +101,7 @@ fn spec_from_pb(c: pb::VmConfig) -> Result<VmSpec, ApiError> {
             read_iops: c.io_read_iops,
             write_iops: c.io_write_iops,
         },
+        restore_from: None,
     })
 }
 
