@@ -8,6 +8,7 @@ mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -137,6 +138,70 @@ async fn a_snapshot_store_that_exists_is_not_overwritten() {
     );
     assert_eq!(std::fs::read(store.join("keep")).unwrap(), b"someone's");
     assert!(vm.exited().is_none());
+    vm.stop().await.unwrap();
+    assert_nothing_left(&base(), &config.vm_id);
+    std::fs::remove_dir_all(&store).unwrap();
+}
+
+#[tokio::test]
+async fn a_networked_vms_clones_each_get_tap0_in_a_namespace_of_their_own() {
+    use warden::vm::config::NetworkOptions;
+    use warden::NetMode;
+    let (mut config, mut options) = guest("snapnet", "mode=flood");
+    config.enable_networking = true;
+    options.network = NetworkOptions {
+        mode: NetMode::None,
+        ..Default::default()
+    };
+    let vm = start_vm(&config, &options).await.unwrap();
+    let store = store_dir("n");
+    let manifest = vm.snapshot(&store, true).await.unwrap();
+    assert_eq!(manifest.network_interfaces.len(), 1);
+
+    // Bridge mode would give every clone the same address on one bridge: refused, clearly.
+    let (c, mut o) = guest("netbr", "mode=flood");
+    o.network.mode = NetMode::Bridge;
+    let err = restore_vm(&store, &c.vm_id, &o).await.unwrap_err();
+    assert!(err.to_string().contains("network.mode"), "{err}");
+    assert_nothing_left(&base(), &c.vm_id);
+
+    let mut clones = Vec::new();
+    for i in 0..2 {
+        let (c, mut o) = guest(&format!("netclone{i}"), "mode=flood");
+        o.network.mode = NetMode::None;
+        let clone = restore_vm(&store, &c.vm_id, &o).await.unwrap();
+        let net = clone.plan.net.clone().expect("a namespace of its own");
+        // Firecracker restored the snapshot's network device on tap0 of this namespace, owned
+        // by this clone's jail user.
+        let link = std::process::Command::new("ip")
+            .args(["-n", &net.netns, "-d", "link", "show", "tap0"])
+            .output()
+            .unwrap();
+        let link = String::from_utf8_lossy(&link.stdout);
+        assert!(link.contains(&format!("user {}", clone.plan.uid)), "{link}");
+        assert!(
+            clone.isolation.net_ns.active,
+            "{:?}",
+            clone.isolation.net_ns
+        );
+        let ns = std::fs::read_link(format!("/proc/{}/ns/net", clone.pid)).unwrap();
+        assert_ne!(
+            ns,
+            std::fs::read_link("/proc/self/ns/net").unwrap(),
+            "not the host's"
+        );
+        clones.push((clone, net.netns, ns));
+    }
+    assert_ne!(clones[0].2, clones[1].2, "two namespaces");
+    for (clone, netns, _) in clones {
+        let id = clone.vm_id.clone();
+        clone.stop().await.unwrap();
+        assert_nothing_left(&base(), &id);
+        assert!(
+            !Path::new("/run/netns").join(&netns).exists(),
+            "{netns} is removed"
+        );
+    }
     vm.stop().await.unwrap();
     assert_nothing_left(&base(), &config.vm_id);
     std::fs::remove_dir_all(&store).unwrap();

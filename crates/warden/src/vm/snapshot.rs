@@ -42,8 +42,11 @@ pub struct Manifest {
     pub memory: StoredFile,
     /// The drives, under their staged names (`rootfs`, `drive1`, ...), which the state refers to.
     pub drives: Vec<SnapshotDrive>,
-    /// Network interfaces the VM had (a restore of a networked VM is refused for now).
+    /// Network interfaces the VM had.
     pub network_interfaces: Vec<String>,
+    /// The guest's address, which every clone keeps (each in a namespace of its own).
+    #[serde(default)]
+    pub guest: Option<jail::net::GuestAddr>,
 }
 
 /// One drive of a snapshot.
@@ -164,6 +167,7 @@ impl VmHandle {
                 .flatten()
                 .map(|n| n.iface_id.clone())
                 .collect(),
+            guest: self.plan.net.as_ref().and_then(|n| n.guest),
         };
         let path = store.join(MANIFEST);
         let text = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");
@@ -284,7 +288,8 @@ pub(crate) enum LoadError {
 
 /// Restores the snapshot in `store` into a new jailed VM `vm_id`, running. `options` are as for
 /// [`super::start_vm`] (jailer, uid range, cgroups); its boot settings (boot args, drives) are
-/// ignored: the snapshot has its own. A networked snapshot is refused for now.
+/// ignored: the snapshot has its own. A networked snapshot gets `tap0` in a namespace of the
+/// clone's own, with the snapshot's guest address (network mode none; bridge mode is refused).
 pub async fn restore_vm(store: &Path, vm_id: &str, options: &VmOptions) -> Result<VmHandle, Error> {
     let manifest = {
         let store = store.to_owned();
@@ -292,14 +297,22 @@ pub async fn restore_vm(store: &Path, vm_id: &str, options: &VmOptions) -> Resul
             .await
             .map_err(|e| join_err(e, "reading the snapshot"))??
     };
-    if !manifest.network_interfaces.is_empty() {
+    let networked = !manifest.network_interfaces.is_empty();
+    if networked && options.network.mode == jail::net::NetMode::Bridge {
+        // Firecracker's "network for clones": every clone has the snapshot's tap0 and guest
+        // address, each in its own namespace; reaching each through the bridge needs NAT per
+        // namespace, which warden does not do yet.
         return Err(jail::SpecError::new(
-            "snapshot",
-            "was taken of a networked VM; restoring networked clones (a namespace and TAP per \
-             clone with the same guest address) is not supported yet: snapshot a VM without \
-             networking",
+            "network.mode",
+            "bridge mode cannot restore a networked snapshot yet (every clone keeps the same \
+             guest address; reaching each needs NAT in its namespace): restore with network \
+             mode none, where each clone gets tap0 in a namespace of its own",
         )
         .into());
+    }
+    let mut options = options.clone();
+    if networked {
+        options.network.guest = manifest.guest;
     }
     let config = VmConfig {
         vm_id: vm_id.to_owned(),
@@ -308,9 +321,8 @@ pub async fn restore_vm(store: &Path, vm_id: &str, options: &VmOptions) -> Resul
         // Not staged: the snapshot has the guest. Validation wants a path.
         kernel_path: store.join(&manifest.state.name).display().to_string(),
         rootfs_path: String::new(),
-        enable_networking: false,
+        enable_networking: networked,
     };
-    let mut options = options.clone();
     options.restore = Some(Restore {
         store: store.to_owned(),
         manifest,
