@@ -10,7 +10,8 @@ mod models;
 
 pub use models::{
     ActionType, BootSource, ConfigFile, Drive, FullVmConfiguration, InstanceInfo, InstanceState,
-    Logger, MachineConfiguration, Metrics, NetworkInterface, RateLimiter, TokenBucket,
+    Logger, MachineConfiguration, MemoryBackend, Metrics, NetworkInterface, RateLimiter,
+    SnapshotCreateParams, SnapshotLoadParams, SnapshotType, TokenBucket,
 };
 
 use std::io;
@@ -233,6 +234,16 @@ impl Client {
             },
         )
         .await
+    }
+
+    /// `PUT /snapshot/create` (the VM must be paused).
+    pub async fn create_snapshot(&self, p: &SnapshotCreateParams) -> Result<(), Error> {
+        self.put(Method::PUT, "/snapshot/create".into(), p).await
+    }
+
+    /// `PUT /snapshot/load` (only on a fresh Firecracker process).
+    pub async fn load_snapshot(&self, p: &SnapshotLoadParams) -> Result<(), Error> {
+        self.put(Method::PUT, "/snapshot/load".into(), p).await
     }
 
     /// `GET /`.

@@ -567,3 +567,49 @@ mod tests {
         );
     }
 }
+
+/// Full or diff snapshot (`snapshot_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotType {
+    /// Every page of guest memory.
+    Full,
+    /// Only the pages dirtied since the last snapshot (needs dirty-page tracking).
+    Diff,
+}
+
+/// `PUT /snapshot/create`: the VM must be paused. Paths are Firecracker's (inside the chroot
+/// when jailed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotCreateParams {
+    /// The microVM state file to write.
+    pub snapshot_path: String,
+    /// The guest memory file to write.
+    pub mem_file_path: String,
+    /// Full (default) or diff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_type: Option<SnapshotType>,
+}
+
+/// Where guest memory is loaded from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryBackend {
+    /// `"File"` (a memory file, mapped privately) or `"Uffd"`.
+    pub backend_type: String,
+    /// The memory file, or the UFFD handler's socket.
+    pub backend_path: String,
+}
+
+/// `PUT /snapshot/load`: only on a fresh Firecracker process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotLoadParams {
+    /// The microVM state file.
+    pub snapshot_path: String,
+    /// The guest memory.
+    pub mem_backend: MemoryBackend,
+    /// Track dirty pages so that diff snapshots can be taken later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_diff_snapshots: Option<bool>,
+    /// Resume the VM once loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_vm: Option<bool>,
+}

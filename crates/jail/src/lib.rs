@@ -22,6 +22,7 @@ pub mod net;
 pub mod owner;
 pub mod plan;
 pub mod proc;
+pub mod snapshot;
 pub mod source;
 pub mod spec;
 pub mod stage;

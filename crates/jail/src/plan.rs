@@ -198,7 +198,7 @@ impl JailSpec {
                     Some(Derived::Memory) if !skippable => "memory_limit_mb",
                     Some(Derived::Cpu) if !skippable => "cpu_quota_pct",
                     Some(Derived::Pids) if !skippable => "pids_max",
-                    _ if !skippable => limit_field(&controller),
+                    _ if !skippable => limit_field(&controller, limits),
                     _ => "cgroup_version",
                 };
                 let fix = if version == CgroupVersion::V2 {
@@ -608,11 +608,17 @@ fn readable_by(meta: &crate::source::SourceMeta, uid: u32, gid: u32) -> bool {
     }
 }
 
-/// The spec field of a limit that is always explicit, by its controller.
-fn limit_field(controller: &str) -> &'static str {
+/// The spec field of a limit that is always explicit, by its controller: for disk I/O, the
+/// first limit that is set.
+fn limit_field(controller: &str, limits: &crate::cgroup::CgroupLimits) -> &'static str {
     match controller {
         "cpuset" => "cpuset",
-        "blkio" | "io" => "io_limits",
+        "blkio" | "io" => limits
+            .io
+            .fields()
+            .into_iter()
+            .find(|f| f.1.is_some())
+            .map_or("io_limits", |f| f.0),
         _ => "cgroup_version",
     }
 }

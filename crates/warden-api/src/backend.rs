@@ -534,6 +534,7 @@ pub fn spec_from_pb(c: pb::VmConfig, customer_id: String) -> Result<(VmSpec, Fie
             write_iops: c.io_write_iops,
         },
         customer_id,
+        restore_from: None,
     };
     Ok((spec, map))
 }

@@ -56,7 +56,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
     }
     // First of all, before any cgroup or child process exists: a daemon in a delegated v2
     // subtree moves into its supervisor leaf and puts its VMs beside it.
-    let hierarchy = jail::cgroup::Hierarchy::host()?;
+    // Without any cgroup mount (unjailed development) there is nothing to settle into.
+    let hierarchy =
+        jail::cgroup::Hierarchy::host().unwrap_or_else(|_| jail::cgroup::Hierarchy::empty());
     match warden::daemon::delegation::settle(&mut cfg, &hierarchy, std::path::Path::new("/proc"))? {
         warden::daemon::delegation::Placement::Delegated(d) => tracing::info!(
             subtree = %d.subtree,

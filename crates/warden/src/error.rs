@@ -101,6 +101,9 @@ pub enum Error {
         /// The parse error.
         source: std::num::ParseIntError,
     },
+    /// Taking a snapshot, or moving it out of the jail, failed.
+    #[error(transparent)]
+    Snapshot(jail::snapshot::SnapshotError),
     /// A host call failed.
     #[error("{what} failed")]
     Os {

@@ -98,6 +98,18 @@ pub enum ManagerError {
         /// The unit of both.
         unit: &'static str,
     },
+    /// No snapshot has this name.
+    #[error("no snapshot named {name:?}; list them with ListSnapshots")]
+    NoSuchSnapshot {
+        /// The name asked for.
+        name: String,
+    },
+    /// A snapshot with this name exists.
+    #[error("a snapshot named {name:?} already exists; choose another name or delete it")]
+    SnapshotExists {
+        /// The name.
+        name: String,
+    },
     /// The daemon holds `max_vms` VMs.
     #[error("this daemon holds {held} VMs, its max_vms; delete VMs or raise max_vms")]
     TooManyVms {
@@ -173,8 +185,12 @@ impl ManagerError {
         use jail::owner::RegistryError;
         use jail::ApplyError;
         match self {
-            Self::NoSuchVm { .. } | Self::Deleted { .. } => ErrorCode::NotFound,
-            Self::Exists { .. } | Self::IdInUse { .. } => ErrorCode::AlreadyExists,
+            Self::NoSuchVm { .. } | Self::Deleted { .. } | Self::NoSuchSnapshot { .. } => {
+                ErrorCode::NotFound
+            }
+            Self::Exists { .. } | Self::IdInUse { .. } | Self::SnapshotExists { .. } => {
+                ErrorCode::AlreadyExists
+            }
             Self::WrongState { .. } | Self::NotLive { .. } | Self::Setting { .. } => {
                 ErrorCode::FailedPrecondition
             }
@@ -224,6 +240,7 @@ pub enum FieldOwner {
 pub fn api_field(library_field: &str) -> FieldOwner {
     const REQUEST: &[(&str, &str)] = &[
         ("vm_id", "vm_id"),
+        ("jailer_id", "vm_id"),
         ("vcpu_count", "config.vcpu_count"),
         ("memory_mb", "config.memory_mib"),
         ("memory_limit_mb", "config.memory_limit_mib"),
@@ -236,6 +253,7 @@ pub fn api_field(library_field: &str) -> FieldOwner {
         ("kernel_path", "config.kernel_path"),
         ("rootfs_path", "config.rootfs_path"),
         ("boot_args", "config.boot_args"),
+        ("snapshot", "snapshot"),
     ];
     const SETTINGS: &[(&str, &str)] = &[
         ("uid", "jailer_uid"),
@@ -247,7 +265,6 @@ pub fn api_field(library_field: &str) -> FieldOwner {
         ("cgroup_version", "cgroup_version"),
         ("netns", "netns"),
         ("network.guest", "address_pool"),
-        ("jailer_id", "vm_id"),
     ];
     if let Some((_, api)) = REQUEST.iter().find(|(lib, _)| *lib == library_field) {
         return FieldOwner::Request((*api).to_owned());

@@ -11,6 +11,7 @@ pub mod manager;
 pub mod metrics;
 mod pool;
 mod recovery;
+mod snapshots;
 mod spec;
 pub mod state;
 pub mod store;

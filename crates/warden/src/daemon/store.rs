@@ -54,6 +54,9 @@ pub struct VmSpec {
     /// The caller's customer, kept and returned as given.
     #[serde(default)]
     pub customer_id: String,
+    /// Started from this snapshot of the daemon's store (RestoreVm) instead of booted.
+    #[serde(default)]
+    pub restore_from: Option<String>,
 }
 
 /// Why a VM ended, machine-readable: stored and answered as its snake_case name.

@@ -150,7 +150,14 @@ fn delegation_check(h: &Hierarchy, parent: &str, setting: Delegation) -> Check {
         dir.display(),
         offered.join(" "),
         sub.supervisor_dir().display(),
-        mount.join(sub.vm_parent(parent)).display()
+        // The daemon's own preflight runs after it settled: its parent is already beside the leaf.
+        mount
+            .join(if parent.starts_with(&format!("{}/", sub.subtree)) {
+                parent.to_owned()
+            } else {
+                sub.vm_parent(parent)
+            })
+            .display()
     );
     if missing.is_empty() {
         Check::pass(NAME, detail)

@@ -205,6 +205,8 @@ pub struct VmOptions {
     /// for that); its host state is then removed by the next `warden gc`. A daemon turns this
     /// off: its VMs outlive it and are re-attached.
     pub die_with_owner: bool,
+    /// Start from this snapshot instead of booting (set by [`crate::vm::restore_vm`]).
+    pub restore: Option<crate::vm::snapshot::Restore>,
 }
 
 impl Default for VmOptions {
@@ -229,6 +231,7 @@ impl Default for VmOptions {
             owner: None,
             registry: jail::Registry::default(),
             die_with_owner: true,
+            restore: None,
         }
     }
 }

@@ -12,6 +12,7 @@ mod exit;
 pub mod jailer;
 mod pidfd;
 mod process;
+pub mod snapshot;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,6 +28,7 @@ use config::{JailerMode, VmConfig, VmOptions, DEFAULT_BOOT_ARGS, VMM_OVERHEAD_MB
 pub(crate) use console::{read_tail, TAIL_BYTES};
 pub(crate) use exit::{classify, Ended};
 pub use exit::{Exit, ExitReason};
+pub use snapshot::{restore_vm, Manifest};
 
 /// A running microVM. Stop it with [`stop_firecracker`]; dropping it kills the VM and removes
 /// its jail.
@@ -266,14 +268,19 @@ pub fn plan_vm(config: &VmConfig, options: &VmOptions) -> Result<Planned, Error>
         ),
         _ => (true, None),
     };
-    let mut files = vec![StageRequest {
-        source: config.kernel_path.clone().into(),
-        name: "kernel".into(),
-        writable: false,
-        field: "kernel_path".into(),
-        opened: None,
-    }];
-    if !config.rootfs_path.is_empty() {
+    let mut files = match &options.restore {
+        Some(r) => snapshot::restore_files(&r.store, &r.manifest),
+        None => vec![StageRequest {
+            source: config.kernel_path.clone().into(),
+            name: "kernel".into(),
+            writable: false,
+            field: "kernel_path".into(),
+            opened: None,
+        }],
+    };
+    if options.restore.is_some() {
+        // The snapshot has its drives.
+    } else if !config.rootfs_path.is_empty() {
         files.push(StageRequest {
             source: config.rootfs_path.clone().into(),
             name: "rootfs".into(),
@@ -282,7 +289,12 @@ pub fn plan_vm(config: &VmConfig, options: &VmOptions) -> Result<Planned, Error>
             opened: None,
         });
     }
-    for (i, d) in options.drives.iter().enumerate() {
+    let drives = if options.restore.is_some() {
+        &[][..]
+    } else {
+        &options.drives[..]
+    };
+    for (i, d) in drives.iter().enumerate() {
         files.push(StageRequest {
             source: d.path.clone(),
             name: format!("drive{}", i + 1),
@@ -488,15 +500,36 @@ async fn start_inner(
     .await?;
     let plan = process.plan.clone();
     // From here a failure must end the process; dropping `process` kills it and cleans up.
-    let configured = configure(config, options, &plan, &client).await;
-    phases.mark("configure");
-    // Read before InstanceStart too: a guest may power off before the report after it is read.
-    let before = isolation_report(&process, &plan, unjailed_reason.as_deref(), false).await;
-    let started = match configured {
-        Ok(()) => client.action(ActionType::InstanceStart).await,
-        Err(e) => Err(e),
+    let (before, started) = match &options.restore {
+        Some(r) => {
+            let before = isolation_report(&process, &plan, unjailed_reason.as_deref(), false).await;
+            let loaded = snapshot::load(&client, &plan, &r.manifest.firecracker_version).await;
+            phases.mark("snapshot load");
+            match loaded {
+                Ok(()) => (before, Ok(())),
+                Err(snapshot::LoadError::Api(e)) => (before, Err(e)),
+                Err(e @ snapshot::LoadError::Version { .. }) => {
+                    process.note_stop_requested();
+                    process.kill();
+                    let _ = process.wait().await;
+                    return Err(jail::SpecError::new("snapshot", e.to_string()).into());
+                }
+            }
+        }
+        None => {
+            let configured = configure(config, options, &plan, &client).await;
+            phases.mark("configure");
+            // Read before InstanceStart too: a guest may power off before the report after it
+            // is read.
+            let before = isolation_report(&process, &plan, unjailed_reason.as_deref(), false).await;
+            let started = match configured {
+                Ok(()) => client.action(ActionType::InstanceStart).await,
+                Err(e) => Err(e),
+            };
+            phases.mark("instance start");
+            (before, started)
+        }
     };
-    phases.mark("instance start");
     if let Err(source) = started {
         process.note_stop_requested();
         process.kill();

@@ -183,6 +183,7 @@ fn valid_text(key: &str) -> BoxedStrategy<String> {
             .prop_map(|v| v.join(","))
             .boxed(),
         "log_format" => words(vec!["json", "text"]),
+        "cgroup_delegation" => words(vec!["auto", "on", "off"]),
         other => panic!("no valid values for {other}: add them"),
     }
 }

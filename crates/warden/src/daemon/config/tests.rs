@@ -142,6 +142,7 @@ const SAMPLES: &[(&str, &str, &str)] = &[
     ("fd_limit", "4096", "4096"),
     ("parent_cgroup", "warden/tenant-a", "\"warden/tenant-a\""),
     ("cgroup_version", "2", "2"),
+    ("cgroup_delegation", "off", "\"off\""),
     ("listen", "[::1]:9000", "\"[::1]:9000\""),
     ("unix_socket", "/run/w.sock", "\"/run/w.sock\""),
     ("auth_token", "s3cret", "\"***\""),

@@ -60,6 +60,7 @@ impl Manager {
                 source,
             })?;
             let (mut config, mut options) = self.vm_config(&id, &slot.rec.spec);
+            self.restore_options(&slot.rec.spec, &mut options).await?;
             config.enable_networking = networked;
             if let Some(uid) = slot.rec.uid {
                 options.jailer.uid = uid;

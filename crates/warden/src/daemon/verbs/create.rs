@@ -42,6 +42,7 @@ impl Manager {
             }
         }
         let (config, mut options) = self.vm_config(&id, &spec);
+        self.restore_options(&spec, &mut options).await?;
         // Addresses are taken at boot; validate with the pool's first one.
         options.network.guest = Some(self.addresses.guest(self.addresses.sample()));
         let plan = vm::plan_vm(&config, &options)?.plan;

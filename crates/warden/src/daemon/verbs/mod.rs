@@ -8,6 +8,7 @@ mod create;
 mod delete;
 mod pause;
 mod reboot;
+mod snapshot;
 mod stop;
 
 use super::error::ManagerError;

@@ -1,0 +1,70 @@
+//! SnapshotVm and RestoreVm: a full snapshot of a running or paused VM into the daemon's store,
+//! and a new VM started from one (a clone: its own id, jail, uid and cgroups).
+
+use std::sync::Arc;
+
+use super::to_completion;
+use crate::daemon::error::ManagerError;
+use crate::daemon::manager::Manager;
+use crate::daemon::state::{Op, VmState};
+use crate::daemon::store::{VmRecord, VmSpec};
+use crate::vm::Manifest;
+
+impl Manager {
+    /// SnapshotVm: pauses VM `id`, writes snapshot `name` into the store, then resumes it
+    /// (`resume`) or leaves it paused.
+    pub async fn snapshot(
+        self: &Arc<Self>,
+        id: &str,
+        name: &str,
+        resume: bool,
+    ) -> Result<Manifest, ManagerError> {
+        let (m, id, name) = (self.clone(), id.to_owned(), name.to_owned());
+        to_completion(async move {
+            let store = m.snapshot_dir(&name)?;
+            if store.exists() {
+                return Err(ManagerError::SnapshotExists { name });
+            }
+            let mut slot = m.lock_for(&id, Op::Pause).await?;
+            let vm = slot
+                .vm
+                .as_ref()
+                .ok_or(ManagerError::NotLive { id: id.clone() })?;
+            std::fs::create_dir_all(store.parent().expect("under the state dir")).map_err(
+                |source| ManagerError::Os {
+                    what: format!("creating {}", store.display()),
+                    source,
+                },
+            )?;
+            let manifest = vm.snapshot(&store, resume).await?;
+            if !resume {
+                slot.rec.state = VmState::Paused;
+                m.put(&mut slot.rec).await?;
+            }
+            tracing::info!(vm_id = %id, snapshot = %name, "snapshot taken");
+            Ok(manifest)
+        })
+        .await
+    }
+
+    /// RestoreVm: records VM `id` (generated when empty) as a clone of snapshot `name` and
+    /// starts it from the snapshot.
+    pub async fn restore(self: &Arc<Self>, id: &str, name: &str) -> Result<VmRecord, ManagerError> {
+        let restore = self.open_snapshot(name).await?;
+        let spec = VmSpec {
+            vcpu_count: restore.manifest.vcpu_count,
+            memory_mib: restore.manifest.memory_mb,
+            // Not staged for a restore; the record shows where the VM came from.
+            kernel_path: restore
+                .store
+                .join(&restore.manifest.state.name)
+                .display()
+                .to_string(),
+            restore_from: Some(name.to_owned()),
+            ..VmSpec::default()
+        };
+        let rec = self.create(id, spec).await?;
+        self.boot(&rec.id).await?;
+        Ok(rec)
+    }
+}
