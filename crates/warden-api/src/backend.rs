@@ -1034,6 +1034,62 @@ impl VmService for ManagerService {
         })
     }
 
+    async fn snapshot_vm(
+        &self,
+        req: pb::SnapshotVmRequest,
+    ) -> Result<pb::SnapshotVmResponse, ApiError> {
+        let id = need_id(&req.vm_id)?;
+        if req.name.is_empty() {
+            return Err(ApiError::invalid_argument(
+                "invalid name: is empty; give the snapshot a name (letters, digits and '-')",
+            ));
+        }
+        let m = self.0.snapshot(id, &req.name, !req.keep_paused).await?;
+        Ok(pb::SnapshotVmResponse {
+            snapshot: Some(snapshot_to_pb(&req.name, &m)),
+        })
+    }
+
+    async fn restore_vm(
+        &self,
+        req: pb::RestoreVmRequest,
+    ) -> Result<pb::RestoreVmResponse, ApiError> {
+        if req.snapshot.is_empty() {
+            return Err(ApiError::invalid_argument(
+                "invalid snapshot: is empty; give the name of a snapshot (ListSnapshots)",
+            ));
+        }
+        let rec = self.0.restore(&req.vm_id, &req.snapshot).await?;
+        let state = self.0.get(&rec.id).await?.record.state;
+        Ok(pb::RestoreVmResponse {
+            vm_id: rec.id,
+            state: common_state(state) as i32,
+        })
+    }
+
+    async fn list_snapshots(
+        &self,
+        _req: pb::ListSnapshotsRequest,
+    ) -> Result<pb::ListSnapshotsResponse, ApiError> {
+        Ok(pb::ListSnapshotsResponse {
+            snapshots: self
+                .0
+                .list_snapshots()
+                .await?
+                .iter()
+                .map(|(name, m)| snapshot_to_pb(name, m))
+                .collect(),
+        })
+    }
+
+    async fn delete_snapshot(
+        &self,
+        req: pb::DeleteSnapshotRequest,
+    ) -> Result<pb::DeleteSnapshotResponse, ApiError> {
+        self.0.delete_snapshot(&req.name).await?;
+        Ok(pb::DeleteSnapshotResponse { success: true })
+    }
+
     async fn watch_vms(&self, req: pb::WatchVmsRequest) -> Result<crate::VmEventStream, ApiError> {
         let only = (!req.vm_id.is_empty()).then_some(req.vm_id);
         if let Some(id) = &only {
@@ -1351,5 +1407,23 @@ mod tests {
             let e = parse_page_token(bad).unwrap_err();
             assert!(e.message.contains("page_token"), "{bad}: {e:?}");
         }
+    }
+}
+
+/// A snapshot as the API shows it.
+fn snapshot_to_pb(name: &str, m: &warden::vm::Manifest) -> pb::Snapshot {
+    pb::Snapshot {
+        name: name.to_owned(),
+        source_vm_id: m.source_vm.clone(),
+        firecracker_version: m.firecracker_version.clone(),
+        created_at_unix_ms: i64::try_from(m.created_at_unix_ms).unwrap_or(i64::MAX),
+        vcpu_count: u32::from(m.vcpu_count),
+        memory_bytes: u64::from(m.memory_mb) << 20,
+        size_bytes: [&m.state, &m.memory]
+            .into_iter()
+            .chain(m.drives.iter().map(|d| &d.file))
+            .map(|f| f.len)
+            .sum(),
+        network_interfaces: m.network_interfaces.clone(),
     }
 }

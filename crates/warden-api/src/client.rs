@@ -153,6 +153,14 @@ impl Client {
         get_vm_info(GetVmInfoRequest) -> GetVmInfoResponse, "GetVmInfo";
         /// `ListVms`.
         list_vms(ListVmsRequest) -> ListVmsResponse, "ListVms";
+        /// `SnapshotVm`: a full snapshot into the daemon's store.
+        snapshot_vm(SnapshotVmRequest) -> SnapshotVmResponse, "SnapshotVm";
+        /// `RestoreVm`: a new running VM from a snapshot.
+        restore_vm(RestoreVmRequest) -> RestoreVmResponse, "RestoreVm";
+        /// `ListSnapshots`.
+        list_snapshots(ListSnapshotsRequest) -> ListSnapshotsResponse, "ListSnapshots";
+        /// `DeleteSnapshot`.
+        delete_snapshot(DeleteSnapshotRequest) -> DeleteSnapshotResponse, "DeleteSnapshot";
     }
 
     /// Every VM in one of `state_filter` (every VM when empty), following ListVms' pages.

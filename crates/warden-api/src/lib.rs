@@ -47,7 +47,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 pub const SERVICE_NAME: &str = "vmprovisioner.v1.VmService";
 
 /// The unary RPC method names, as they appear in `/vmprovisioner.v1.VmService/<Method>`.
-pub const METHODS: [&str; 9] = [
+pub const METHODS: [&str; 13] = [
     "CreateVm",
     "DeleteVm",
     "BootVm",
@@ -57,6 +57,10 @@ pub const METHODS: [&str; 9] = [
     "RebootVm",
     "GetVmInfo",
     "ListVms",
+    "SnapshotVm",
+    "RestoreVm",
+    "ListSnapshots",
+    "DeleteSnapshot",
 ];
 
 /// The server-streaming RPC: `/vmprovisioner.v1.VmService/WatchVms`.
@@ -92,6 +96,34 @@ pub trait VmService: Send + Sync + 'static {
     async fn list_vms(&self, req: pb::ListVmsRequest) -> Result<pb::ListVmsResponse, ApiError>;
     /// WatchVms: the current state of each VM (or of one), then every change.
     async fn watch_vms(&self, req: pb::WatchVmsRequest) -> Result<VmEventStream, ApiError>;
+    /// SnapshotVm: a full snapshot of a running or paused VM into the store.
+    async fn snapshot_vm(
+        &self,
+        _req: pb::SnapshotVmRequest,
+    ) -> Result<pb::SnapshotVmResponse, ApiError> {
+        Err(ApiError::unimplemented("SnapshotVm is not served here"))
+    }
+    /// RestoreVm: a new running VM from a snapshot.
+    async fn restore_vm(
+        &self,
+        _req: pb::RestoreVmRequest,
+    ) -> Result<pb::RestoreVmResponse, ApiError> {
+        Err(ApiError::unimplemented("RestoreVm is not served here"))
+    }
+    /// ListSnapshots.
+    async fn list_snapshots(
+        &self,
+        _req: pb::ListSnapshotsRequest,
+    ) -> Result<pb::ListSnapshotsResponse, ApiError> {
+        Err(ApiError::unimplemented("ListSnapshots is not served here"))
+    }
+    /// DeleteSnapshot.
+    async fn delete_snapshot(
+        &self,
+        _req: pb::DeleteSnapshotRequest,
+    ) -> Result<pb::DeleteSnapshotResponse, ApiError> {
+        Err(ApiError::unimplemented("DeleteSnapshot is not served here"))
+    }
 }
 
 /// The events of [`VmService::watch_vms`]; an error ends the stream.

@@ -630,6 +630,10 @@ async fn call_method(
         "RebootVm" => reboot_vm;
         "GetVmInfo" => get_vm_info;
         "ListVms" => list_vms;
+        "SnapshotVm" => snapshot_vm;
+        "RestoreVm" => restore_vm;
+        "ListSnapshots" => list_snapshots;
+        "DeleteSnapshot" => delete_snapshot;
     }
 }
 
@@ -705,6 +709,10 @@ grpc_methods! {
     reboot_vm(RebootVmRequest) -> RebootVmResponse, "/vmprovisioner.v1.VmService/RebootVm";
     get_vm_info(GetVmInfoRequest) -> GetVmInfoResponse, "/vmprovisioner.v1.VmService/GetVmInfo";
     list_vms(ListVmsRequest) -> ListVmsResponse, "/vmprovisioner.v1.VmService/ListVms";
+    snapshot_vm(SnapshotVmRequest) -> SnapshotVmResponse, "/vmprovisioner.v1.VmService/SnapshotVm";
+    restore_vm(RestoreVmRequest) -> RestoreVmResponse, "/vmprovisioner.v1.VmService/RestoreVm";
+    list_snapshots(ListSnapshotsRequest) -> ListSnapshotsResponse, "/vmprovisioner.v1.VmService/ListSnapshots";
+    delete_snapshot(DeleteSnapshotRequest) -> DeleteSnapshotResponse, "/vmprovisioner.v1.VmService/DeleteSnapshot";
 }
 
 /// Where [`serve`] listens.
