@@ -1189,6 +1189,24 @@ impl ManagerService {
     }
 }
 
+/// A snapshot as the API shows it.
+fn snapshot_to_pb(name: &str, m: &warden::vm::Manifest) -> pb::Snapshot {
+    pb::Snapshot {
+        name: name.to_owned(),
+        source_vm_id: m.source_vm.clone(),
+        firecracker_version: m.firecracker_version.clone(),
+        created_at_unix_ms: i64::try_from(m.created_at_unix_ms).unwrap_or(i64::MAX),
+        vcpu_count: u32::from(m.vcpu_count),
+        memory_bytes: u64::from(m.memory_mb) << 20,
+        size_bytes: [&m.state, &m.memory]
+            .into_iter()
+            .chain(m.drives.iter().map(|d| &d.file))
+            .map(|f| f.len)
+            .sum(),
+        network_interfaces: m.network_interfaces.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1407,23 +1425,5 @@ mod tests {
             let e = parse_page_token(bad).unwrap_err();
             assert!(e.message.contains("page_token"), "{bad}: {e:?}");
         }
-    }
-}
-
-/// A snapshot as the API shows it.
-fn snapshot_to_pb(name: &str, m: &warden::vm::Manifest) -> pb::Snapshot {
-    pb::Snapshot {
-        name: name.to_owned(),
-        source_vm_id: m.source_vm.clone(),
-        firecracker_version: m.firecracker_version.clone(),
-        created_at_unix_ms: i64::try_from(m.created_at_unix_ms).unwrap_or(i64::MAX),
-        vcpu_count: u32::from(m.vcpu_count),
-        memory_bytes: u64::from(m.memory_mb) << 20,
-        size_bytes: [&m.state, &m.memory]
-            .into_iter()
-            .chain(m.drives.iter().map(|d| &d.file))
-            .map(|f| f.len)
-            .sum(),
-        network_interfaces: m.network_interfaces.clone(),
     }
 }

@@ -76,6 +76,27 @@ enum VmCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Take a full snapshot of a running VM into the daemon's store (SnapshotVm).
+    Snapshot {
+        id: String,
+        /// The snapshot's name (letters, digits and '-').
+        name: String,
+        /// Leave the VM paused afterwards.
+        #[arg(long)]
+        keep_paused: bool,
+    },
+    /// Start a new VM from a snapshot (RestoreVm): a clone with its own jail and uid.
+    Restore {
+        /// The snapshot's name.
+        snapshot: String,
+        /// The new VM's id (generated when omitted).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// List the snapshots of the daemon's store.
+    Snapshots,
+    /// Delete a snapshot.
+    RmSnapshot { name: String },
 }
 
 #[derive(Args, Debug)]
@@ -242,6 +263,55 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<u8> {
                 })
                 .await?;
             print(json, &r, || format!("{id} {}", state_name(r.warden_state)));
+        }
+        VmCommand::Snapshot {
+            id,
+            name,
+            keep_paused,
+        } => {
+            let r = client
+                .snapshot_vm(pb::SnapshotVmRequest {
+                    vm_id: id.clone(),
+                    name: name.clone(),
+                    keep_paused,
+                })
+                .await?;
+            print(json, &r, || format!("{id} snapshotted as {name}"));
+        }
+        VmCommand::Restore { snapshot, id } => {
+            let r = client
+                .restore_vm(pb::RestoreVmRequest {
+                    vm_id: id.unwrap_or_default(),
+                    snapshot: snapshot.clone(),
+                })
+                .await?;
+            print(json, &r, || format!("{} restored from {snapshot}", r.vm_id));
+        }
+        VmCommand::Snapshots => {
+            let r = client.list_snapshots(pb::ListSnapshotsRequest {}).await?;
+            print(json, &r, || {
+                r.snapshots
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "{:<24} from {:<28} {} vCPU {} MiB, {} MiB on disk, Firecracker {}",
+                            s.name,
+                            s.source_vm_id,
+                            s.vcpu_count,
+                            s.memory_bytes >> 20,
+                            s.size_bytes >> 20,
+                            s.firecracker_version
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        VmCommand::RmSnapshot { name } => {
+            let r = client
+                .delete_snapshot(pb::DeleteSnapshotRequest { name: name.clone() })
+                .await?;
+            print(json, &r, || format!("snapshot {name} deleted"));
         }
         VmCommand::Rm { id, force } => {
             let r = client

@@ -56,6 +56,15 @@ async fn snapshots_restore_into_clones_that_survive_a_daemon_restart() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].name, "base");
 
+    // The CLI shows the same store.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["vm", "--endpoint", &d.url(), "snapshots"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.starts_with("base ") && text.contains(&src), "{text}");
+
     // SIGKILL the daemon and start it again: the clones are re-attached and controllable.
     d.restart();
     let c = d.client();
