@@ -96,7 +96,7 @@ pub trait VmService: Send + Sync + 'static {
     async fn list_vms(&self, req: pb::ListVmsRequest) -> Result<pb::ListVmsResponse, ApiError>;
     /// WatchVms: the current state of each VM (or of one), then every change.
     async fn watch_vms(&self, req: pb::WatchVmsRequest) -> Result<VmEventStream, ApiError>;
-    /// SnapshotVm: a full snapshot of a running or paused VM into the store.
+    /// SnapshotVm: a full snapshot of a running VM into the store.
     async fn snapshot_vm(
         &self,
         _req: pb::SnapshotVmRequest,

@@ -1,4 +1,4 @@
-//! SnapshotVm and RestoreVm: a full snapshot of a running or paused VM into the daemon's store,
+//! SnapshotVm and RestoreVm: a full snapshot of a running VM into the daemon's store,
 //! and a new VM started from one (a clone: its own id, jail, uid and cgroups).
 
 use std::sync::Arc;
