@@ -677,3 +677,27 @@ fn render_human_has_one_line_per_check_and_fix_lines() {
         "{text}"
     );
 }
+
+/// The daemon's `cpuset` must name online CPUs: the check reads them from sysfs.
+#[test]
+fn a_cpuset_of_offline_cpus_fails_naming_them() {
+    let sys = tempfile::tempdir().unwrap();
+    let online = sys.path().join("devices/system/cpu");
+    std::fs::create_dir_all(&online).unwrap();
+    std::fs::write(online.join("online"), "0-1\n").unwrap();
+    let run = |set: &str| {
+        doctor::run(&DoctorInput {
+            cpuset: Some(set.parse().unwrap()),
+            sys_root: sys.path().to_owned(),
+            ..input()
+        })
+    };
+    assert_status(&run("1"), "cpuset", Status::Pass, &["every CPU is online"]);
+    let c = assert_status(
+        &run("0,3-4"),
+        "cpuset",
+        Status::Fail,
+        &["3-4", "online: 0-1"],
+    );
+    assert!(c.fix.unwrap().contains("0-1"));
+}

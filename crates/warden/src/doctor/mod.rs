@@ -68,6 +68,10 @@ pub struct DoctorInput {
     pub production: bool,
     /// The daemon's `cgroup_delegation` setting.
     pub delegation: crate::daemon::config::Delegation,
+    /// The CPUs VMs may be pinned to (the daemon's `cpuset`), checked to be online.
+    pub cpuset: Option<jail::cgroup::cpuset::CpuList>,
+    /// The sysfs root the online CPUs are read from.
+    pub sys_root: PathBuf,
 }
 
 impl Default for DoctorInput {
@@ -93,6 +97,8 @@ impl Default for DoctorInput {
             etc_dir: PathBuf::from("/etc"),
             production: false,
             delegation: crate::daemon::config::Delegation::Auto,
+            cpuset: None,
+            sys_root: PathBuf::from("/sys"),
         }
     }
 }
@@ -116,6 +122,7 @@ impl DoctorInput {
             id_range: cfg.jail_id_range,
             production: cfg.require_jailer,
             delegation: cfg.cgroup_delegation,
+            cpuset: cfg.cpuset.clone(),
             ..Self::default()
         }
     }
@@ -238,6 +245,34 @@ impl Report {
     }
 }
 
+/// The operator's `cpuset`: every CPU in it must be online, or every VM's boot fails.
+fn cpuset_check(set: &jail::cgroup::cpuset::CpuList, sys: &std::path::Path) -> Check {
+    const NAME: &str = "cpuset";
+    match jail::cgroup::cpuset::Online::read(sys) {
+        Err(file) => Check::warn(
+            NAME,
+            format!("cannot read {} to check cpuset {set}", file.display()),
+            "run where sysfs is mounted at /sys",
+        ),
+        Ok(online) if set.is_subset(&online.cpus) => Check::pass(
+            NAME,
+            format!(
+                "cpuset {set}: every CPU is online (online: {})",
+                online.cpus
+            ),
+        ),
+        Ok(online) => Check::fail(
+            NAME,
+            format!(
+                "cpuset {set} names CPUs that are not online ({}); online: {}",
+                set.missing_from(&online.cpus),
+                online.cpus
+            ),
+            format!("set cpuset to CPUs of {} (or leave it unset)", online.cpus),
+        ),
+    }
+}
+
 /// Runs every check against the host. Takes a few hundred milliseconds (it runs both binaries
 /// with `--version`, each with a 5 second timeout).
 pub fn run(input: &DoctorInput) -> Report {
@@ -249,6 +284,9 @@ pub fn run(input: &DoctorInput) -> Report {
         input.production,
         input.delegation,
     ));
+    if let Some(set) = &input.cpuset {
+        checks.push(cpuset_check(set, &input.sys_root));
+    }
     checks.extend(binaries::check(
         &input.jailer_binary,
         &input.firecracker_binary,
