@@ -478,6 +478,16 @@ async fn start_inner(
             off.why
         );
     }
+    if let Some(r) = &options.restore {
+        // Once per start, at the moment of use: the store's files still match the manifest.
+        let r = r.clone();
+        tokio::task::spawn_blocking(move || snapshot::verify(&r.store, &r.manifest))
+            .await
+            .map_err(|e| Error::Os {
+                what: "checking the snapshot".into(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+    }
     let ownership = jailer::Ownership {
         uid_leased,
         owner: options

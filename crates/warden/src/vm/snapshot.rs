@@ -193,7 +193,7 @@ impl From<jail::snapshot::SnapshotError> for Error {
     }
 }
 
-/// Reads a store's manifest and checks its files against it (sizes and checksums).
+/// Reads a store's manifest (its files are checked against it by [`verify`] at each start).
 pub fn read_manifest(store: &Path) -> Result<Manifest, Error> {
     let path = store.join(MANIFEST);
     let text = std::fs::read(&path).map_err(os(format!("reading {}", path.display())))?;
@@ -203,6 +203,12 @@ pub fn read_manifest(store: &Path) -> Result<Manifest, Error> {
             format!("{} is not a warden snapshot manifest: {e}", path.display()),
         )
     })?;
+    Ok(m)
+}
+
+/// Checks a store's files against its manifest's checksums; run once per start from it, just
+/// before the files are staged.
+pub fn verify(store: &Path, m: &Manifest) -> Result<(), Error> {
     for f in [&m.state, &m.memory]
         .into_iter()
         .chain(m.drives.iter().map(|d| &d.file))
@@ -219,7 +225,7 @@ pub fn read_manifest(store: &Path) -> Result<Manifest, Error> {
             .into());
         }
     }
-    Ok(m)
+    Ok(())
 }
 
 /// The files a restore stages: the state and memory (read-only, hard-linked from the store) and
