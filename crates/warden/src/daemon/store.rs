@@ -92,6 +92,23 @@ pub enum ExitCause {
 }
 
 impl ExitCause {
+    /// Every cause.
+    pub const ALL: [ExitCause; 13] = [
+        Self::GuestPowerOff,
+        Self::Stopped,
+        Self::Killed,
+        Self::OomKilled,
+        Self::Signaled,
+        Self::FirecrackerError,
+        Self::Unknown,
+        Self::BootFailed,
+        Self::StoppedByApi,
+        Self::Rebooted,
+        Self::DaemonExit,
+        Self::DaemonRestart,
+        Self::Unresponsive,
+    ];
+
     /// The snake_case name, as stored and on the API.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -358,22 +375,7 @@ mod tests {
 
     #[test]
     fn exit_causes_are_stored_and_answered_by_one_name() {
-        use ExitCause::*;
-        for c in [
-            GuestPowerOff,
-            Stopped,
-            Killed,
-            OomKilled,
-            Signaled,
-            FirecrackerError,
-            Unknown,
-            BootFailed,
-            StoppedByApi,
-            Rebooted,
-            DaemonExit,
-            DaemonRestart,
-            Unresponsive,
-        ] {
+        for c in ExitCause::ALL {
             let json = serde_json::to_string(&c).unwrap();
             assert_eq!(json, format!("\"{c}\""));
             assert_eq!(serde_json::from_str::<ExitCause>(&json).unwrap(), c);
