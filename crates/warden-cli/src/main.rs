@@ -2,6 +2,7 @@
 
 mod bench;
 mod doctor;
+mod limits;
 mod report;
 mod run;
 mod serve;

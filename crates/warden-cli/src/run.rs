@@ -60,22 +60,8 @@ pub struct RunArgs {
     /// Memory cgroup limit in MiB (default: guest memory + 64 MiB VMM overhead).
     #[arg(long, value_name = "MIB")]
     memory_limit: Option<u32>,
-    /// Pin the VM to these CPUs (kernel list syntax, e.g. `0-3,5`; every CPU online); default
-    /// unpinned.
-    #[arg(long, value_name = "LIST")]
-    cpuset: Option<String>,
-    /// Most bytes per second the VM's drives may read (on the disk under the chroot base).
-    #[arg(long, value_name = "BYTES")]
-    io_read_bps: Option<u64>,
-    /// Most bytes per second the VM's drives may write.
-    #[arg(long, value_name = "BYTES")]
-    io_write_bps: Option<u64>,
-    /// Most read operations per second.
-    #[arg(long, value_name = "N")]
-    io_read_iops: Option<u64>,
-    /// Most write operations per second.
-    #[arg(long, value_name = "N")]
-    io_write_iops: Option<u64>,
+    #[command(flatten)]
+    limits: crate::limits::PinAndIo,
     /// Base directory of jails.
     #[arg(long, default_value = "/srv/jailer")]
     chroot_base: PathBuf,
@@ -198,13 +184,8 @@ impl RunArgs {
                     no_file: Some(self.fd_limit),
                     fsize: self.fsize,
                 },
-                cpuset: self.cpuset.clone(),
-                io_limits: warden::vm::jailer::IoLimits {
-                    read_bps: self.io_read_bps,
-                    write_bps: self.io_write_bps,
-                    read_iops: self.io_read_iops,
-                    write_iops: self.io_write_iops,
-                },
+                cpuset: self.limits.cpuset.clone(),
+                io_limits: self.limits.io_limits(),
                 ..defaults
             },
             jailer_mode: if self.no_jailer {

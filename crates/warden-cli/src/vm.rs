@@ -128,21 +128,8 @@ struct CreateArgs {
     /// CPU cap in percent of one core.
     #[arg(long)]
     cpu_quota: Option<u32>,
-    /// Pin the VM to these CPUs (e.g. `0-3,5`; within the daemon's cpuset).
-    #[arg(long, value_name = "LIST")]
-    cpuset: Option<String>,
-    /// Most bytes per second the VM's drives may read (at most the daemon's io_read_bps).
-    #[arg(long, value_name = "BYTES")]
-    io_read_bps: Option<u64>,
-    /// Most bytes per second the VM's drives may write.
-    #[arg(long, value_name = "BYTES")]
-    io_write_bps: Option<u64>,
-    /// Most read operations per second.
-    #[arg(long, value_name = "N")]
-    io_read_iops: Option<u64>,
-    /// Most write operations per second.
-    #[arg(long, value_name = "N")]
-    io_write_iops: Option<u64>,
+    #[command(flatten)]
+    limits: crate::limits::PinAndIo,
     /// Give the VM a network device (the daemon's network_mode decides how it reaches the host).
     #[arg(long)]
     net: bool,
@@ -198,11 +185,11 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<u8> {
                 },
                 memory_limit_mib: c.memory_limit,
                 cpu_quota_percent: c.cpu_quota,
-                cpuset: c.cpuset,
-                io_read_bps: c.io_read_bps,
-                io_write_bps: c.io_write_bps,
-                io_read_iops: c.io_read_iops,
-                io_write_iops: c.io_write_iops,
+                cpuset: c.limits.cpuset,
+                io_read_bps: c.limits.io_read_bps,
+                io_write_bps: c.limits.io_write_bps,
+                io_read_iops: c.limits.io_read_iops,
+                io_write_iops: c.limits.io_write_iops,
                 ..Default::default()
             };
             let created = client
