@@ -26,6 +26,7 @@ pub mod snapshot;
 pub mod source;
 pub mod spec;
 pub mod stage;
+pub mod warm;
 
 pub use cgroup::{CgroupLimits, CgroupVersion};
 pub use host::{Host, RealHost};

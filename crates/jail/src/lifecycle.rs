@@ -47,6 +47,9 @@ pub enum ApplyError {
     /// A cgroup step before the spawn failed.
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    /// The VM does not fit the warm jail it was to take over; nothing was changed.
+    #[error(transparent)]
+    Misfit(#[from] crate::warm::Misfit),
 }
 
 /// One step of a removal that failed.
@@ -260,6 +263,28 @@ impl Jail {
                 source,
             }),
         }
+    }
+
+    /// Hands this warm jail (see [`crate::warm`]) to the VM planned as `plan`: checks that it
+    /// fits, records `plan` as the jail's (so every later removal, recovery and `gc` knows the
+    /// staged files), stages its files into the chroot and writes its cgroup values into the
+    /// directories the jailer made. The record comes first: a crash after it leaves a jail that
+    /// is removed like any other. Firecracker must not have started a guest yet (a warm jail's
+    /// has not), so nothing in the chroot comes from a guest; staging creates every file anew
+    /// and never follows a link there.
+    pub fn take_over(&self, plan: &JailPlan) -> Result<(), ApplyError> {
+        let current = self.plan();
+        crate::warm::fits(&current, plan)?;
+        let rec = {
+            let mut r = self.record.lock().unwrap();
+            r.plan = plan.clone();
+            r.clone()
+        };
+        self.registry.update(&rec)?;
+        self.write_owner_copy()?;
+        stage::stage_files(plan)?;
+        crate::cgroup::rewrite_values(&plan.cgroups)?;
+        Ok(())
     }
 
     /// Leaves the host state in place when this handle goes away.

@@ -416,6 +416,54 @@ impl Registry {
             .and_then(|b| serde_json::from_slice(&b).ok())
     }
 
+    /// Passes `owner`'s lease of `uid` from `from` to `to` (a warm jail's uid going to the VM
+    /// that takes the jail over). The file is replaced whole by a rename, so the uid is never
+    /// free meanwhile. Fails if the lease is not `owner`'s for `from`.
+    pub fn relabel_uid(
+        &self,
+        uid: u32,
+        owner: &Owner,
+        from: &str,
+        to: &str,
+    ) -> Result<(), RegistryError> {
+        let path = self.uid_path(uid);
+        match self.uid_lease(uid) {
+            Some(l) if l.owner == *owner && l.vm_id == from => {}
+            other => {
+                return Err(RegistryError::Taken {
+                    id: format!("uid {uid}"),
+                    owner: other.map_or_else(|| "nobody".to_owned(), |l| l.owner.to_string()),
+                })
+            }
+        }
+        let lease = UidLease {
+            uid,
+            vm_id: to.to_owned(),
+            owner: owner.clone(),
+        };
+        let tmp = self.uid_dir().join(format!(
+            ".{uid}.{}.{:?}.relabel.tmp",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(&serde_json::to_vec(&lease).expect("a lease serializes")))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        written.map_err(|source| {
+            let _ = std::fs::remove_file(&tmp);
+            RegistryError::Io {
+                action: "relabel",
+                path,
+                source,
+            }
+        })
+    }
+
     /// Releases `uid` if `owner` holds it for `vm_id`.
     pub fn release_uid(&self, uid: u32, owner: &Owner, vm_id: &str) -> Result<(), RegistryError> {
         match self.uid_lease(uid) {

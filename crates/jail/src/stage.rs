@@ -84,6 +84,12 @@ pub fn stage_into(plan: &JailPlan) -> Result<(), StageError> {
     fs::set_permissions(&plan.log_file, fs::Permissions::from_mode(0o600))
         .ctx("chmod", &plan.log_file)?;
     chown(&plan.log_file, plan.uid, plan.gid)?;
+    stage_files(plan)
+}
+
+/// Stages the plan's files into a chroot that exists (by [`stage_into`], or into a warm jail
+/// whose jailer already ran: see [`crate::Jail::take_over`]).
+pub fn stage_files(plan: &JailPlan) -> Result<(), StageError> {
     for f in &plan.staged {
         stage_file(f)?;
     }

@@ -566,6 +566,21 @@ pub fn write_by_warden(settings: &[Setting], pid: u32) -> Result<(), CgroupError
     Ok(())
 }
 
+/// Writes again the values of the settings the jailer wrote (those not [`Setting::by_warden`]),
+/// into the directories it made: a warm jail's limits become its VM's (see
+/// [`crate::Jail::take_over`]). Each setting's `path` must be planned.
+pub fn rewrite_values(settings: &[Setting]) -> Result<(), CgroupError> {
+    for s in settings.iter().filter(|s| !s.by_warden) {
+        if let Some(path) = &s.path {
+            std::fs::write(path, &s.value).map_err(|source| CgroupError::Write {
+                path: path.clone(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// Removes a VM's cgroup directories, deepest first. A directory that is already gone is fine.
 /// `rmdir` fails with `EBUSY` while the kernel still counts a dying task: that is retried until
 /// `deadline` passes.

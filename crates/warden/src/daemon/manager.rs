@@ -20,7 +20,7 @@ use tokio::sync::Mutex;
 use super::config::DaemonConfig;
 use super::error::ManagerError;
 use super::metrics::Metrics;
-use super::pool::AddressPool;
+use super::addresses::AddressPool;
 use super::state::{Op, VmState};
 use super::store::{now_ms, ExitCause, Store, VmRecord};
 use super::uids::UidLeases;
@@ -65,6 +65,8 @@ pub struct Manager {
     pub metrics: Metrics,
     /// State changes, for WatchVms.
     pub(crate) events: super::events::Events,
+    /// Warm jails for first boots (`pool_size`).
+    pub(crate) pool: super::pool::WarmPool,
 }
 
 type Result<T> = std::result::Result<T, ManagerError>;
@@ -91,8 +93,10 @@ impl Manager {
             boots: Arc::new(tokio::sync::Semaphore::new(boots)),
             metrics: Metrics::default(),
             events: Default::default(),
+            pool: Default::default(),
         });
         super::recovery::recover(&manager).await?;
+        manager.start_pool();
         Ok(manager)
     }
 
@@ -174,6 +178,8 @@ impl Manager {
     /// At daemon shutdown: stop every VM (`stop == true`) or let them run on for the next start
     /// to re-attach.
     pub async fn shutdown_all(&self, stop: bool) {
+        // Warm jails hold no VM: they never outlive the daemon.
+        self.pool.drain().await;
         let slots: Vec<Arc<Mutex<Slot>>> = self.slots.lock().unwrap().values().cloned().collect();
         for s in slots {
             let mut slot = s.lock().await;

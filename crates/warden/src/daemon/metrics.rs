@@ -31,6 +31,11 @@ struct StateLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TakeLabel {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VmLabel {
     vm_id: String,
 }
@@ -44,6 +49,8 @@ pub struct Metrics {
     vms: Family<StateLabel, Gauge>,
     memory: Family<VmLabel, Gauge>,
     cpu: Family<VmLabel, Gauge>,
+    pool_ready: Gauge,
+    pool_takes: Family<TakeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -77,8 +84,22 @@ impl Default for Metrics {
             "CPU time used by each VM's cgroup",
             cpu.clone(),
         );
+        let pool_ready = Gauge::default();
+        let pool_takes = Family::<TakeLabel, Counter>::default();
+        registry.register(
+            "pool_ready",
+            "Warm jails ready in the pool",
+            pool_ready.clone(),
+        );
+        registry.register(
+            "pool_boots",
+            "Boots while the pool is on, by whether they took a warm jail (hit) or not (miss)",
+            pool_takes.clone(),
+        );
         Self {
             registry: Arc::new(registry),
+            pool_ready,
+            pool_takes,
             latency,
             failures,
             vms,
@@ -103,6 +124,21 @@ impl Metrics {
                 reason: reason.into(),
             })
             .inc();
+    }
+
+    /// Counts a boot while the pool is on: `hit` when it took a warm jail.
+    pub fn pool_boot(&self, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.pool_takes
+            .get_or_create(&TakeLabel {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// Sets how many warm jails are ready.
+    pub fn set_pool_ready(&self, n: usize) {
+        self.pool_ready.set(n as i64);
     }
 
     /// Renders the text exposition format, with gauges refreshed from `vms`.

@@ -9,6 +9,7 @@ pub mod error;
 pub mod events;
 pub mod manager;
 pub mod metrics;
+mod addresses;
 mod pool;
 mod recovery;
 mod snapshots;

@@ -1,102 +1,151 @@
-//! The bridge-mode address pool: the daemon's subnet (`address_pool`), its first address the
-//! gateway on the bridge, every other usable address handed to one VM at its first boot and
-//! held until DeleteVm.
+//! The warm pool: `pool_size` warm jails ([`crate::vm::warm`]) kept ready by one background
+//! task, so a first boot skips the jailer's start (its exec, the copy of Firecracker, the API
+//! socket coming up).
+//!
+//! - **Shape.** Each jail is made with the daemon's settings for a VM without networking and
+//!   without per-VM pinning or I/O limits (its own uid leased from `jail_id_range`, its own
+//!   namespace when `netns` is on). A boot takes one only if the VM's plan in that jail differs
+//!   in nothing but its files and cgroup values ([`jail::warm::fits`]); otherwise, and when the
+//!   pool is empty, it takes the normal path.
+//! - **Names.** A jail is `pool-<16 hex digits>` on the host, and keeps that name when a VM
+//!   takes it: the VM's record points at it through its plan ([`super::store::VmRecord::jail_id`]),
+//!   its uid lease is passed to the VM, its console file stays where the jail put it.
+//! - **Ownership.** Every jail has this daemon's owner record from the start. A jail nobody
+//!   took is in no VM record, so after a daemon crash recovery removes it as an orphan (with its
+//!   Firecracker, cgroups and namespace) and releases its uid; the refill then makes new ones.
+//!   At a clean exit the daemon ends and removes them itself.
+//! - **Refill.** One jail at a time, in the background, after every take and at start; a failure
+//!   is logged and retried with a growing pause (at most 30 s), never in a hot loop.
 
-use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
-use std::sync::Mutex;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
-use super::error::ManagerError;
+use super::manager::Manager;
+use super::store::VmSpec;
+use crate::vm::warm::{warm_jail, WarmJail};
 
-/// Addresses of one subnet, each held by at most one VM.
-pub(crate) struct AddressPool {
-    net: Ipv4Addr,
-    prefix: u8,
-    /// Addresses in use (as integers), by any VM in the store.
-    used: Mutex<BTreeSet<u32>>,
+/// The ready warm jails and their counters.
+#[derive(Default)]
+pub(crate) struct WarmPool {
+    ready: Mutex<VecDeque<WarmJail>>,
+    refill: Arc<tokio::sync::Notify>,
+    /// Set at a clean daemon exit: nothing is made or kept any more.
+    closed: AtomicBool,
 }
 
-impl AddressPool {
-    /// The pool of `net/prefix` with nothing taken.
-    pub(crate) fn new((net, prefix): (Ipv4Addr, u8)) -> Self {
-        Self {
-            net,
-            prefix,
-            used: Mutex::default(),
+impl WarmPool {
+    /// How many are ready.
+    pub(crate) fn ready(&self) -> usize {
+        self.ready.lock().unwrap().len()
+    }
+
+    /// The oldest ready jail whose Firecracker still runs (dead ones have removed themselves).
+    pub(crate) fn take(&self) -> Option<WarmJail> {
+        let mut ready = self.ready.lock().unwrap();
+        while let Some(w) = ready.pop_front() {
+            if w.is_alive() {
+                self.refill.notify_one();
+                return Some(w);
+            }
+        }
+        None
+    }
+
+    /// Puts back a jail a VM did not fit.
+    pub(crate) fn put_back(&self, w: WarmJail) {
+        self.ready.lock().unwrap().push_front(w);
+    }
+
+    /// Ends and removes every ready jail (a clean daemon exit).
+    pub(crate) async fn drain(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        let all: Vec<WarmJail> = self.ready.lock().unwrap().drain(..).collect();
+        for w in all {
+            w.discard().await;
         }
     }
+}
 
-    fn first(&self) -> u32 {
-        u32::from(self.net) + 2
+impl Manager {
+    /// Warm jails ready now.
+    pub fn pool_ready(&self) -> usize {
+        self.pool.ready()
     }
 
-    fn last(&self) -> u32 {
-        let size = 1u64 << (32 - u32::from(self.prefix));
-        // The broadcast address is never handed out.
-        (u64::from(u32::from(self.net)) + size).saturating_sub(2) as u32
+    /// Starts the refill task (when `pool_size` > 0). It holds the manager weakly and ends with it.
+    pub(crate) fn start_pool(self: &Arc<Self>) {
+        if self.cfg.pool_size == 0 {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(refill(weak));
     }
 
-    /// The lowest free address (after the gateway), recorded as taken by VM `id`.
-    pub(crate) fn take(&self, id: &str) -> Result<Ipv4Addr, ManagerError> {
-        let mut used = self.used.lock().unwrap();
-        let free = (self.first()..=self.last())
-            .find(|a| !used.contains(a))
-            .ok_or_else(|| ManagerError::NoFreeAddress {
-                id: id.to_owned(),
-                net: self.net,
-                prefix: self.prefix,
+    /// Makes one warm jail: a uid leased for it, its console file, the jailer run.
+    async fn make_warm_jail(&self) -> Result<WarmJail, super::error::ManagerError> {
+        let id = format!("pool-{}", super::verbs::random_hex());
+        let uid = self.uids.lease(&id).await?;
+        let made = async {
+            let dir = self.vm_dir(&id);
+            std::fs::create_dir_all(&dir).map_err(|source| super::error::ManagerError::Os {
+                what: format!("creating {}", dir.display()),
+                source,
             })?;
-        used.insert(free);
-        Ok(free.into())
-    }
-
-    /// Marks an address a stored VM holds (at recovery).
-    pub(crate) fn mark(&self, address: Ipv4Addr) {
-        self.used.lock().unwrap().insert(address.into());
-    }
-
-    /// Frees an address (at DeleteVm).
-    pub(crate) fn release(&self, address: Ipv4Addr) {
-        self.used.lock().unwrap().remove(&u32::from(address));
-    }
-
-    /// The address a request is validated with before any is taken: the pool's first.
-    pub(crate) fn sample(&self) -> Ipv4Addr {
-        self.first().into()
-    }
-
-    /// `address` with the pool's gateway and prefix, as the guest is configured.
-    pub(crate) fn guest(&self, address: Ipv4Addr) -> jail::net::GuestAddr {
-        jail::net::GuestAddr {
-            address,
-            gateway: (u32::from(self.net) + 1).into(),
-            prefix_len: self.prefix,
+            let (_, mut options) = self.vm_config(&id, &VmSpec::default());
+            if let Some(uid) = uid {
+                options.jailer.uid = uid;
+                options.jailer.gid = uid;
+            }
+            Ok(warm_jail(&id, &options).await?)
         }
+        .await;
+        if made.is_err() {
+            if let Some(uid) = uid {
+                self.uids.release(uid, &id).await;
+            }
+            let dir = self.vm_dir(&id);
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        }
+        made
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hands_out_the_lowest_free_address_and_never_the_gateway_or_broadcast() {
-        let pool = AddressPool::new((Ipv4Addr::new(10, 0, 0, 0), 30));
-        // A /30 has one usable address besides the gateway.
-        assert_eq!(pool.take("a").unwrap(), Ipv4Addr::new(10, 0, 0, 2));
-        let e = pool.take("b").unwrap_err();
-        assert!(e.to_string().contains("10.0.0.0/30"), "{e}");
-        pool.release(Ipv4Addr::new(10, 0, 0, 2));
-        assert_eq!(pool.take("b").unwrap(), Ipv4Addr::new(10, 0, 0, 2));
-    }
-
-    #[test]
-    fn marked_addresses_are_skipped() {
-        let pool = AddressPool::new((Ipv4Addr::new(10, 1, 0, 0), 24));
-        pool.mark(Ipv4Addr::new(10, 1, 0, 2));
-        assert_eq!(pool.take("a").unwrap(), Ipv4Addr::new(10, 1, 0, 3));
-        let g = pool.guest(Ipv4Addr::new(10, 1, 0, 3));
-        assert_eq!(g.gateway, Ipv4Addr::new(10, 1, 0, 1));
-        assert_eq!(g.prefix_len, 24);
+async fn refill(weak: Weak<Manager>) {
+    let mut pause = Duration::from_millis(250);
+    loop {
+        let Some(m) = weak.upgrade() else { return };
+        if m.pool.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        if m.pool.ready() as u64 >= m.cfg.pool_size {
+            let refill = m.pool.refill.clone();
+            drop(m);
+            // Re-checked now and then: a jail whose Firecracker died leaves the queue only
+            // when a take meets it.
+            let _ = tokio::time::timeout(Duration::from_secs(5), refill.notified()).await;
+            if let Some(m) = weak.upgrade() {
+                m.pool.ready.lock().unwrap().retain(WarmJail::is_alive);
+            }
+            continue;
+        }
+        match m.make_warm_jail().await {
+            Ok(w) => {
+                pause = Duration::from_millis(250);
+                if m.pool.closed.load(Ordering::SeqCst) {
+                    w.discard().await;
+                    return;
+                }
+                tracing::debug!(jail = %w.id(), ready = m.pool.ready() + 1, "warm jail ready");
+                m.pool.ready.lock().unwrap().push_back(w);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.chain(), retry_in_ms = pause.as_millis() as u64, "could not make a warm jail for the pool");
+                drop(m);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
+        }
     }
 }

@@ -36,6 +36,7 @@ pub(crate) async fn recover(m: &Arc<Manager>) -> Result<(), ManagerError> {
     let mut known = HashSet::new();
     for rec in records {
         known.insert(rec.id.clone());
+        known.insert(rec.jail_id().to_owned());
         if let Some(a) = rec.address {
             m.addresses.mark(a);
         }
@@ -104,7 +105,8 @@ pub(crate) fn decide(state: VmState, seen: Seen) -> Action {
 
 async fn reconcile(m: &Manager, slot: &mut Slot) -> Result<(), ManagerError> {
     let id = slot.rec.id.clone();
-    let record = m.registry.read(&id).ok().flatten();
+    let jail_id = slot.rec.jail_id().to_owned();
+    let record = m.registry.read(&jail_id).ok().flatten();
     let seen = match &record {
         Some(r) if r.owner != m.owner => Seen::Foreign,
         _ => match (slot.rec.pid, slot.rec.start_time) {
@@ -152,7 +154,7 @@ async fn reconcile(m: &Manager, slot: &mut Slot) -> Result<(), ManagerError> {
                 None => {
                     // A running VM without a record (its /run was wiped): record it again.
                     let r = jail::OwnerRecord {
-                        id: id.clone(),
+                        id: jail_id.clone(),
                         owner: m.owner.clone(),
                         plan,
                         firecracker: Some(jail::owner::ProcessRef {
@@ -225,7 +227,7 @@ async fn reconcile(m: &Manager, slot: &mut Slot) -> Result<(), ManagerError> {
             };
             end(m, slot, reason, detail).await
         }
-        Action::Clean => m.clean_host(&id).await,
+        Action::Clean => m.clean_host(&jail_id).await,
     }
 }
 
@@ -233,7 +235,7 @@ async fn record_exit(m: &Manager, slot: &mut Slot) -> Result<(), ManagerError> {
     let rec = slot.rec.clone();
     let record = tokio::task::spawn_blocking(move || died_while_down(&rec)).await?;
     tracing::warn!(vm_id = %slot.rec.id, reason = %record.reason, "vm exited while the daemon was down; cleaning");
-    m.clean_host(&slot.rec.id).await?;
+    m.clean_host(slot.rec.jail_id()).await?;
     slot.rec.state = VmState::Stopped;
     slot.rec.pid = None;
     slot.rec.exit = Some(record);
@@ -247,7 +249,7 @@ async fn end(
     reason: ExitCause,
     detail: &str,
 ) -> Result<(), ManagerError> {
-    m.clean_host(&slot.rec.id).await?;
+    m.clean_host(slot.rec.jail_id()).await?;
     slot.rec.state = if reason == ExitCause::StoppedByApi {
         VmState::Stopped
     } else {

@@ -182,6 +182,14 @@ pub struct VmRecord {
     pub updated_at: i64,
 }
 
+impl VmRecord {
+    /// The id its host state is named by (chroot, cgroups, owner record): its own, or, for a VM
+    /// started in a warm jail of the pool, the jail's (its plan's id).
+    pub fn jail_id(&self) -> &str {
+        self.plan.as_ref().map_or(&self.id, |p| &p.id)
+    }
+}
+
 /// A database error, naming the database.
 #[derive(Debug, thiserror::Error)]
 #[error("state database {path}: {what}")]

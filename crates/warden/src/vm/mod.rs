@@ -13,6 +13,7 @@ pub mod jailer;
 mod pidfd;
 mod process;
 pub mod snapshot;
+pub mod warm;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -247,6 +248,12 @@ pub struct Planned {
 
 /// Decides jailed or not, and builds the jail spec and its plan, without touching the host.
 pub fn plan_vm(config: &VmConfig, options: &VmOptions) -> Result<Planned, Error> {
+    plan_inner(config, options, true)
+}
+
+/// [`plan_vm`], or without any staged file (`with_files` false: a warm jail, whose VM is not
+/// known yet).
+fn plan_inner(config: &VmConfig, options: &VmOptions, with_files: bool) -> Result<Planned, Error> {
     config.validate()?;
     let jailer_found = jailer::is_executable(&options.jailer.jailer_binary);
     let (jailed, unjailed_reason) = match options.jailer_mode {
@@ -302,6 +309,9 @@ pub fn plan_vm(config: &VmConfig, options: &VmOptions) -> Result<Planned, Error>
             field: format!("drives[{i}].path"),
             opened: None,
         });
+    }
+    if !with_files {
+        files.clear();
     }
     // Untrusted paths are opened now, beneath their asset directory; staging works from these
     // open files, so nothing swapped in after this point is ever used.
@@ -509,10 +519,36 @@ async fn start_inner(
     )
     .await?;
     let plan = process.plan.clone();
+    finish(
+        &config.vm_id,
+        config,
+        options,
+        process,
+        client,
+        plan,
+        unjailed_reason.as_deref(),
+        phases,
+    )
+    .await
+}
+
+/// Configures (or loads the snapshot into) a Firecracker whose API is up, starts it and reads
+/// the isolation report: the second half of every start, fresh or into a warm jail.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    vm_id: &str,
+    config: &VmConfig,
+    options: &VmOptions,
+    process: process::Process,
+    client: Client,
+    plan: JailPlan,
+    unjailed_reason: Option<&str>,
+    mut phases: Phases,
+) -> Result<VmHandle, Error> {
     // From here a failure must end the process; dropping `process` kills it and cleans up.
     let (before, started) = match &options.restore {
         Some(r) => {
-            let before = isolation_report(&process, &plan, unjailed_reason.as_deref(), false).await;
+            let before = isolation_report(&process, &plan, unjailed_reason, false).await;
             let loaded = snapshot::load(&client, &plan, &r.manifest.firecracker_version).await;
             phases.mark("snapshot load");
             match loaded {
@@ -531,7 +567,7 @@ async fn start_inner(
             phases.mark("configure");
             // Read before InstanceStart too: a guest may power off before the report after it
             // is read.
-            let before = isolation_report(&process, &plan, unjailed_reason.as_deref(), false).await;
+            let before = isolation_report(&process, &plan, unjailed_reason, false).await;
             let started = match configured {
                 Ok(()) => client.action(ActionType::InstanceStart).await,
                 Err(e) => Err(e),
@@ -545,12 +581,12 @@ async fn start_inner(
         process.kill();
         let exit = process.wait().await;
         return Err(Error::Configure {
-            vm_id: config.vm_id.clone(),
+            vm_id: vm_id.to_owned(),
             log: exit.output,
             source: Box::new(source),
         });
     }
-    let after = isolation_report(&process, &plan, unjailed_reason.as_deref(), true).await;
+    let after = isolation_report(&process, &plan, unjailed_reason, true).await;
     let isolation = if process.exited().is_some()
         || !jail::proc::is_alive(std::path::Path::new(jail::proc::PROC), process.pid)
     {
@@ -560,7 +596,7 @@ async fn start_inner(
     };
     phases.mark("isolation report");
     Ok(VmHandle {
-        vm_id: config.vm_id.clone(),
+        vm_id: vm_id.to_owned(),
         pid: process.pid,
         socket_path: plan.socket_path.clone(),
         is_sandboxed: isolation.is_sandboxed,

@@ -296,6 +296,11 @@ impl Process {
         self.flags.lock().unwrap().stop_requested = true;
     }
 
+    /// The VM's host state.
+    pub(crate) fn jail(&self) -> std::sync::Arc<Jail> {
+        self.jail.clone()
+    }
+
     /// SIGKILL through the pidfd (never a recycled pid).
     pub(crate) fn kill(&self) {
         self.flags.lock().unwrap().killed = true;

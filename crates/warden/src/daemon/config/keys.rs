@@ -606,6 +606,21 @@ pub const KEYS: &[KeyDef] = &[
         get: |c| Shown::Int(c.max_concurrent_boots),
     },
     KeyDef {
+        key: "pool_size",
+        env: "POOL_SIZE",
+        flag: Some("--pool-size"),
+        doc: "Warm jails kept ready (the jailer run and Firecracker's API up, no VM yet), refilled \
+              in the background; a first boot of a VM without networking takes one when it fits \
+              (same daemon settings, no per-VM pinning or I/O limits of its own), which skips \
+              the jailer's start. `0`: no pool.",
+        default: "`0`",
+        expected: "an integer, 0 to 1024",
+        secret: false,
+        kind: Kind::Integer,
+        set: |c, r| parse_u64(r).filter(|&v| v <= 1024).map(|v| c.pool_size = v),
+        get: |c| Shown::Int(c.pool_size),
+    },
+    KeyDef {
         key: "max_memory_mib",
         env: "MAX_MEMORY_MIB",
         flag: Some("--max-memory-mib"),

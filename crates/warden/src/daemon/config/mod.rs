@@ -177,6 +177,8 @@ pub struct DaemonConfig {
     pub max_vms: u64,
     /// Most boots (and reboots) in progress at once.
     pub max_concurrent_boots: u64,
+    /// Warm jails kept ready for first boots (0: no pool).
+    pub pool_size: u64,
     /// Most guest memory one VM may ask for, in MiB.
     pub max_memory_mib: u64,
     /// Most vCPUs one VM may ask for.
@@ -204,6 +206,7 @@ impl Default for DaemonConfig {
             allowed_hosts: Vec::new(),
             max_vms: 4096,
             max_concurrent_boots: 64,
+            pool_size: 0,
             max_memory_mib: 32768,
             max_vcpus: 32,
             max_drives: 16,
@@ -251,6 +254,7 @@ impl fmt::Debug for DaemonConfig {
             .field("allowed_hosts", &self.allowed_hosts)
             .field("max_vms", &self.max_vms)
             .field("max_concurrent_boots", &self.max_concurrent_boots)
+            .field("pool_size", &self.pool_size)
             .field("max_memory_mib", &self.max_memory_mib)
             .field("max_vcpus", &self.max_vcpus)
             .field("max_drives", &self.max_drives)

@@ -34,6 +34,9 @@ impl Manager {
         let t0 = Instant::now();
         let id = slot.rec.id.clone();
         let networked = slot.rec.spec.enable_networking;
+        if let Some(state) = self.boot_from_pool(slot, t0).await {
+            return state;
+        }
         // A networked VM's namespace is made with its network; otherwise an empty one if asked.
         let netns = (self.cfg.netns || networked).then(|| jail::net::netns::name_for(&id));
         if networked
@@ -52,6 +55,7 @@ impl Manager {
         slot.rec.pid = None;
         slot.rec.start_time = None;
         slot.rec.exit = None;
+        slot.rec.serial_path = Some(self.serial_path(&id));
         self.put(&mut slot.rec).await?;
         let started = async {
             let dir = self.vm_dir(&id);
@@ -74,6 +78,17 @@ impl Manager {
             Ok::<_, ManagerError>(vm::start_planned(&config, &options, planned, phases).await?)
         }
         .await;
+        self.booted(slot, started, t0).await
+    }
+
+    /// Records the outcome of a boot (either path).
+    async fn booted(
+        &self,
+        slot: &mut Slot,
+        started: Result<vm::VmHandle, ManagerError>,
+        t0: Instant,
+    ) -> Result<VmState, ManagerError> {
+        let id = slot.rec.id.clone();
         match started {
             Ok(vm) => {
                 slot.rec.state = VmState::Running;
@@ -84,7 +99,7 @@ impl Manager {
                 self.watch(&id, &vm, slot.generation);
                 slot.vm = Some(vm);
                 self.put(&mut slot.rec).await?;
-                tracing::info!(vm_id = %id, pid = slot.rec.pid, "vm running");
+                tracing::info!(vm_id = %id, pid = slot.rec.pid, jail = %slot.rec.jail_id(), "vm running");
                 self.metrics.observe("boot", t0.elapsed());
                 Ok(VmState::Running)
             }
@@ -103,5 +118,96 @@ impl Manager {
                 Err(e)
             }
         }
+    }
+
+    /// Boots the VM in a warm jail of the pool when one is ready and fits: a first boot (no uid
+    /// of its own yet), without networking. `None`: take the normal path (a warm jail that did
+    /// not fit went back to the pool untouched).
+    async fn boot_from_pool(
+        &self,
+        slot: &mut Slot,
+        t0: Instant,
+    ) -> Option<Result<VmState, ManagerError>> {
+        if self.cfg.pool_size == 0 {
+            return None;
+        }
+        let rec = &slot.rec;
+        let eligible = !rec.spec.enable_networking && rec.uid.is_none();
+        let Some(warm) = eligible.then(|| self.pool.take()).flatten() else {
+            self.metrics.pool_boot(false);
+            return None;
+        };
+        let id = rec.id.clone();
+        let (config, mut options) = self.vm_config(&id, &rec.spec);
+        if let Err(e) = self.restore_options(&rec.spec, &mut options).await {
+            self.pool.put_back(warm);
+            return Some(Err(e));
+        }
+        let planned = match warm.plan_for(&config, &options) {
+            Ok(p) => p,
+            Err(e) => {
+                self.pool.put_back(warm);
+                return Some(Err(e.into()));
+            }
+        };
+        if let Err(misfit) = warm.fits(&planned) {
+            tracing::debug!(vm_id = %id, jail = %warm.id(), %misfit, "the VM does not fit a warm jail; booting it the normal way");
+            self.pool.put_back(warm);
+            self.metrics.pool_boot(false);
+            return None;
+        }
+        self.metrics.pool_boot(true);
+        let jail_id = warm.id().to_owned();
+        // The jail's uid becomes the VM's (held until DeleteVm, as every VM's).
+        if self.cfg.jail_id_range.is_some() {
+            let (registry, owner, uid, from, to) = (
+                self.registry.clone(),
+                self.owner.clone(),
+                warm.uid(),
+                jail_id.clone(),
+                id.clone(),
+            );
+            let relabeled = tokio::task::spawn_blocking(move || {
+                registry.relabel_uid(uid, &owner, &from, &to)
+            })
+            .await;
+            match relabeled {
+                Ok(Ok(())) => slot.rec.uid = Some(warm.uid()),
+                Ok(Err(e)) => {
+                    warm.discard().await;
+                    return Some(Err(ManagerError::Os {
+                        what: "passing the warm jail's uid lease to the VM".into(),
+                        source: std::io::Error::other(jail::error_chain(&e)),
+                    }));
+                }
+                Err(e) => {
+                    warm.discard().await;
+                    return Some(Err(e.into()));
+                }
+            }
+        }
+        // Intent first, as on the normal path: from here the record names the jail.
+        slot.rec.state = VmState::Booting;
+        slot.rec.plan = Some(planned.plan.clone());
+        slot.rec.netns = planned
+            .plan
+            .netns
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned());
+        slot.rec.tap = None;
+        slot.rec.pid = None;
+        slot.rec.start_time = None;
+        slot.rec.exit = None;
+        slot.rec.serial_path = Some(self.serial_path(&jail_id));
+        if let Err(e) = self.put(&mut slot.rec).await {
+            warm.discard().await;
+            return Some(Err(e));
+        }
+        let started = warm
+            .start(&config, &options, planned)
+            .await
+            .map_err(ManagerError::from);
+        Some(self.booted(slot, started, t0).await)
     }
 }

@@ -95,12 +95,5 @@ impl Manager {
 
 /// `vm-` and 16 hex digits.
 fn generate_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    format!("vm-{:016x}", h.finish())
+    format!("vm-{}", super::random_hex())
 }

@@ -32,9 +32,23 @@ impl Manager {
             };
             let _ = vm.stop_within(timeout).await;
         }
-        self.clean_host(id).await?;
-        let vm_dir = self.vm_dir(id);
-        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(vm_dir)).await;
+        self.clean_host(slot.rec.jail_id()).await?;
+        // Its files, and those of the warm jail it started in, if it took one.
+        let mut dirs = vec![self.vm_dir(id)];
+        dirs.extend(
+            slot.rec
+                .serial_path
+                .as_ref()
+                .and_then(|p| p.parent())
+                .filter(|d| d.starts_with(self.vm_dir("")))
+                .map(|d| d.to_owned()),
+        );
+        let _ = tokio::task::spawn_blocking(move || {
+            for d in dirs {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        })
+        .await;
         self.store.delete(id).await?;
         if let Some(a) = slot.rec.address {
             self.addresses.release(a);

@@ -13,6 +13,18 @@ mod stop;
 
 use super::error::ManagerError;
 
+/// 16 random hex digits, for generated names (VM ids, warm jails).
+pub(crate) fn random_hex() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    format!("{:016x}", h.finish())
+}
+
 /// Runs a request's work in a task of its own and waits for it: dropping the waiter (the
 /// request went away) does not stop the work.
 async fn to_completion<T: Send + 'static>(

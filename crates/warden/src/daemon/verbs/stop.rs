@@ -55,7 +55,7 @@ impl Manager {
             None => Ok(ExitReason::Stopped),
         };
         // Whatever the process did, make sure nothing of it is left.
-        let leftover = self.clean_host(&slot.rec.id).await.err();
+        let leftover = self.clean_host(slot.rec.jail_id()).await.err();
         slot.rec.pid = None;
         let detail = match (&outcome, &leftover) {
             (Err(e), _) => e.clone(),
