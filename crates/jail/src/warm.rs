@@ -5,8 +5,13 @@
 //! jail's only in what can still change after the jailer ran: the staged files (placed into the
 //! chroot at the take) and the cgroup values (rewritten in the directories the jailer made).
 //! Everything else (every path, the argv's shape, the uid, the namespaces, the cgroup
-//! directories and which files are set in them, the resource limits) must be the same, or the VM
-//! takes the normal path. [`fits`] decides it; [`crate::Jail::take_over`] acts on it.
+//! directories and which files are set in them, the resource limits) must be the same, or the
+//! VM takes the normal path, with one exception: the file-size cap (`fsize`, which the jailer
+//! derives from the VM's memory and largest file) may be lower in the VM's plan than in the
+//! jail's. Resource limits are set by the jailer on itself before its exec, and changing them on
+//! Firecracker afterwards (`prlimit` on a process of another uid) needs `CAP_SYS_RESOURCE`,
+//! which a host may not grant (this one does not). A warm jail is therefore planned for the
+//! largest VM it is meant to serve, and a smaller VM in it keeps that jail's cap. [`fits`] decides it; [`crate::Jail::take_over`] acts on it.
 
 use crate::plan::JailPlan;
 
@@ -30,6 +35,9 @@ pub fn fits(warm: &JailPlan, vm: &JailPlan) -> Result<(), Misfit> {
             .collect(),
         _ => vec!["plan".to_owned()],
     };
+    if !fsize_fits(warm, vm) {
+        fields.push("rlimits (the VM needs a larger fsize than the warm jail has)".to_owned());
+    }
     if !warm.staged.is_empty() {
         fields.push("staged (the warm jail has files already)".to_owned());
     }
@@ -43,22 +51,43 @@ pub fn fits(warm: &JailPlan, vm: &JailPlan) -> Result<(), Misfit> {
     }
 }
 
-/// A plan without what a take may change: staged files, and cgroup values (in the settings and
-/// in the jailer's `--cgroup file=value` arguments).
+const FSIZE: &str = "fsize";
+
+/// The VM's file-size cap is at most the jail's (both unset is fine too).
+fn fsize_fits(warm: &JailPlan, vm: &JailPlan) -> bool {
+    let of = |p: &JailPlan| p.rlimits.iter().find(|(n, _)| n == FSIZE).map(|(_, v)| *v);
+    match (of(warm), of(vm)) {
+        (Some(w), Some(v)) => v <= w,
+        (w, v) => w == v,
+    }
+}
+
+/// A plan without what a take may change: staged files, cgroup values (in the plan and in the
+/// jailer's `--cgroup file=value` arguments) and the fsize value (checked by [`fsize_fits`]).
 fn shape(plan: &JailPlan) -> serde_json::Value {
     let mut p = plan.clone();
     p.staged.clear();
     for s in &mut p.cgroups {
         s.value.clear();
     }
-    let mut after_cgroup = false;
+    for (name, v) in &mut p.rlimits {
+        if name == FSIZE {
+            *v = 0;
+        }
+    }
+    let mut valued = false;
+    let mut after_rlimit = false;
     for a in &mut p.argv {
-        if after_cgroup {
-            if let Some((file, _)) = a.split_once('=') {
-                *a = file.to_owned();
+        if after_rlimit && a.starts_with("fsize=") {
+            *a = FSIZE.to_owned();
+        }
+        after_rlimit = a == "--resource-limit";
+        if valued {
+            if let Some((name, _)) = a.split_once('=') {
+                *a = name.to_owned();
             }
         }
-        after_cgroup = a == "--cgroup";
+        valued = a == "--cgroup";
     }
     serde_json::to_value(&p).expect("a plan serializes")
 }
@@ -132,6 +161,46 @@ mod tests {
             .unwrap_err()
             .fields
             .contains(&"uid".to_owned()));
+    }
+
+    fn with_rlimits(mut p: JailPlan, rlimits: &[(&str, u64)]) -> JailPlan {
+        p.rlimits = rlimits.iter().map(|(n, v)| (n.to_string(), *v)).collect();
+        p.argv.retain(|a| {
+            a != "--resource-limit" && !a.contains("fsize=") && !a.contains("no-file=")
+        });
+        for (n, v) in rlimits {
+            p.argv.push("--resource-limit".into());
+            p.argv.push(format!("{n}={v}"));
+        }
+        p
+    }
+
+    #[test]
+    fn a_vm_needing_no_larger_fsize_than_the_jail_fits_and_other_limits_must_match() {
+        let warm = with_rlimits(
+            plan(512, false, Some(1024)),
+            &[("no-file", 2048), ("fsize", 3 << 30)],
+        );
+        let smaller = with_rlimits(
+            plan(256, true, Some(1024)),
+            &[("no-file", 2048), ("fsize", 2 << 30)],
+        );
+        assert_eq!(fits(&warm, &smaller), Ok(()));
+        let larger = with_rlimits(
+            plan(256, true, Some(1024)),
+            &[("no-file", 2048), ("fsize", 4 << 30)],
+        );
+        assert!(fits(&warm, &larger)
+            .unwrap_err()
+            .to_string()
+            .contains("larger fsize"));
+        let files = with_rlimits(
+            plan(256, true, Some(1024)),
+            &[("no-file", 64), ("fsize", 2 << 30)],
+        );
+        let e = fits(&warm, &files).unwrap_err();
+        assert!(e.fields.contains(&"rlimits".to_owned()), "{e}");
+        assert!(e.fields.contains(&"argv".to_owned()), "{e}");
     }
 
     #[test]

@@ -136,8 +136,16 @@ async fn first_boots_take_warm_jails_and_nothing_of_the_pool_outlives_the_daemon
     // Its uid is the jail's, leased now for the VM.
     let uid = rec.uid.expect("a uid of its own");
     assert_eq!(plan.uid, uid);
-    assert_eq!(status_field(rec.pid.unwrap(), "Uid").split_whitespace().next().unwrap(), uid.to_string());
-    let lease = warden::jail::Registry::default().uid_lease(uid).expect("a lease");
+    assert_eq!(
+        status_field(rec.pid.unwrap(), "Uid")
+            .split_whitespace()
+            .next()
+            .unwrap(),
+        uid.to_string()
+    );
+    let lease = warden::jail::Registry::default()
+        .uid_lease(uid)
+        .expect("a lease");
     assert_eq!(lease.vm_id, a);
     wait_serial(rec.serial_path.as_ref().unwrap(), "WARDEN_FLOOD 10 ").await;
 
@@ -152,11 +160,18 @@ async fn first_boots_take_warm_jails_and_nothing_of_the_pool_outlives_the_daemon
     m.boot(&b).await.unwrap();
     let rec_b = m.get(&b).await.unwrap().record;
     assert_eq!(rec_b.jail_id(), b);
-    assert_eq!(m.pool_ready(), 2, "a VM that does not fit leaves the pool as it was");
+    assert_eq!(
+        m.pool_ready(),
+        2,
+        "a VM that does not fit leaves the pool as it was"
+    );
 
     // A reboot of the pooled VM takes the normal path, under its own id, with the same uid.
     m.shutdown(&a, true, None).await.unwrap();
-    assert!(!plan.jail_dir.exists(), "the stopped VM's warm jail is removed");
+    assert!(
+        !plan.jail_dir.exists(),
+        "the stopped VM's warm jail is removed"
+    );
     m.boot(&a).await.unwrap();
     let rec = m.get(&a).await.unwrap().record;
     assert_eq!(rec.jail_id(), a);
@@ -175,7 +190,10 @@ async fn first_boots_take_warm_jails_and_nothing_of_the_pool_outlives_the_daemon
     let before = std::fs::read_to_string(&serial).unwrap_or_default().len();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let after = std::fs::read_to_string(&serial).unwrap_or_default();
-    assert!(after.len() > before && after.contains("WARDEN_FLOOD"), "the clone runs on");
+    assert!(
+        after.len() > before && after.contains("WARDEN_FLOOD"),
+        "the clone runs on"
+    );
     let metrics = m.metrics.render(&m.list().await.unwrap());
     assert!(
         metrics.contains("warden_pool_boots_total{result=\"hit\"} 2"),
@@ -193,8 +211,16 @@ async fn first_boots_take_warm_jails_and_nothing_of_the_pool_outlives_the_daemon
     drop(m);
 
     // Nothing of the pool is left: no jail, cgroup, process, owner record or uid lease.
-    assert!(warm_jails(&cfg.chroot_base).is_empty(), "{:?}", warm_jails(&cfg.chroot_base));
-    assert!(cgroups_under(&cfg.parent_cgroup).is_empty(), "{:?}", cgroups_under(&cfg.parent_cgroup));
+    assert!(
+        warm_jails(&cfg.chroot_base).is_empty(),
+        "{:?}",
+        warm_jails(&cfg.chroot_base)
+    );
+    assert!(
+        cgroups_under(&cfg.parent_cgroup).is_empty(),
+        "{:?}",
+        cgroups_under(&cfg.parent_cgroup)
+    );
     let owner = warden::jail::Owner::daemon(&cfg.state_dir);
     let registry = warden::jail::Registry::default();
     for l in registry.uid_leases() {

@@ -17,10 +17,10 @@ use jail::inspect::IsolationReport;
 use serde::Serialize;
 use tokio::sync::Mutex;
 
+use super::addresses::AddressPool;
 use super::config::DaemonConfig;
 use super::error::ManagerError;
 use super::metrics::Metrics;
-use super::addresses::AddressPool;
 use super::state::{Op, VmState};
 use super::store::{now_ms, ExitCause, Store, VmRecord};
 use super::uids::UidLeases;
@@ -179,7 +179,7 @@ impl Manager {
     /// to re-attach.
     pub async fn shutdown_all(&self, stop: bool) {
         // Warm jails hold no VM: they never outlive the daemon.
-        self.pool.drain().await;
+        self.drain_pool().await;
         let slots: Vec<Arc<Mutex<Slot>>> = self.slots.lock().unwrap().values().cloned().collect();
         for s in slots {
             let mut slot = s.lock().await;

@@ -2,6 +2,7 @@
 //! manager that runs VMs through the library, recovery after a restart, and metrics. Transports
 //! (Connect, gRPC, the CLI) call the manager; they never call each other.
 
+mod addresses;
 mod cleanup;
 pub mod config;
 pub mod delegation;
@@ -9,7 +10,6 @@ pub mod error;
 pub mod events;
 pub mod manager;
 pub mod metrics;
-mod addresses;
 mod pool;
 mod recovery;
 mod snapshots;

@@ -2,8 +2,8 @@
 //! task, so a first boot skips the jailer's start (its exec, the copy of Firecracker, the API
 //! socket coming up).
 //!
-//! - **Shape.** Each jail is made with the daemon's settings for a VM without networking and
-//!   without per-VM pinning or I/O limits (its own uid leased from `jail_id_range`, its own
+//! - **Shape.** Each jail is made with the daemon's settings for a VM of `pool_memory_mib`
+//!   without networking and without per-VM pinning or I/O limits (its own uid leased from `jail_id_range`, its own
 //!   namespace when `netns` is on). A boot takes one only if the VM's plan in that jail differs
 //!   in nothing but its files and cgroup values ([`jail::warm::fits`]); otherwise, and when the
 //!   pool is empty, it takes the normal path.
@@ -41,30 +41,17 @@ impl WarmPool {
         self.ready.lock().unwrap().len()
     }
 
-    /// The oldest ready jail whose Firecracker still runs (dead ones have removed themselves).
+    /// The oldest ready jail whose Firecracker still runs (the refill task removes dead ones).
     pub(crate) fn take(&self) -> Option<WarmJail> {
         let mut ready = self.ready.lock().unwrap();
-        while let Some(w) = ready.pop_front() {
-            if w.is_alive() {
-                self.refill.notify_one();
-                return Some(w);
-            }
-        }
-        None
+        let i = ready.iter().position(WarmJail::is_alive)?;
+        self.refill.notify_one();
+        ready.remove(i)
     }
 
     /// Puts back a jail a VM did not fit.
     pub(crate) fn put_back(&self, w: WarmJail) {
         self.ready.lock().unwrap().push_front(w);
-    }
-
-    /// Ends and removes every ready jail (a clean daemon exit).
-    pub(crate) async fn drain(&self) {
-        self.closed.store(true, Ordering::SeqCst);
-        let all: Vec<WarmJail> = self.ready.lock().unwrap().drain(..).collect();
-        for w in all {
-            w.discard().await;
-        }
     }
 }
 
@@ -83,6 +70,28 @@ impl Manager {
         tokio::spawn(refill(weak));
     }
 
+    /// Ends and removes every ready jail, with its uid lease and console files (a clean daemon
+    /// exit).
+    pub(crate) async fn drain_pool(&self) {
+        self.pool.closed.store(true, Ordering::SeqCst);
+        let all: Vec<WarmJail> = self.pool.ready.lock().unwrap().drain(..).collect();
+        for w in all {
+            self.discard_warm(w).await;
+        }
+    }
+
+    /// Removes a warm jail nobody took: the jail (if its Firecracker still runs, it is ended
+    /// first), its uid lease and its console files.
+    async fn discard_warm(&self, w: WarmJail) {
+        let (id, uid) = (w.id().to_owned(), w.uid());
+        w.discard().await;
+        if self.cfg.jail_id_range.is_some() {
+            self.uids.release(uid, &id).await;
+        }
+        let dir = self.vm_dir(&id);
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+    }
+
     /// Makes one warm jail: a uid leased for it, its console file, the jailer run.
     async fn make_warm_jail(&self) -> Result<WarmJail, super::error::ManagerError> {
         let id = format!("pool-{}", super::verbs::random_hex());
@@ -98,7 +107,8 @@ impl Manager {
                 options.jailer.uid = uid;
                 options.jailer.gid = uid;
             }
-            Ok(warm_jail(&id, &options).await?)
+            let memory = u32::try_from(self.cfg.pool_memory_mib).unwrap_or(u32::MAX);
+            Ok(warm_jail(&id, memory, &options).await?)
         }
         .await;
         if made.is_err() {
@@ -126,7 +136,16 @@ async fn refill(weak: Weak<Manager>) {
             // when a take meets it.
             let _ = tokio::time::timeout(Duration::from_secs(5), refill.notified()).await;
             if let Some(m) = weak.upgrade() {
-                m.pool.ready.lock().unwrap().retain(WarmJail::is_alive);
+                let dead: Vec<WarmJail> = {
+                    let mut ready = m.pool.ready.lock().unwrap();
+                    let (alive, dead) = ready.drain(..).partition(WarmJail::is_alive);
+                    *ready = alive;
+                    dead.into()
+                };
+                for w in dead {
+                    tracing::warn!(jail = %w.id(), "a warm jail's Firecracker ended; replacing it");
+                    m.discard_warm(w).await;
+                }
             }
             continue;
         }
@@ -134,7 +153,7 @@ async fn refill(weak: Weak<Manager>) {
             Ok(w) => {
                 pause = Duration::from_millis(250);
                 if m.pool.closed.load(Ordering::SeqCst) {
-                    w.discard().await;
+                    m.discard_warm(w).await;
                     return;
                 }
                 tracing::debug!(jail = %w.id(), ready = m.pool.ready() + 1, "warm jail ready");

@@ -26,9 +26,11 @@ pub struct WarmJail {
 }
 
 /// Makes warm jail `id` in the shape `options` give (the jailer, uid and gid as set in
-/// `options.jailer`, cgroups, `own_netns`; never networking, never unjailed). `uid_range` is
-/// not used: a caller that leases uids passes the leased one.
-pub async fn warm_jail(id: &str, options: &VmOptions) -> Result<WarmJail, Error> {
+/// `options.jailer`, cgroups, `own_netns`; never networking, never unjailed), for VMs of up to
+/// `memory_mb` of guest memory: its file-size cap is that of such a VM (see
+/// [`jail::warm`]), and a VM needing a larger one does not fit. `uid_range` is not used: a
+/// caller that leases uids passes the leased one.
+pub async fn warm_jail(id: &str, memory_mb: u32, options: &VmOptions) -> Result<WarmJail, Error> {
     if options.jailer_mode == JailerMode::Disabled {
         return Err(jail::SpecError::new(
             "jailer_mode",
@@ -39,7 +41,7 @@ pub async fn warm_jail(id: &str, options: &VmOptions) -> Result<WarmJail, Error>
     let mut options = options.clone();
     options.restore = None;
     options.jailer_mode = JailerMode::Required;
-    let config = placeholder(id);
+    let config = placeholder(id, memory_mb.max(MIN_MEMORY_MB));
     let planned = plan_inner(&config, &options, false)?;
     let mut phases = Phases::start();
     let ownership = jailer::Ownership {
@@ -68,12 +70,12 @@ pub async fn warm_jail(id: &str, options: &VmOptions) -> Result<WarmJail, Error>
     })
 }
 
-/// The VM a warm jail is planned for: the smallest, with nothing to stage.
-fn placeholder(id: &str) -> VmConfig {
+/// The VM a warm jail is planned for: the largest it serves, with nothing to stage.
+fn placeholder(id: &str, memory_mb: u32) -> VmConfig {
     VmConfig {
         vm_id: id.to_owned(),
         vcpu_count: 1,
-        memory_mb: MIN_MEMORY_MB,
+        memory_mb,
         kernel_path: "(staged at the take)".to_owned(),
         rootfs_path: String::new(),
         enable_networking: false,

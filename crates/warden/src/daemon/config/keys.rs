@@ -621,6 +621,21 @@ pub const KEYS: &[KeyDef] = &[
         get: |c| Shown::Int(c.pool_size),
     },
     KeyDef {
+        key: "pool_memory_mib",
+        env: "POOL_MEMORY_MIB",
+        flag: Some("--pool-memory-mib"),
+        doc: "The largest guest memory, in MiB, a warm jail of the pool serves: its file-size cap \
+              (the jailer's `fsize`, set before Firecracker starts and fixed after) is that of a \
+              VM of this size, so a smaller VM in it keeps that cap and a larger one boots the \
+              normal way.",
+        default: "`512`",
+        expected: "an integer of MiB, at least 128",
+        secret: false,
+        kind: Kind::Integer,
+        set: |c, r| parse_u64(r).filter(|&v| v >= 128).map(|v| c.pool_memory_mib = v),
+        get: |c| Shown::Int(c.pool_memory_mib),
+    },
+    KeyDef {
         key: "max_memory_mib",
         env: "MAX_MEMORY_MIB",
         flag: Some("--max-memory-mib"),

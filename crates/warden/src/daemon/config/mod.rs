@@ -179,6 +179,8 @@ pub struct DaemonConfig {
     pub max_concurrent_boots: u64,
     /// Warm jails kept ready for first boots (0: no pool).
     pub pool_size: u64,
+    /// The largest guest memory a warm jail serves, in MiB.
+    pub pool_memory_mib: u64,
     /// Most guest memory one VM may ask for, in MiB.
     pub max_memory_mib: u64,
     /// Most vCPUs one VM may ask for.
@@ -207,6 +209,7 @@ impl Default for DaemonConfig {
             max_vms: 4096,
             max_concurrent_boots: 64,
             pool_size: 0,
+            pool_memory_mib: 512,
             max_memory_mib: 32768,
             max_vcpus: 32,
             max_drives: 16,
@@ -255,6 +258,7 @@ impl fmt::Debug for DaemonConfig {
             .field("max_vms", &self.max_vms)
             .field("max_concurrent_boots", &self.max_concurrent_boots)
             .field("pool_size", &self.pool_size)
+            .field("pool_memory_mib", &self.pool_memory_mib)
             .field("max_memory_mib", &self.max_memory_mib)
             .field("max_vcpus", &self.max_vcpus)
             .field("max_drives", &self.max_drives)

@@ -149,6 +149,7 @@ fn valid_text(key: &str) -> BoxedStrategy<String> {
         .boxed(),
         "max_memory_mib" => num(128..=u64::MAX),
         "pool_size" => num(0..=1024),
+        "pool_memory_mib" => num(128..=u64::MAX),
         "max_vcpus" => num(1..=32),
         "max_drives" => num(0..=64),
         "max_metadata_entries" => num(0..=1024),

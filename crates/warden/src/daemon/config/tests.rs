@@ -164,6 +164,7 @@ const SAMPLES: &[(&str, &str, &str)] = &[
     ("max_vms", "10", "10"),
     ("max_concurrent_boots", "3", "3"),
     ("pool_size", "2", "2"),
+    ("pool_memory_mib", "1024", "1024"),
     ("max_memory_mib", "1024", "1024"),
     ("max_vcpus", "4", "4"),
     ("max_drives", "2", "2"),

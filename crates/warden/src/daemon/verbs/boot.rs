@@ -167,10 +167,9 @@ impl Manager {
                 jail_id.clone(),
                 id.clone(),
             );
-            let relabeled = tokio::task::spawn_blocking(move || {
-                registry.relabel_uid(uid, &owner, &from, &to)
-            })
-            .await;
+            let relabeled =
+                tokio::task::spawn_blocking(move || registry.relabel_uid(uid, &owner, &from, &to))
+                    .await;
             match relabeled {
                 Ok(Ok(())) => slot.rec.uid = Some(warm.uid()),
                 Ok(Err(e)) => {
