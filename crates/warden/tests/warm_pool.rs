@@ -148,6 +148,9 @@ async fn first_boots_take_warm_jails_and_nothing_of_the_pool_outlives_the_daemon
         .expect("a lease");
     assert_eq!(lease.vm_id, a);
     wait_serial(rec.serial_path.as_ref().unwrap(), "WARDEN_FLOOD 10 ").await;
+    // The VM's usual console path names the jail's file.
+    let usual = cfg.state_dir.join("vms").join(&a).join("serial.log");
+    wait_serial(&usual, "WARDEN_FLOOD 10 ").await;
 
     // The pool refills.
     wait_ready(&m, 2).await;
@@ -176,7 +179,9 @@ async fn first_boots_take_warm_jails_and_nothing_of_the_pool_outlives_the_daemon
     let rec = m.get(&a).await.unwrap().record;
     assert_eq!(rec.jail_id(), a);
     assert_eq!(rec.uid, Some(uid));
-    wait_serial(rec.serial_path.as_ref().unwrap(), "WARDEN_FLOOD 10 ").await;
+    assert_eq!(rec.serial_path.as_ref(), Some(&usual));
+    assert!(!usual.symlink_metadata().unwrap().file_type().is_symlink());
+    wait_serial(&usual, "WARDEN_FLOOD 10 ").await;
 
     // A restore takes a warm jail too.
     m.snapshot(&a, "pooled", true).await.unwrap();

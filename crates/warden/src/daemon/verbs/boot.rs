@@ -63,6 +63,9 @@ impl Manager {
                 what: format!("creating {}", dir.display()),
                 source,
             })?;
+            // A first boot in a warm jail left links to its console here; this run writes
+            // files of its own.
+            self.unlink_console(&id);
             let (mut config, mut options) = self.vm_config(&id, &slot.rec.spec);
             self.restore_options(&slot.rec.spec, &mut options).await?;
             config.enable_networking = networked;
@@ -79,6 +82,43 @@ impl Manager {
         }
         .await;
         self.booted(slot, started, t0).await
+    }
+
+    /// Makes `<vm dir>/serial.log` (and `.stderr`) of VM `id` links to the console files of
+    /// the warm jail `jail_id` it runs in (the state directory is root's alone).
+    fn link_console(&self, id: &str, jail_id: &str) -> Result<(), ManagerError> {
+        let dir = self.vm_dir(id);
+        std::fs::create_dir_all(&dir).map_err(|source| ManagerError::Os {
+            what: format!("creating {}", dir.display()),
+            source,
+        })?;
+        self.unlink_console(id);
+        let (target, link) = (self.serial_path(jail_id), self.serial_path(id));
+        for (t, l) in [
+            (target.clone(), link.clone()),
+            (
+                vm::config::Serial::stderr_path(&target),
+                vm::config::Serial::stderr_path(&link),
+            ),
+        ] {
+            std::os::unix::fs::symlink(&t, &l).map_err(|source| ManagerError::Os {
+                what: format!("linking {} to {}", l.display(), t.display()),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Removes console links [`Self::link_console`] made (never a file).
+    fn unlink_console(&self, id: &str) {
+        let link = self.serial_path(id);
+        for p in [vm::config::Serial::stderr_path(&link), link] {
+            if p.symlink_metadata()
+                .is_ok_and(|m| m.file_type().is_symlink())
+            {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
     }
 
     /// Records the outcome of a boot (either path).
@@ -199,6 +239,12 @@ impl Manager {
         slot.rec.start_time = None;
         slot.rec.exit = None;
         slot.rec.serial_path = Some(self.serial_path(&jail_id));
+        // The console stays in the file the jail's Firecracker writes; the VM's usual path
+        // names it too.
+        if let Err(e) = self.link_console(&id, &jail_id) {
+            warm.discard().await;
+            return Some(Err(e));
+        }
         if let Err(e) = self.put(&mut slot.rec).await {
             warm.discard().await;
             return Some(Err(e));
