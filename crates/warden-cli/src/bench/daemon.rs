@@ -38,6 +38,11 @@ impl BenchDaemon {
     /// Starts a daemon (Firecracker's own PID namespace per VM when `pidns`) and waits until
     /// it answers.
     pub(crate) fn start(pidns: bool) -> anyhow::Result<Self> {
+        Self::start_with(pidns, &[])
+    }
+
+    /// [`Self::start`] with more settings (`WARDEN_*` variables).
+    pub(crate) fn start_with(pidns: bool, settings: &[(&str, &str)]) -> anyhow::Result<Self> {
         let kernel = super::start::need(warden::assets::testguest())?;
         let jailer = super::start::need(warden::assets::jailer())?;
         let firecracker = super::start::need(warden::assets::firecracker())?;
@@ -68,6 +73,8 @@ impl BenchDaemon {
             ("WARDEN_JAILER_PIDNS".into(), pidns.to_string()),
             ("WARDEN_LOG_FORMAT".into(), "json".into()),
         ];
+        let mut env = env;
+        env.extend(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -126,6 +133,32 @@ impl BenchDaemon {
         }
         self.child = Some(child);
         Ok(())
+    }
+
+    /// Warm jails of its pool whose Firecracker API is up (`pool-*` jails with a socket and no
+    /// kernel staged yet).
+    pub(crate) fn warm_jails_ready(&self) -> usize {
+        std::fs::read_dir(self.chroot.join("firecracker"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("pool-"))
+            .filter(|e| {
+                let root = e.path().join("root");
+                root.join("run/firecracker.socket").exists() && !root.join("kernel").exists()
+            })
+            .count()
+    }
+
+    /// The daemon's `/metrics` text.
+    pub(crate) async fn metrics(&self) -> anyhow::Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok(out)
     }
 
     /// The last lines of the daemon's log.

@@ -9,7 +9,10 @@
 //! - `library start_vm`: `warden::vm::start_vm`, jailed, from the call to the marker;
 //! - `daemon CreateVm+BootVm`: through a `warden serve` the bench started (its own state dir,
 //!   chroot dir, parent cgroup and port), from the CreateVm call to the marker in the VM's
-//!   serial log file; then (untimed) wait for `stopped` and DeleteVm.
+//!   serial log file; then (untimed) wait for `stopped` and DeleteVm;
+//! - `daemon from pool`: the same through a second daemon with a warm pool (`pool_size` 2),
+//!   whose every boot takes a warm jail: before each, the bench waits (untimed) until the pool
+//!   is full again, and the report's note gives the daemon's own count of hits and misses.
 //!
 //! Each boot ends with the guest powering off; the next starts after the previous is cleaned.
 //! The jailed series share one parent cgroup of the bench's own (removed at the end).
@@ -83,12 +86,14 @@ pub async fn run(args: StartArgs) -> anyhow::Result<Report> {
     let env = Env::new(&args.chroot_base)?;
     let guard = env.guard();
     let daemon = BenchDaemon::start(args.daemon_pidns)?;
+    let pooled = BenchDaemon::start_with(args.daemon_pidns, &[("WARDEN_POOL_SIZE", POOL)])?;
     let names = [
         "bare firecracker",
         "bare jailer",
         "warden run (jailed)",
         "library start_vm (jailed)",
         "daemon CreateVm+BootVm (jailed)",
+        "daemon from pool (jailed)",
     ];
     let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
     let mut phases: Vec<(String, Vec<Duration>)> = Vec::new();
@@ -114,10 +119,14 @@ pub async fn run(args: StartArgs) -> anyhow::Result<Report> {
                     add_phases(p);
                     t
                 }
-                _ => {
+                4 => {
                     let (t, p) = via_daemon(&daemon, &id).await?;
                     add_phases(p);
                     t
+                }
+                _ => {
+                    wait_for_pool(&pooled).await?;
+                    via_daemon(&pooled, &id).await?.0
                 }
             };
             samples[which].push(t);
@@ -133,21 +142,55 @@ pub async fn run(args: StartArgs) -> anyhow::Result<Report> {
         r.ratio = Some(r.median_ms / baseline);
     }
     rows[0].ratio = Some(rows[0].median_ms / baseline);
+    let pool = pool_counts(&pooled.metrics().await.unwrap_or_default());
     let mut report = Report::new(
         "start",
         format!(
-            "process start (daemon: CreateVm call) to guest marker, {} boots per series, interleaved; ratio = median / bare jailer median; daemon pidns {}",
+            "process start (daemon: CreateVm call) to guest marker, {} boots per series, interleaved; ratio = median / bare jailer median; daemon pidns {}; pool {} (hits {}, misses {})",
             args.count,
-            if args.daemon_pidns { "on" } else { "off" }
+            if args.daemon_pidns { "on" } else { "off" },
+            POOL,
+            pool.0,
+            pool.1
         ),
     );
     report.rows = rows;
     report.phases = phases.iter().map(|(n, s)| Row::new(n, s)).collect();
-    let left = daemon.finish().await?;
+    let left = daemon.finish().await?.add(pooled.finish().await?);
     report.leftovers = left.add(guard.finish());
     drop(env);
     report.leftovers.temp_dirs = host::temp_dirs_left();
     Ok(report)
+}
+
+/// The pooled daemon's `pool_size`.
+const POOL: &str = "2";
+
+/// Waits (untimed) until the pooled daemon's pool is full again after the previous boot.
+async fn wait_for_pool(d: &BenchDaemon) -> anyhow::Result<()> {
+    let want: usize = POOL.parse().expect("a number");
+    let t0 = Instant::now();
+    while d.warm_jails_ready() < want {
+        anyhow::ensure!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the pool did not refill; daemon log: {}",
+            d.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(())
+}
+
+/// `(hits, misses)` from `warden_pool_boots_total` in a `/metrics` text.
+fn pool_counts(metrics: &str) -> (u64, u64) {
+    let count = |result: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("warden_pool_boots_total{{result=\"{result}\"}}")))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (count("hit"), count("miss"))
 }
 
 pub(super) fn need(p: PathBuf) -> anyhow::Result<PathBuf> {
