@@ -374,6 +374,30 @@ pub(crate) async fn wait_for_file(
 
 /// Waits until the VM's state is `want`, on its WatchVms stream (which starts with its current
 /// state, so a change before the call is not missed).
+/// Reads a WatchVms stream until VM `id` is in `want` (an error if it fails first).
+pub(crate) async fn until_state(
+    events: &mut warden_api::EventStream,
+    id: &str,
+    want: pb::VmState,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    tokio::time::timeout(timeout, async {
+        while let Some(ev) = events.next().await {
+            let ev = ev?;
+            if ev.new_state() == want {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                ev.new_state() != pb::VmState::Unspecified,
+                "{id}: unexpected event {ev:?}"
+            );
+        }
+        anyhow::bail!("{id}: the WatchVms stream ended before {want:?}")
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("{id} not {want:?} after {timeout:?}"))?
+}
+
 pub(crate) async fn wait_for_state(
     client: &Client,
     id: &str,

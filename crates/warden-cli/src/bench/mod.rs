@@ -9,6 +9,7 @@
 
 mod daemon;
 mod host;
+mod profile;
 mod recover;
 mod scale;
 mod start;
@@ -235,6 +236,8 @@ pub struct Report {
     leftovers: Leftovers,
     /// Steps skipped or anything else worth knowing (e.g. memory ran short).
     warnings: Vec<String>,
+    /// `--profile`: where the daemon's CPU went.
+    profile: Vec<String>,
 }
 
 impl Report {
@@ -249,6 +252,7 @@ impl Report {
             steps: Vec::new(),
             leftovers: Leftovers::default(),
             warnings: Vec::new(),
+            profile: Vec::new(),
         }
     }
 
@@ -345,6 +349,13 @@ impl Report {
         ));
         for w in &self.warnings {
             s.push_str(&format!("warning: {w}\n"));
+        }
+        if !self.profile.is_empty() {
+            s.push('\n');
+            for l in &self.profile {
+                s.push_str(l);
+                s.push('\n');
+            }
         }
         s
     }
