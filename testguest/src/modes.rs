@@ -46,7 +46,7 @@ fn flood() -> ! {
 /// Period of the safety-net timer while idle. The keyboard IRQ wakes us for Ctrl-Alt-Del
 /// right away, so the timer only bounds the delay should that IRQ ever be lost; a slow timer
 /// keeps the cost of many idle VMs on one host negligible.
-const IDLE_TIMER_MS: u64 = 100;
+const IDLE_TIMER_MS: u64 = 1000;
 
 /// Halt until Ctrl-Alt-Del, waking on the keyboard IRQ and a periodic LAPIC timer.
 fn idle() -> ! {

@@ -633,8 +633,9 @@ pub fn details_to_pb(v: &VmInfo) -> pb::VmDetails {
     pb::VmDetails {
         state: state_to_pb(r.state) as i32,
         pid: r.pid.unwrap_or(0),
+        // The jail's id: the VM's own, or that of the warm jail it took.
         jailer_id: if plan.is_some_and(|p| p.jailed) {
-            r.id.clone()
+            r.jail_id().to_owned()
         } else {
             String::new()
         },

@@ -35,6 +35,10 @@ pub struct ScaleArgs {
     /// ListVms and GetVmInfo calls timed at each step.
     #[arg(long, default_value_t = 50)]
     calls: usize,
+    /// Record a CPU profile of the daemon (and what it starts) with `perf record` into this
+    /// file while the bench runs, and add the hottest symbols to the report.
+    #[arg(long, value_name = "FILE")]
+    profile: Option<std::path::PathBuf>,
 }
 
 /// Memory kept free for the host while the bench runs.
@@ -53,6 +57,13 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<Report> {
     }
     anyhow::ensure!(!steps.is_empty(), "no step: give --steps and --max");
     let daemon = Arc::new(BenchDaemon::start(true)?);
+    let profile = match &args.profile {
+        Some(out) => Some(super::profile::Profile::start(
+            daemon.pid().context("the daemon runs")?,
+            out,
+        )?),
+        None => None,
+    };
     let mut report = Report::new(
         "scale",
         format!(
@@ -102,6 +113,12 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<Report> {
                 .warnings
                 .push(format!("N={n}: the deletes left host resources behind"));
             break;
+        }
+    }
+    if let Some(p) = profile {
+        match p.finish() {
+            Ok(lines) => report.profile = lines,
+            Err(e) => report.warnings.push(format!("no profile: {e:#}")),
         }
     }
     let daemon = Arc::into_inner(daemon).context("daemon still shared")?;

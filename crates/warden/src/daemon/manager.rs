@@ -67,6 +67,8 @@ pub struct Manager {
     pub(crate) events: super::events::Events,
     /// Warm jails for first boots (`pool_size`).
     pub(crate) pool: super::pool::WarmPool,
+    /// ListVms' cgroup readings.
+    stats: super::stats::StatsCache,
 }
 
 type Result<T> = std::result::Result<T, ManagerError>;
@@ -94,6 +96,7 @@ impl Manager {
             metrics: Metrics::default(),
             events: Default::default(),
             pool: Default::default(),
+            stats: Default::default(),
         });
         super::recovery::recover(&manager).await?;
         manager.start_pool();
@@ -142,10 +145,11 @@ impl Manager {
         if slot.rec.state == VmState::Deleted {
             return Err(ManagerError::Deleted { id: id.to_owned() });
         }
-        Ok(info(&slot, Report::Live))
+        Ok(info(&slot))
     }
 
-    /// ListVms, by id. A VM busy with a request is shown as last stored.
+    /// ListVms, by id. A VM busy with a request is shown as last stored. cgroup readings are
+    /// at most a second or so old (see the `stats` module).
     pub async fn list(&self) -> Result<Vec<VmInfo>> {
         let slots: Vec<(String, Arc<Mutex<Slot>>)> = self
             .slots
@@ -154,10 +158,31 @@ impl Manager {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let (readings, due) = self.stats.readings();
+        let mut sources = Vec::new();
         let mut out = Vec::with_capacity(slots.len());
         for (id, s) in slots {
             let info = match s.try_lock() {
-                Ok(slot) => info(&slot, Report::AtStart),
+                Ok(slot) => {
+                    let live = slot.vm.as_ref().filter(|vm| vm.exited().is_none());
+                    if let (Some(vm), true) = (live, due) {
+                        sources.push((
+                            id.clone(),
+                            vm.plan.cgroup_version,
+                            vm.plan.cgroup_dirs.clone(),
+                        ));
+                    }
+                    VmInfo {
+                        record: slot.rec.clone(),
+                        stats: live.map(|vm| {
+                            readings
+                                .get(&id)
+                                .cloned()
+                                .unwrap_or_else(|| vm.cgroup_stats())
+                        }),
+                        isolation: live.map(|vm| vm.isolation.clone()),
+                    }
+                }
                 Err(_) => match self.store.get(&id).await {
                     Ok(Some(rec)) => VmInfo {
                         record: rec,
@@ -170,6 +195,9 @@ impl Manager {
             if info.record.state != VmState::Deleted {
                 out.push(info);
             }
+        }
+        if due {
+            self.stats.refresh(sources);
         }
         out.sort_by(|a, b| a.record.id.cmp(&b.record.id));
         Ok(out)
@@ -228,23 +256,14 @@ impl Manager {
     }
 }
 
-/// How fresh a VM's isolation report must be.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Report {
-    /// Read from /proc now (GetVmInfo: one VM, proven at the moment of asking).
-    Live,
-    /// The one read when the VM started or was re-attached (ListVms: every VM, cheaply).
-    AtStart,
-}
-
-fn info(slot: &Slot, report: Report) -> VmInfo {
+/// GetVmInfo's view of one VM: cgroup readings and the isolation report read now (one VM,
+/// proven at the moment of asking). ListVms shows the report read when the VM started or was
+/// re-attached, and cached readings.
+fn info(slot: &Slot) -> VmInfo {
     let live = slot.vm.as_ref().filter(|vm| vm.exited().is_none());
     VmInfo {
         record: slot.rec.clone(),
         stats: live.map(|vm| vm.cgroup_stats()),
-        isolation: live.map(|vm| match report {
-            Report::Live => vm.isolation_now(),
-            Report::AtStart => vm.isolation.clone(),
-        }),
+        isolation: live.map(|vm| vm.isolation_now()),
     }
 }

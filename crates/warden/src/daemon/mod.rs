@@ -15,6 +15,7 @@ mod recovery;
 mod snapshots;
 mod spec;
 pub mod state;
+mod stats;
 pub mod store;
 mod uids;
 mod verbs;
