@@ -1118,6 +1118,7 @@ impl VmService for ManagerService {
                         new_state: state_to_pb(state) as i32,
                         reason: reason.into(),
                         at_unix_ms: now,
+                        ..Default::default()
                     };
                     if tx.send(Ok(ev)).await.is_err() {
                         return;
@@ -1132,6 +1133,7 @@ impl VmService for ManagerService {
                         new_state: pb::VmState::Deleted as i32,
                         reason: "deleted".into(),
                         at_unix_ms: now,
+                        ..Default::default()
                     };
                     if tx.send(Ok(ev)).await.is_err() {
                         return;
@@ -1163,6 +1165,8 @@ impl VmService for ManagerService {
                         new_state: state_to_pb(ev.new_state) as i32,
                         reason: ev.reason,
                         at_unix_ms: ev.at_unix_ms,
+                        snapshot: ev.snapshot.unwrap_or_default(),
+                        restored_from: ev.restored_from.unwrap_or_default(),
                     };
                     if tx.send(Ok(ev)).await.is_err() {
                         return;
@@ -1198,11 +1202,7 @@ fn snapshot_to_pb(name: &str, m: &warden::vm::Manifest) -> pb::Snapshot {
         created_at_unix_ms: i64::try_from(m.created_at_unix_ms).unwrap_or(i64::MAX),
         vcpu_count: u32::from(m.vcpu_count),
         memory_bytes: u64::from(m.memory_mb) << 20,
-        size_bytes: [&m.state, &m.memory]
-            .into_iter()
-            .chain(m.drives.iter().map(|d| &d.file))
-            .map(|f| f.len)
-            .sum(),
+        size_bytes: warden::daemon::snapshot_size_bytes(m),
         network_interfaces: m.network_interfaces.clone(),
     }
 }

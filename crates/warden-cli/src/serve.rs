@@ -165,7 +165,7 @@ fn router(manager: Arc<Manager>, cfg: &DaemonConfig) -> axum::Router {
         let m = manager.clone();
         move || {
             let m = m.clone();
-            async move { m.metrics.render(&m.list().await.unwrap_or_default()) }
+            async move { m.render_metrics().await }
         }
     };
     let ready = {

@@ -1,5 +1,6 @@
-//! Prometheus metrics: VMs by state, request latencies, failures by reason, and per-VM memory
-//! and CPU read from the VMs' cgroups at scrape time.
+//! Prometheus metrics: VMs by state, request latencies, failures by reason, snapshots taken and
+//! restores by result, per-VM memory and CPU read from the VMs' cgroups at scrape time, and the
+//! snapshot store's size read from its manifests at scrape time.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use prometheus_client::registry::Registry;
 
 use super::manager::VmInfo;
 use super::state::VmState;
+use crate::vm::Manifest;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabel {
@@ -23,6 +25,12 @@ struct OpLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    /// `ok`, or the error code of the failure (`not_found`, `invalid_argument`, ...).
+    result: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -44,6 +52,10 @@ pub struct Metrics {
     vms: Family<StateLabel, Gauge>,
     memory: Family<VmLabel, Gauge>,
     cpu: Family<VmLabel, Gauge>,
+    snapshots: Family<ResultLabel, Counter>,
+    restores: Family<ResultLabel, Counter>,
+    stored: Gauge,
+    store_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -56,10 +68,35 @@ impl Default for Metrics {
         let vms = Family::<StateLabel, Gauge>::default();
         let memory = Family::<VmLabel, Gauge>::default();
         let cpu = Family::<VmLabel, Gauge>::default();
+        let snapshots = Family::<ResultLabel, Counter>::default();
+        let restores = Family::<ResultLabel, Counter>::default();
+        let stored = Gauge::default();
+        let store_bytes = Gauge::default();
         registry.register(
             "request_duration_seconds",
-            "Latency of create, boot and stop",
+            "Latency of create, boot (a clone's start from its snapshot included), stop, snapshot \
+             and restore (RestoreVm: create and start from the snapshot)",
             latency.clone(),
+        );
+        registry.register(
+            "snapshots",
+            "SnapshotVm requests by result (ok, or the error code)",
+            snapshots.clone(),
+        );
+        registry.register(
+            "restores",
+            "RestoreVm requests by result (ok, or the error code)",
+            restores.clone(),
+        );
+        registry.register(
+            "snapshots_stored",
+            "Snapshots in the daemon's store",
+            stored.clone(),
+        );
+        registry.register(
+            "snapshot_store_bytes",
+            "Bytes of the state, memory and drive files of the store's snapshots",
+            store_bytes.clone(),
         );
         registry.register(
             "vm_exits_or_failures",
@@ -84,6 +121,10 @@ impl Default for Metrics {
             vms,
             memory,
             cpu,
+            snapshots,
+            restores,
+            stored,
+            store_bytes,
         }
     }
 }
@@ -105,8 +146,34 @@ impl Metrics {
             .inc();
     }
 
-    /// Renders the text exposition format, with gauges refreshed from `vms`.
-    pub fn render(&self, vms: &[VmInfo]) -> String {
+    /// Counts a SnapshotVm by its result: `ok` or the error code.
+    pub fn snapshot_result(&self, result: &str) {
+        self.snapshots
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a RestoreVm by its result: `ok` or the error code.
+    pub fn restore_result(&self, result: &str) {
+        self.restores
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// Renders the text exposition format, with gauges refreshed from `vms` and the store's
+    /// `snapshots`.
+    pub fn render(&self, vms: &[VmInfo], snapshots: &[(String, Manifest)]) -> String {
+        self.stored.set(snapshots.len() as i64);
+        self.store_bytes.set(
+            snapshots
+                .iter()
+                .map(|(_, m)| i64::try_from(super::snapshots::size_bytes(m)).unwrap_or(i64::MAX))
+                .sum(),
+        );
         for s in VmState::ALL {
             let n = vms.iter().filter(|v| v.record.state == s).count();
             self.vms

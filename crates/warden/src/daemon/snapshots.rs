@@ -7,6 +7,15 @@ use super::error::ManagerError;
 use super::manager::Manager;
 use crate::vm::snapshot::{read_manifest, Manifest, Restore};
 
+/// The bytes of a snapshot's files (state, memory, drives).
+pub fn size_bytes(m: &Manifest) -> u64 {
+    [&m.state, &m.memory]
+        .into_iter()
+        .chain(m.drives.iter().map(|d| &d.file))
+        .map(|f| f.len)
+        .sum()
+}
+
 impl Manager {
     /// Where snapshot `name` lives. Names are checked like VM ids (letters, digits, `-`).
     pub(crate) fn snapshot_dir(&self, name: &str) -> Result<PathBuf, ManagerError> {
@@ -59,6 +68,13 @@ impl Manager {
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
+    }
+
+    /// The metrics in Prometheus' text format, with the VM and snapshot store gauges read now.
+    pub async fn render_metrics(&self) -> String {
+        let vms = self.list().await.unwrap_or_default();
+        let snapshots = self.list_snapshots().await.unwrap_or_default();
+        self.metrics.render(&vms, &snapshots)
     }
 
     /// Removes snapshot `name` (VMs restored from it keep their own hard links and copies).
