@@ -23,7 +23,7 @@ impl Manager {
         let (m, id, name) = (self.clone(), id.to_owned(), name.to_owned());
         let t0 = Instant::now();
         let result = to_completion(async move {
-            let store = m.snapshot_dir(&name)?;
+            let store = m.snapshot_dir(&name, "name")?;
             if store.exists() {
                 return Err(ManagerError::SnapshotExists { name });
             }
