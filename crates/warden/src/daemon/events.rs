@@ -195,13 +195,14 @@ mod tests {
         let mut clone = rec("c", VmState::Created);
         clone.spec.restore_from = Some("base".into());
         e.record(&clone);
-        let got: Vec<(
+        type Seen = (
             Option<VmState>,
             VmState,
             String,
             Option<String>,
             Option<String>,
-        )> = std::iter::from_fn(|| rx.try_recv().ok())
+        );
+        let got: Vec<Seen> = std::iter::from_fn(|| rx.try_recv().ok())
             .map(|ev| {
                 (
                     ev.old_state,
