@@ -1119,6 +1119,7 @@ impl VmService for ManagerService {
                         new_state: state_to_pb(state) as i32,
                         reason: reason.into(),
                         at_unix_ms: now,
+                        ..Default::default()
                     };
                     if tx.send(Ok(ev)).await.is_err() {
                         return;
@@ -1133,6 +1134,7 @@ impl VmService for ManagerService {
                         new_state: pb::VmState::Deleted as i32,
                         reason: "deleted".into(),
                         at_unix_ms: now,
+                        ..Default::default()
                     };
                     if tx.send(Ok(ev)).await.is_err() {
                         return;
@@ -1164,6 +1166,8 @@ impl VmService for ManagerService {
                         new_state: state_to_pb(ev.new_state) as i32,
                         reason: ev.reason,
                         at_unix_ms: ev.at_unix_ms,
+                        snapshot: ev.snapshot.unwrap_or_default(),
+                        restored_from: ev.restored_from.unwrap_or_default(),
                     };
                     if tx.send(Ok(ev)).await.is_err() {
                         return;
@@ -1199,11 +1203,7 @@ fn snapshot_to_pb(name: &str, m: &warden::vm::Manifest) -> pb::Snapshot {
         created_at_unix_ms: i64::try_from(m.created_at_unix_ms).unwrap_or(i64::MAX),
         vcpu_count: u32::from(m.vcpu_count),
         memory_bytes: u64::from(m.memory_mb) << 20,
-        size_bytes: [&m.state, &m.memory]
-            .into_iter()
-            .chain(m.drives.iter().map(|d| &d.file))
-            .map(|f| f.len)
-            .sum(),
+        size_bytes: warden::daemon::snapshot_size_bytes(m),
         network_interfaces: m.network_interfaces.clone(),
     }
 }

@@ -34,6 +34,11 @@ enum Command {
     Plan {
         #[command(flatten)]
         args: run::RunArgs,
+        /// Plan a restore of the snapshot in this store directory (one with a manifest.json,
+        /// such as `<state_dir>/snapshots/<name>`) instead of a boot: its files staged into a
+        /// new jail, with the jail settings of the other flags.
+        #[arg(long, value_name = "STORE_DIR")]
+        restore: Option<std::path::PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -68,7 +73,11 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run::run(args).await,
-            Command::Plan { args, json } => run::plan(args, json),
+            Command::Plan {
+                args,
+                restore,
+                json,
+            } => run::plan(args, restore, json),
             Command::Demo(args) => run::demo(args).await,
             Command::Bench(args) => bench::bench(args).await,
             Command::Doctor(args) => doctor::doctor(args).await,

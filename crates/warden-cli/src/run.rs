@@ -14,9 +14,9 @@ use crate::report;
 /// Arguments shared by `run` and `plan`.
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Kernel image (ELF vmlinux).
+    /// Kernel image (ELF vmlinux); required, except by `warden plan --restore`.
     #[arg(long)]
-    kernel: PathBuf,
+    kernel: Option<PathBuf>,
     /// Root filesystem image (attached read-write; the caller's file is never modified: the VM
     /// writes a private copy).
     #[arg(long)]
@@ -27,12 +27,12 @@ pub struct RunArgs {
     /// VM id (1-64 ASCII letters, digits, '-'); default: `run-<pid>`.
     #[arg(long)]
     id: Option<String>,
-    /// vCPUs.
-    #[arg(long, default_value_t = 1)]
-    vcpus: u8,
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = 128)]
-    memory: u32,
+    /// vCPUs [default: 1].
+    #[arg(long)]
+    vcpus: Option<u8>,
+    /// Guest memory in MiB [default: 128].
+    #[arg(long)]
+    memory: Option<u32>,
     /// Kernel command line.
     #[arg(long)]
     boot_args: Option<String>,
@@ -115,15 +115,25 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    fn vm_id(&self) -> String {
+        self.id
+            .clone()
+            .unwrap_or_else(|| format!("run-{}", std::process::id()))
+    }
+
     fn to_config(&self) -> anyhow::Result<(VmConfig, VmOptions)> {
+        let Some(kernel) = &self.kernel else {
+            return Err(warden::Error::Invalid(jail::SpecError::new(
+                "kernel",
+                "is missing: pass --kernel PATH (the guest's ELF vmlinux)",
+            ))
+            .into());
+        };
         let config = VmConfig {
-            vm_id: self
-                .id
-                .clone()
-                .unwrap_or_else(|| format!("run-{}", std::process::id())),
-            vcpu_count: self.vcpus,
-            memory_mb: self.memory,
-            kernel_path: self.kernel.display().to_string(),
+            vm_id: self.vm_id(),
+            vcpu_count: self.vcpus.unwrap_or(1),
+            memory_mb: self.memory.unwrap_or(128),
+            kernel_path: kernel.display().to_string(),
             rootfs_path: self
                 .rootfs
                 .as_ref()
@@ -220,6 +230,41 @@ impl RunArgs {
         };
         Ok((config, options))
     }
+    /// The config and options of a restore of the snapshot in `store`: the snapshot's machine
+    /// and files, these flags' jail settings. Flags that a snapshot decides are refused.
+    fn to_restore_config(&self, store: &std::path::Path) -> anyhow::Result<(VmConfig, VmOptions)> {
+        let fixed = [
+            ("--kernel", self.kernel.is_some()),
+            ("--rootfs", self.rootfs.is_some()),
+            ("--drive", !self.drives.is_empty()),
+            ("--vcpus", self.vcpus.is_some()),
+            ("--memory", self.memory.is_some()),
+            ("--boot-args", self.boot_args.is_some()),
+            ("--network-mode", self.network_mode.is_some()),
+            ("--guest-ip", self.guest_ip.is_some()),
+        ];
+        if let Some((flag, _)) = fixed.iter().find(|(_, given)| *given) {
+            return Err(warden::Error::Invalid(jail::SpecError::new(
+                flag.trim_start_matches("--"),
+                format!(
+                    "{flag} cannot be combined with --restore: the snapshot has its own guest, \
+                     drives, machine size and network; drop {flag}"
+                ),
+            ))
+            .into());
+        }
+        let manifest = warden::vm::snapshot::read_manifest(store)?;
+        // The jail settings are those of any VM; the guest is the snapshot's.
+        let mut with_kernel = self.clone();
+        with_kernel.kernel = Some(store.join(&manifest.state.name));
+        let (_, options) = with_kernel.to_config()?;
+        Ok(warden::vm::restore_config(
+            store,
+            manifest,
+            &self.vm_id(),
+            &options,
+        )?)
+    }
 }
 
 /// A `--drive` value: `PATH`, `PATH:rw` or `PATH:ro`, as (path, read-only).
@@ -230,9 +275,13 @@ pub fn parse_drive(arg: &str) -> (&str, bool) {
     }
 }
 
-/// `warden plan`.
-pub fn plan(args: RunArgs, json: bool) -> anyhow::Result<u8> {
-    let (config, options) = args.to_config()?;
+/// `warden plan`: the plan of a boot, or with `restore` of a restore of the snapshot in that
+/// store directory (what `warden::vm::restore_vm` would do with these flags).
+pub fn plan(args: RunArgs, restore: Option<PathBuf>, json: bool) -> anyhow::Result<u8> {
+    let (config, options) = match &restore {
+        Some(store) => args.to_restore_config(store)?,
+        None => args.to_config()?,
+    };
     let vm::Planned {
         plan,
         unjailed_reason: unjailed,
@@ -248,8 +297,23 @@ pub fn plan(args: RunArgs, json: bool) -> anyhow::Result<u8> {
         // `run` leases the VM a uid/gid of its own from this range; uid/gid above are then
         // replaced by the leased one.
         v["uid_range"] = serde_json::json!(leased);
+        if let Some(r) = &options.restore {
+            v["restore"] = serde_json::json!({
+                "store": r.store,
+                "source_vm": r.manifest.source_vm,
+                "firecracker_version": r.manifest.firecracker_version,
+            });
+        }
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
+        if let Some(r) = &options.restore {
+            println!(
+                "restore of the snapshot in {} (of VM {}, written by Firecracker {}): its files are staged, the kernel is not; the snapshot is loaded with resume_vm",
+                r.store.display(),
+                r.manifest.source_vm,
+                r.manifest.firecracker_version
+            );
+        }
         print!("{}", report::plan(&plan));
         if let Some(range) = leased {
             println!(

@@ -165,10 +165,7 @@ fn router(manager: Arc<Manager>, cfg: &DaemonConfig) -> axum::Router {
         let m = manager.clone();
         move || {
             let m = m.clone();
-            async move {
-                m.metrics.set_pool_ready(m.pool_ready());
-                m.metrics.render(&m.list().await.unwrap_or_default())
-            }
+            async move { m.render_metrics().await }
         }
     };
     let ready = {

@@ -85,13 +85,19 @@ enum VmCommand {
         #[arg(long)]
         keep_paused: bool,
     },
-    /// Start a new VM from a snapshot (RestoreVm): a clone with its own jail and uid.
+    /// Start a new VM from a snapshot (RestoreVm): a clone with its own jail and uid; with
+    /// --count, N clones started concurrently, one line per clone (its id and state, or why it
+    /// failed). Exit status 1 if any failed.
     Restore {
         /// The snapshot's name.
         snapshot: String,
-        /// The new VM's id (generated when omitted).
+        /// The new VM's id (generated when omitted); with --count, the prefix of the clones'
+        /// ids `<ID>-1` ... `<ID>-<N>` (default: `<snapshot>-<random>`).
         #[arg(long)]
         id: Option<String>,
+        /// How many clones to start, all at once.
+        #[arg(long, value_name = "N")]
+        count: Option<u32>,
     },
     /// List the snapshots of the daemon's store.
     Snapshots,
@@ -265,7 +271,16 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<u8> {
                 .await?;
             print(json, &r, || format!("{id} snapshotted as {name}"));
         }
-        VmCommand::Restore { snapshot, id } => {
+        VmCommand::Restore {
+            snapshot,
+            id,
+            count: Some(n),
+        } => return restore_many(&client, json, &snapshot, id, n).await,
+        VmCommand::Restore {
+            snapshot,
+            id,
+            count: None,
+        } => {
             let r = client
                 .restore_vm(pb::RestoreVmRequest {
                     vm_id: id.unwrap_or_default(),
@@ -343,8 +358,15 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<u8> {
                 if json {
                     println!("{}", serde_json::to_string(&ev).expect("proto JSON"));
                 } else {
+                    let mut extra = String::new();
+                    if !ev.snapshot.is_empty() {
+                        extra.push_str(&format!(" snapshot {}", ev.snapshot));
+                    }
+                    if !ev.restored_from.is_empty() {
+                        extra.push_str(&format!(" (clone of {})", ev.restored_from));
+                    }
                     println!(
-                        "{} {} {} -> {} ({})",
+                        "{} {} {} -> {} ({}){extra}",
                         format_ms(ev.at_unix_ms),
                         ev.vm_id,
                         state_name(ev.old_state),
@@ -362,6 +384,77 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// `warden vm restore SNAPSHOT --count N`: N RestoreVm requests at once, under ids chosen
+/// here (so a clone that fails is named too). Each clone's line is printed as it finishes; a
+/// failure is one line among the others, and makes the exit status 1.
+async fn restore_many(
+    client: &Client,
+    json: bool,
+    snapshot: &str,
+    prefix: Option<String>,
+    n: u32,
+) -> anyhow::Result<u8> {
+    anyhow::ensure!(
+        n >= 1,
+        "invalid --count 0: give the number of clones to start, 1 or more"
+    );
+    let prefix = prefix.unwrap_or_else(|| default_prefix(snapshot));
+    let mut set = tokio::task::JoinSet::new();
+    for i in 1..=n {
+        let (client, vm_id, snapshot) =
+            (client.clone(), format!("{prefix}-{i}"), snapshot.to_owned());
+        set.spawn(async move {
+            let r = client
+                .restore_vm(pb::RestoreVmRequest {
+                    vm_id: vm_id.clone(),
+                    snapshot,
+                })
+                .await;
+            (i, vm_id, r)
+        });
+    }
+    let mut results = Vec::new();
+    while let Some(done) = set.join_next().await {
+        let (i, vm_id, r) = done?;
+        if !json {
+            match &r {
+                Ok(r) => println!("{} {}", r.vm_id, state_name(r.state)),
+                Err(e) => println!("{vm_id} failed: {e}"),
+            }
+        }
+        results.push((i, vm_id, r));
+    }
+    let failed = results.iter().filter(|(_, _, r)| r.is_err()).count();
+    if json {
+        results.sort_by_key(|(i, _, _)| *i);
+        let out: Vec<serde_json::Value> = results
+            .iter()
+            .map(|(_, vm_id, r)| match r {
+                Ok(r) => serde_json::to_value(r).expect("proto JSON"),
+                Err(e) => serde_json::json!({
+                    "vmId": vm_id,
+                    "error": { "code": e.code.to_string(), "message": e.message },
+                }),
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    if failed > 0 {
+        eprintln!("warden: {failed} of {n} clones of {snapshot} failed");
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+/// `<snapshot>-<8 hex digits>`, short enough that `-<N>` still fits a 64-character id.
+fn default_prefix(snapshot: &str) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    let head: String = snapshot.chars().take(40).collect();
+    format!("{head}-{:08x}", h.finish() as u32)
 }
 
 fn print<T: serde::Serialize>(json: bool, msg: &T, human: impl FnOnce() -> String) {

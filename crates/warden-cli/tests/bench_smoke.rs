@@ -234,3 +234,34 @@ fn bench_recover_smoke() {
     assert!(rows[3]["name"].as_str().unwrap().contains("GetVmInfo"));
     assert_nothing_left(pid, None);
 }
+
+#[test]
+fn bench_restore_smoke() {
+    let base = chroot_base();
+    let (r, pid) = bench(
+        &["restore", "--count", "2", "--clones", "3", "--bursts", "1"],
+        Some(base.path()),
+    );
+    check_common(&r, "restore");
+    let rows = r["rows"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(rows.len(), 4, "{names:?}");
+    for (row, want) in rows.iter().zip([
+        "bare firecracker",
+        "library restore_vm",
+        "daemon RestoreVm",
+        "daemon 3 concurrent clones",
+    ]) {
+        assert!(row["name"].as_str().unwrap().starts_with(want), "{names:?}");
+    }
+    for row in &rows[..3] {
+        check_row(row, 2);
+        assert!(row["ratio"].as_f64().unwrap() > 0.0, "{row:#}");
+    }
+    // One burst of three clones, each timed.
+    check_row(&rows[3], 3);
+    assert!(rows[3]["p99_ms"].as_f64().unwrap() >= rows[3]["median_ms"].as_f64().unwrap());
+    let phases = r["phases"].as_array().unwrap();
+    assert!(phases.iter().any(|p| p["name"] == "snapshot load"), "{r:#}");
+    assert_nothing_left(pid, Some(base.path()));
+}

@@ -377,3 +377,158 @@ fn plan_shows_pinning_and_io_limits_and_refuses_what_the_host_cannot_do() {
     }
     assert_nothing_left(&id);
 }
+
+/// A snapshot store as the daemon and `VmHandle::snapshot` write one: root-owned read-only
+/// files in a 0700 directory, and a manifest (its checksums are not checked by a plan).
+fn fake_snapshot_store(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let store = dir.join("snap");
+    std::fs::create_dir(&store).unwrap();
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let file = |name: &str, len: usize| {
+        let p = store.join(name);
+        std::fs::write(&p, vec![7u8; len]).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o444)).unwrap();
+        jail::snapshot::StoredFile {
+            name: name.into(),
+            len: len as u64,
+            sha256: jail::snapshot::sha256_of(&p).unwrap(),
+        }
+    };
+    let manifest = warden::vm::Manifest {
+        firecracker_version: "1.12.1".into(),
+        source_vm: "plan-src".into(),
+        created_at_unix_ms: 1,
+        vcpu_count: 2,
+        memory_mb: 256,
+        state: file("vmstate", 4096),
+        memory: file("mem", 65536),
+        drives: vec![warden::vm::snapshot::SnapshotDrive {
+            file: file("rootfs", 8192),
+            writable: true,
+        }],
+        network_interfaces: Vec::new(),
+        guest: None,
+    };
+    std::fs::write(
+        store.join(warden::vm::snapshot::MANIFEST),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
+    store
+}
+
+#[test]
+fn plan_of_a_restore_shows_the_snapshot_files_it_would_stage_without_creating_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = fake_snapshot_store(dir.path());
+    let id = unique("plan-rs");
+    let out = warden()
+        .args(["plan", "--json", "--id", &id, "--restore"])
+        .arg(&store)
+        .args(["--jailer-uid", "1900000123", "--jailer-gid", "1900000123"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["restore"]["source_vm"], "plan-src", "{plan:#}");
+    assert_eq!(plan["restore"]["firecracker_version"], "1.12.1");
+    // The snapshot's files, under the names its state refers to; no kernel.
+    let staged: Vec<(&str, &str, bool, u64, u64)> = plan["staged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["path_in_jail"].as_str().unwrap(),
+                f["method"].as_str().unwrap(),
+                f["writable"].as_bool().unwrap(),
+                f["mode"].as_u64().unwrap(),
+                f["uid"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(staged.len(), 3, "{staged:?}");
+    // State and memory: root's read-only files, hard-linked and left as they are.
+    for name in ["/vmstate", "/mem"] {
+        let f = staged.iter().find(|f| f.0 == name).expect(name);
+        assert_eq!((f.1, f.2), ("hard-link", false), "{f:?}");
+    }
+    // The writable drive: a private copy of the clone's own, owned by its uid.
+    let rootfs = staged.iter().find(|f| f.0 == "/rootfs").expect("rootfs");
+    assert_eq!(
+        (rootfs.1, rootfs.2, rootfs.3, rootfs.4),
+        ("copy", true, 0o600, 1900000123),
+        "{rootfs:?}"
+    );
+    let argv: Vec<&str> = plan["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    // The snapshot's machine decides the limits: 256 MiB + 64 MiB of VMM, two vCPUs.
+    assert!(
+        argv.windows(2)
+            .any(|w| w == ["--cgroup", "memory.limit_in_bytes=335544320"]),
+        "{argv:?}"
+    );
+    assert!(
+        argv.windows(2)
+            .any(|w| w == ["--cgroup", "cpu.cfs_quota_us=200000"]),
+        "{argv:?}"
+    );
+    assert!(argv.windows(2).any(|w| w == ["--uid", "1900000123"]));
+    assert_nothing_left(&id);
+
+    let human = warden()
+        .args(["plan", "--id", &id, "--restore"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        text.contains(&format!(
+            "restore of the snapshot in {} (of VM plan-src, written by Firecracker 1.12.1)",
+            store.display()
+        )),
+        "{text}"
+    );
+    assert!(text.contains("/rootfs -> "), "{text}");
+    assert!(text.contains("(copy, "), "{text}");
+    assert!(text.contains("(hard-link, "), "{text}");
+    assert_nothing_left(&id);
+
+    // What the snapshot decides cannot be asked for, and a store without a manifest is named.
+    let out = warden()
+        .args(["plan", "--id", &id, "--memory", "512", "--restore"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--memory cannot be combined with --restore"),
+        "{err}"
+    );
+    let out = warden()
+        .args(["plan", "--id", &id, "--restore"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("manifest.json"), "{err}");
+    // And a plain plan still wants its kernel.
+    let out = warden().args(["plan", "--id", &id]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--kernel"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,11 +1,86 @@
 //! Snapshots through the daemon's API with real jailed VMs: SnapshotVm, RestoreVm into clones
 //! that are listed and controlled like any VM, re-attached after the daemon is SIGKILLed and
-//! started again, ListSnapshots, DeleteSnapshot, and the refusals with their codes.
+//! started again, ListSnapshots, DeleteSnapshot, the refusals with their codes and messages,
+//! `warden vm restore --count`, the WatchVms events and the metrics of both.
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use warden_api::{pb, Code};
+
+/// Reads `events` until `done` holds of what was read (30 s at most).
+async fn read_until(
+    events: &mut warden_api::EventStream,
+    seen: &mut Vec<pb::WatchVmsResponse>,
+    done: impl Fn(&[pb::WatchVmsResponse]) -> bool,
+) {
+    while !done(seen) {
+        let ev = tokio::time::timeout(Duration::from_secs(30), events.next())
+            .await
+            .unwrap_or_else(|_| panic!("no event after {seen:#?}"))
+            .expect("the stream ended")
+            .expect("an event");
+        seen.push(ev);
+    }
+}
+
+/// (old state, new state, reason, snapshot, restored_from) of `id`'s events.
+fn of(
+    seen: &[pb::WatchVmsResponse],
+    id: &str,
+) -> Vec<(pb::VmState, pb::VmState, String, String, String)> {
+    seen.iter()
+        .filter(|e| e.vm_id == id)
+        .map(|e| {
+            (
+                e.old_state(),
+                e.new_state(),
+                e.reason.clone(),
+                e.snapshot.clone(),
+                e.restored_from.clone(),
+            )
+        })
+        .collect()
+}
+
+/// A Connect JSON call with curl, as a person would make it: (HTTP status, body).
+fn curl(d: &Daemon, method: &str, body: &str) -> (u16, serde_json::Value) {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            body,
+        ])
+        .arg(format!("{}/vmprovisioner.v1.VmService/{method}", d.url()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (
+        code.trim().parse().unwrap(),
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+fn metrics(d: &Daemon) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", &format!("{}/metrics", d.url())])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value of the sample `name` (with its labels) in a Prometheus text exposition.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn snapshots_restore_into_clones_that_survive_a_daemon_restart() {
@@ -13,38 +88,68 @@ async fn snapshots_restore_into_clones_that_survive_a_daemon_restart() {
     let c = d.client();
     let src = unique("ssrc");
     c.create_vm(d.create_req(&src, "mode=flood")).await.unwrap();
-    boot(&c, src.as_str()).await;
-
     let snap = |name: &str| pb::SnapshotVmRequest {
         vm_id: src.clone(),
         name: name.into(),
         keep_paused: false,
     };
+    let restore = |id: &str, name: &str| pb::RestoreVmRequest {
+        vm_id: id.into(),
+        snapshot: name.into(),
+    };
+
+    // A VM that is not running: failed_precondition, naming the VM and its state.
+    let e = c.snapshot_vm(snap("early")).await.unwrap_err();
+    assert_eq!(e.code, Code::FailedPrecondition, "{e}");
+    assert!(
+        e.message.contains(&src)
+            && e.message.contains("is created")
+            && e.message.contains("running"),
+        "{e}"
+    );
+    boot(&c, src.as_str()).await;
+    let mut events = c.watch_vms(pb::WatchVmsRequest::default()).await.unwrap();
+    let mut seen = Vec::new();
+
+    // Bad names: invalid_argument naming the request's field and the name.
     let e = c.snapshot_vm(snap("../x")).await.unwrap_err();
     assert_eq!(e.code, Code::InvalidArgument, "{e}");
+    assert!(e.message.starts_with("invalid name: \"../x\""), "{e}");
+    let e = c.snapshot_vm(snap("")).await.unwrap_err();
+    assert_eq!(e.code, Code::InvalidArgument, "{e}");
+    assert!(e.message.contains("invalid name"), "{e}");
+    let e = c.restore_vm(restore("", "../x")).await.unwrap_err();
+    assert_eq!(e.code, Code::InvalidArgument, "{e}");
+    assert!(e.message.starts_with("invalid snapshot: \"../x\""), "{e}");
+
     let s = c.snapshot_vm(snap("base")).await.unwrap().snapshot.unwrap();
     assert_eq!(s.source_vm_id, src);
     assert_eq!(s.memory_bytes, 128 << 20);
+    // A name that exists: already_exists, naming it.
     let e = c.snapshot_vm(snap("base")).await.unwrap_err();
     assert_eq!(e.code, Code::AlreadyExists, "{e}");
-    let e = c
-        .restore_vm(pb::RestoreVmRequest {
-            vm_id: String::new(),
-            snapshot: "nope".into(),
-        })
-        .await
-        .unwrap_err();
+    assert!(e.message.contains("\"base\" already exists"), "{e}");
+    // An unknown snapshot: not_found, naming it; over plain Connect JSON too.
+    let e = c.restore_vm(restore("", "nope")).await.unwrap_err();
     assert_eq!(e.code, Code::NotFound, "{e}");
+    assert!(e.message.contains("no snapshot named \"nope\""), "{e}");
+    let (status, body) = curl(&d, "RestoreVm", r#"{"snapshot":"nope"}"#);
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["code"], "not_found", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("\"nope\""),
+        "{body}"
+    );
+    let (status, body) = curl(&d, "DeleteSnapshot", r#"{"name":"nope"}"#);
+    assert_eq!(
+        (status, &body["code"]),
+        (404, &"not_found".into()),
+        "{body}"
+    );
 
     let mut clones = Vec::new();
     for _ in 0..2 {
-        let r = c
-            .restore_vm(pb::RestoreVmRequest {
-                vm_id: String::new(),
-                snapshot: "base".into(),
-            })
-            .await
-            .unwrap();
+        let r = c.restore_vm(restore("", "base")).await.unwrap();
         assert_eq!(r.state, pb::VmState::Running as i32);
         clones.push(r.vm_id);
     }
@@ -64,6 +169,144 @@ async fn snapshots_restore_into_clones_that_survive_a_daemon_restart() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.starts_with("base ") && text.contains(&src), "{text}");
+
+    // `warden vm restore --count`: three clones at once; the second's id is taken, and its
+    // failure is one line among the others' (exit status 1).
+    let prefix = unique("cl");
+    c.create_vm(d.create_req(&format!("{prefix}-2"), "mode=idle"))
+        .await
+        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args([
+            "vm",
+            "--endpoint",
+            &d.url(),
+            "restore",
+            "base",
+            "--count",
+            "3",
+            "--id",
+            &prefix,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}\n{err}");
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines[0], format!("{prefix}-1 running"), "{text}");
+    assert!(
+        lines[1].starts_with(&format!("{prefix}-2 failed: already_exists: ")),
+        "{text}"
+    );
+    assert_eq!(lines[2], format!("{prefix}-3 running"), "{text}");
+    assert!(err.contains("1 of 3 clones of base failed"), "{err}");
+    for i in [1, 3] {
+        let id = format!("{prefix}-{i}");
+        assert_eq!(
+            vm_info(&c, id.as_str()).await.state,
+            pb::VmState::Running as i32
+        );
+        clones.push(id);
+    }
+    c.delete_vm(pb::DeleteVmRequest {
+        vm_id: format!("{prefix}-2"),
+        force: true,
+    })
+    .await
+    .unwrap();
+
+    // A snapshot that leaves the VM paused.
+    c.snapshot_vm(pb::SnapshotVmRequest {
+        keep_paused: true,
+        ..snap("held")
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        vm_info(&c, src.as_str()).await.state,
+        pb::VmState::Paused as i32
+    );
+    c.resume_vm(pb::ResumeVmRequest { vm_id: src.clone() })
+        .await
+        .unwrap();
+
+    // WatchVms: each snapshot is an event naming it; each clone's life names its snapshot.
+    use pb::VmState::{Booting, Created, Paused, Running, Unspecified};
+    let (sr, cl) = (src.clone(), clones.clone());
+    read_until(&mut events, &mut seen, move |seen| {
+        of(seen, &sr).len() >= 4 && cl.iter().all(|id| of(seen, id).len() >= 3)
+    })
+    .await;
+    let base = || "base".to_owned();
+    let none = String::new;
+    assert_eq!(
+        of(&seen, &src)[..4],
+        [
+            (Unspecified, Running, "current".into(), none(), none()),
+            (Running, Running, "snapshot_taken".into(), base(), none()),
+            (
+                Running,
+                Paused,
+                "snapshot_taken".into(),
+                "held".into(),
+                none()
+            ),
+            (Paused, Running, "resumed".into(), none(), none()),
+        ],
+        "{seen:#?}"
+    );
+    for id in &clones {
+        assert_eq!(
+            of(&seen, id)[..3],
+            [
+                (Unspecified, Created, "created".into(), none(), base()),
+                (Created, Booting, "booting".into(), none(), base()),
+                (Booting, Running, "booted".into(), none(), base()),
+            ],
+            "{id}: {seen:#?}"
+        );
+    }
+    drop(events);
+
+    // Metrics: snapshots and restores by result, their durations, the store's size.
+    let m = metrics(&d);
+    let at = |name: &str| sample(&m, name).unwrap_or_else(|| panic!("no {name}:\n{m}"));
+    assert_eq!(at("warden_snapshots_total{result=\"ok\"}"), 2.0);
+    assert_eq!(at("warden_snapshots_total{result=\"already_exists\"}"), 1.0);
+    assert_eq!(
+        at("warden_snapshots_total{result=\"invalid_argument\"}"),
+        1.0
+    );
+    assert_eq!(
+        at("warden_snapshots_total{result=\"failed_precondition\"}"),
+        1.0
+    );
+    assert_eq!(at("warden_restores_total{result=\"ok\"}"), 4.0);
+    assert_eq!(at("warden_restores_total{result=\"not_found\"}"), 2.0);
+    assert_eq!(at("warden_restores_total{result=\"already_exists\"}"), 1.0);
+    assert_eq!(
+        at("warden_request_duration_seconds_count{op=\"snapshot\"}"),
+        2.0
+    );
+    assert_eq!(
+        at("warden_request_duration_seconds_count{op=\"restore\"}"),
+        4.0
+    );
+    assert!(at("warden_request_duration_seconds_sum{op=\"restore\"}") > 0.0);
+    assert_eq!(at("warden_snapshots_stored"), 2.0);
+    let sizes: f64 = c
+        .list_snapshots(pb::ListSnapshotsRequest {})
+        .await
+        .unwrap()
+        .snapshots
+        .iter()
+        .map(|s| s.size_bytes as f64)
+        .sum();
+    assert!(sizes >= 2.0 * f64::from(128u32 << 20), "{sizes}");
+    assert_eq!(at("warden_snapshot_store_bytes"), sizes);
 
     // SIGKILL the daemon and start it again: the clones are re-attached and controllable.
     d.restart();
@@ -86,11 +329,11 @@ async fn snapshots_restore_into_clones_that_survive_a_daemon_restart() {
         .await
         .unwrap();
     }
-    c.delete_snapshot(pb::DeleteSnapshotRequest {
-        name: "base".into(),
-    })
-    .await
-    .unwrap();
+    for name in ["base", "held"] {
+        c.delete_snapshot(pb::DeleteSnapshotRequest { name: name.into() })
+            .await
+            .unwrap();
+    }
     let e = c
         .delete_snapshot(pb::DeleteSnapshotRequest {
             name: "base".into(),
@@ -98,5 +341,10 @@ async fn snapshots_restore_into_clones_that_survive_a_daemon_restart() {
         .await
         .unwrap_err();
     assert_eq!(e.code, Code::NotFound, "{e}");
+    assert!(
+        metrics(&d).contains("warden_snapshots_stored 0"),
+        "{}",
+        metrics(&d)
+    );
     d.assert_clean();
 }

@@ -55,10 +55,13 @@ async fn watch_vms_streams_the_current_state_then_every_change() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let cli_out = BufReader::new(cli.stdout.take().unwrap());
+    let mut cli_out = BufReader::new(cli.stdout.take().unwrap()).lines();
+    // Its first line (a's current state) says it has subscribed: only then does a change, or a
+    // slow start of the CLI would make it miss changes (and this test wait for them forever).
+    let first = cli_out.next().expect("the CLI's first event").unwrap();
     let cli_lines = std::thread::spawn(move || {
-        cli_out
-            .lines()
+        std::iter::once(Ok(first))
+            .chain(cli_out)
             .take(8)
             .map(|l| serde_json::from_str::<serde_json::Value>(&l.unwrap()).unwrap())
             .collect::<Vec<_>>()

@@ -199,7 +199,7 @@ async fn first_boots_take_warm_jails_and_nothing_of_the_pool_outlives_the_daemon
         after.len() > before && after.contains("WARDEN_FLOOD"),
         "the clone runs on"
     );
-    let metrics = m.metrics.render(&m.list().await.unwrap());
+    let metrics = m.render_metrics().await;
     assert!(
         metrics.contains("warden_pool_boots_total{result=\"hit\"} 2"),
         "{metrics}"

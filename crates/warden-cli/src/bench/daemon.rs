@@ -193,6 +193,11 @@ impl BenchDaemon {
         self.state_dir.join("vms").join(id).join("serial.log")
     }
 
+    /// Where the daemon keeps snapshot `name`.
+    pub(crate) fn snapshot_dir(&self, name: &str) -> PathBuf {
+        self.state_dir.join("snapshots").join(name)
+    }
+
     /// SIGKILL, as a crash would.
     pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

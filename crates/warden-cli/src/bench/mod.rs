@@ -11,6 +11,7 @@ mod daemon;
 mod host;
 mod profile;
 mod recover;
+mod restore;
 mod scale;
 mod start;
 mod throughput;
@@ -44,6 +45,9 @@ enum Scenario {
     Scale(scale::ScaleArgs),
     /// SIGKILL the daemon with N running VMs and time its restart until every VM answers.
     Recover(recover::RecoverArgs),
+    /// Restore from a snapshot to the guest's first line after resume: bare unjailed
+    /// Firecracker, the library (jailed), the daemon, and N concurrent clones (p50, p99).
+    Restore(restore::RestoreArgs),
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -83,6 +87,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<u8> {
             Scenario::Throughput(a) => throughput::run(a).await,
             Scenario::Scale(a) => scale::run(a).await,
             Scenario::Recover(a) => recover::run(a).await,
+            Scenario::Restore(a) => restore::run(a).await,
         }
     };
     let report = tokio::select! {
@@ -112,6 +117,7 @@ pub struct Row {
     n: usize,
     median_ms: f64,
     p95_ms: f64,
+    p99_ms: f64,
     max_ms: f64,
     /// Median over the baseline's median (the bare jailer), when this row is compared.
     ratio: Option<f64>,
@@ -124,6 +130,7 @@ impl Row {
             n: samples.len(),
             median_ms: quantile_ms(samples, 0.5),
             p95_ms: quantile_ms(samples, 0.95),
+            p99_ms: quantile_ms(samples, 0.99),
             max_ms: quantile_ms(samples, 1.0),
             ratio: None,
         }
@@ -263,16 +270,17 @@ impl Report {
         );
         if !self.rows.is_empty() {
             s.push_str(&format!(
-                "{:<44} {:>4} {:>10} {:>10} {:>10} {:>8}\n",
-                "series", "n", "median ms", "p95 ms", "max ms", "ratio"
+                "{:<44} {:>4} {:>10} {:>10} {:>10} {:>10} {:>8}\n",
+                "series", "n", "median ms", "p95 ms", "p99 ms", "max ms", "ratio"
             ));
             for r in &self.rows {
                 s.push_str(&format!(
-                    "{:<44} {:>4} {:>10.2} {:>10.2} {:>10.2} {:>8}\n",
+                    "{:<44} {:>4} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>8}\n",
                     r.name,
                     r.n,
                     r.median_ms,
                     r.p95_ms,
+                    r.p99_ms,
                     r.max_ms,
                     r.ratio.map_or("-".into(), |x| format!("{x:.3}"))
                 ));

@@ -27,6 +27,20 @@ pub enum ErrorCode {
     Internal,
 }
 
+impl ErrorCode {
+    /// The code's snake_case name, as Connect spells it (`not_found`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidArgument => "invalid_argument",
+            Self::NotFound => "not_found",
+            Self::AlreadyExists => "already_exists",
+            Self::FailedPrecondition => "failed_precondition",
+            Self::ResourceExhausted => "resource_exhausted",
+            Self::Internal => "internal",
+        }
+    }
+}
+
 /// A failed request. The message names the VM, field or setting, and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {

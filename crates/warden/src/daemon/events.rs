@@ -22,10 +22,16 @@ pub struct VmEvent {
     pub new_state: VmState,
     /// Why: `created`, `booting`, `booted`, `paused`, `resumed`, `stopping`, the exit reason
     /// (`guest_power_off`, `stopped_by_api`, `oom_killed`, `boot_failed`, ...) for `stopped` and
-    /// `failed`, `deleted`.
+    /// `failed`, `deleted`, and `snapshot_taken` (see `snapshot`).
     pub reason: String,
     /// When, ms since the epoch.
     pub at_unix_ms: i64,
+    /// With reason `snapshot_taken`: the snapshot just written. The VM runs on (old and new
+    /// state are both `running`) or was left paused (`running` -> `paused`).
+    pub snapshot: Option<String>,
+    /// For a VM restored from a snapshot (RestoreVm), that snapshot's name, on each of its
+    /// events but `deleted`.
+    pub restored_from: Option<String>,
 }
 
 /// How many events a slow subscriber may fall behind before it must resynchronise.
@@ -79,26 +85,53 @@ impl Events {
                 .to_owned(),
             (_, s) => s.as_str().to_owned(),
         };
-        self.send(&rec.id, old, rec.state, reason);
+        self.send(VmEvent {
+            vm_id: rec.id.clone(),
+            old_state: old,
+            new_state: rec.state,
+            reason,
+            at_unix_ms: now_ms(),
+            snapshot: None,
+            restored_from: rec.spec.restore_from.clone(),
+        });
+    }
+
+    /// Notes that snapshot `name` of a VM was written; the record has the VM's state after it
+    /// (`running`, or `paused` when it was left paused). Always broadcast, even without a state
+    /// change: it is how a watcher learns of the snapshot.
+    pub(crate) fn snapshot_taken(&self, rec: &VmRecord, name: &str) {
+        let mut last = self.last.lock().unwrap();
+        let old = last.insert(rec.id.clone(), rec.state);
+        self.send(VmEvent {
+            vm_id: rec.id.clone(),
+            old_state: old,
+            new_state: rec.state,
+            reason: "snapshot_taken".into(),
+            at_unix_ms: now_ms(),
+            snapshot: Some(name.to_owned()),
+            restored_from: rec.spec.restore_from.clone(),
+        });
     }
 
     /// Notes that a VM is gone.
     pub(crate) fn deleted(&self, id: &str) {
         let mut last = self.last.lock().unwrap();
         let old = last.remove(id);
-        self.send(id, old, VmState::Deleted, "deleted".into());
+        self.send(VmEvent {
+            vm_id: id.to_owned(),
+            old_state: old,
+            new_state: VmState::Deleted,
+            reason: "deleted".into(),
+            at_unix_ms: now_ms(),
+            snapshot: None,
+            restored_from: None,
+        });
     }
 
     /// Sends under the caller's lock of `last`.
-    fn send(&self, id: &str, old: Option<VmState>, new: VmState, reason: String) {
+    fn send(&self, ev: VmEvent) {
         // No subscriber is not an error.
-        let _ = self.tx.send(VmEvent {
-            vm_id: id.to_owned(),
-            old_state: old,
-            new_state: new,
-            reason,
-            at_unix_ms: now_ms(),
-        });
+        let _ = self.tx.send(ev);
     }
 }
 
@@ -148,5 +181,60 @@ mod tests {
             ]
         );
         assert!(e.subscribe().1.is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_is_an_event_even_when_the_state_stays_and_clones_name_their_snapshot() {
+        let e = Events::default();
+        let mut a = rec("a", VmState::Running);
+        e.record(&a);
+        let (mut rx, _) = e.subscribe();
+        e.snapshot_taken(&a, "base");
+        a.state = VmState::Paused;
+        e.snapshot_taken(&a, "second");
+        let mut clone = rec("c", VmState::Created);
+        clone.spec.restore_from = Some("base".into());
+        e.record(&clone);
+        type Seen = (
+            Option<VmState>,
+            VmState,
+            String,
+            Option<String>,
+            Option<String>,
+        );
+        let got: Vec<Seen> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|ev| {
+                (
+                    ev.old_state,
+                    ev.new_state,
+                    ev.reason,
+                    ev.snapshot,
+                    ev.restored_from,
+                )
+            })
+            .collect();
+        let base = || Some("base".to_owned());
+        assert_eq!(
+            got,
+            vec![
+                (
+                    Some(VmState::Running),
+                    VmState::Running,
+                    "snapshot_taken".into(),
+                    base(),
+                    None
+                ),
+                (
+                    Some(VmState::Running),
+                    VmState::Paused,
+                    "snapshot_taken".into(),
+                    Some("second".into()),
+                    None
+                ),
+                (None, VmState::Created, "created".into(), None, base()),
+            ]
+        );
+        // The paused state is what a new subscriber starts from.
+        assert!(e.subscribe().1.contains(&("a".to_owned(), VmState::Paused)));
     }
 }

@@ -1,5 +1,6 @@
-//! Prometheus metrics: VMs by state, request latencies, failures by reason, and per-VM memory
-//! and CPU read from the VMs' cgroups at scrape time.
+//! Prometheus metrics: VMs by state, request latencies, failures by reason, snapshots taken and
+//! restores by result, per-VM memory and CPU read from the VMs' cgroups at scrape time, and the
+//! snapshot store's size read from its manifests at scrape time.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use prometheus_client::registry::Registry;
 
 use super::manager::VmInfo;
 use super::state::VmState;
+use crate::vm::Manifest;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabel {
@@ -26,13 +28,14 @@ struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StateLabel {
-    state: String,
+struct ResultLabel {
+    /// `ok`, or the error code of the failure (`not_found`, `invalid_argument`, ...).
+    result: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TakeLabel {
-    result: String,
+struct StateLabel {
+    state: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -50,7 +53,11 @@ pub struct Metrics {
     memory: Family<VmLabel, Gauge>,
     cpu: Family<VmLabel, Gauge>,
     pool_ready: Gauge,
-    pool_takes: Family<TakeLabel, Counter>,
+    pool_takes: Family<ResultLabel, Counter>,
+    snapshots: Family<ResultLabel, Counter>,
+    restores: Family<ResultLabel, Counter>,
+    stored: Gauge,
+    store_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -63,10 +70,35 @@ impl Default for Metrics {
         let vms = Family::<StateLabel, Gauge>::default();
         let memory = Family::<VmLabel, Gauge>::default();
         let cpu = Family::<VmLabel, Gauge>::default();
+        let snapshots = Family::<ResultLabel, Counter>::default();
+        let restores = Family::<ResultLabel, Counter>::default();
+        let stored = Gauge::default();
+        let store_bytes = Gauge::default();
         registry.register(
             "request_duration_seconds",
-            "Latency of create, boot and stop",
+            "Latency of create, boot (a clone's start from its snapshot included), stop, snapshot \
+             and restore (RestoreVm: create and start from the snapshot)",
             latency.clone(),
+        );
+        registry.register(
+            "snapshots",
+            "SnapshotVm requests by result (ok, or the error code)",
+            snapshots.clone(),
+        );
+        registry.register(
+            "restores",
+            "RestoreVm requests by result (ok, or the error code)",
+            restores.clone(),
+        );
+        registry.register(
+            "snapshots_stored",
+            "Snapshots in the daemon's store",
+            stored.clone(),
+        );
+        registry.register(
+            "snapshot_store_bytes",
+            "Bytes of the state, memory and drive files of the store's snapshots",
+            store_bytes.clone(),
         );
         registry.register(
             "vm_exits_or_failures",
@@ -85,7 +117,7 @@ impl Default for Metrics {
             cpu.clone(),
         );
         let pool_ready = Gauge::default();
-        let pool_takes = Family::<TakeLabel, Counter>::default();
+        let pool_takes = Family::<ResultLabel, Counter>::default();
         registry.register(
             "pool_ready",
             "Warm jails ready in the pool",
@@ -105,6 +137,10 @@ impl Default for Metrics {
             vms,
             memory,
             cpu,
+            snapshots,
+            restores,
+            stored,
+            store_bytes,
         }
     }
 }
@@ -130,7 +166,16 @@ impl Metrics {
     pub fn pool_boot(&self, hit: bool) {
         let result = if hit { "hit" } else { "miss" };
         self.pool_takes
-            .get_or_create(&TakeLabel {
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a SnapshotVm by its result: `ok` or the error code.
+    pub fn snapshot_result(&self, result: &str) {
+        self.snapshots
+            .get_or_create(&ResultLabel {
                 result: result.into(),
             })
             .inc();
@@ -141,8 +186,25 @@ impl Metrics {
         self.pool_ready.set(n as i64);
     }
 
-    /// Renders the text exposition format, with gauges refreshed from `vms`.
-    pub fn render(&self, vms: &[VmInfo]) -> String {
+    /// Counts a RestoreVm by its result: `ok` or the error code.
+    pub fn restore_result(&self, result: &str) {
+        self.restores
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// Renders the text exposition format, with gauges refreshed from `vms` and the store's
+    /// `snapshots`.
+    pub fn render(&self, vms: &[VmInfo], snapshots: &[(String, Manifest)]) -> String {
+        self.stored.set(snapshots.len() as i64);
+        self.store_bytes.set(
+            snapshots
+                .iter()
+                .map(|(_, m)| i64::try_from(super::snapshots::size_bytes(m)).unwrap_or(i64::MAX))
+                .sum(),
+        );
         for s in VmState::ALL {
             let n = vms.iter().filter(|v| v.record.state == s).count();
             self.vms
@@ -169,5 +231,16 @@ impl Metrics {
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+impl super::manager::Manager {
+    /// `/metrics`: the metrics with their gauges refreshed from the VMs, the snapshot store and
+    /// the warm pool.
+    pub async fn render_metrics(&self) -> String {
+        let vms = self.list().await.unwrap_or_default();
+        let snapshots = self.list_snapshots().await.unwrap_or_default();
+        self.metrics.set_pool_ready(self.pool_ready());
+        self.metrics.render(&vms, &snapshots)
     }
 }

@@ -7,11 +7,21 @@ use super::error::ManagerError;
 use super::manager::Manager;
 use crate::vm::snapshot::{read_manifest, Manifest, Restore};
 
+/// The bytes of a snapshot's files (state, memory, drives).
+pub fn size_bytes(m: &Manifest) -> u64 {
+    [&m.state, &m.memory]
+        .into_iter()
+        .chain(m.drives.iter().map(|d| &d.file))
+        .map(|f| f.len)
+        .sum()
+}
+
 impl Manager {
-    /// Where snapshot `name` lives. Names are checked like VM ids (letters, digits, `-`).
-    pub(crate) fn snapshot_dir(&self, name: &str) -> Result<PathBuf, ManagerError> {
+    /// Where snapshot `name` lives. Names are checked like VM ids (letters, digits, `-`); a bad
+    /// one is refused naming `field`, the request's field that carried it.
+    pub(crate) fn snapshot_dir(&self, name: &str, field: &str) -> Result<PathBuf, ManagerError> {
         jail::JailId::new(name).map_err(|e| ManagerError::Invalid {
-            field: "snapshot".into(),
+            field: field.into(),
             problem: format!("{name:?} {e}"),
         })?;
         Ok(self.cfg.state_dir.join("snapshots").join(name))
@@ -19,7 +29,7 @@ impl Manager {
 
     /// The snapshot `name`, checked against its manifest.
     pub(crate) async fn open_snapshot(&self, name: &str) -> Result<Restore, ManagerError> {
-        let store = self.snapshot_dir(name)?;
+        let store = self.snapshot_dir(name, "snapshot")?;
         if !store.join(crate::vm::snapshot::MANIFEST).is_file() {
             return Err(ManagerError::NoSuchSnapshot {
                 name: name.to_owned(),
@@ -63,7 +73,7 @@ impl Manager {
 
     /// Removes snapshot `name` (VMs restored from it keep their own hard links and copies).
     pub async fn delete_snapshot(&self, name: &str) -> Result<(), ManagerError> {
-        let store = self.snapshot_dir(name)?;
+        let store = self.snapshot_dir(name, "name")?;
         if !store.exists() {
             return Err(ManagerError::NoSuchSnapshot {
                 name: name.to_owned(),

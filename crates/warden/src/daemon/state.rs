@@ -40,6 +40,8 @@ pub enum Op {
     Reboot,
     /// DeleteVm.
     Delete,
+    /// SnapshotVm.
+    Snapshot,
 }
 
 impl VmState {
@@ -60,7 +62,7 @@ impl VmState {
         use VmState::*;
         match op {
             Op::Boot => matches!(self, Created | Stopped | Failed),
-            Op::Pause => self == Running,
+            Op::Pause | Op::Snapshot => self == Running,
             Op::Resume => self == Paused,
             Op::Shutdown | Op::Reboot => matches!(self, Running | Paused),
             Op::Delete => self != Deleted,
@@ -111,6 +113,7 @@ mod tests {
         let table = [
             (Op::Boot, vec![Created, Stopped, Failed]),
             (Op::Pause, vec![Running]),
+            (Op::Snapshot, vec![Running]),
             (Op::Resume, vec![Paused]),
             (Op::Shutdown, vec![Running, Paused]),
             (Op::Reboot, vec![Running, Paused]),

@@ -29,7 +29,7 @@ use config::{JailerMode, VmConfig, VmOptions, DEFAULT_BOOT_ARGS, VMM_OVERHEAD_MB
 pub(crate) use console::{read_tail, TAIL_BYTES};
 pub(crate) use exit::{classify, Ended};
 pub use exit::{Exit, ExitReason};
-pub use snapshot::{restore_vm, Manifest};
+pub use snapshot::{restore_config, restore_vm, Manifest};
 
 /// A running microVM. Stop it with [`stop_firecracker`]; dropping it kills the VM and removes
 /// its jail.

@@ -303,6 +303,19 @@ pub async fn restore_vm(store: &Path, vm_id: &str, options: &VmOptions) -> Resul
             .await
             .map_err(|e| join_err(e, "reading the snapshot"))??
     };
+    let (config, options) = restore_config(store, manifest, vm_id, options)?;
+    super::start_vm(&config, &options).await
+}
+
+/// The config and options [`restore_vm`] starts a clone with: the snapshot's machine (vCPUs,
+/// memory, network interfaces and guest address) and files, with `options`' jail settings.
+/// [`super::plan_vm`] on them is the plan of the restore (as `warden plan --restore` prints).
+pub fn restore_config(
+    store: &Path,
+    manifest: Manifest,
+    vm_id: &str,
+    options: &VmOptions,
+) -> Result<(VmConfig, VmOptions), Error> {
     let networked = !manifest.network_interfaces.is_empty();
     if networked && options.network.mode == jail::net::NetMode::Bridge {
         // Firecracker's "network for clones": every clone has the snapshot's tap0 and guest
@@ -334,7 +347,7 @@ pub async fn restore_vm(store: &Path, vm_id: &str, options: &VmOptions) -> Resul
         manifest,
     });
     options.asset_dirs = None;
-    super::start_vm(&config, &options).await
+    Ok((config, options))
 }
 
 /// A restore in progress: where the snapshot is and what it holds.

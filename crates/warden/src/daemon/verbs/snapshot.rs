@@ -2,17 +2,18 @@
 //! and a new VM started from one (a clone: its own id, jail, uid and cgroups).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::to_completion;
 use crate::daemon::error::ManagerError;
 use crate::daemon::manager::Manager;
 use crate::daemon::state::{Op, VmState};
-use crate::daemon::store::{VmRecord, VmSpec};
+use crate::daemon::store::{now_ms, VmRecord, VmSpec};
 use crate::vm::Manifest;
 
 impl Manager {
     /// SnapshotVm: pauses VM `id`, writes snapshot `name` into the store, then resumes it
-    /// (`resume`) or leaves it paused.
+    /// (`resume`) or leaves it paused. Watchers get a `snapshot_taken` event naming it.
     pub async fn snapshot(
         self: &Arc<Self>,
         id: &str,
@@ -20,12 +21,13 @@ impl Manager {
         resume: bool,
     ) -> Result<Manifest, ManagerError> {
         let (m, id, name) = (self.clone(), id.to_owned(), name.to_owned());
-        to_completion(async move {
-            let store = m.snapshot_dir(&name)?;
+        let t0 = Instant::now();
+        let result = to_completion(async move {
+            let store = m.snapshot_dir(&name, "name")?;
             if store.exists() {
                 return Err(ManagerError::SnapshotExists { name });
             }
-            let mut slot = m.lock_for(&id, Op::Pause).await?;
+            let mut slot = m.lock_for(&id, Op::Snapshot).await?;
             let vm = slot
                 .vm
                 .as_ref()
@@ -39,17 +41,45 @@ impl Manager {
             let manifest = vm.snapshot(&store, resume).await?;
             if !resume {
                 slot.rec.state = VmState::Paused;
-                m.put(&mut slot.rec).await?;
+                slot.rec.updated_at = now_ms();
+                // Stored without the generic `paused` event: the snapshot's own says why.
+                m.store.put(&slot.rec).await?;
             }
+            m.events.snapshot_taken(&slot.rec, &name);
             tracing::info!(vm_id = %id, snapshot = %name, "snapshot taken");
             Ok(manifest)
         })
-        .await
+        .await;
+        match &result {
+            Ok(_) => {
+                self.metrics.observe("snapshot", t0.elapsed());
+                self.metrics.snapshot_result("ok");
+            }
+            Err(e) => self.metrics.snapshot_result(e.code().as_str()),
+        }
+        result
     }
 
     /// RestoreVm: records VM `id` (generated when empty) as a clone of snapshot `name` and
     /// starts it from the snapshot.
     pub async fn restore(self: &Arc<Self>, id: &str, name: &str) -> Result<VmRecord, ManagerError> {
+        let t0 = Instant::now();
+        let result = self.restore_inner(id, name).await;
+        match &result {
+            Ok(_) => {
+                self.metrics.observe("restore", t0.elapsed());
+                self.metrics.restore_result("ok");
+            }
+            Err(e) => self.metrics.restore_result(e.code().as_str()),
+        }
+        result
+    }
+
+    async fn restore_inner(
+        self: &Arc<Self>,
+        id: &str,
+        name: &str,
+    ) -> Result<VmRecord, ManagerError> {
         let restore = self.open_snapshot(name).await?;
         let spec = VmSpec {
             vcpu_count: restore.manifest.vcpu_count,
