@@ -26,6 +26,7 @@ pub fn run(bp: &BootParams) -> ! {
         Mode::Blk => blk(&cfg),
         Mode::Net => virtio::net::run(&cfg),
         Mode::Flood => flood(),
+        Mode::State => state(),
     }
 }
 
@@ -40,6 +41,43 @@ fn flood() -> ! {
         if kbd.poll() {
             i8042::ctrl_alt_del();
         }
+    }
+}
+
+/// Milliseconds between two `WARDEN_STATE` lines.
+const STATE_PERIOD_MS: u64 = 20;
+
+/// A guest with state a fresh boot cannot reproduce: a token read from the TSC at boot and a
+/// counter, printed every [`STATE_PERIOD_MS`], forever. It polls the TSC (never `hlt`: this
+/// host's nested KVM does not wake a restored guest from `hlt`) and checks for Ctrl-Alt-Del
+/// between polls. A restored snapshot goes on with the same token and a larger counter.
+fn state() -> ! {
+    // Read first, before anything whose duration is fixed: the TSC's value at this point
+    // depends on how long Firecracker took to start the vCPU, which differs on every boot.
+    let token = arch::rdtsc();
+    let (hz, _) = tsc::frequency();
+    let period = (hz / 1000).saturating_mul(STATE_PERIOD_MS).max(1);
+    let mut kbd = Keyboard::new();
+    let poll_every = (hz / 1000).max(1); // about 1 ms between i8042 polls
+    let mut count: u64 = 0;
+    let mut next = arch::rdtsc();
+    let mut next_poll = next;
+    loop {
+        let now = arch::rdtsc();
+        // A restore may move the TSC; going backwards, or far ahead of the deadline, must not
+        // stall the lines, so either case acts now and restarts the period from here.
+        if now >= next || next - now > period {
+            println!("WARDEN_STATE token={:x} count={}", token, count);
+            count += 1;
+            next = now.wrapping_add(period);
+        }
+        if now >= next_poll || next_poll - now > poll_every {
+            if kbd.poll() {
+                i8042::ctrl_alt_del();
+            }
+            next_poll = now.wrapping_add(poll_every);
+        }
+        core::hint::spin_loop();
     }
 }
 
