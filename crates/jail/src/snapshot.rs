@@ -409,8 +409,10 @@ mod tests {
         // A sparse diff of the same size: pages 3 and 9..=10 dirtied, the rest holes.
         let diff = fs::File::create(dir.join(MEMORY_FILE)).unwrap();
         diff.set_len(old.len() as u64).unwrap();
-        diff.write_all_at(&vec![0xaa; page], 3 * page as u64).unwrap();
-        diff.write_all_at(&vec![0xbb; 2 * page], 9 * page as u64).unwrap();
+        diff.write_all_at(&vec![0xaa; page], 3 * page as u64)
+            .unwrap();
+        diff.write_all_at(&vec![0xbb; 2 * page], 9 * page as u64)
+            .unwrap();
         diff.sync_all().unwrap();
         let store = t.path().join("store");
         fs::create_dir(&store).unwrap();
