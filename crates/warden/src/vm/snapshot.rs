@@ -662,11 +662,26 @@ pub fn verify(store: &Path, m: &Manifest) -> Result<(), Error> {
         .chain(m.drives.iter().map(|d| &d.file))
     {
         let p = store.join(&f.name);
+        let len = std::fs::metadata(&p)
+            .map_err(os(format!("inspecting {}", p.display())))?
+            .len();
+        if len != f.len {
+            return Err(jail::SpecError::new(
+                "snapshot",
+                format!(
+                    "{} is {len} bytes, the manifest says {}; the snapshot is truncated or                      damaged: take it again",
+                    p.display(),
+                    f.len
+                ),
+            )
+            .into());
+        }
         if jail::snapshot::sha256_of(&p)? != f.sha256 {
             return Err(jail::SpecError::new(
                 "snapshot",
                 format!(
-                    "{} does not match its checksum in the manifest; the snapshot is damaged",
+                    "{} does not match its checksum in the manifest; the snapshot is damaged: \
+                     take it again",
                     p.display()
                 ),
             )
