@@ -1,8 +1,11 @@
 //! Snapshots through the daemon's API with real jailed VMs: SnapshotVm, RestoreVm into clones
 //! that are listed and controlled like any VM, re-attached after the daemon is SIGKILLed and
-//! started again, ListSnapshots, DeleteSnapshot, and the refusals with their codes.
+//! started again, ListSnapshots, DeleteSnapshot, and the refusals with their codes; a daemon
+//! SIGKILLed in the middle of a snapshot leaves no half snapshot and a VM that runs on.
 
 mod common;
+
+use std::time::Duration;
 
 use common::*;
 use warden_api::{pb, Code};
@@ -18,7 +21,7 @@ async fn snapshots_restore_into_clones_that_survive_a_daemon_restart() {
     let snap = |name: &str| pb::SnapshotVmRequest {
         vm_id: src.clone(),
         name: name.into(),
-        keep_paused: false,
+        ..Default::default()
     };
     let e = c.snapshot_vm(snap("../x")).await.unwrap_err();
     assert_eq!(e.code, Code::InvalidArgument, "{e}");
@@ -98,5 +101,144 @@ async fn snapshots_restore_into_clones_that_survive_a_daemon_restart() {
         .await
         .unwrap_err();
     assert_eq!(e.code, Code::NotFound, "{e}");
+    d.assert_clean();
+}
+
+/// The counts of the `WARDEN_STATE` lines in a daemon VM's serial log.
+fn state_counts(d: &Daemon, id: &str) -> Vec<u64> {
+    let log = d.dir.path().join("state/vms").join(id).join("serial.log");
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once("WARDEN_STATE token=")?.1.split_once(" count="))
+        .filter_map(|(_, n)| n.trim().parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_killed_during_a_snapshot_leaves_no_half_snapshot_and_the_vm_runs_on() {
+    let mut d = Daemon::start(&[]);
+    let c = d.client();
+    let src = unique("skill");
+    // 1 GiB of guest memory: Firecracker's write and warden's copy take seconds, so the kill
+    // lands in the middle of them.
+    let mut req = d.create_req(&src, "mode=state");
+    req.config = req.config.map(|c| c.memory_mib(1024));
+    c.create_vm(req).await.unwrap();
+    boot(&c, src.as_str()).await;
+    assert!(
+        eventually(Duration::from_secs(10), || state_counts(&d, &src).len() > 3).await,
+        "{}",
+        d.logs()
+    );
+
+    let snapshots = d.dir.path().join("state/snapshots");
+    let chroot_snapshot = d
+        .chroot
+        .join("firecracker")
+        .join(&src)
+        .join("root/snapshot");
+    let taking = {
+        let c = d.client();
+        let src = src.clone();
+        tokio::spawn(async move {
+            c.snapshot_vm(pb::SnapshotVmRequest {
+                vm_id: src,
+                name: "big".into(),
+                ..Default::default()
+            })
+            .await
+        })
+    };
+    // Kill once the partial store exists and Firecracker has begun writing guest memory.
+    let writing = eventually(Duration::from_secs(20), || {
+        let partial = std::fs::read_dir(&snapshots)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("big.partial-"));
+        let mem = std::fs::metadata(chroot_snapshot.join("mem")).map_or(0, |m| m.len());
+        partial && mem > 0
+    })
+    .await;
+    assert!(writing, "the snapshot never started writing: {}", d.logs());
+    d.kill();
+    let killed = taking.await.unwrap();
+    assert!(
+        killed.is_err(),
+        "the snapshot finished before the kill: {killed:?}"
+    );
+    // What the killed daemon left: a partial store (never a listed one) in the store.
+    let left: Vec<String> = std::fs::read_dir(&snapshots)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        left.iter().all(|n| n.starts_with("big.partial-")),
+        "{left:?}"
+    );
+
+    d.restart();
+    let c = d.client();
+    let listed = c
+        .list_snapshots(pb::ListSnapshotsRequest {})
+        .await
+        .unwrap()
+        .snapshots;
+    assert!(listed.is_empty(), "no half snapshot is listed: {listed:?}");
+    let left: Vec<_> = std::fs::read_dir(&snapshots).unwrap().flatten().collect();
+    assert!(left.is_empty(), "the partial store is removed: {left:?}");
+    assert!(
+        !chroot_snapshot.exists(),
+        "Firecracker's partial files are removed from the chroot"
+    );
+    let e = c
+        .restore_vm(pb::RestoreVmRequest {
+            vm_id: String::new(),
+            snapshot: "big".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, Code::NotFound, "{e}");
+    // The VM was re-attached and resumed: running, and its guest counts on.
+    let info = vm_info(&c, src.as_str()).await;
+    assert_eq!(
+        info.state,
+        pb::VmState::Running as i32,
+        "{info:?}\n{}",
+        d.logs()
+    );
+    let n = *state_counts(&d, &src).last().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            state_counts(&d, &src).last().is_some_and(|&m| m > n + 5)
+        })
+        .await,
+        "the guest stays paused after the restart: {}",
+        d.logs()
+    );
+    // And a snapshot of the same name can be taken now.
+    let s = c
+        .snapshot_vm(pb::SnapshotVmRequest {
+            vm_id: src.clone(),
+            name: "big".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .snapshot
+        .unwrap();
+    assert_eq!(s.memory_bytes, 1024 << 20);
+    c.delete_vm(pb::DeleteVmRequest {
+        vm_id: src.clone(),
+        force: true,
+    })
+    .await
+    .unwrap();
+    c.delete_snapshot(pb::DeleteSnapshotRequest { name: "big".into() })
+        .await
+        .unwrap();
+    assert!(std::fs::read_dir(&snapshots).unwrap().next().is_none());
     d.assert_clean();
 }
