@@ -1,7 +1,8 @@
 //! Snapshots through the daemon's API with real jailed VMs: SnapshotVm, RestoreVm into clones
 //! that are listed and controlled like any VM, re-attached after the daemon is SIGKILLed and
 //! started again, ListSnapshots, DeleteSnapshot, and the refusals with their codes; a daemon
-//! SIGKILLed in the middle of a snapshot leaves no half snapshot and a VM that runs on.
+//! SIGKILLed in the middle of a snapshot leaves no half snapshot and a VM that runs on, and one
+//! SIGKILLed in the middle of a restore leaves a clone that is ended, cleaned and recorded.
 
 mod common;
 
@@ -230,6 +231,60 @@ async fn a_daemon_killed_during_a_snapshot_leaves_no_half_snapshot_and_the_vm_ru
         .snapshot
         .unwrap();
     assert_eq!(s.memory_bytes, 1024 << 20);
+
+    // Killed during a restore (here while the 1 GiB memory file is checked against its
+    // checksum, before the jail exists): after the restart the clone is ended and cleaned,
+    // and recorded as such, never half-made.
+    let clone = unique("sclone");
+    let restoring = {
+        let (c, clone) = (d.client(), clone.clone());
+        tokio::spawn(async move {
+            c.restore_vm(pb::RestoreVmRequest {
+                vm_id: clone,
+                snapshot: "big".into(),
+            })
+            .await
+        })
+    };
+    let mut booting = false;
+    for _ in 0..400 {
+        let vms = c.list_all_vms(Vec::new()).await.unwrap();
+        // The common `state` says CREATED while booting; warden's own says BOOTING.
+        if vms.iter().any(|v| {
+            v.vm_id == clone
+                && v.warden.as_ref().map(|w| w.state) == Some(pb::VmState::Booting as i32)
+        }) {
+            booting = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(booting, "the clone was never seen booting: {}", d.logs());
+    d.kill();
+    assert!(
+        restoring.await.unwrap().is_err(),
+        "the restore finished before the kill"
+    );
+    d.restart();
+    let c = d.client();
+    let info = vm_info(&c, clone.as_str()).await;
+    assert_eq!(info.state, pb::VmState::Failed as i32, "{info:?}");
+    assert_eq!(
+        info.exit.map(|e| e.reason).as_deref(),
+        Some("daemon_restart")
+    );
+    let traces: Vec<_> = d
+        .host_traces()
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(&clone))
+        .collect();
+    assert!(traces.is_empty(), "the half restore is cleaned: {traces:?}");
+    c.delete_vm(pb::DeleteVmRequest {
+        vm_id: clone.clone(),
+        force: true,
+    })
+    .await
+    .unwrap();
     c.delete_vm(pb::DeleteVmRequest {
         vm_id: src.clone(),
         force: true,
