@@ -107,13 +107,7 @@ async fn snapshots_restore_into_clones_that_survive_a_daemon_restart() {
 
 /// The counts of the `WARDEN_STATE` lines in a daemon VM's serial log.
 fn state_counts(d: &Daemon, id: &str) -> Vec<u64> {
-    let log = d.dir.path().join("state/vms").join(id).join("serial.log");
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_once("WARDEN_STATE token=")?.1.split_once(" count="))
-        .filter_map(|(_, n)| n.trim().parse().ok())
-        .collect()
+    states(d, id).into_iter().map(|(_, n)| n).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -295,5 +289,163 @@ async fn a_daemon_killed_during_a_snapshot_leaves_no_half_snapshot_and_the_vm_ru
         .await
         .unwrap();
     assert!(std::fs::read_dir(&snapshots).unwrap().next().is_none());
+    d.assert_clean();
+}
+
+/// The `(token, count)` of the `WARDEN_STATE` lines in a daemon VM's serial log.
+fn states(d: &Daemon, id: &str) -> Vec<(String, u64)> {
+    let log = d.dir.path().join("state/vms").join(id).join("serial.log");
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once("WARDEN_STATE token=")?.1.split_once(" count="))
+        .filter_map(|(t, n)| Some((t.to_owned(), n.trim().parse().ok()?)))
+        .collect()
+}
+
+fn cli(d: &Daemon, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["vm", "--endpoint", &d.url()])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_diff_snapshot_taken_with_the_cli_restores_the_guest_as_it_was_at_the_diff() {
+    let d = Daemon::start(&[]);
+    let c = d.client();
+    let src = unique("sdiff");
+    let guest = testguest();
+    let (ok, out) = cli(
+        &d,
+        &[
+            "create",
+            "--id",
+            &src,
+            "--kernel",
+            &guest,
+            "--boot-args",
+            "mode=state",
+            "--track-dirty-pages",
+            "--boot",
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        eventually(Duration::from_secs(10), || states(&d, &src).len() > 3).await,
+        "{}",
+        d.logs()
+    );
+    let (ok, out) = cli(&d, &["snapshot", &src, "base"]);
+    assert!(ok, "{out}");
+    let at_base = states(&d, &src).last().unwrap().1;
+    assert!(
+        eventually(Duration::from_secs(10), || states(&d, &src)
+            .last()
+            .is_some_and(|s| s.1 > at_base + 20))
+        .await
+    );
+    let (token, before) = states(&d, &src).last().cloned().unwrap();
+    // --diff needs --parent, and the other way round.
+    let (ok, out) = cli(&d, &["snapshot", &src, "d1", "--diff"]);
+    assert!(!ok && out.contains("--parent"), "{out}");
+    let (ok, out) = cli(&d, &["snapshot", &src, "d1", "--diff", "--parent", "base"]);
+    assert!(ok && out.contains("a diff on top of base"), "{out}");
+    let listed = c
+        .list_snapshots(pb::ListSnapshotsRequest {})
+        .await
+        .unwrap()
+        .snapshots;
+    let d1 = listed.iter().find(|s| s.name == "d1").expect("listed");
+    assert_eq!((d1.kind.as_str(), d1.parent.as_str()), ("diff", "base"));
+    assert!(
+        d1.diff_bytes > 0 && d1.diff_bytes < d1.memory_bytes / 4,
+        "{d1:?}"
+    );
+    let (ok, out) = cli(&d, &["snapshots"]);
+    assert!(ok && out.contains("diff on top of base"), "{out}");
+    // "base" is no longer the VM's last snapshot.
+    let e = c
+        .snapshot_vm(pb::SnapshotVmRequest {
+            vm_id: src.clone(),
+            name: "d2".into(),
+            diff: true,
+            parent: "base".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, Code::FailedPrecondition, "{e}");
+    assert!(e.message.contains("not the last snapshot"), "{e}");
+
+    let r = c
+        .restore_vm(pb::RestoreVmRequest {
+            vm_id: String::new(),
+            snapshot: "d1".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.state, pb::VmState::Running as i32);
+    assert!(
+        eventually(Duration::from_secs(10), || states(&d, &r.vm_id)
+            .last()
+            .is_some_and(|s| s.1 > before + 3))
+        .await,
+        "{}",
+        d.logs()
+    );
+    let cs = states(&d, &r.vm_id);
+    assert!(cs.iter().all(|(t, _)| *t == token), "{cs:?}");
+    assert!(
+        cs[0].1 >= before,
+        "the clone goes on from the diff: {cs:?} (>= {before})"
+    );
+
+    // A VM booted without dirty-page tracking gets a diff refused, naming the setting.
+    let plain = unique("splain");
+    c.create_vm(d.create_req(&plain, "mode=state"))
+        .await
+        .unwrap();
+    boot(&c, plain.as_str()).await;
+    c.snapshot_vm(pb::SnapshotVmRequest {
+        vm_id: plain.clone(),
+        name: "pbase".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let e = c
+        .snapshot_vm(pb::SnapshotVmRequest {
+            vm_id: plain.clone(),
+            name: "pdiff".into(),
+            diff: true,
+            parent: "pbase".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, Code::FailedPrecondition, "{e}");
+    assert!(e.message.contains("track_dirty_pages"), "{e}");
+
+    for id in [&r.vm_id, &src, &plain] {
+        c.delete_vm(pb::DeleteVmRequest {
+            vm_id: id.clone(),
+            force: true,
+        })
+        .await
+        .unwrap();
+    }
+    for name in ["base", "d1", "pbase"] {
+        c.delete_snapshot(pb::DeleteSnapshotRequest { name: name.into() })
+            .await
+            .unwrap();
+    }
     d.assert_clean();
 }
