@@ -295,12 +295,16 @@ pub fn device_of(path: &Path) -> Result<u64, SnapshotError> {
     Ok(fs::metadata(at).map_err(io_err("inspect", at))?.dev())
 }
 
+/// The free space [`shortfall`] keeps beyond a write of `needed` bytes.
+pub fn margin(needed: u64) -> u64 {
+    (64u64 << 20).max(needed / 100)
+}
+
 /// Bytes missing when `needed` bytes are to be written where `free` are free, keeping a
 /// margin of 64 MiB or 1 % of what is written, whichever is more (a filesystem that fills up
 /// to the last block fails other writers on it too). `None` when it fits.
 pub fn shortfall(free: u64, needed: u64) -> Option<u64> {
-    let margin = (64u64 << 20).max(needed / 100);
-    let want = needed.saturating_add(margin);
+    let want = needed.saturating_add(margin(needed));
     (want > free).then(|| want - free)
 }
 

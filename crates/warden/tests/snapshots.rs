@@ -354,3 +354,42 @@ async fn a_networked_vms_clones_each_get_tap0_in_a_namespace_of_their_own() {
     assert_nothing_left(&base(), &config.vm_id);
     std::fs::remove_dir_all(&store).unwrap();
 }
+
+#[tokio::test]
+async fn a_snapshot_that_does_not_fit_on_the_stores_filesystem_is_refused_before_the_pause() {
+    // A 100 MiB filesystem for the store; the VM has 128 MiB of guest memory.
+    let mnt = base().join(format!("snapshot-tmpfs-{}", unique_id("full")));
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=100m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let (config, options) = guest("snapfull", "mode=state");
+    let vm = start_vm(&config, &options).await.unwrap();
+    let n = state_above(&vm, 2).await.last().unwrap().1;
+    let store = mnt.join("store");
+    let err = vm.snapshot(&store, true).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("not enough disk for the snapshot")
+            && msg.contains(&store.display().to_string())
+            && msg.contains("guest memory 128 MiB")
+            && msg.contains("64 MiB margin")
+            && msg.contains("free "),
+        "{msg}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&mnt).unwrap().count(),
+        0,
+        "nothing written"
+    );
+    assert!(!vm.plan.root_dir.join("snapshot").exists());
+    // Never paused: it counts on.
+    state_above(&vm, n + 5).await;
+    vm.stop().await.unwrap();
+    assert_nothing_left(&base(), &config.vm_id);
+    let _ = std::process::Command::new("umount").arg(&mnt).status();
+    std::fs::remove_dir(&mnt).unwrap();
+}

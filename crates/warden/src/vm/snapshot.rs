@@ -435,7 +435,11 @@ fn check_snapshot_space(plan: &jail::JailPlan, store: &Path, memory: u64) -> Res
                 path: path.to_owned(),
                 free,
                 needed: free + short,
-                detail: need.detail,
+                detail: format!(
+                    "{}, and a {} MiB margin",
+                    need.detail,
+                    mib(jail::snapshot::margin(need.bytes))
+                ),
                 fix: format!(
                     "free {} MiB there, or keep snapshots on a larger filesystem (the daemon's \
                      state_dir; the chroot base for the chroot's copy)",
@@ -529,12 +533,13 @@ pub(crate) fn check_restore_space(plan: &jail::JailPlan) -> Result<(), Error> {
             free,
             needed: free + short,
             detail: format!(
-                "the clone's own copies: {}",
+                "the clone's own copies: {}, and a {} MiB margin",
                 copies
                     .iter()
                     .map(|(n, b)| format!("{n} {} MiB", mib(*b)))
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                mib(jail::snapshot::margin(need))
             ),
             fix: format!(
                 "free {} MiB on the chroot base's filesystem, or restore fewer clones",
