@@ -106,7 +106,7 @@ async fn a_jailed_vm_is_snapshotted_and_restored_into_two_clones_that_run_on() {
         std::fs::metadata(&store).unwrap().permissions().mode() & 0o777,
         0o700
     );
-    assert!(!warden::vm::snapshot::partial_dir(&store).exists());
+    assert!(!warden::vm::snapshot::partial_exists(&store));
     for f in [&manifest.state, &manifest.memory] {
         let m = std::fs::metadata(store.join(&f.name)).unwrap();
         assert_eq!((m.uid(), m.gid()), (0, 0), "{}", f.name);
@@ -231,7 +231,7 @@ async fn a_diff_snapshot_on_top_of_a_full_one_restores_the_guest_as_it_was_at_th
     // The full snapshot is no longer the last one: a diff on top of it is refused.
     let err = vm.snapshot_diff(&other, &full, true).await.unwrap_err();
     assert!(err.to_string().contains("not the last snapshot"), "{err}");
-    assert!(!other.exists() && !warden::vm::snapshot::partial_dir(&other).exists());
+    assert!(!other.exists() && !warden::vm::snapshot::partial_exists(&other));
 
     // The clone counts on from the diff, not from the full snapshot: the merged memory holds
     // the pages the guest changed after it.

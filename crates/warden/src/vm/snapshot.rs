@@ -157,7 +157,6 @@ impl VmHandle {
             .await
             .map_err(|e| join_err(e, "checking free space for the snapshot"))??;
         let partial = partial_dir(store);
-        let _ = std::fs::remove_dir_all(&partial);
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&partial)
@@ -349,13 +348,30 @@ fn store_name(store: &Path) -> String {
     )
 }
 
-/// Where a store is written before it is complete: `<store>.partial-<pid>` beside it. A name
-/// with a `.` is never a snapshot name the daemon accepts, so a leftover is never listed or
-/// restored; [`remove_partials`] removes leftovers of processes that are gone.
+/// Where a store is written before it is complete: `<store>.partial-<pid>-<n>` beside it, `n`
+/// counting this process's snapshots (two snapshots racing for one name never share a partial
+/// store; the rename into place lets only one win). A name with a `.` is never a snapshot
+/// name the daemon accepts, so a leftover is never listed or restored; [`remove_partials`]
+/// removes leftovers of processes that are gone.
 pub fn partial_dir(store: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut name = store.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".partial-{}", std::process::id()));
+    name.push(format!(".partial-{}-{n}", std::process::id()));
     store.with_file_name(name)
+}
+
+/// Whether a partial store of `store` (see [`partial_dir`]) exists.
+pub fn partial_exists(store: &Path) -> bool {
+    let (Some(dir), Some(name)) = (store.parent(), store.file_name()) else {
+        return false;
+    };
+    let prefix = format!("{}.partial-", name.to_string_lossy());
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
 }
 
 /// Removes the partial stores (see [`partial_dir`]) under `dir` whose writer is no longer
@@ -366,9 +382,10 @@ pub fn remove_partials(dir: &Path) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some((_, pid)) = name.rsplit_once(".partial-") else {
+        let Some((_, tail)) = name.rsplit_once(".partial-") else {
             continue;
         };
+        let pid = tail.split('-').next().unwrap_or_default();
         let alive = pid.parse::<u32>().is_ok_and(|pid| {
             pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists()
         });
@@ -928,10 +945,11 @@ mod tests {
         assert_eq!(ours.parent(), Some(t.path()));
         assert!(ours
             .to_string_lossy()
-            .ends_with(&format!("snap1.partial-{}", std::process::id())));
+            .contains(&format!("snap1.partial-{}-", std::process::id())));
+        assert_ne!(partial_dir(&store), ours, "each snapshot has its own");
         // A writer that is gone (pid 0 is never a process), one still running (pid 1), and
         // one with our own pid: at start-up, a leftover of an earlier process.
-        let dead = t.path().join("snap2.partial-0");
+        let dead = t.path().join("snap2.partial-0-7");
         let running = t.path().join("snap3.partial-1");
         for d in [&ours, &dead, &running, &store] {
             std::fs::create_dir(d).unwrap();
