@@ -13,6 +13,8 @@ pub enum Mode {
     Poweroff,
     /// Write numbered lines to the serial console as fast as it takes them, until Ctrl-Alt-Del.
     Flood,
+    /// Print a boot-time token and a growing counter every 20 ms, until Ctrl-Alt-Del.
+    State,
     Idle,
     Touch,
     Spin,
@@ -67,6 +69,7 @@ pub fn parse(line: &'static [u8]) -> Result<Config, &'static str> {
                     "blk" => Mode::Blk,
                     "net" => Mode::Net,
                     "flood" => Mode::Flood,
+                    "state" => Mode::State,
                     _ => return Err("unknown mode"),
                 }
             }

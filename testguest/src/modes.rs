@@ -26,6 +26,7 @@ pub fn run(bp: &BootParams) -> ! {
         Mode::Blk => blk(&cfg),
         Mode::Net => virtio::net::run(&cfg),
         Mode::Flood => flood(),
+        Mode::State => state(),
     }
 }
 
@@ -40,6 +41,67 @@ fn flood() -> ! {
         if kbd.poll() {
             i8042::ctrl_alt_del();
         }
+    }
+}
+
+/// Milliseconds between two `WARDEN_STATE` lines.
+const STATE_PERIOD_MS: u64 = 20;
+
+/// The state of `mode=state`, in guest memory: the token and the counter.
+struct State {
+    token: core::cell::UnsafeCell<u64>,
+    count: core::cell::UnsafeCell<u64>,
+}
+
+// SAFETY: the guest runs one thread on one vCPU, and no interrupt handler touches `STATE`.
+unsafe impl Sync for State {}
+
+static STATE: State = State {
+    token: core::cell::UnsafeCell::new(0),
+    count: core::cell::UnsafeCell::new(0),
+};
+
+/// A guest with state a fresh boot cannot reproduce: a token read from the TSC at boot and a
+/// counter, printed every [`STATE_PERIOD_MS`], forever. Both are kept in memory (a static,
+/// read and written with volatile accesses on every line, never only in registers), so a
+/// restore shows the snapshot's memory and not just its registers: a memory file from an
+/// older snapshot would take the counter back. It waits by polling the TSC (never `hlt`: this
+/// host's nested KVM does not wake a restored guest from `hlt`) and checks for Ctrl-Alt-Del
+/// about every millisecond.
+fn state() -> ! {
+    // Read first, before anything whose duration is fixed: the TSC's value at this point
+    // depends on how long Firecracker took to start the vCPU, which differs on every boot.
+    let (token, count) = (STATE.token.get(), STATE.count.get());
+    // SAFETY: see `State`: nothing else accesses these cells.
+    unsafe {
+        token.write_volatile(arch::rdtsc());
+        count.write_volatile(0);
+    }
+    let (hz, _) = tsc::frequency();
+    let period = (hz / 1000).saturating_mul(STATE_PERIOD_MS).max(1);
+    let poll_every = (hz / 1000).max(1); // about 1 ms between i8042 polls
+    let mut kbd = Keyboard::new();
+    let mut next = arch::rdtsc();
+    let mut next_poll = next;
+    loop {
+        let now = arch::rdtsc();
+        // A restore may move the TSC; going backwards, or far ahead of the deadline, must not
+        // stall the lines, so either case acts now and restarts the period from here.
+        if now >= next || next - now > period {
+            // SAFETY: see `State`.
+            let (t, n) = unsafe { (token.read_volatile(), count.read_volatile()) };
+            println!("WARDEN_STATE token={:x} count={}", t, n);
+            // SAFETY: see `State`.
+            unsafe { count.write_volatile(n + 1) };
+            next = now.wrapping_add(period);
+        }
+        if now >= next_poll || next_poll - now > poll_every {
+            if kbd.poll() {
+                i8042::ctrl_alt_del();
+            }
+            next_poll = now.wrapping_add(poll_every);
+        }
+        core::hint::spin_loop();
     }
 }
 

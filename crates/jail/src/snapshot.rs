@@ -9,7 +9,7 @@
 
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -36,6 +36,14 @@ pub enum SnapshotError {
         path: PathBuf,
         /// Why.
         source: io::Error,
+    },
+    /// A diff snapshot's memory file cannot be applied to its parent.
+    #[error("the diff snapshot's memory file {path} cannot be merged into its parent: {why}")]
+    Diff {
+        /// The diff file.
+        path: PathBuf,
+        /// Why.
+        why: String,
     },
     /// What the jail user left is not a plain file of its own.
     #[error("{path} is not a regular file with one link owned by the jail user ({why}); the snapshot is refused")]
@@ -109,6 +117,12 @@ pub struct StoredFile {
 /// file (0444: clones' jail users read it through a hard link in their own chroot; the store
 /// directory itself is 0700), after checking it is the jail user's own plain file.
 pub fn collect(plan: &JailPlan, name: &str, store: &Path) -> Result<StoredFile, SnapshotError> {
+    copy_into(open_untrusted(plan, name)?, name, store)
+}
+
+/// Opens `name` in the chroot's snapshot directory once, without following links, and checks
+/// that it is a regular file with one link owned by the jail user.
+fn open_untrusted(plan: &JailPlan, name: &str) -> Result<fs::File, SnapshotError> {
     let from = host_dir(plan).join(name);
     let src = fs::OpenOptions::new()
         .read(true)
@@ -131,10 +145,167 @@ pub fn collect(plan: &JailPlan, name: &str, store: &Path) -> Result<StoredFile, 
     } else {
         None
     };
-    if let Some(why) = why {
-        return Err(SnapshotError::Untrusted { path: from, why });
+    match why {
+        Some(why) => Err(SnapshotError::Untrusted { path: from, why }),
+        None => Ok(src),
     }
-    copy_into(src, name, store)
+}
+
+/// What [`merge_diff`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Merged {
+    /// The complete memory file in the store.
+    pub file: StoredFile,
+    /// Bytes of guest memory the diff carried (its data extents).
+    pub diff_bytes: u64,
+    /// Whether the parent's memory was cloned by reflink (else it was copied).
+    pub reflinked: bool,
+}
+
+/// Makes a complete memory file `store/name` from a diff snapshot: a copy of the parent's
+/// complete memory file `parent` (a reflink when the filesystem can, else a plain copy), with
+/// the data extents of the chroot's diff file `diff` (the pages dirtied since the parent,
+/// found with `SEEK_DATA`/`SEEK_HOLE`; the clean pages are holes) written over it at the same
+/// offsets. The diff file is opened and checked as in [`collect`].
+///
+/// A diff must be sparse to mean anything: on a filesystem that does not report holes, every
+/// clean page would read as zeros and overwrite the parent's. So a diff whose data extents add
+/// up to more than the blocks the file has allocated is refused.
+pub fn merge_diff(
+    plan: &JailPlan,
+    diff: &str,
+    parent: &Path,
+    name: &str,
+    store: &Path,
+) -> Result<Merged, SnapshotError> {
+    let diff_path = host_dir(plan).join(diff);
+    let src = open_untrusted(plan, diff)?;
+    let base = fs::File::open(parent).map_err(io_err("open", parent))?;
+    let (src_meta, base_len) = (
+        src.metadata().map_err(io_err("inspect", &diff_path))?,
+        base.metadata().map_err(io_err("inspect", parent))?.len(),
+    );
+    if src_meta.len() != base_len {
+        return Err(SnapshotError::Diff {
+            path: diff_path,
+            why: format!(
+                "it is {} bytes, its parent's memory {} is {base_len}: a diff only applies to                  the memory of the same VM",
+                src_meta.len(),
+                parent.display()
+            ),
+        });
+    }
+    let extents = data_extents(&src, src_meta.len()).map_err(io_err("seek", &diff_path))?;
+    let diff_bytes: u64 = extents.iter().map(|(_, len)| len).sum();
+    let allocated = src_meta.blocks() * 512;
+    if diff_bytes > allocated + (1 << 20) {
+        return Err(SnapshotError::Diff {
+            path: diff_path,
+            why: format!(
+                "its filesystem reports {diff_bytes} bytes of data but only {allocated} are                  allocated, so it does not report holes (SEEK_DATA); put the chroot base on a                  filesystem that does (ext4, xfs, btrfs, tmpfs) to take diff snapshots"
+            ),
+        });
+    }
+    let to = store.join(name);
+    let dst = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&to)
+        .map_err(io_err("create", &to))?;
+    let reflinked = rustix::fs::ioctl_ficlone(&dst, &base).is_ok();
+    if !reflinked {
+        let mut base = base;
+        let mut w = &dst;
+        io::copy(&mut base, &mut w).map_err(io_err("copy the parent's memory into", &to))?;
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    for (start, len) in extents {
+        let mut done = 0u64;
+        while done < len {
+            let n = buf.len().min((len - done) as usize);
+            src.read_exact_at(&mut buf[..n], start + done)
+                .map_err(io_err("read", &diff_path))?;
+            dst.write_all_at(&buf[..n], start + done)
+                .map_err(io_err("write", &to))?;
+            done += n as u64;
+        }
+    }
+    dst.sync_all().map_err(io_err("sync", &to))?;
+    dst.set_permissions(fs::Permissions::from_mode(0o444))
+        .map_err(io_err("chmod", &to))?;
+    drop(dst);
+    Ok(Merged {
+        file: StoredFile {
+            name: name.to_owned(),
+            len: base_len,
+            sha256: sha256_of(&to)?,
+        },
+        diff_bytes,
+        reflinked,
+    })
+}
+
+/// The `(offset, length)` data extents of a file of `len` bytes, by `SEEK_DATA`/`SEEK_HOLE`.
+fn data_extents(f: &fs::File, len: u64) -> io::Result<Vec<(u64, u64)>> {
+    use rustix::fs::{seek, SeekFrom};
+    let mut out = Vec::new();
+    let mut pos = 0u64;
+    while pos < len {
+        let start = match seek(f, SeekFrom::Data(pos)) {
+            Ok(s) => s,
+            // ENXIO: no data at or after `pos`.
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let end = seek(f, SeekFrom::Hole(start))?.min(len);
+        if end > start {
+            out.push((start, end - start));
+        }
+        pos = end.max(start + 1);
+    }
+    Ok(out)
+}
+
+/// Bytes free to an unprivileged writer on the filesystem holding `path`, or holding its
+/// nearest existing ancestor (a store or jail directory that is not made yet).
+pub fn free_bytes(path: &Path) -> Result<u64, SnapshotError> {
+    let mut at = path;
+    while !at.exists() {
+        match at.parent() {
+            Some(p) => at = p,
+            None => break,
+        }
+    }
+    let v = rustix::fs::statvfs(at).map_err(|e| io_err("statvfs", at)(e.into()))?;
+    Ok(v.f_bavail.saturating_mul(v.f_frsize))
+}
+
+/// The filesystem (device) holding `path` or its nearest existing ancestor.
+pub fn device_of(path: &Path) -> Result<u64, SnapshotError> {
+    let mut at = path;
+    while !at.exists() {
+        match at.parent() {
+            Some(p) => at = p,
+            None => break,
+        }
+    }
+    Ok(fs::metadata(at).map_err(io_err("inspect", at))?.dev())
+}
+
+/// The free space [`shortfall`] keeps beyond a write of `needed` bytes.
+pub fn margin(needed: u64) -> u64 {
+    (64u64 << 20).max(needed / 100)
+}
+
+/// Bytes missing when `needed` bytes are to be written where `free` are free, keeping a
+/// margin of 64 MiB or 1 % of what is written, whichever is more (a filesystem that fills up
+/// to the last block fails other writers on it too). `None` when it fits.
+pub fn shortfall(free: u64, needed: u64) -> Option<u64> {
+    let want = needed.saturating_add(margin(needed));
+    (want > free).then(|| want - free)
 }
 
 /// Copies an open file into `store/name` (root-owned, 0444), hashing it on the way.
@@ -228,5 +399,78 @@ mod tests {
             assert!(matches!(e, SnapshotError::Untrusted { .. }), "{name}: {e}");
         }
         assert!(!store.join(STATE_FILE).exists());
+    }
+
+    #[test]
+    fn a_diff_is_written_over_a_copy_of_its_parent_at_its_data_extents() {
+        let t = tempfile::tempdir().unwrap();
+        let p = plan(t.path());
+        let dir = prepare(&p).unwrap();
+        let page = 4096usize;
+        let parent = t.path().join("parent-mem");
+        let old: Vec<u8> = (0..16 * page).map(|i| (i / page) as u8 + 1).collect();
+        fs::write(&parent, &old).unwrap();
+        // A sparse diff of the same size: pages 3 and 9..=10 dirtied, the rest holes.
+        let diff = fs::File::create(dir.join(MEMORY_FILE)).unwrap();
+        diff.set_len(old.len() as u64).unwrap();
+        diff.write_all_at(&vec![0xaa; page], 3 * page as u64)
+            .unwrap();
+        diff.write_all_at(&vec![0xbb; 2 * page], 9 * page as u64)
+            .unwrap();
+        diff.sync_all().unwrap();
+        let store = t.path().join("store");
+        fs::create_dir(&store).unwrap();
+        let m = merge_diff(&p, MEMORY_FILE, &parent, MEMORY_FILE, &store).unwrap();
+        let got = fs::read(store.join(MEMORY_FILE)).unwrap();
+        let mut want = old.clone();
+        want[3 * page..4 * page].fill(0xaa);
+        want[9 * page..11 * page].fill(0xbb);
+        assert!(got == want, "the merged memory differs from parent + diff");
+        assert_eq!(m.diff_bytes, 3 * page as u64);
+        assert_eq!(m.file.len, old.len() as u64);
+        assert_eq!(m.file.sha256, sha256_of(&store.join(MEMORY_FILE)).unwrap());
+        let meta = fs::metadata(store.join(MEMORY_FILE)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o444);
+        // The parent is untouched (a reflink or a copy, never the same file).
+        assert!(fs::read(&parent).unwrap() == old);
+    }
+
+    #[test]
+    fn a_diff_of_another_size_than_its_parent_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let p = plan(t.path());
+        let dir = prepare(&p).unwrap();
+        let parent = t.path().join("parent-mem");
+        fs::write(&parent, vec![1u8; 8192]).unwrap();
+        fs::write(dir.join(MEMORY_FILE), vec![2u8; 4096]).unwrap();
+        let store = t.path().join("store");
+        fs::create_dir(&store).unwrap();
+        let e = merge_diff(&p, MEMORY_FILE, &parent, MEMORY_FILE, &store).unwrap_err();
+        assert!(matches!(e, SnapshotError::Diff { .. }), "{e}");
+        assert!(e.to_string().contains("4096"), "{e}");
+        assert!(!store.join(MEMORY_FILE).exists());
+    }
+
+    #[test]
+    fn a_write_fits_only_with_its_margin() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(shortfall(1000 * MIB, 128 * MIB), None);
+        // 128 MiB and a 64 MiB margin do not fit in 150 MiB: 42 MiB short.
+        assert_eq!(shortfall(150 * MIB, 128 * MIB), Some(42 * MIB));
+        // Large writes keep 1 %.
+        let big = 100_000 * MIB;
+        assert_eq!(shortfall(big, big), Some(1000 * MIB));
+        assert_eq!(shortfall(0, u64::MAX), Some(u64::MAX));
+    }
+
+    #[test]
+    fn free_space_is_read_at_the_nearest_existing_ancestor() {
+        let t = tempfile::tempdir().unwrap();
+        let free = free_bytes(&t.path().join("not/made/yet")).unwrap();
+        assert!(free > 0);
+        assert_eq!(
+            device_of(&t.path().join("not/made")).unwrap(),
+            fs::metadata(t.path()).unwrap().dev()
+        );
     }
 }

@@ -535,6 +535,7 @@ pub fn spec_from_pb(c: pb::VmConfig, customer_id: String) -> Result<(VmSpec, Fie
         },
         customer_id,
         restore_from: None,
+        track_dirty_pages: c.track_dirty_pages,
     };
     Ok((spec, map))
 }
@@ -609,6 +610,7 @@ pub fn spec_to_pb(s: &VmSpec) -> pb::VmConfig {
         memory_limit_mib: s.memory_limit_mib,
         cpu_quota_percent: s.cpu_quota_percent,
         drive_rate_limiter: limiter_to_pb(&s.drive_rate_limiter),
+        track_dirty_pages: s.track_dirty_pages,
     }
 }
 
@@ -1045,7 +1047,23 @@ impl VmService for ManagerService {
                 "invalid name: is empty; give the snapshot a name (letters, digits and '-')",
             ));
         }
-        let m = self.0.snapshot(id, &req.name, !req.keep_paused).await?;
+        let parent =
+            match (req.diff, req.parent.as_str()) {
+                (false, "") => None,
+                (false, _) => return Err(ApiError::invalid_argument(
+                    "invalid parent: is set without diff; set diff for a diff snapshot, or leave \
+                     parent empty for a full one",
+                )),
+                (true, "") => return Err(ApiError::invalid_argument(
+                    "invalid parent: is empty; a diff snapshot names the VM's last snapshot as \
+                     its parent",
+                )),
+                (true, p) => Some(p),
+            };
+        let m = self
+            .0
+            .snapshot(id, &req.name, parent, !req.keep_paused)
+            .await?;
         Ok(pb::SnapshotVmResponse {
             snapshot: Some(snapshot_to_pb(&req.name, &m)),
         })
@@ -1205,6 +1223,13 @@ fn snapshot_to_pb(name: &str, m: &warden::vm::Manifest) -> pb::Snapshot {
         memory_bytes: u64::from(m.memory_mb) << 20,
         size_bytes: warden::daemon::snapshot_size_bytes(m),
         network_interfaces: m.network_interfaces.clone(),
+        kind: match m.kind {
+            warden::vm::snapshot::SnapshotKind::Full => "full",
+            warden::vm::snapshot::SnapshotKind::Diff => "diff",
+        }
+        .into(),
+        parent: m.parent.clone().unwrap_or_default(),
+        diff_bytes: m.diff_bytes.unwrap_or(0),
     }
 }
 

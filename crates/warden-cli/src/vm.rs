@@ -76,7 +76,8 @@ enum VmCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Take a full snapshot of a running VM into the daemon's store (SnapshotVm).
+    /// Take a snapshot of a running VM into the daemon's store (SnapshotVm): full, or with
+    /// --diff only the pages dirtied since its last snapshot, merged onto that one's memory.
     Snapshot {
         id: String,
         /// The snapshot's name (letters, digits and '-').
@@ -84,6 +85,13 @@ enum VmCommand {
         /// Leave the VM paused afterwards.
         #[arg(long)]
         keep_paused: bool,
+        /// A diff snapshot on top of --parent (the VM must be created with
+        /// --track-dirty-pages).
+        #[arg(long, requires = "parent")]
+        diff: bool,
+        /// With --diff: the VM's last snapshot, which the diff goes on top of.
+        #[arg(long, requires = "diff", value_name = "SNAPSHOT")]
+        parent: Option<String>,
     },
     /// Start a new VM from a snapshot (RestoreVm): a clone with its own jail and uid; with
     /// --count, N clones started concurrently, one line per clone (its id and state, or why it
@@ -139,6 +147,10 @@ struct CreateArgs {
     /// Give the VM a network device (the daemon's network_mode decides how it reaches the host).
     #[arg(long)]
     net: bool,
+    /// Boot with Firecracker's dirty-page tracking, so that `warden vm snapshot --diff` can
+    /// take diff snapshots of it.
+    #[arg(long)]
+    track_dirty_pages: bool,
     /// The customer the VM belongs to (kept and shown).
     #[arg(long)]
     customer_id: Option<String>,
@@ -196,6 +208,7 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<u8> {
                 io_write_bps: c.limits.io_write_bps,
                 io_read_iops: c.limits.io_read_iops,
                 io_write_iops: c.limits.io_write_iops,
+                track_dirty_pages: c.track_dirty_pages,
                 ..Default::default()
             };
             let created = client
@@ -261,15 +274,25 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<u8> {
             id,
             name,
             keep_paused,
+            diff,
+            parent,
         } => {
             let r = client
                 .snapshot_vm(pb::SnapshotVmRequest {
                     vm_id: id.clone(),
                     name: name.clone(),
                     keep_paused,
+                    diff,
+                    parent: parent.clone().unwrap_or_default(),
                 })
                 .await?;
-            print(json, &r, || format!("{id} snapshotted as {name}"));
+            print(json, &r, || match (&parent, &r.snapshot) {
+                (Some(p), Some(s)) => format!(
+                    "{id} snapshotted as {name} (a diff on top of {p}: {} KiB of memory dirtied)",
+                    s.diff_bytes >> 10
+                ),
+                _ => format!("{id} snapshotted as {name}"),
+            });
         }
         VmCommand::Restore {
             snapshot,
@@ -296,13 +319,18 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<u8> {
                     .iter()
                     .map(|s| {
                         format!(
-                            "{:<24} from {:<28} {} vCPU {} MiB, {} MiB on disk, Firecracker {}",
+                            "{:<24} from {:<28} {} vCPU {} MiB, {} MiB on disk, Firecracker {}{}",
                             s.name,
                             s.source_vm_id,
                             s.vcpu_count,
                             s.memory_bytes >> 20,
                             s.size_bytes >> 20,
-                            s.firecracker_version
+                            s.firecracker_version,
+                            if s.kind == "diff" {
+                                format!(", diff on top of {}", s.parent)
+                            } else {
+                                String::new()
+                            }
                         )
                     })
                     .collect::<Vec<_>>()

@@ -409,6 +409,9 @@ fn fake_snapshot_store(dir: &Path) -> PathBuf {
         }],
         network_interfaces: Vec::new(),
         guest: None,
+        kind: Default::default(),
+        parent: None,
+        diff_bytes: None,
     };
     std::fs::write(
         store.join(warden::vm::snapshot::MANIFEST),

@@ -104,6 +104,30 @@ pub enum Error {
     /// Taking a snapshot, or moving it out of the jail, failed.
     #[error(transparent)]
     Snapshot(jail::snapshot::SnapshotError),
+    /// A diff snapshot cannot be taken as asked; `field` is the setting or parameter at fault.
+    #[error("cannot take a diff snapshot ({field}): {problem}")]
+    DiffRefused {
+        /// `track_dirty_pages`, `parent` or `firecracker_version`.
+        field: &'static str,
+        /// What is wrong, and the fix.
+        problem: String,
+    },
+    /// A filesystem has too little free space for what is about to be written there.
+    #[error("not enough disk for {what}: {} has {} MiB free, {} MiB are needed ({detail}); {fix}", path.display(), free / (1 << 20), needed / (1 << 20))]
+    NoSpace {
+        /// What was to be written.
+        what: String,
+        /// Where.
+        path: std::path::PathBuf,
+        /// Bytes free there.
+        free: u64,
+        /// Bytes needed, margin included.
+        needed: u64,
+        /// What the need is made of.
+        detail: String,
+        /// How to make room.
+        fix: String,
+    },
     /// A host call failed.
     #[error("{what} failed")]
     Os {

@@ -45,14 +45,14 @@ async fn snapshots_are_taken_and_restored_into_clones_controlled_like_any_vm() {
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // Refusals first: a bad name, a VM that is not running, an unknown snapshot.
-    let e = m.snapshot(&src, "../x", true).await.unwrap_err();
+    let e = m.snapshot(&src, "../x", None, true).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::InvalidArgument, "{e}");
     let e = m.restore("", "nope").await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::NotFound, "{e}");
 
-    let manifest = m.snapshot(&src, "base", true).await.unwrap();
+    let manifest = m.snapshot(&src, "base", None, true).await.unwrap();
     assert_eq!(manifest.source_vm, src);
-    let e = m.snapshot(&src, "base", true).await.unwrap_err();
+    let e = m.snapshot(&src, "base", None, true).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::AlreadyExists, "{e}");
     assert_eq!(m.get(&src).await.unwrap().record.state, VmState::Running);
     let names: Vec<String> = m

@@ -184,7 +184,7 @@ async fn first_boots_take_warm_jails_and_nothing_of_the_pool_outlives_the_daemon
     wait_serial(&usual, "WARDEN_FLOOD 10 ").await;
 
     // A restore takes a warm jail too.
-    m.snapshot(&a, "pooled", true).await.unwrap();
+    m.snapshot(&a, "pooled", None, true).await.unwrap();
     wait_ready(&m, 2).await;
     let clone = m.restore("", "pooled").await.unwrap();
     let info = m.get(&clone.id).await.unwrap();

@@ -195,6 +195,7 @@ async fn take_snapshot(daemon: &BenchDaemon) -> anyhow::Result<()> {
             vm_id: id.clone(),
             name: SNAPSHOT.into(),
             keep_paused: false,
+            ..Default::default()
         })
         .await?;
     client

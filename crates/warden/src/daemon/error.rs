@@ -223,6 +223,8 @@ impl ManagerError {
                     ErrorCode::AlreadyExists
                 }
                 crate::Error::Apply(ApplyError::JailExists { .. }) => ErrorCode::FailedPrecondition,
+                crate::Error::DiffRefused { .. } => ErrorCode::FailedPrecondition,
+                crate::Error::NoSpace { .. } => ErrorCode::ResourceExhausted,
                 _ => ErrorCode::Internal,
             },
             Self::Store(_) | Self::Cleanup(_) | Self::Registry(_) | Self::Os { .. } => {

@@ -32,6 +32,13 @@ use super::watch::exit_record;
 use crate::vm::{ExitReason, VmHandle};
 
 pub(crate) async fn recover(m: &Arc<Manager>) -> Result<(), ManagerError> {
+    // Snapshots the last daemon was writing when it died: never complete, never listed.
+    let snapshots = m.cfg.state_dir.join("snapshots");
+    for p in tokio::task::spawn_blocking(move || crate::vm::snapshot::remove_partials(&snapshots))
+        .await?
+    {
+        tracing::warn!(path = %p.display(), "removed a snapshot left half-written by the last daemon");
+    }
     let records = m.store.list().await?;
     let mut known = HashSet::new();
     for rec in records {
@@ -62,6 +69,54 @@ pub(crate) async fn recover(m: &Arc<Manager>) -> Result<(), ManagerError> {
     })
     .await?;
     Ok(())
+}
+
+/// A daemon that died during a snapshot may leave Firecracker still writing it: its API then
+/// answers nothing until the write is done (seconds for a few GiB), and an attach would judge
+/// the VM unresponsive and end it. The chroot's snapshot directory, made just before the
+/// snapshot, tells that case apart; the wait is bounded by 30 s plus 1 s per 100 MiB of guest
+/// memory.
+async fn wait_for_interrupted_snapshot(id: &str, rec: &VmRecord) {
+    let Some(plan) = &rec.plan else { return };
+    if !jail::snapshot::host_dir(plan).exists() {
+        return;
+    }
+    let deadline = std::time::Instant::now()
+        + std::time::Duration::from_secs(30 + u64::from(rec.spec.memory_mib) / 100);
+    let client = firecracker_api::Client::new(&plan.socket_path)
+        .with_timeout(std::time::Duration::from_secs(2));
+    tracing::warn!(vm_id = %id, "the last daemon stopped during a snapshot of this VM; waiting for Firecracker to finish writing it");
+    while std::time::Instant::now() < deadline {
+        if client.instance_info().await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// A daemon that died during a snapshot left the VM paused (its record still says running)
+/// and Firecracker's files in the chroot's snapshot directory: both are undone.
+async fn finish_interrupted_snapshot(id: &str, vm: &VmHandle, state: VmState) {
+    let plan = vm.plan.clone();
+    let _ = tokio::task::spawn_blocking(move || jail::snapshot::remove(&plan)).await;
+    if state != VmState::Running {
+        return;
+    }
+    let paused = vm
+        .client()
+        .instance_info()
+        .await
+        .is_ok_and(|i| i.state == firecracker_api::InstanceState::Paused);
+    if paused {
+        match vm.resume().await {
+            Ok(()) => {
+                tracing::warn!(vm_id = %id, "resumed a VM the last daemon left paused (a snapshot it did not finish)")
+            }
+            Err(e) => {
+                tracing::warn!(vm_id = %id, error = %error_chain(&e), "could not resume a VM the last daemon left paused")
+            }
+        }
+    }
 }
 
 /// What the host shows of a stored VM.
@@ -177,6 +232,7 @@ async fn reconcile(m: &Manager, slot: &mut Slot) -> Result<(), ManagerError> {
                     jail::Jail::adopt(r, &m.registry, m.host.clone())
                 }
             };
+            wait_for_interrupted_snapshot(&id, &slot.rec).await;
             match VmHandle::attach(
                 &id,
                 jail,
@@ -189,6 +245,7 @@ async fn reconcile(m: &Manager, slot: &mut Slot) -> Result<(), ManagerError> {
             .await
             {
                 Ok(Some(vm)) => {
+                    finish_interrupted_snapshot(&id, &vm, slot.rec.state).await;
                     slot.generation += 1;
                     m.watch(&id, &vm, slot.generation);
                     tracing::info!(vm_id = %id, pid, state = %slot.rec.state, "re-attached to running vm");

@@ -224,6 +224,7 @@ impl Manager {
             registry: self.registry.clone(),
             // The daemon's VMs outlive it and are re-attached at its next start.
             die_with_owner: false,
+            track_dirty_pages: spec.track_dirty_pages,
             ..VmOptions::default()
         };
         (config, options)

@@ -57,6 +57,9 @@ pub struct VmSpec {
     /// Started from this snapshot of the daemon's store (RestoreVm) instead of booted.
     #[serde(default)]
     pub restore_from: Option<String>,
+    /// Boot with Firecracker's dirty-page tracking, which diff snapshots need.
+    #[serde(default)]
+    pub track_dirty_pages: bool,
 }
 
 /// Why a VM ended, machine-readable: stored and answered as its snake_case name.

@@ -53,6 +53,10 @@ pub struct VmHandle {
     process: process::Process,
     client: Client,
     stop_timeout: Duration,
+    /// The store of the last snapshot taken of this VM by this handle, which a diff snapshot
+    /// must name as its parent (see [`snapshot`]). `None` before the first, after a failed
+    /// one, and after [`VmHandle::attach`].
+    last_snapshot: std::sync::Mutex<Option<PathBuf>>,
 }
 
 impl VmHandle {
@@ -102,6 +106,7 @@ impl VmHandle {
             process,
             client: Client::new(&socket_path),
             stop_timeout,
+            last_snapshot: Default::default(),
         }))
     }
 
@@ -491,12 +496,16 @@ async fn start_inner(
     if let Some(r) = &options.restore {
         // Once per start, at the moment of use: the store's files still match the manifest.
         let r = r.clone();
-        tokio::task::spawn_blocking(move || snapshot::verify(&r.store, &r.manifest))
-            .await
-            .map_err(|e| Error::Os {
-                what: "checking the snapshot".into(),
-                source: std::io::Error::other(e.to_string()),
-            })??;
+        let p = plan.clone();
+        tokio::task::spawn_blocking(move || {
+            snapshot::check_restore_space(&p)?;
+            snapshot::verify(&r.store, &r.manifest)
+        })
+        .await
+        .map_err(|e| Error::Os {
+            what: "checking the snapshot".into(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
     }
     let ownership = jailer::Ownership {
         uid_leased,
@@ -605,6 +614,7 @@ async fn finish(
         process,
         client,
         stop_timeout: options.stop_timeout,
+        last_snapshot: Default::default(),
         phases: phases.0,
     })
 }
@@ -625,6 +635,7 @@ async fn configure(
         .put_machine_config(&MachineConfiguration {
             vcpu_count: config.vcpu_count,
             mem_size_mib: config.memory_mb,
+            track_dirty_pages: options.track_dirty_pages.then_some(true),
             ..Default::default()
         })
         .await?;

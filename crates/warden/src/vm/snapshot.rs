@@ -47,6 +47,28 @@ pub struct Manifest {
     /// The guest's address, which every clone keeps (each in a namespace of its own).
     #[serde(default)]
     pub guest: Option<jail::net::GuestAddr>,
+    /// Full, or a diff merged onto its parent (the memory file is complete either way).
+    #[serde(default)]
+    pub kind: SnapshotKind,
+    /// A diff's parent: the store's name (its directory beside this one; the snapshot's name
+    /// in the daemon's store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Bytes of guest memory a diff carried (the pages dirtied since its parent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff_bytes: Option<u64>,
+}
+
+/// How a snapshot was taken.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotKind {
+    /// Firecracker wrote all of guest memory.
+    #[default]
+    Full,
+    /// Firecracker wrote the pages dirtied since the parent, and warden merged them onto a copy
+    /// of the parent's memory.
+    Diff,
 }
 
 /// One drive of a snapshot.
@@ -71,8 +93,44 @@ fn os(what: String) -> impl FnOnce(std::io::Error) -> Error {
 impl VmHandle {
     /// Takes a full snapshot into `store` (a new directory, made here with mode 0700), then
     /// resumes the VM (`resume`) or leaves it paused. On a failure the VM is resumed if it ran,
-    /// and the partial store is removed.
+    /// and nothing is left at `store`.
+    ///
+    /// The store is written as `<store>.partial-<pid>` beside it and renamed into place only
+    /// once its manifest is written, so a process killed mid-way leaves no store that looks
+    /// complete (see [`partial_dir`] and [`remove_partials`]).
     pub async fn snapshot(&self, store: &Path, resume: bool) -> Result<Manifest, Error> {
+        self.take_snapshot(store, None, resume).await
+    }
+
+    /// Takes a diff snapshot into `store`, on top of `parent`: the store of the last snapshot
+    /// taken of this VM through this handle (full or diff). The VM must have been booted with
+    /// [`VmOptions::track_dirty_pages`].
+    ///
+    /// Firecracker's diff memory file holds only the pages dirtied since the VM's previous
+    /// snapshot of any kind (each snapshot resets its dirty bitmap), so it is meaningless on
+    /// its own and wrong on top of any other base. Rather than keep chains of diffs that every
+    /// restore would have to replay (and that break when one link is deleted), warden merges
+    /// the diff at snapshot time into a complete memory file in the new store: a reflink (or
+    /// copy) of the parent's memory with the diff's data extents written over it. The store is
+    /// then as self-contained as a full one: a restore loads it the same way, and the parent may
+    /// be deleted later. What a diff saves is Firecracker's write (only the dirty pages) and,
+    /// on a filesystem with reflinks, the copy of the clean ones. The merge runs while the VM
+    /// is still paused, like the copy of its drives, which must match the memory.
+    pub async fn snapshot_diff(
+        &self,
+        store: &Path,
+        parent: &Path,
+        resume: bool,
+    ) -> Result<Manifest, Error> {
+        self.take_snapshot(store, Some(parent), resume).await
+    }
+
+    async fn take_snapshot(
+        &self,
+        store: &Path,
+        parent: Option<&Path>,
+        resume: bool,
+    ) -> Result<Manifest, Error> {
         let plan = &self.plan;
         if !plan.jailed {
             return Err(jail::SpecError::new(
@@ -83,17 +141,42 @@ impl VmHandle {
         }
         let info = self.client.instance_info().await?;
         let config = self.client.vm_config().await?;
+        let parent = match parent {
+            None => None,
+            Some(p) => Some(self.diff_parent(p, &info.vmm_version, &config).await?),
+        };
+        if std::fs::symlink_metadata(store).is_ok() {
+            return Err(Error::Os {
+                what: format!("creating the snapshot store {}", store.display()),
+                source: std::io::ErrorKind::AlreadyExists.into(),
+            });
+        }
+        let memory = u64::from(config.machine_config.as_ref().map_or(0, |m| m.mem_size_mib)) << 20;
+        let (plan2, store2) = (plan.clone(), store.to_owned());
+        tokio::task::spawn_blocking(move || check_snapshot_space(&plan2, &store2, memory))
+            .await
+            .map_err(|e| join_err(e, "checking free space for the snapshot"))??;
+        let partial = partial_dir(store);
         std::fs::DirBuilder::new()
             .mode(0o700)
-            .create(store)
+            .create(&partial)
             .map_err(os(format!(
                 "creating the snapshot store {}",
-                store.display()
+                partial.display()
             )))?;
-        let result = self.snapshot_into(store, &info.vmm_version, &config).await;
+        // From the first snapshot call on, Firecracker may have reset its dirty bitmap: a
+        // failure leaves no parent a diff could name.
+        *self.last_snapshot.lock().expect("not poisoned") = None;
+        let result = self
+            .snapshot_into(&partial, &info.vmm_version, &config, parent.as_ref())
+            .await;
         let _ = jail::snapshot::remove(plan);
+        let result = match result {
+            Ok(m) => publish(&partial, store).map(|()| m),
+            Err(e) => Err(e),
+        };
         if result.is_err() {
-            let _ = std::fs::remove_dir_all(store);
+            let _ = std::fs::remove_dir_all(&partial);
         }
         match &result {
             // Whatever failed after the pause, the VM runs on.
@@ -103,7 +186,65 @@ impl VmHandle {
             Ok(_) if resume => self.client.resume().await?,
             Ok(_) => {}
         }
+        if result.is_ok() {
+            *self.last_snapshot.lock().expect("not poisoned") = Some(store.to_owned());
+        }
         result
+    }
+
+    /// Checks that `parent` is a snapshot a diff of this VM can go on top of, and returns it.
+    async fn diff_parent(
+        &self,
+        parent: &Path,
+        running: &str,
+        config: &firecracker_api::FullVmConfiguration,
+    ) -> Result<Restore, Error> {
+        let tracking = config
+            .machine_config
+            .as_ref()
+            .and_then(|m| m.track_dirty_pages)
+            .unwrap_or(false);
+        let last = self.last_snapshot.lock().expect("not poisoned").clone();
+        let (p, vm_id, running) = (parent.to_owned(), self.vm_id.clone(), running.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let manifest = p
+                .join(MANIFEST)
+                .is_file()
+                .then(|| read_manifest(&p))
+                .transpose()?;
+            let same = |a: &Path, b: &Path| {
+                std::fs::canonicalize(a)
+                    .ok()
+                    .zip(std::fs::canonicalize(b).ok())
+                    .is_some_and(|(a, b)| a == b)
+            };
+            let is_last = last.as_deref().is_some_and(|l| same(l, &p));
+            check_diff_parent(&DiffCheck {
+                vm_id: &vm_id,
+                running: &running,
+                tracking,
+                last: last.as_deref(),
+                is_last,
+                parent: &p,
+                manifest: manifest.as_ref(),
+            })?;
+            let manifest = manifest.expect("checked");
+            // A damaged parent would make a damaged child.
+            let mem = p.join(&manifest.memory.name);
+            if jail::snapshot::sha256_of(&mem)? != manifest.memory.sha256 {
+                return Err(Error::DiffRefused {
+                    field: "parent",
+                    problem: format!(
+                        "{} does not match its checksum in the manifest; the parent is damaged: \
+                         take a full snapshot instead",
+                        mem.display()
+                    ),
+                });
+            }
+            Ok(Restore { store: p, manifest })
+        })
+        .await
+        .map_err(|e| join_err(e, "checking the diff snapshot's parent"))?
     }
 
     async fn snapshot_into(
@@ -111,6 +252,7 @@ impl VmHandle {
         store: &Path,
         version: &str,
         config: &firecracker_api::FullVmConfiguration,
+        parent: Option<&Restore>,
     ) -> Result<Manifest, Error> {
         let plan = self.plan.clone();
         tokio::task::spawn_blocking(move || jail::snapshot::prepare(&plan))
@@ -121,14 +263,25 @@ impl VmHandle {
             .create_snapshot(&SnapshotCreateParams {
                 snapshot_path: format!("{}/{STATE_FILE}", jail::snapshot::DIR_IN_JAIL),
                 mem_file_path: format!("{}/{MEMORY_FILE}", jail::snapshot::DIR_IN_JAIL),
-                snapshot_type: Some(SnapshotType::Full),
+                snapshot_type: Some(match parent {
+                    None => SnapshotType::Full,
+                    Some(_) => SnapshotType::Diff,
+                }),
             })
             .await?;
         // Still paused: the drives now match the memory.
         let (plan, dir) = (self.plan.clone(), store.to_owned());
-        let (state, memory, drives) = tokio::task::spawn_blocking(move || {
+        let parent_memory = parent.map(|p| p.store.join(&p.manifest.memory.name));
+        let (state, memory, diff_bytes, drives) = tokio::task::spawn_blocking(move || {
             let state = jail::snapshot::collect(&plan, STATE_FILE, &dir)?;
-            let memory = jail::snapshot::collect(&plan, MEMORY_FILE, &dir)?;
+            let (memory, diff_bytes) = match &parent_memory {
+                None => (jail::snapshot::collect(&plan, MEMORY_FILE, &dir)?, None),
+                Some(base) => {
+                    let m =
+                        jail::snapshot::merge_diff(&plan, MEMORY_FILE, base, MEMORY_FILE, &dir)?;
+                    (m.file, Some(m.diff_bytes))
+                }
+            };
             let mut drives = Vec::new();
             for f in plan.staged.iter().filter(|f| !is_kernel(f)) {
                 let name = f
@@ -148,7 +301,7 @@ impl VmHandle {
                     writable: f.writable,
                 });
             }
-            Ok::<_, jail::snapshot::SnapshotError>((state, memory, drives))
+            Ok::<_, jail::snapshot::SnapshotError>((state, memory, diff_bytes, drives))
         })
         .await
         .map_err(|e| join_err(e, "collecting the snapshot"))??;
@@ -168,11 +321,328 @@ impl VmHandle {
                 .map(|n| n.iface_id.clone())
                 .collect(),
             guest: self.plan.net.as_ref().and_then(|n| n.guest),
+            kind: match parent {
+                None => SnapshotKind::Full,
+                Some(_) => SnapshotKind::Diff,
+            },
+            parent: parent.map(|p| store_name(&p.store)),
+            diff_bytes,
         };
         let path = store.join(MANIFEST);
         let text = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");
-        std::fs::write(&path, text).map_err(os(format!("writing {}", path.display())))?;
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&path)?;
+            std::io::Write::write_all(&mut f, &text)?;
+            f.sync_all()
+        };
+        write().map_err(os(format!("writing {}", path.display())))?;
         Ok(manifest)
+    }
+}
+
+/// A store's name: its directory's last component (a snapshot's name in the daemon's store).
+fn store_name(store: &Path) -> String {
+    store.file_name().map_or_else(
+        || store.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+/// Where a store is written before it is complete: `<store>.partial-<pid>-<n>` beside it, `n`
+/// counting this process's snapshots (two snapshots racing for one name never share a partial
+/// store; the rename into place lets only one win). A name with a `.` is never a snapshot
+/// name the daemon accepts, so a leftover is never listed or restored; [`remove_partials`]
+/// removes leftovers of processes that are gone.
+pub fn partial_dir(store: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut name = store.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".partial-{}-{n}", std::process::id()));
+    store.with_file_name(name)
+}
+
+/// Whether a partial store of `store` (see [`partial_dir`]) exists.
+pub fn partial_exists(store: &Path) -> bool {
+    let (Some(dir), Some(name)) = (store.parent(), store.file_name()) else {
+        return false;
+    };
+    let prefix = format!("{}.partial-", name.to_string_lossy());
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+}
+
+/// Removes the partial stores (see [`partial_dir`]) under `dir` whose writer is no longer
+/// running (after a crash), and returns their paths. Meant for start-up, before this process
+/// takes any snapshot: a partial store named with this process's own pid is then a leftover of
+/// an earlier process that had the same pid, and is removed too.
+pub fn remove_partials(dir: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some((_, tail)) = name.rsplit_once(".partial-") else {
+            continue;
+        };
+        let pid = tail.split('-').next().unwrap_or_default();
+        let alive = pid.parse::<u32>().is_ok_and(|pid| {
+            pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists()
+        });
+        if !alive && std::fs::remove_dir_all(e.path()).is_ok() {
+            removed.push(e.path());
+        }
+    }
+    removed
+}
+
+/// Renames the complete `partial` store to `store`, refusing to replace anything there, and
+/// makes the rename durable.
+fn publish(partial: &Path, store: &Path) -> Result<(), Error> {
+    let fail = || {
+        format!(
+            "moving the snapshot {} into place at {}",
+            partial.display(),
+            store.display()
+        )
+    };
+    rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        partial,
+        rustix::fs::CWD,
+        store,
+        rustix::fs::RenameFlags::NOREPLACE,
+    )
+    .map_err(|e| Error::Os {
+        what: fail(),
+        source: e.into(),
+    })?;
+    if let Some(dir) = store.parent() {
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(())
+}
+
+/// Slack for the state file and the manifest, which are small.
+const STATE_SLACK: u64 = 8 << 20;
+
+/// Refuses a snapshot that would not fit: Firecracker writes the memory (at most guest memory;
+/// a diff less) into the chroot, then warden copies it, the state and every drive into the
+/// store, before the chroot's copy is removed. When both are on one filesystem, both copies
+/// are there at once.
+fn check_snapshot_space(plan: &jail::JailPlan, store: &Path, memory: u64) -> Result<(), Error> {
+    let drives: u64 = plan
+        .staged
+        .iter()
+        .filter(|f| !is_kernel(f))
+        .filter_map(|f| std::fs::metadata(&f.dest).ok())
+        .map(|m| m.len())
+        .sum();
+    let chroot = jail::snapshot::host_dir(plan);
+    let same = jail::snapshot::device_of(&chroot)? == jail::snapshot::device_of(store)?;
+    for need in snapshot_space_needs(memory, drives, same) {
+        let path = match need.place {
+            Place::Chroot => &chroot,
+            Place::Store => store,
+        };
+        let free = jail::snapshot::free_bytes(path)?;
+        if let Some(short) = jail::snapshot::shortfall(free, need.bytes) {
+            return Err(Error::NoSpace {
+                what: "the snapshot".into(),
+                path: path.to_owned(),
+                free,
+                needed: free + short,
+                detail: format!(
+                    "{}, and a {} MiB margin",
+                    need.detail,
+                    mib(jail::snapshot::margin(need.bytes))
+                ),
+                fix: format!(
+                    "free {} MiB there, or keep snapshots on a larger filesystem (the daemon's \
+                     state_dir; the chroot base for the chroot's copy)",
+                    short.div_ceil(1 << 20)
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Where a snapshot writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// The VM's chroot, where Firecracker writes.
+    Chroot,
+    /// The store.
+    Store,
+}
+
+/// Bytes a snapshot needs on one filesystem, and of what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SpaceNeed {
+    place: Place,
+    bytes: u64,
+    detail: String,
+}
+
+fn mib(b: u64) -> u64 {
+    b.div_ceil(1 << 20)
+}
+
+/// The free space a snapshot of `memory` bytes of guest memory and `drives` bytes of drives
+/// needs, per filesystem (`same`: the chroot and the store share one).
+fn snapshot_space_needs(memory: u64, drives: u64, same: bool) -> Vec<SpaceNeed> {
+    let store = memory + drives + STATE_SLACK;
+    if same {
+        vec![SpaceNeed {
+            place: Place::Store,
+            bytes: store + memory + STATE_SLACK,
+            detail: format!(
+                "guest memory {} MiB twice (Firecracker's file in the chroot, then the store's \
+                 copy) and drives {} MiB",
+                mib(memory),
+                mib(drives)
+            ),
+        }]
+    } else {
+        vec![
+            SpaceNeed {
+                place: Place::Chroot,
+                bytes: memory + STATE_SLACK,
+                detail: format!("guest memory {} MiB, written by Firecracker", mib(memory)),
+            },
+            SpaceNeed {
+                place: Place::Store,
+                bytes: store,
+                detail: format!(
+                    "guest memory {} MiB and drives {} MiB",
+                    mib(memory),
+                    mib(drives)
+                ),
+            },
+        ]
+    }
+}
+
+/// Refuses a restore whose per-clone copies (writable drives, and anything else staging
+/// cannot hard-link) would not fit on the chroot base's filesystem, with the figure. Staging
+/// checks each file too, but only one at a time.
+pub(crate) fn check_restore_space(plan: &jail::JailPlan) -> Result<(), Error> {
+    let copies: Vec<(String, u64)> = plan
+        .staged
+        .iter()
+        .filter(|f| f.method == jail::plan::StageMethod::Copy)
+        .filter_map(|f| {
+            let name = f.dest.file_name()?.to_string_lossy().into_owned();
+            Some((name, f.file.as_ref()?.meta.allocated))
+        })
+        .collect();
+    let need: u64 = copies.iter().map(|(_, b)| b).sum();
+    if need == 0 {
+        return Ok(());
+    }
+    let free = jail::snapshot::free_bytes(&plan.root_dir)?;
+    match jail::snapshot::shortfall(free, need) {
+        None => Ok(()),
+        Some(short) => Err(Error::NoSpace {
+            what: format!("restoring VM {}", plan.id),
+            path: plan.root_dir.clone(),
+            free,
+            needed: free + short,
+            detail: format!(
+                "the clone's own copies: {}, and a {} MiB margin",
+                copies
+                    .iter()
+                    .map(|(n, b)| format!("{n} {} MiB", mib(*b)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                mib(jail::snapshot::margin(need))
+            ),
+            fix: format!(
+                "free {} MiB on the chroot base's filesystem, or restore fewer clones",
+                mib(short)
+            ),
+        }),
+    }
+}
+
+/// What [`check_diff_parent`] looks at.
+struct DiffCheck<'a> {
+    vm_id: &'a str,
+    /// The Firecracker version the VM runs.
+    running: &'a str,
+    /// Whether the VM was booted with `track_dirty_pages`.
+    tracking: bool,
+    /// The VM's last snapshot through this handle.
+    last: Option<&'a Path>,
+    /// Whether `parent` is that one.
+    is_last: bool,
+    parent: &'a Path,
+    /// The parent's manifest, if it has one.
+    manifest: Option<&'a Manifest>,
+}
+
+/// The rules a diff snapshot's parent must follow (Firecracker's, and a merge's).
+fn check_diff_parent(c: &DiffCheck) -> Result<(), Error> {
+    let refuse = |field, problem: String| Err(Error::DiffRefused { field, problem });
+    let (vm, p) = (c.vm_id, c.parent.display());
+    if !c.tracking {
+        return refuse(
+            "track_dirty_pages",
+            format!(
+                "VM {vm} was not booted with track_dirty_pages, so Firecracker does not know \
+                 which pages changed; boot it with track_dirty_pages on (warden vm create \
+                 --track-dirty-pages) to take diff snapshots, or take a full snapshot"
+            ),
+        );
+    }
+    let Some(m) = c.manifest else {
+        return refuse(
+            "parent",
+            format!(
+                "there is no snapshot at {p}; name an earlier snapshot of VM {vm} as the parent"
+            ),
+        );
+    };
+    if m.source_vm != vm {
+        return refuse(
+            "parent",
+            format!(
+                "{p} is a snapshot of VM {}, not of {vm}; a diff only applies on top of a \
+                 snapshot of the same VM",
+                m.source_vm
+            ),
+        );
+    }
+    if m.firecracker_version != c.running {
+        return refuse(
+            "firecracker_version",
+            format!(
+                "{p} was written by Firecracker {}, and VM {vm} runs Firecracker {}; take a full \
+                 snapshot instead",
+                m.firecracker_version, c.running
+            ),
+        );
+    }
+    match c.last {
+        None => refuse(
+            "parent",
+            format!(
+                "no snapshot of VM {vm} was taken by this process since the VM started (or was \
+                 re-attached, or since a snapshot failed), so there is nothing a diff could go on \
+                 top of; take a full snapshot first"
+            ),
+        ),
+        Some(last) if !c.is_last => refuse(
+            "parent",
+            format!(
+                "{p} is not the last snapshot of VM {vm} ({} is): Firecracker's diff holds only \
+                 the pages dirtied since the last snapshot; name that one as the parent, or take \
+                 a full snapshot",
+                last.display()
+            ),
+        ),
+        Some(_) => Ok(()),
     }
 }
 
@@ -214,11 +684,26 @@ pub fn verify(store: &Path, m: &Manifest) -> Result<(), Error> {
         .chain(m.drives.iter().map(|d| &d.file))
     {
         let p = store.join(&f.name);
+        let len = std::fs::metadata(&p)
+            .map_err(os(format!("inspecting {}", p.display())))?
+            .len();
+        if len != f.len {
+            return Err(jail::SpecError::new(
+                "snapshot",
+                format!(
+                    "{} is {len} bytes, the manifest says {}; the snapshot is truncated or                      damaged: take it again",
+                    p.display(),
+                    f.len
+                ),
+            )
+            .into());
+        }
         if jail::snapshot::sha256_of(&p)? != f.sha256 {
             return Err(jail::SpecError::new(
                 "snapshot",
                 format!(
-                    "{} does not match its checksum in the manifest; the snapshot is damaged",
+                    "{} does not match its checksum in the manifest; the snapshot is damaged: \
+                     take it again",
                     p.display()
                 ),
             )
@@ -357,4 +842,135 @@ pub struct Restore {
     pub store: PathBuf,
     /// Its manifest.
     pub manifest: Manifest,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(vm: &str, version: &str) -> Manifest {
+        let f = |name: &str| StoredFile {
+            name: name.into(),
+            len: 1,
+            sha256: String::new(),
+        };
+        Manifest {
+            firecracker_version: version.into(),
+            source_vm: vm.into(),
+            created_at_unix_ms: 0,
+            vcpu_count: 1,
+            memory_mb: 128,
+            state: f(STATE_FILE),
+            memory: f(MEMORY_FILE),
+            drives: Vec::new(),
+            network_interfaces: Vec::new(),
+            guest: None,
+            kind: SnapshotKind::Full,
+            parent: None,
+            diff_bytes: None,
+        }
+    }
+
+    fn check(m: Option<&Manifest>, tracking: bool, last: Option<&Path>, is_last: bool) -> String {
+        match check_diff_parent(&DiffCheck {
+            vm_id: "vm-a",
+            running: "1.12.1",
+            tracking,
+            last,
+            is_last,
+            parent: Path::new("/s/p"),
+            manifest: m,
+        }) {
+            Ok(()) => "ok".into(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_diff_goes_only_on_top_of_the_last_snapshot_of_the_same_tracking_vm() {
+        let last = Some(Path::new("/s/p"));
+        let ours = manifest("vm-a", "1.12.1");
+        assert_eq!(check(Some(&ours), true, last, true), "ok");
+
+        let e = check(Some(&ours), false, last, true);
+        assert!(
+            e.contains("(track_dirty_pages)") && e.contains("--track-dirty-pages"),
+            "{e}"
+        );
+        let e = check(None, true, last, true);
+        assert!(
+            e.contains("(parent)") && e.contains("no snapshot at /s/p"),
+            "{e}"
+        );
+        let e = check(Some(&manifest("vm-b", "1.12.1")), true, last, true);
+        assert!(
+            e.contains("(parent)") && e.contains("VM vm-b, not of vm-a"),
+            "{e}"
+        );
+        let e = check(Some(&manifest("vm-a", "1.11.0")), true, last, true);
+        assert!(
+            e.contains("(firecracker_version)") && e.contains("1.11.0"),
+            "{e}"
+        );
+        assert!(e.contains("take a full snapshot"), "{e}");
+        let e = check(Some(&ours), true, None, false);
+        assert!(e.contains("take a full snapshot first"), "{e}");
+        let e = check(Some(&ours), true, Some(Path::new("/s/newer")), false);
+        assert!(
+            e.contains("/s/newer is") && e.contains("name that one"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_needs_memory_twice_on_one_filesystem_and_once_on_each_of_two() {
+        const MIB: u64 = 1 << 20;
+        let one = snapshot_space_needs(128 * MIB, 10 * MIB, true);
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].place, Place::Store);
+        assert_eq!(one[0].bytes, (256 + 10) * MIB + 2 * STATE_SLACK);
+        assert!(one[0].detail.contains("128 MiB twice"), "{}", one[0].detail);
+        let two = snapshot_space_needs(128 * MIB, 10 * MIB, false);
+        assert_eq!(
+            two.iter().map(|n| (n.place, n.bytes)).collect::<Vec<_>>(),
+            [
+                (Place::Chroot, 128 * MIB + STATE_SLACK),
+                (Place::Store, 138 * MIB + STATE_SLACK)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_manifest_without_kind_is_a_full_snapshot() {
+        let mut v = serde_json::to_value(manifest("vm-a", "1.12.1")).unwrap();
+        assert_eq!(v["kind"], "full");
+        assert!(v.get("parent").is_none());
+        v.as_object_mut().unwrap().remove("kind");
+        let m: Manifest = serde_json::from_value(v).unwrap();
+        assert_eq!(m.kind, SnapshotKind::Full);
+    }
+
+    #[test]
+    fn a_partial_store_sits_beside_the_store_and_is_removed_once_its_writer_is_gone() {
+        let t = tempfile::tempdir().unwrap();
+        let store = t.path().join("snap1");
+        let ours = partial_dir(&store);
+        assert_eq!(ours.parent(), Some(t.path()));
+        assert!(ours
+            .to_string_lossy()
+            .contains(&format!("snap1.partial-{}-", std::process::id())));
+        assert_ne!(partial_dir(&store), ours, "each snapshot has its own");
+        // A writer that is gone (pid 0 is never a process), one still running (pid 1), and
+        // one with our own pid: at start-up, a leftover of an earlier process.
+        let dead = t.path().join("snap2.partial-0-7");
+        let running = t.path().join("snap3.partial-1");
+        for d in [&ours, &dead, &running, &store] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let mut removed = remove_partials(t.path());
+        removed.sort();
+        assert_eq!(removed, vec![ours.clone(), dead.clone()]);
+        assert!(!dead.exists() && !ours.exists());
+        assert!(running.exists() && store.exists());
+    }
 }

@@ -13,20 +13,32 @@ use crate::vm::Manifest;
 
 impl Manager {
     /// SnapshotVm: pauses VM `id`, writes snapshot `name` into the store, then resumes it
-    /// (`resume`) or leaves it paused. Watchers get a `snapshot_taken` event naming it.
+    /// (`resume`) or leaves it paused. Watchers get a `snapshot_taken` event naming it. With
+    /// `parent`, a diff snapshot on top of that snapshot of the store (see
+    /// [`crate::vm::VmHandle::snapshot_diff`]).
+    ///
+    /// The store is written beside its final place and renamed there once complete, so a
+    /// daemon killed mid-way leaves only a `<name>.partial-<pid>` directory, which is never
+    /// listed and is removed at the next start.
     pub async fn snapshot(
         self: &Arc<Self>,
         id: &str,
         name: &str,
+        parent: Option<&str>,
         resume: bool,
     ) -> Result<Manifest, ManagerError> {
         let (m, id, name) = (self.clone(), id.to_owned(), name.to_owned());
+        let parent = parent.map(str::to_owned);
         let t0 = Instant::now();
         let result = to_completion(async move {
             let store = m.snapshot_dir(&name, "name")?;
             if store.exists() {
                 return Err(ManagerError::SnapshotExists { name });
             }
+            let parent = match &parent {
+                Some(p) => Some(m.snapshot_dir(p, "parent")?),
+                None => None,
+            };
             let mut slot = m.lock_for(&id, Op::Snapshot).await?;
             let vm = slot
                 .vm
@@ -38,7 +50,10 @@ impl Manager {
                     source,
                 },
             )?;
-            let manifest = vm.snapshot(&store, resume).await?;
+            let manifest = match &parent {
+                None => vm.snapshot(&store, resume).await?,
+                Some(p) => vm.snapshot_diff(&store, p, resume).await?,
+            };
             if !resume {
                 slot.rec.state = VmState::Paused;
                 slot.rec.updated_at = now_ms();
