@@ -9,6 +9,9 @@
 //! - `library restore_vm`: `warden::vm::restore_vm`, jailed, from the call;
 //! - `daemon RestoreVm`: through the bench's `warden serve`, from the call, to the line in the
 //!   clone's serial log file;
+//! - `daemon RestoreVm from pool`: the same through a second daemon with a warm pool
+//!   (`pool_size` 2) holding a copy of the snapshot; before each restore the bench waits
+//!   (untimed) until the pool is full again;
 //! - `daemon N concurrent clones`: N RestoreVm calls of the one snapshot at once, each clone
 //!   timed from the common start to its own first line (in `--bursts` of the rounds, spread
 //!   evenly; p50 and p99 over every clone of every burst).
@@ -114,11 +117,14 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<Report> {
         store: daemon.snapshot_dir(SNAPSHOT),
     };
     take_snapshot(&daemon).await?;
+    let pooled = BenchDaemon::start_with(false, &[("WARDEN_POOL_SIZE", super::start::POOL)])?;
+    copy_store(&env.store, &pooled.snapshot_dir(SNAPSHOT))?;
     let burst_name = format!("daemon {} concurrent clones (each)", args.clones);
     let names = [
         "bare firecracker (unjailed) load+resume",
         "library restore_vm (jailed)",
         "daemon RestoreVm (jailed)",
+        "daemon RestoreVm from pool (jailed)",
         burst_name.as_str(),
     ];
     let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
@@ -127,7 +133,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<Report> {
     for round in 0..args.count {
         // `bursts` of the rounds, spread evenly, also run the concurrent series.
         let with_burst = (round * bursts) / args.count != ((round + 1) * bursts) / args.count;
-        let series: Vec<usize> = (0..names.len()).filter(|&s| s < 3 || with_burst).collect();
+        let series: Vec<usize> = (0..names.len()).filter(|&s| s < 4 || with_burst).collect();
         for k in 0..series.len() {
             super::check_interrupted()?;
             let which = series[(round + k) % series.len()];
@@ -145,7 +151,11 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<Report> {
                     samples[1].push(t);
                 }
                 2 => samples[2].push(via_daemon(&daemon, &id).await?),
-                _ => samples[3].extend(burst(&daemon, &id, args.clones).await?),
+                3 => {
+                    super::start::wait_for_pool(&pooled).await?;
+                    samples[3].push(via_daemon(&pooled, &id).await?)
+                }
+                _ => samples[4].extend(burst(&daemon, &id, args.clones).await?),
             }
         }
     }
@@ -167,11 +177,24 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<Report> {
     );
     report.rows = rows;
     report.phases = phases.iter().map(|(n, s)| Row::new(n, s)).collect();
-    let left = daemon.finish().await?;
+    let left = daemon.finish().await?.add(pooled.finish().await?);
     report.leftovers = left.add(guard.finish());
     drop(env);
     report.leftovers.temp_dirs = host::temp_dirs_left();
     Ok(report)
+}
+
+/// Copies a snapshot store (root's read-only files, a 0700 directory) into another daemon's.
+fn copy_store(from: &Path, to: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::create_dir_all(to.parent().expect("under a state dir"))?;
+    std::fs::DirBuilder::new().mode(0o700).create(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let dest = to.join(e.file_name());
+        std::fs::copy(e.path(), &dest)?;
+    }
+    Ok(())
 }
 
 /// Boots the guest through the daemon, snapshots it once its lines flow, and deletes it (a

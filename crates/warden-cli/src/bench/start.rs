@@ -164,10 +164,10 @@ pub async fn run(args: StartArgs) -> anyhow::Result<Report> {
 }
 
 /// The pooled daemon's `pool_size`.
-const POOL: &str = "2";
+pub(super) const POOL: &str = "2";
 
 /// Waits (untimed) until the pooled daemon's pool is full again after the previous boot.
-async fn wait_for_pool(d: &BenchDaemon) -> anyhow::Result<()> {
+pub(super) async fn wait_for_pool(d: &BenchDaemon) -> anyhow::Result<()> {
     let want: usize = POOL.parse().expect("a number");
     let t0 = Instant::now();
     while d.warm_jails_ready() < want {
