@@ -136,8 +136,24 @@ pub fn note_uid_sharing(report: &mut IsolationReport, proc_root: &Path, pid: u32
     if !report.uid_gid.active {
         return;
     }
+    let shared = uid_sharing(proc_root, pid, uid);
+    add_uid_note(report, &shared);
+}
+
+/// The uid/gid layer's note from [`uid_sharing`], added to `report` (a caller that keeps the
+/// note for a while adds it to later reports itself).
+pub fn add_uid_note(report: &mut IsolationReport, note: &str) {
+    if !report.uid_gid.active {
+        return;
+    }
+    report.uid_gid.detail.push_str("; ");
+    report.uid_gid.detail.push_str(note);
+}
+
+/// Whether any process other than `pid` runs as `uid`, as the uid/gid layer says it.
+pub fn uid_sharing(proc_root: &Path, pid: u32, uid: u32) -> String {
     let others = uid_sharers(proc_root, uid, pid);
-    let shared = match others.len() {
+    match others.len() {
         0 => "no other process runs as this uid".to_owned(),
         n => format!(
             "shared with {n} other process{} (pid {}): they can signal each other",
@@ -149,9 +165,7 @@ pub fn note_uid_sharing(report: &mut IsolationReport, proc_root: &Path, pid: u32
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
-    };
-    report.uid_gid.detail.push_str("; ");
-    report.uid_gid.detail.push_str(&shared);
+    }
 }
 
 /// Other processes (not `pid`) whose effective uid is `uid`: the owner of `/proc/<pid>` is the
