@@ -152,7 +152,26 @@ pub fn add_uid_note(report: &mut IsolationReport, note: &str) {
 
 /// Whether any process other than `pid` runs as `uid`, as the uid/gid layer says it.
 pub fn uid_sharing(proc_root: &Path, pid: u32, uid: u32) -> String {
-    let others = uid_sharers(proc_root, uid, pid);
+    uid_note(&uid_sharers(proc_root, uid, pid))
+}
+
+/// Every process by its effective uid (one pass over `/proc`), for callers that answer for many
+/// VMs from one pass.
+pub fn processes_by_uid(proc_root: &Path) -> std::collections::HashMap<u32, Vec<u32>> {
+    let mut by_uid: std::collections::HashMap<u32, Vec<u32>> = Default::default();
+    for p in crate::proc::pids(proc_root) {
+        if let Ok(m) = std::fs::metadata(crate::proc::dir(proc_root, p)) {
+            by_uid.entry(m.uid()).or_default().push(p);
+        }
+    }
+    for v in by_uid.values_mut() {
+        v.sort_unstable();
+    }
+    by_uid
+}
+
+/// The uid/gid layer's note on the other processes (`others`) that run as the VM's uid.
+pub fn uid_note(others: &[u32]) -> String {
     match others.len() {
         0 => "no other process runs as this uid".to_owned(),
         n => format!(

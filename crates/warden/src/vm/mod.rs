@@ -57,12 +57,28 @@ pub struct VmHandle {
     /// must name as its parent (see [`snapshot`]). `None` before the first, after a failed
     /// one, and after [`VmHandle::attach`].
     last_snapshot: std::sync::Mutex<Option<PathBuf>>,
-    /// The isolation report's uid-sharing note, and when it was read.
-    uid_note: std::sync::Mutex<Option<(std::time::Instant, String)>>,
 }
 
-/// How long a live isolation report reuses the uid-sharing note of an earlier one.
-const UID_NOTE_TTL: Duration = Duration::from_secs(5);
+/// How old the host's processes-by-uid may be in a live isolation report.
+const UID_NOTE_TTL: Duration = Duration::from_secs(1);
+
+/// The host's processes by uid, shared by every live isolation report for [`UID_NOTE_TTL`].
+fn processes_by_uid(
+    proc_root: &std::path::Path,
+) -> std::sync::Arc<std::collections::HashMap<u32, Vec<u32>>> {
+    type ByUid = std::sync::Arc<std::collections::HashMap<u32, Vec<u32>>>;
+    static CACHE: std::sync::Mutex<Option<(std::time::Instant, ByUid)>> =
+        std::sync::Mutex::new(None);
+    let mut cached = CACHE.lock().unwrap();
+    match &*cached {
+        Some((at, m)) if at.elapsed() < UID_NOTE_TTL => m.clone(),
+        _ => {
+            let m = std::sync::Arc::new(inspect::processes_by_uid(proc_root));
+            *cached = Some((std::time::Instant::now(), m.clone()));
+            m
+        }
+    }
+}
 
 impl VmHandle {
     /// Takes charge again of a VM started earlier (e.g. by a daemon before it restarted): checks
@@ -112,7 +128,6 @@ impl VmHandle {
             client: Client::new(&socket_path),
             stop_timeout,
             last_snapshot: Default::default(),
-            uid_note: Default::default(),
         }))
     }
 
@@ -170,20 +185,14 @@ impl VmHandle {
         };
         let proc_root = std::path::Path::new(jail::proc::PROC);
         let mut report = inspect::report(proc_root, self.pid, &expected);
-        // The uid check is one pass over every process of the host (about 17 ms with 1,000
-        // VMs): it is redone at most every UID_NOTE_TTL, the rest of the report every time.
-        let note = {
-            let mut cached = self.uid_note.lock().unwrap();
-            match &*cached {
-                Some((at, note)) if at.elapsed() < UID_NOTE_TTL => note.clone(),
-                _ => {
-                    let note = inspect::uid_sharing(proc_root, self.pid, self.plan.uid);
-                    *cached = Some((std::time::Instant::now(), note.clone()));
-                    note
-                }
-            }
-        };
-        inspect::add_uid_note(&mut report, &note);
+        // The uid check is one pass over every process of the host (about 15 ms with 1,000
+        // VMs): live reports of all VMs share one pass at most UID_NOTE_TTL old, the rest of
+        // the report is read every time. (The report kept from the start has a pass of its own.)
+        let others: Vec<u32> = processes_by_uid(proc_root)
+            .get(&self.plan.uid)
+            .map(|v| v.iter().copied().filter(|&p| p != self.pid).collect())
+            .unwrap_or_default();
+        inspect::add_uid_note(&mut report, &inspect::uid_note(&others));
         report
     }
 
@@ -634,7 +643,6 @@ async fn finish(
         client,
         stop_timeout: options.stop_timeout,
         last_snapshot: Default::default(),
-        uid_note: Default::default(),
         phases: phases.0,
     })
 }
