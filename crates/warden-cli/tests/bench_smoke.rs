@@ -135,13 +135,16 @@ fn bench_start_smoke() {
         "bare jailer",
         "warden run",
         "library start_vm",
-        "daemon",
+        "daemon CreateVm+BootVm",
+        "daemon from pool",
     ] {
         assert!(
             names.iter().any(|n| n.starts_with(want)),
             "{want}: {names:?}"
         );
     }
+    // Every pooled boot took a warm jail.
+    assert!(r["note"].as_str().unwrap().contains("misses 0"), "{r:#}");
     for row in rows {
         check_row(row, 1);
         assert!(row["ratio"].as_f64().unwrap() > 0.0, "{row:#}");
@@ -245,22 +248,23 @@ fn bench_restore_smoke() {
     check_common(&r, "restore");
     let rows = r["rows"].as_array().unwrap();
     let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
-    assert_eq!(rows.len(), 4, "{names:?}");
+    assert_eq!(rows.len(), 5, "{names:?}");
     for (row, want) in rows.iter().zip([
         "bare firecracker",
         "library restore_vm",
-        "daemon RestoreVm",
+        "daemon RestoreVm (jailed)",
+        "daemon RestoreVm from pool",
         "daemon 3 concurrent clones",
     ]) {
         assert!(row["name"].as_str().unwrap().starts_with(want), "{names:?}");
     }
-    for row in &rows[..3] {
+    for row in &rows[..4] {
         check_row(row, 2);
         assert!(row["ratio"].as_f64().unwrap() > 0.0, "{row:#}");
     }
     // One burst of three clones, each timed.
-    check_row(&rows[3], 3);
-    assert!(rows[3]["p99_ms"].as_f64().unwrap() >= rows[3]["median_ms"].as_f64().unwrap());
+    check_row(&rows[4], 3);
+    assert!(rows[4]["p99_ms"].as_f64().unwrap() >= rows[4]["median_ms"].as_f64().unwrap());
     let phases = r["phases"].as_array().unwrap();
     assert!(phases.iter().any(|p| p["name"] == "snapshot load"), "{r:#}");
     assert_nothing_left(pid, Some(base.path()));

@@ -311,10 +311,12 @@ impl Store {
             rec.updated_at,
         );
         self.run(format!("inserting VM {id}"), move |c| {
-            let n = c.execute(
-                "INSERT OR IGNORE INTO vms (id, state, record, updated_at) VALUES (?1, ?2, ?3, ?4)",
-                params![id, state, json, at],
-            )?;
+            // Cached statements: a boot writes its row several times.
+            let n = c
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO vms (id, state, record, updated_at) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![id, state, json, at])?;
             Ok(n == 1)
         })
         .await
@@ -329,10 +331,10 @@ impl Store {
             rec.updated_at,
         );
         self.run(format!("updating VM {id}"), move |c| {
-            c.execute(
+            c.prepare_cached(
                 "UPDATE vms SET state = ?2, record = ?3, updated_at = ?4 WHERE id = ?1",
-                params![id, state, json, at],
-            )?;
+            )?
+            .execute(params![id, state, json, at])?;
             Ok(())
         })
         .await
@@ -373,7 +375,8 @@ impl Store {
     pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
         let id = id.to_owned();
         self.run(format!("deleting VM {id}"), move |c| {
-            c.execute("DELETE FROM vms WHERE id = ?1", params![id])?;
+            c.prepare_cached("DELETE FROM vms WHERE id = ?1")?
+                .execute(params![id])?;
             Ok(())
         })
         .await
