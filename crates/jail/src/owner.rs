@@ -378,21 +378,10 @@ impl Registry {
             // Written whole to a temporary file, then linked to its name (which fails if the
             // uid is taken): a lease is never seen half written, even after a SIGKILL.
             let path = self.uid_path(uid);
-            let tmp = dir.join(format!(
-                ".{uid}.{}.{:?}.tmp",
-                std::process::id(),
-                std::thread::current().id()
-            ));
-            let written = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .and_then(|mut f| {
-                    f.write_all(&serde_json::to_vec(&lease).expect("a lease serializes"))
-                });
-            let linked = written.and_then(|()| std::fs::hard_link(&tmp, &path));
+            let tmp = self.lease_tmp(&lease, "lease");
+            let linked = self
+                .write_lease(&tmp, &lease)
+                .and_then(|()| std::fs::hard_link(&tmp, &path));
             let _ = std::fs::remove_file(&tmp);
             match linked {
                 Ok(()) => return Ok(Some(uid)),
@@ -414,6 +403,27 @@ impl Registry {
         std::fs::read(self.uid_path(uid))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
+    }
+
+    /// A temporary file name for a lease being written (`what`: the step writing it).
+    fn lease_tmp(&self, lease: &UidLease, what: &str) -> PathBuf {
+        self.uid_dir().join(format!(
+            ".{}.{}.{:?}.{what}.tmp",
+            lease.uid,
+            std::process::id(),
+            std::thread::current().id()
+        ))
+    }
+
+    /// Writes `lease` whole into the new file `tmp` (mode 0600), to be linked or renamed.
+    fn write_lease(&self, tmp: &Path, lease: &UidLease) -> io::Result<()> {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(tmp)
+            .and_then(|mut f| f.write_all(&serde_json::to_vec(lease).expect("a lease serializes")))
     }
 
     /// Passes `owner`'s lease of `uid` from `from` to `to` (a warm jail's uid going to the VM
@@ -441,18 +451,9 @@ impl Registry {
             vm_id: to.to_owned(),
             owner: owner.clone(),
         };
-        let tmp = self.uid_dir().join(format!(
-            ".{uid}.{}.{:?}.relabel.tmp",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let written = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(&serde_json::to_vec(&lease).expect("a lease serializes")))
+        let tmp = self.lease_tmp(&lease, "relabel");
+        let written = self
+            .write_lease(&tmp, &lease)
             .and_then(|()| std::fs::rename(&tmp, &path));
         written.map_err(|source| {
             let _ = std::fs::remove_file(&tmp);

@@ -38,8 +38,24 @@ impl Profile {
         })
     }
 
+    /// [`Self::start`] when `--profile` gave a file (`out`), for the bench's daemon `pid`.
+    pub(crate) fn start_if(out: Option<&Path>, pid: Option<u32>) -> anyhow::Result<Option<Self>> {
+        match out {
+            Some(out) => Ok(Some(Self::start(pid.context("the daemon runs")?, out)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stops the recording and puts its summary into `report` (or a warning saying why not).
+    pub(crate) fn finish_into(self, report: &mut super::Report) {
+        match self.finish() {
+            Ok(lines) => report.profile = lines,
+            Err(e) => report.warnings.push(format!("no profile: {e:#}")),
+        }
+    }
+
     /// Stops the recording and returns the summary lines.
-    pub(crate) fn finish(self) -> anyhow::Result<Vec<String>> {
+    fn finish(self) -> anyhow::Result<Vec<String>> {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT)?;
         let out = self.child.wait_with_output()?;

@@ -57,13 +57,7 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<Report> {
     }
     anyhow::ensure!(!steps.is_empty(), "no step: give --steps and --max");
     let daemon = Arc::new(BenchDaemon::start(true)?);
-    let profile = match &args.profile {
-        Some(out) => Some(super::profile::Profile::start(
-            daemon.pid().context("the daemon runs")?,
-            out,
-        )?),
-        None => None,
-    };
+    let profile = super::profile::Profile::start_if(args.profile.as_deref(), daemon.pid())?;
     let mut report = Report::new(
         "scale",
         format!(
@@ -116,10 +110,7 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<Report> {
         }
     }
     if let Some(p) = profile {
-        match p.finish() {
-            Ok(lines) => report.profile = lines,
-            Err(e) => report.warnings.push(format!("no profile: {e:#}")),
-        }
+        p.finish_into(&mut report);
     }
     let daemon = Arc::into_inner(daemon).context("daemon still shared")?;
     report.leftovers = daemon.finish().await?;

@@ -66,13 +66,7 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<Report> {
     let env = Arc::new(Env::new(&std::path::PathBuf::from(&args.chroot_base))?);
     let guard = env.guard();
     let daemon = Arc::new(BenchDaemon::start(args.daemon_pidns)?);
-    let profile = match &args.profile {
-        Some(out) => Some(super::profile::Profile::start(
-            daemon.pid().context("the daemon runs")?,
-            out,
-        )?),
-        None => None,
-    };
+    let profile = super::profile::Profile::start_if(args.profile.as_deref(), daemon.pid())?;
     let rounds = args.rounds.clamp(1, args.count);
     let cells: Vec<(usize, usize)> = args
         .concurrency
@@ -165,10 +159,7 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<Report> {
     });
     report.phases = phases.iter().map(|(n, s)| Row::new(n, s)).collect();
     if let Some(p) = profile {
-        match p.finish() {
-            Ok(lines) => report.profile = lines,
-            Err(e) => report.warnings.push(format!("no profile: {e:#}")),
-        }
+        p.finish_into(&mut report);
     }
     let daemon = Arc::into_inner(daemon).context("daemon still shared")?;
     let left = daemon.finish().await?;

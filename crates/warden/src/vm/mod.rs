@@ -521,40 +521,9 @@ async fn start_inner(
             off.why
         );
     }
-    if let Some(r) = &options.restore {
-        // Once per start, at the moment of use: the store's files still match the manifest.
-        let r = r.clone();
-        let p = plan.clone();
-        tokio::task::spawn_blocking(move || {
-            snapshot::check_restore_space(&p)?;
-            snapshot::verify(&r.store, &r.manifest)
-        })
-        .await
-        .map_err(|e| Error::Os {
-            what: "checking the snapshot".into(),
-            source: std::io::Error::other(e.to_string()),
-        })??;
-    }
-    let ownership = jailer::Ownership {
-        uid_leased,
-        owner: options
-            .owner
-            .clone()
-            .unwrap_or_else(jail::Owner::this_process),
-        registry: options.registry.clone(),
-        die_with_owner: options.die_with_owner,
-    };
+    verify_restore(options, &plan).await?;
     // Launch removes whatever it made when it fails.
-    let (process, client) = jailer::launch(
-        &spec,
-        plan,
-        ownership,
-        options.serial.clone(),
-        options.serial_log_max_bytes,
-        options.socket_timeout,
-        &mut phases,
-    )
-    .await?;
+    let (process, client) = launch(&spec, plan, options, uid_leased, &mut phases).await?;
     let plan = process.plan.clone();
     finish(
         &config.vm_id,
@@ -564,6 +533,54 @@ async fn start_inner(
         client,
         plan,
         unjailed_reason.as_deref(),
+        phases,
+    )
+    .await
+}
+
+/// Once per start from a snapshot, at the moment of use: the clone's copies fit on the disk,
+/// and the store's files still match the manifest (see [`snapshot::verify`]).
+async fn verify_restore(options: &VmOptions, plan: &JailPlan) -> Result<(), Error> {
+    let Some(r) = options.restore.clone() else {
+        return Ok(());
+    };
+    let p = plan.clone();
+    tokio::task::spawn_blocking(move || {
+        snapshot::check_restore_space(&p)?;
+        snapshot::verify(&r.store, &r.manifest)
+    })
+    .await
+    .map_err(|e| Error::Os {
+        what: "checking the snapshot".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?
+}
+
+/// Makes the jail's host state and starts the jailer with `options`' owner, console and
+/// timeouts (see [`jailer::launch`]).
+async fn launch(
+    spec: &jail::JailSpec,
+    plan: JailPlan,
+    options: &VmOptions,
+    uid_leased: bool,
+    phases: &mut Phases,
+) -> Result<(process::Process, Client), Error> {
+    let ownership = jailer::Ownership {
+        uid_leased,
+        owner: options
+            .owner
+            .clone()
+            .unwrap_or_else(jail::Owner::this_process),
+        registry: options.registry.clone(),
+        die_with_owner: options.die_with_owner,
+    };
+    jailer::launch(
+        spec,
+        plan,
+        ownership,
+        options.serial.clone(),
+        options.serial_log_max_bytes,
+        options.socket_timeout,
         phases,
     )
     .await

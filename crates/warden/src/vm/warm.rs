@@ -14,7 +14,7 @@ use std::time::Instant;
 use firecracker_api::Client;
 
 use super::config::{JailerMode, VmConfig, VmOptions, MIN_MEMORY_MB};
-use super::{jailer, plan_inner, process, snapshot, Phases, Planned, VmHandle};
+use super::{plan_inner, process, Phases, Planned, VmHandle};
 use crate::Error;
 
 /// A jail with Firecracker's API up and nothing configured, waiting for a VM.
@@ -44,25 +44,8 @@ pub async fn warm_jail(id: &str, memory_mb: u32, options: &VmOptions) -> Result<
     let config = placeholder(id, memory_mb.max(MIN_MEMORY_MB));
     let planned = plan_inner(&config, &options, false)?;
     let mut phases = Phases::start();
-    let ownership = jailer::Ownership {
-        uid_leased: false,
-        owner: options
-            .owner
-            .clone()
-            .unwrap_or_else(jail::Owner::this_process),
-        registry: options.registry.clone(),
-        die_with_owner: options.die_with_owner,
-    };
-    let (process, client) = jailer::launch(
-        &planned.spec,
-        planned.plan,
-        ownership,
-        options.serial.clone(),
-        options.serial_log_max_bytes,
-        options.socket_timeout,
-        &mut phases,
-    )
-    .await?;
+    let (process, client) =
+        super::launch(&planned.spec, planned.plan, &options, false, &mut phases).await?;
     Ok(WarmJail {
         process,
         client,
@@ -150,15 +133,7 @@ impl WarmJail {
             client,
             ..
         } = self;
-        if let Some(r) = &options.restore {
-            let r = r.clone();
-            tokio::task::spawn_blocking(move || snapshot::verify(&r.store, &r.manifest))
-                .await
-                .map_err(|e| Error::Os {
-                    what: "checking the snapshot".into(),
-                    source: std::io::Error::other(e.to_string()),
-                })??;
-        }
+        super::verify_restore(options, &planned.plan).await?;
         let plan = planned.plan;
         let taken = {
             let (plan, jail, pid) = (plan.clone(), process.jail(), process.pid);
