@@ -85,6 +85,18 @@ async fn warm_jails_are_taken_and_those_left_after_a_daemon_sigkill_are_removed(
     let c = d.client();
     let left = warm_jails(&d);
     assert_eq!(left.len(), 1, "{left:?}\n{}", d.logs());
+    // Their console directories went with them; the VM's is kept.
+    let consoles: Vec<_> = std::fs::read_dir(d.dir.path().join("state/vms"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("pool-"))
+        .collect();
+    assert_eq!(
+        consoles,
+        [left[0].file_name().unwrap().to_string_lossy().into_owned()],
+        "{consoles:?}"
+    );
     let info = vm_info(&c, id.as_str()).await;
     assert_eq!(info.state, pb::VmState::Running as i32);
     c.pause_vm(pb::PauseVmRequest { vm_id: id.clone() })

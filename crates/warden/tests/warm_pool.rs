@@ -180,6 +180,11 @@ async fn first_boots_take_warm_jails_and_nothing_of_the_pool_outlives_the_daemon
     assert_eq!(rec.jail_id(), a);
     assert_eq!(rec.uid, Some(uid));
     assert_eq!(rec.serial_path.as_ref(), Some(&usual));
+    let warm_console = plan.jail_dir.file_name().unwrap().to_owned();
+    assert!(
+        !cfg.state_dir.join("vms").join(&warm_console).exists(),
+        "the console of the warm jail it ran in is gone"
+    );
     assert!(!usual.symlink_metadata().unwrap().file_type().is_symlink());
     wait_serial(&usual, "WARDEN_FLOOD 10 ").await;
 

@@ -26,6 +26,9 @@ use super::manager::Manager;
 use super::store::VmSpec;
 use crate::vm::warm::{warm_jail, WarmJail};
 
+/// How warm jails' ids begin.
+pub(crate) const PREFIX: &str = "pool-";
+
 /// The ready warm jails and their counters.
 #[derive(Default)]
 pub(crate) struct WarmPool {
@@ -92,9 +95,28 @@ impl Manager {
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
     }
 
+    /// Removes the console directories of warm jails that no stored VM points at (jails made
+    /// before a crash; recovery removes the jails themselves as orphans).
+    pub(crate) fn remove_stale_warm_consoles(&self, records: &[super::store::VmRecord]) {
+        let used: std::collections::HashSet<std::path::PathBuf> = records
+            .iter()
+            .filter_map(|r| r.serial_path.as_ref()?.parent().map(|p| p.to_owned()))
+            .collect();
+        for e in std::fs::read_dir(self.vm_dir(""))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let warm = e.file_name().to_string_lossy().starts_with(PREFIX);
+            if warm && !used.contains(&e.path()) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+
     /// Makes one warm jail: a uid leased for it, its console file, the jailer run.
     async fn make_warm_jail(&self) -> Result<WarmJail, super::error::ManagerError> {
-        let id = format!("pool-{}", super::verbs::random_hex());
+        let id = format!("{PREFIX}{}", super::verbs::random_hex());
         let uid = self.uids.lease(&id).await?;
         let made = async {
             let dir = self.vm_dir(&id);

@@ -40,6 +40,7 @@ pub(crate) async fn recover(m: &Arc<Manager>) -> Result<(), ManagerError> {
         tracing::warn!(path = %p.display(), "removed a snapshot left half-written by the last daemon");
     }
     let records = m.store.list().await?;
+    m.remove_stale_warm_consoles(&records);
     let mut known = HashSet::new();
     for rec in records {
         known.insert(rec.id.clone());

@@ -55,7 +55,10 @@ impl Manager {
         slot.rec.pid = None;
         slot.rec.start_time = None;
         slot.rec.exit = None;
-        slot.rec.serial_path = Some(self.serial_path(&id));
+        // A VM that ran in a warm jail before has its console there; this run writes its own.
+        if let Some(old) = slot.rec.serial_path.replace(self.serial_path(&id)) {
+            self.remove_warm_console(&id, &old);
+        }
         self.put(&mut slot.rec).await?;
         let started = async {
             let dir = self.vm_dir(&id);
@@ -107,6 +110,18 @@ impl Manager {
             })?;
         }
         Ok(())
+    }
+
+    /// Removes the console directory of the warm jail VM `id` ran in (`old`: its console file),
+    /// once that jail is gone. Nothing else: a VM's own directory stays.
+    fn remove_warm_console(&self, id: &str, old: &std::path::Path) {
+        let Some(dir) = old.parent() else { return };
+        let is_warm = dir
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(super::super::pool::PREFIX));
+        if is_warm && dir.parent() == Some(self.vm_dir("").as_path()) && dir != self.vm_dir(id) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 
     /// Removes console links [`Self::link_console`] made (never a file).
