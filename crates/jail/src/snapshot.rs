@@ -189,7 +189,8 @@ pub fn merge_diff(
         return Err(SnapshotError::Diff {
             path: diff_path,
             why: format!(
-                "it is {} bytes, its parent's memory {} is {base_len}: a diff only applies to                  the memory of the same VM",
+                "it is {} bytes, its parent's memory {} is {base_len}: a diff only applies to \
+                 the memory of the same VM",
                 src_meta.len(),
                 parent.display()
             ),
@@ -202,7 +203,9 @@ pub fn merge_diff(
         return Err(SnapshotError::Diff {
             path: diff_path,
             why: format!(
-                "its filesystem reports {diff_bytes} bytes of data but only {allocated} are                  allocated, so it does not report holes (SEEK_DATA); put the chroot base on a                  filesystem that does (ext4, xfs, btrfs, tmpfs) to take diff snapshots"
+                "its filesystem reports {diff_bytes} bytes of data but only {allocated} are \
+                 allocated, so it does not report holes (SEEK_DATA); put the chroot base on a \
+                 filesystem that does (ext4, xfs, btrfs, tmpfs) to take diff snapshots"
             ),
         });
     }

@@ -134,15 +134,15 @@ pub fn remove(path: &Path) -> Result<(), NetnsError> {
             let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
             let dir = dir.as_path();
             let seen = dir.join(path.file_name().unwrap_or_default());
-            let hint = hidden_mounts(&mountinfo, dir)
-                .contains(&seen)
-                .then(|| {
-                    format!(
-                        "it is mounted under a later mount of {} (made by `ip netns` after this                          namespace was created), where no path reaches it; it is freed at reboot,                          or now with `umount -l {}` once no other namespace there is in use",
-                        dir.display(),
-                        dir.display()
-                    )
-                });
+            let hint = hidden_mounts(&mountinfo, dir).contains(&seen).then(|| {
+                format!(
+                    "it is mounted under a later mount of {} (made by `ip netns` after this \
+                         namespace was created), where no path reaches it; it is freed at reboot, \
+                         or now with `umount -l {}` once no other namespace there is in use",
+                    dir.display(),
+                    dir.display()
+                )
+            });
             Err(err("remove", source, hint))
         }
         Err(source) => Err(err("remove", source, None)),
