@@ -129,19 +129,7 @@ pub fn report(proc_root: &Path, pid: u32, expected: &Expected<'_>) -> IsolationR
 
 pub use crate::proc::{is_running, start_time};
 
-/// Adds to the uid/gid layer whether any other process runs as the VM's uid (`uid`): a VM's uid
-/// should be its own. One pass over `/proc`, so it is done once per report that is kept, not on
-/// every re-read.
-pub fn note_uid_sharing(report: &mut IsolationReport, proc_root: &Path, pid: u32, uid: u32) {
-    if !report.uid_gid.active {
-        return;
-    }
-    let shared = uid_sharing(proc_root, pid, uid);
-    add_uid_note(report, &shared);
-}
-
-/// The uid/gid layer's note from [`uid_sharing`], added to `report` (a caller that keeps the
-/// note for a while adds it to later reports itself).
+/// The uid/gid layer's note (see [`uid_note`]) added to `report`: a VM's uid should be its own.
 pub fn add_uid_note(report: &mut IsolationReport, note: &str) {
     if !report.uid_gid.active {
         return;
@@ -150,13 +138,8 @@ pub fn add_uid_note(report: &mut IsolationReport, note: &str) {
     report.uid_gid.detail.push_str(note);
 }
 
-/// Whether any process other than `pid` runs as `uid`, as the uid/gid layer says it.
-pub fn uid_sharing(proc_root: &Path, pid: u32, uid: u32) -> String {
-    uid_note(&uid_sharers(proc_root, uid, pid))
-}
-
-/// Every process by its effective uid (one pass over `/proc`), for callers that answer for many
-/// VMs from one pass.
+/// Every process by its effective uid (the owner of `/proc/<pid>`): one pass over `/proc`, for
+/// callers that answer for many VMs from one pass.
 pub fn processes_by_uid(proc_root: &Path) -> std::collections::HashMap<u32, Vec<u32>> {
     let mut by_uid: std::collections::HashMap<u32, Vec<u32>> = Default::default();
     for p in crate::proc::pids(proc_root) {
@@ -185,20 +168,6 @@ pub fn uid_note(others: &[u32]) -> String {
                 .join(", ")
         ),
     }
-}
-
-/// Other processes (not `pid`) whose effective uid is `uid`: the owner of `/proc/<pid>` is the
-/// process's effective uid.
-pub fn uid_sharers(proc_root: &Path, uid: u32, pid: u32) -> Vec<u32> {
-    let mut out: Vec<u32> = crate::proc::pids(proc_root)
-        .into_iter()
-        .filter(|&p| {
-            p != pid
-                && std::fs::metadata(crate::proc::dir(proc_root, p)).is_ok_and(|m| m.uid() == uid)
-        })
-        .collect();
-    out.sort_unstable();
-    out
 }
 
 fn ns_id(proc_dir: &Path, name: &str) -> Option<String> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use warden::daemon::state::VmState;
 use warden::daemon::store::VmSpec;
-use warden::daemon::{ErrorCode, Manager, ManagerError, VmInfo};
+use warden::daemon::{ErrorCode, Manager, ManagerError, VmInfo, VmInfoRef};
 
 use crate::{pb, ApiError, Code, VmService};
 
@@ -621,9 +621,60 @@ fn layer(l: &warden::Layer) -> pb::IsolationLayer {
     }
 }
 
-/// warden's own view of a VM.
-pub fn details_to_pb(v: &VmInfo) -> pb::VmDetails {
-    let r = &v.record;
+/// warden's own view of a VM: GetVmInfo's, with everything ListVms' summary leaves out.
+pub fn details_to_pb(v: VmInfoRef<'_>) -> pb::VmDetails {
+    let mut d = summary_to_pb(v);
+    let Some(p) = v.record.plan.as_ref() else {
+        return d;
+    };
+    if let Some(c) = &mut d.cgroup {
+        c.paths = p
+            .cgroup_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        c.settings = p
+            .cgroups
+            .iter()
+            .map(|c| pb::CgroupSetting {
+                file: c.file.clone(),
+                value: c.value.clone(),
+                path: c
+                    .path
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                by_warden: c.by_warden,
+            })
+            .collect();
+    }
+    d.staged_assets = p
+        .staged
+        .iter()
+        .map(|f| pb::StagedAsset {
+            source: f.source.display().to_string(),
+            path_in_jail: f.path_in_jail.display().to_string(),
+            method: f.method.as_str().into(),
+            writable: f.writable,
+        })
+        .collect();
+    if let (Some(i), Some(out)) = (v.isolation, &mut d.isolation) {
+        out.jailer = Some(layer(&i.jailer));
+        out.uid_gid = Some(layer(&i.uid_gid));
+        out.chroot = Some(layer(&i.chroot));
+        out.cgroups = Some(layer(&i.cgroups));
+        out.seccomp = Some(layer(&i.seccomp));
+        out.pid_ns = Some(layer(&i.pid_ns));
+        out.net_ns = Some(layer(&i.net_ns));
+    }
+    d
+}
+
+/// ListVms' summary of warden's view: without what only one VM's page needs (cgroup paths and
+/// settings, staged assets, each isolation layer's text; GetVmInfo has them). A full list of
+/// 1,000 VMs carried about 3 MB of JSON with them.
+fn summary_to_pb(v: VmInfoRef<'_>) -> pb::VmDetails {
+    let r = v.record;
     let plan = r.plan.as_ref();
     let net = plan.and_then(|p| p.net.as_ref());
     let memory_limit = plan.and_then(|p| {
@@ -648,59 +699,24 @@ pub fn details_to_pb(v: &VmInfo) -> pb::VmDetails {
             .map(|p| p.socket_path.display().to_string())
             .unwrap_or_default(),
         cgroup: plan.map(|p| pb::CgroupInfo {
-            paths: p
-                .cgroup_dirs
-                .iter()
-                .map(|d| d.display().to_string())
-                .collect(),
-            memory_bytes: v.stats.as_ref().and_then(|s| s.memory_bytes),
+            paths: Vec::new(),
+            memory_bytes: v.stats.and_then(|s| s.memory_bytes),
             memory_limit_bytes: memory_limit
                 .filter(|_| !p.cgroups_off.iter().any(|o| o.controller == "memory")),
-            cpu_usage_ns: v.stats.as_ref().and_then(|s| s.cpu_usage_ns),
-            oom_kills: v.stats.as_ref().and_then(|s| s.oom_kills),
-            pids_current: v.stats.as_ref().and_then(|s| s.pids_current),
+            cpu_usage_ns: v.stats.and_then(|s| s.cpu_usage_ns),
+            oom_kills: v.stats.and_then(|s| s.oom_kills),
+            pids_current: v.stats.and_then(|s| s.pids_current),
             limits_off: p
                 .cgroups_off
                 .iter()
                 .map(|o| format!("{}: {}", o.controller, o.why))
                 .collect(),
-            settings: p
-                .cgroups
-                .iter()
-                .map(|c| pb::CgroupSetting {
-                    file: c.file.clone(),
-                    value: c.value.clone(),
-                    path: c
-                        .path
-                        .as_ref()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default(),
-                    by_warden: c.by_warden,
-                })
-                .collect(),
+            settings: Vec::new(),
         }),
-        staged_assets: plan
-            .map(|p| {
-                p.staged
-                    .iter()
-                    .map(|f| pb::StagedAsset {
-                        source: f.source.display().to_string(),
-                        path_in_jail: f.path_in_jail.display().to_string(),
-                        method: f.method.as_str().into(),
-                        writable: f.writable,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-        isolation: v.isolation.as_ref().map(|i| pb::IsolationReport {
+        staged_assets: Vec::new(),
+        isolation: v.isolation.map(|i| pb::IsolationReport {
             is_sandboxed: i.is_sandboxed,
-            jailer: Some(layer(&i.jailer)),
-            uid_gid: Some(layer(&i.uid_gid)),
-            chroot: Some(layer(&i.chroot)),
-            cgroups: Some(layer(&i.cgroups)),
-            seccomp: Some(layer(&i.seccomp)),
-            pid_ns: Some(layer(&i.pid_ns)),
-            net_ns: Some(layer(&i.net_ns)),
+            ..Default::default()
         }),
         exit: r.exit.as_ref().map(|e| pb::ExitInfo {
             reason: e.reason.as_str().into(),
@@ -724,28 +740,9 @@ pub fn details_to_pb(v: &VmInfo) -> pb::VmDetails {
     }
 }
 
-/// ListVms' summary of warden's view: `details_to_pb` without what only one VM's page needs
-/// (cgroup paths and settings, staged assets, each isolation layer's text; GetVmInfo has them).
-/// A full list of 1,000 VMs carried about 3 MB of JSON with them.
-fn summary_to_pb(v: &VmInfo) -> pb::VmDetails {
-    let mut d = details_to_pb(v);
-    if let Some(c) = &mut d.cgroup {
-        c.paths = Vec::new();
-        c.settings = Vec::new();
-    }
-    d.staged_assets = Vec::new();
-    if let Some(i) = &mut d.isolation {
-        *i = pb::IsolationReport {
-            is_sandboxed: i.is_sandboxed,
-            ..Default::default()
-        };
-    }
-    d
-}
-
 /// The list entry of a VM.
-pub fn info_to_pb(v: &VmInfo) -> pb::VmInfo {
-    let r = &v.record;
+pub fn info_to_pb(v: VmInfoRef<'_>) -> pb::VmInfo {
+    let r = v.record;
     pb::VmInfo {
         vm_id: r.id.clone(),
         state: common_state(r.state) as i32,
@@ -771,7 +768,7 @@ fn uptime_seconds(start_ticks: u64) -> Option<u64> {
 /// GetVmInfo's answer.
 pub fn get_response(v: &VmInfo) -> pb::GetVmInfoResponse {
     let r = &v.record;
-    let details = details_to_pb(v);
+    let details = details_to_pb(v.borrowed());
     let running = r.state.may_have_process();
     let uptime = r
         .start_time
@@ -1024,25 +1021,29 @@ impl VmService for ManagerService {
             req.page_size
         } as usize;
         // The manager lists by id, so a page is the ids after the last one of the previous page;
-        // VMs created or deleted between pages neither repeat nor shift the others.
-        let vms: Vec<VmInfo> = self
+        // VMs created or deleted between pages neither repeat nor shift the others. Entries are
+        // made only for the page (and one more, to know whether another page follows).
+        let mut total = 0usize;
+        let mut made = 0usize;
+        let mut page: Vec<pb::VmInfo> = self
             .0
-            .list()
-            .await?
-            .into_iter()
-            .filter(|v| state_matches(&req.state_filter, v.record.state))
-            .collect();
-        let total = vms.len();
-        let rest: Vec<&VmInfo> = vms
-            .iter()
-            .filter(|v| {
-                after
+            .list_with(|v| {
+                if !state_matches(&req.state_filter, v.record.state) {
+                    return None;
+                }
+                total += 1;
+                let in_page = after
                     .as_ref()
-                    .is_none_or(|a| v.record.id.as_str() > a.as_str())
+                    .is_none_or(|a| v.record.id.as_str() > a.as_str());
+                if !in_page || made > size {
+                    return None;
+                }
+                made += 1;
+                Some(info_to_pb(v))
             })
-            .collect();
-        let page: Vec<pb::VmInfo> = rest.iter().take(size).map(|v| info_to_pb(v)).collect();
-        let next_page_token = if rest.len() > size {
+            .await?;
+        let next_page_token = if page.len() > size {
+            page.truncate(size);
             page.last()
                 .map(|v| page_token(&v.vm_id))
                 .unwrap_or_default()

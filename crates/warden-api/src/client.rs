@@ -78,7 +78,7 @@ impl fmt::Display for Endpoint {
     }
 }
 
-/// A Connect (proto3 JSON, unary) client for `vmprovisioner.v1.VmService`.
+/// A Connect client (unary calls in binary protobuf, or proto3 JSON with [`Client::call`]; WatchVms streamed in JSON) for `vmprovisioner.v1.VmService`.
 #[derive(Clone)]
 pub struct Client {
     endpoint: Endpoint,
@@ -102,7 +102,7 @@ macro_rules! rpcs {
         $(
             $(#[$doc])*
             pub async fn $func(&self, req: pb::$req) -> Result<pb::$resp, ApiError> {
-                self.call($method, &req).await
+                self.call_proto($method, &req).await
             }
         )*
     };
@@ -191,7 +191,44 @@ impl Client {
     {
         let body = serde_json::to_vec(req)
             .map_err(|e| ApiError::internal(format!("failed to encode the request: {e}")))?;
-        let exchange = self.exchange(method, Bytes::from(body));
+        let body = self
+            .unary(method, Bytes::from(body), "application/json")
+            .await?;
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::internal(format!(
+                "invalid {method} response from {}: {e}",
+                self.endpoint
+            ))
+        })
+    }
+
+    /// Calls `method` in binary protobuf (`application/proto`), as the typed methods do: a
+    /// list of 1,000 VMs is about a third of its JSON's size and decodes several times faster.
+    /// Errors still come as Connect's JSON.
+    pub async fn call_proto<Req, Resp>(&self, method: &str, req: &Req) -> Result<Resp, ApiError>
+    where
+        Req: prost::Message,
+        Resp: prost::Message + Default,
+    {
+        let body = self
+            .unary(method, Bytes::from(req.encode_to_vec()), "application/proto")
+            .await?;
+        Resp::decode(body).map_err(|e| {
+            ApiError::internal(format!(
+                "invalid {method} response from {}: {e}",
+                self.endpoint
+            ))
+        })
+    }
+
+    /// One unary exchange: the response body of a 200, or the Connect error.
+    async fn unary(
+        &self,
+        method: &str,
+        body: Bytes,
+        content_type: &'static str,
+    ) -> Result<Bytes, ApiError> {
+        let exchange = self.exchange(method, body, content_type);
         let (status, body) = match self.timeout {
             Some(t) => tokio::time::timeout(t, exchange).await.map_err(|_| {
                 ApiError::deadline_exceeded(format!(
@@ -204,12 +241,7 @@ impl Client {
         if status != StatusCode::OK {
             return Err(ApiError::from_connect_response(status, &body));
         }
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::internal(format!(
-                "invalid {method} response from {}: {e}",
-                self.endpoint
-            ))
-        })
+        Ok(body)
     }
 
     fn request(
@@ -230,7 +262,7 @@ impl Client {
             builder = builder.header(header::HOST, host);
         }
         // A stream has no deadline.
-        if let Some(t) = self.timeout.filter(|_| content_type == "application/json") {
+        if let Some(t) = self.timeout.filter(|_| !content_type.starts_with("application/connect+")) {
             builder = builder.header("connect-timeout-ms", t.as_millis().max(1).to_string());
         }
         if let Some(token) = &self.token {
@@ -246,8 +278,13 @@ impl Client {
             .map_err(|e| ApiError::internal(format!("failed to build the {method} request: {e}")))
     }
 
-    async fn exchange(&self, method: &str, body: Bytes) -> Result<(StatusCode, Bytes), ApiError> {
-        let resp = self.send(method, body, "application/json").await?;
+    async fn exchange(
+        &self,
+        method: &str,
+        body: Bytes,
+        content_type: &'static str,
+    ) -> Result<(StatusCode, Bytes), ApiError> {
+        let resp = self.send(method, body, content_type).await?;
         let status = resp.status();
         let body = resp
             .into_body()

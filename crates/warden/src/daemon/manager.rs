@@ -37,6 +37,39 @@ pub struct VmInfo {
     pub isolation: Option<IsolationReport>,
 }
 
+/// A [`VmInfo`] borrowed from the manager (ListVms' entries, see [`Manager::list_with`]).
+#[derive(Debug, Clone, Copy)]
+pub struct VmInfoRef<'a> {
+    /// The record.
+    pub record: &'a VmRecord,
+    /// cgroup readings, while the VM runs.
+    pub stats: Option<&'a CgroupStats>,
+    /// The isolation report, while the VM runs.
+    pub isolation: Option<&'a IsolationReport>,
+}
+
+impl VmInfo {
+    /// Borrowed.
+    pub fn borrowed(&self) -> VmInfoRef<'_> {
+        VmInfoRef {
+            record: &self.record,
+            stats: self.stats.as_ref(),
+            isolation: self.isolation.as_ref(),
+        }
+    }
+}
+
+impl VmInfoRef<'_> {
+    /// Copied.
+    pub fn cloned(self) -> VmInfo {
+        VmInfo {
+            record: self.record.clone(),
+            stats: self.stats.cloned(),
+            isolation: self.isolation.cloned(),
+        }
+    }
+}
+
 pub(crate) struct Slot {
     pub(crate) rec: VmRecord,
     pub(crate) vm: Option<VmHandle>,
@@ -68,7 +101,7 @@ pub struct Manager {
     /// Warm jails for first boots (`pool_size`).
     pub(crate) pool: super::pool::WarmPool,
     /// ListVms' cgroup readings.
-    stats: super::stats::StatsCache,
+    pub(crate) stats: super::stats::StatsCache,
 }
 
 type Result<T> = std::result::Result<T, ManagerError>;
@@ -149,57 +182,69 @@ impl Manager {
     }
 
     /// ListVms, by id. A VM busy with a request is shown as last stored. cgroup readings are
-    /// at most a second or so old (see the `stats` module).
+    /// those of the last refresh (see the `stats` module).
     pub async fn list(&self) -> Result<Vec<VmInfo>> {
-        let slots: Vec<(String, Arc<Mutex<Slot>>)> = self
+        self.list_with(|v| Some(v.cloned())).await
+    }
+
+    /// [`Manager::list`] without copying each record: `f` sees every VM, by id, borrowed while
+    /// its slot is held, and keeps what it returns.
+    pub async fn list_with<T>(&self, mut f: impl FnMut(VmInfoRef<'_>) -> Option<T>) -> Result<Vec<T>> {
+        let mut slots: Vec<(String, Arc<Mutex<Slot>>)> = self
             .slots
             .lock()
             .unwrap()
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let (readings, due) = self.stats.readings();
+        slots.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let readings = self.stats.readings();
         let mut sources = Vec::new();
-        let mut out = Vec::with_capacity(slots.len());
+        let mut out = Vec::new();
         for (id, s) in slots {
-            let info = match s.try_lock() {
+            let kept = match s.try_lock() {
                 Ok(slot) => {
+                    if slot.rec.state == VmState::Deleted {
+                        continue;
+                    }
                     let live = slot.vm.as_ref().filter(|vm| vm.exited().is_none());
-                    if let (Some(vm), true) = (live, due) {
+                    if let (Some(vm), true) = (live, readings.due) {
                         sources.push((
                             id.clone(),
                             vm.plan.cgroup_version,
                             vm.plan.cgroup_dirs.clone(),
                         ));
                     }
-                    VmInfo {
-                        record: slot.rec.clone(),
-                        stats: live.map(|vm| {
-                            readings
-                                .get(&id)
-                                .cloned()
-                                .unwrap_or_else(|| vm.cgroup_stats())
-                        }),
-                        isolation: live.map(|vm| vm.isolation.clone()),
-                    }
+                    // A VM with no reading in the cache (one re-attached at recovery) is read now.
+                    let read;
+                    let stats = match (live, readings.get(&id)) {
+                        (None, _) => None,
+                        (Some(_), Some(r)) => Some(r),
+                        (Some(vm), None) => {
+                            read = vm.cgroup_stats();
+                            Some(&read)
+                        }
+                    };
+                    f(VmInfoRef {
+                        record: &slot.rec,
+                        stats,
+                        isolation: live.map(|vm| &vm.isolation),
+                    })
                 }
                 Err(_) => match self.store.get(&id).await {
-                    Ok(Some(rec)) => VmInfo {
-                        record: rec,
+                    Ok(Some(rec)) if rec.state != VmState::Deleted => f(VmInfoRef {
+                        record: &rec,
                         stats: None,
                         isolation: None,
-                    },
+                    }),
                     _ => continue,
                 },
             };
-            if info.record.state != VmState::Deleted {
-                out.push(info);
-            }
+            out.extend(kept);
         }
-        if due {
+        if readings.due {
             self.stats.refresh(sources);
         }
-        out.sort_by(|a, b| a.record.id.cmp(&b.record.id));
         Ok(out)
     }
 

@@ -31,6 +31,9 @@ use super::store::{now_ms, ExitCause, ExitRecord, VmRecord};
 use super::watch::exit_record;
 use crate::vm::{ExitReason, VmHandle};
 
+/// How many stored VMs recovery reconciles at once.
+const RECONCILE_AT_ONCE: usize = 32;
+
 pub(crate) async fn recover(m: &Arc<Manager>) -> Result<(), ManagerError> {
     // Snapshots the last daemon was writing when it died: never complete, never listed.
     let snapshots = m.cfg.state_dir.join("snapshots");
@@ -41,7 +44,11 @@ pub(crate) async fn recover(m: &Arc<Manager>) -> Result<(), ManagerError> {
     }
     let records = m.store.list().await?;
     m.remove_stale_warm_consoles(&records);
+    // Every address and uid is marked taken before any VM is reconciled, so ending one VM
+    // never frees what another still holds. VMs are then reconciled RECONCILE_AT_ONCE at a
+    // time: most of a re-attach is waiting for the VM's own Firecracker to answer.
     let mut known = HashSet::new();
+    let mut slots = Vec::with_capacity(records.len());
     for rec in records {
         known.insert(rec.id.clone());
         known.insert(rec.jail_id().to_owned());
@@ -58,9 +65,31 @@ pub(crate) async fn recover(m: &Arc<Manager>) -> Result<(), ManagerError> {
             generation: 0,
         }));
         m.slots.lock().unwrap().insert(id, slot.clone());
-        let mut slot = slot.lock().await;
-        reconcile(m, &mut slot).await?;
-        m.events.record(&slot.rec);
+        slots.push(slot);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut first_error = None;
+    for slot in slots {
+        if tasks.len() >= RECONCILE_AT_ONCE {
+            if let Some(Err(e)) = tasks.join_next().await.transpose()? {
+                first_error.get_or_insert(e);
+            }
+        }
+        let m = m.clone();
+        tasks.spawn(async move {
+            let mut slot = slot.lock().await;
+            let done = reconcile(&m, &mut slot).await;
+            m.events.record(&slot.rec);
+            done
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        if let Err(e) = done? {
+            first_error.get_or_insert(e);
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
     }
     let uids = m.uids.held();
     let (m2, known) = (m.clone(), known);

@@ -1,8 +1,10 @@
 //! ListVms' cgroup readings, cached: reading every VM's cgroup files on every call made a list
 //! of 1,000 VMs cost tens of milliseconds. A list serves the readings of the last refresh and,
 //! when they are older than [`MAX_AGE`], starts one refresh in the background (never more than
-//! one at a time); a VM not yet in the cache (just booted) is read at once. GetVmInfo still
-//! reads its one VM live. Nothing runs while nobody lists.
+//! one at a time). A VM started since the last refresh shows the reading taken at its start
+//! (or, for one re-attached at recovery, a reading taken at once). GetVmInfo still reads its
+//! one VM live. Nothing runs while nobody lists, so the first list after a quiet spell shows
+//! the readings of the last refresh and starts the next.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -25,16 +27,50 @@ pub(crate) struct StatsCache {
 
 #[derive(Default)]
 struct Inner {
-    readings: Mutex<(HashMap<String, CgroupStats>, Option<Instant>)>,
+    /// The last refresh's readings and when it ended.
+    readings: Mutex<(Arc<HashMap<String, CgroupStats>>, Option<Instant>)>,
+    /// Readings taken at a VM's start, until a refresh reads it.
+    started: Mutex<HashMap<String, CgroupStats>>,
     refreshing: AtomicBool,
+}
+
+/// What a list serves.
+pub(crate) struct Readings {
+    map: Arc<HashMap<String, CgroupStats>>,
+    started: HashMap<String, CgroupStats>,
+    /// Older than [`MAX_AGE`]: the list should start a refresh.
+    pub(crate) due: bool,
+}
+
+impl Readings {
+    /// The VM's reading, if the cache has one.
+    pub(crate) fn get(&self, id: &str) -> Option<&CgroupStats> {
+        self.map.get(id).or_else(|| self.started.get(id))
+    }
 }
 
 impl StatsCache {
     /// The cached readings, and whether they are due for a refresh.
-    pub(crate) fn readings(&self) -> (HashMap<String, CgroupStats>, bool) {
-        let r = self.inner.readings.lock().unwrap();
-        let due = r.1.is_none_or(|t| t.elapsed() > MAX_AGE);
-        (r.0.clone(), due)
+    pub(crate) fn readings(&self) -> Readings {
+        let (map, due) = {
+            let r = self.inner.readings.lock().unwrap();
+            (r.0.clone(), r.1.is_none_or(|t| t.elapsed() > MAX_AGE))
+        };
+        Readings {
+            map,
+            started: self.inner.started.lock().unwrap().clone(),
+            due,
+        }
+    }
+
+    /// Keeps the reading taken at a VM's start, so the first list after many starts does not
+    /// read them all at once.
+    pub(crate) fn started(&self, id: &str, stats: CgroupStats) {
+        self.inner
+            .started
+            .lock()
+            .unwrap()
+            .insert(id.to_owned(), stats);
     }
 
     /// Refreshes the readings of `sources` in the background, unless a refresh runs already.
@@ -48,7 +84,11 @@ impl StatsCache {
                 .into_iter()
                 .map(|(id, v, dirs)| (id, jail::cgroup::stats(v, &dirs)))
                 .collect();
-            *inner.readings.lock().unwrap() = (fresh, Some(Instant::now()));
+            {
+                let mut started = inner.started.lock().unwrap();
+                started.retain(|id, _| !fresh.contains_key(id));
+            }
+            *inner.readings.lock().unwrap() = (Arc::new(fresh), Some(Instant::now()));
             inner.refreshing.store(false, Ordering::SeqCst);
         });
     }

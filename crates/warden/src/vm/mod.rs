@@ -62,22 +62,74 @@ pub struct VmHandle {
 /// How old the host's processes-by-uid may be in a live isolation report.
 const UID_NOTE_TTL: Duration = Duration::from_secs(1);
 
+type ByUid = std::sync::Arc<std::collections::HashMap<u32, Vec<u32>>>;
+
+/// The last pass over the host's processes by uid, and when it began.
+static UID_PASS: std::sync::Mutex<Option<(std::time::Instant, ByUid)>> =
+    std::sync::Mutex::new(None);
+static UID_PASS_RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// One pass, kept for the other callers unless a later one is kept already.
+fn uid_pass(proc_root: &std::path::Path) -> ByUid {
+    let began = std::time::Instant::now();
+    let m = std::sync::Arc::new(inspect::processes_by_uid(proc_root));
+    let mut kept = UID_PASS.lock().unwrap();
+    if kept.as_ref().is_none_or(|(at, _)| *at < began) {
+        *kept = Some((began, m.clone()));
+    }
+    m
+}
+
+/// The host's processes by uid from a pass begun at or after `since` (a new pass when the kept
+/// one is older), so VMs started together share one.
+fn processes_by_uid_since(proc_root: &std::path::Path, since: std::time::Instant) -> ByUid {
+    let kept = UID_PASS
+        .lock()
+        .unwrap()
+        .as_ref()
+        .filter(|(at, _)| *at >= since)
+        .map(|(_, m)| m.clone());
+    kept.unwrap_or_else(|| uid_pass(proc_root))
+}
+
 /// The host's processes by uid, shared by every live isolation report for [`UID_NOTE_TTL`].
-fn processes_by_uid(
-    proc_root: &std::path::Path,
-) -> std::sync::Arc<std::collections::HashMap<u32, Vec<u32>>> {
-    type ByUid = std::sync::Arc<std::collections::HashMap<u32, Vec<u32>>>;
-    static CACHE: std::sync::Mutex<Option<(std::time::Instant, ByUid)>> =
-        std::sync::Mutex::new(None);
-    let mut cached = CACHE.lock().unwrap();
-    match &*cached {
-        Some((at, m)) if at.elapsed() < UID_NOTE_TTL => m.clone(),
-        _ => {
-            let m = std::sync::Arc::new(inspect::processes_by_uid(proc_root));
-            *cached = Some((std::time::Instant::now(), m.clone()));
-            m
+/// Once a pass is half that old, the next caller starts a fresh one on a thread of its own and
+/// still gets the current one, so callers that come steadily never wait for a pass; only the
+/// first after a quiet spell does.
+fn processes_by_uid(proc_root: &std::path::Path) -> ByUid {
+    use std::sync::atomic::Ordering;
+    let current = UID_PASS
+        .lock()
+        .unwrap()
+        .as_ref()
+        .filter(|(at, _)| at.elapsed() < UID_NOTE_TTL)
+        .map(|(at, m)| (at.elapsed(), m.clone()));
+    let Some((age, m)) = current else {
+        return uid_pass(proc_root);
+    };
+    if age >= UID_NOTE_TTL / 2 && !UID_PASS_RUNNING.swap(true, Ordering::SeqCst) {
+        let root = proc_root.to_owned();
+        let spawned = std::thread::Builder::new()
+            .name("warden-uid-pass".into())
+            .spawn(move || {
+                uid_pass(&root);
+                UID_PASS_RUNNING.store(false, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            UID_PASS_RUNNING.store(false, Ordering::SeqCst);
         }
     }
+    m
+}
+
+/// Adds the uid/gid layer's note on other processes that run as `uid` (not `pid`) to `report`,
+/// from the pass `by_uid`.
+fn add_uid_note(report: &mut IsolationReport, by_uid: &ByUid, pid: u32, uid: u32) {
+    let others: Vec<u32> = by_uid
+        .get(&uid)
+        .map(|v| v.iter().copied().filter(|&p| p != pid).collect())
+        .unwrap_or_default();
+    inspect::add_uid_note(report, &inspect::uid_note(&others));
 }
 
 impl VmHandle {
@@ -114,8 +166,9 @@ impl VmHandle {
         }
         let socket_path = plan.socket_path.clone();
         let unjailed = (!plan.jailed).then_some("jailer not used");
-        let mut isolation = isolation_report(&process, &plan, unjailed, false).await;
-        inspect::note_uid_sharing(&mut isolation, proc_root, pid, plan.uid);
+        let mut isolation = isolation_report(&process, &plan, unjailed, None).await;
+        // Recovery re-attaches every VM at once: they share passes at most UID_NOTE_TTL old.
+        add_uid_note(&mut isolation, &processes_by_uid(proc_root), pid, plan.uid);
         Ok(Some(VmHandle {
             vm_id: vm_id.to_owned(),
             pid,
@@ -187,12 +240,14 @@ impl VmHandle {
         let mut report = inspect::report(proc_root, self.pid, &expected);
         // The uid check is one pass over every process of the host (about 15 ms with 1,000
         // VMs): live reports of all VMs share one pass at most UID_NOTE_TTL old, the rest of
-        // the report is read every time. (The report kept from the start has a pass of its own.)
-        let others: Vec<u32> = processes_by_uid(proc_root)
-            .get(&self.plan.uid)
-            .map(|v| v.iter().copied().filter(|&p| p != self.pid).collect())
-            .unwrap_or_default();
-        inspect::add_uid_note(&mut report, &inspect::uid_note(&others));
+        // the report is read every time. (The report kept from a start has a pass begun
+        // during that start.)
+        add_uid_note(
+            &mut report,
+            &processes_by_uid(proc_root),
+            self.pid,
+            self.plan.uid,
+        );
         report
     }
 
@@ -599,10 +654,13 @@ async fn finish(
     unjailed_reason: Option<&str>,
     mut phases: Phases,
 ) -> Result<VmHandle, Error> {
+    // The uid check of the report kept from this start comes from a pass begun after this
+    // point (the VM's uid is leased by now); VMs started together share one.
+    let began = std::time::Instant::now();
     // From here a failure must end the process; dropping `process` kills it and cleans up.
     let (before, started) = match &options.restore {
         Some(r) => {
-            let before = isolation_report(&process, &plan, unjailed_reason, false).await;
+            let before = isolation_report(&process, &plan, unjailed_reason, None).await;
             let loaded = snapshot::load(&client, &plan, &r.manifest.firecracker_version).await;
             phases.mark("snapshot load");
             match loaded {
@@ -621,7 +679,7 @@ async fn finish(
             phases.mark("configure");
             // Read before InstanceStart too: a guest may power off before the report after it
             // is read.
-            let before = isolation_report(&process, &plan, unjailed_reason, false).await;
+            let before = isolation_report(&process, &plan, unjailed_reason, None).await;
             let started = match configured {
                 Ok(()) => client.action(ActionType::InstanceStart).await,
                 Err(e) => Err(e),
@@ -640,7 +698,7 @@ async fn finish(
             source: Box::new(source),
         });
     }
-    let after = isolation_report(&process, &plan, unjailed_reason, true).await;
+    let after = isolation_report(&process, &plan, unjailed_reason, Some(began)).await;
     let isolation = if process.exited().is_some()
         || !jail::proc::is_alive(std::path::Path::new(jail::proc::PROC), process.pid)
     {
@@ -735,12 +793,13 @@ async fn configure(
 }
 
 /// Reads the isolation report. vCPU threads install their seccomp filters as they start, so after
-/// InstanceStart a jailed VM is re-read briefly until every thread shows one.
+/// InstanceStart (`settle`: the report kept from a start) a jailed VM is re-read briefly until
+/// every thread shows one, and the uid note is added from a pass begun at or after `settle`.
 async fn isolation_report(
     process: &process::Process,
     plan: &JailPlan,
     unjailed_reason: Option<&str>,
-    settle: bool,
+    settle: Option<std::time::Instant>,
 ) -> IsolationReport {
     let expected = inspect::Expected {
         jailed: plan.jailed,
@@ -752,14 +811,19 @@ async fn isolation_report(
     let proc_root = std::path::Path::new(jail::proc::PROC);
     let mut report = inspect::report(proc_root, process.pid, &expected);
     for _ in 0..50 {
-        if !settle || !plan.jailed || report.seccomp.active || process.exited().is_some() {
+        if settle.is_none()
+            || !plan.jailed
+            || report.seccomp.active
+            || process.exited().is_some()
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
         report = inspect::report(proc_root, process.pid, &expected);
     }
-    if settle {
-        inspect::note_uid_sharing(&mut report, proc_root, process.pid, plan.uid);
+    if let Some(since) = settle {
+        let by_uid = processes_by_uid_since(proc_root, since);
+        add_uid_note(&mut report, &by_uid, process.pid, plan.uid);
     }
     report
 }

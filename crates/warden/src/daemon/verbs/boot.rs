@@ -152,6 +152,7 @@ impl Manager {
                 slot.rec.plan = Some(vm.plan.clone());
                 slot.generation += 1;
                 self.watch(&id, &vm, slot.generation);
+                self.stats.started(&id, vm.cgroup_stats());
                 slot.vm = Some(vm);
                 self.put(&mut slot.rec).await?;
                 tracing::info!(vm_id = %id, pid = slot.rec.pid, jail = %slot.rec.jail_id(), "vm running");
