@@ -211,7 +211,11 @@ impl Client {
         Resp: prost::Message + Default,
     {
         let body = self
-            .unary(method, Bytes::from(req.encode_to_vec()), "application/proto")
+            .unary(
+                method,
+                Bytes::from(req.encode_to_vec()),
+                "application/proto",
+            )
             .await?;
         Resp::decode(body).map_err(|e| {
             ApiError::internal(format!(
@@ -262,7 +266,10 @@ impl Client {
             builder = builder.header(header::HOST, host);
         }
         // A stream has no deadline.
-        if let Some(t) = self.timeout.filter(|_| !content_type.starts_with("application/connect+")) {
+        if let Some(t) = self
+            .timeout
+            .filter(|_| !content_type.starts_with("application/connect+"))
+        {
             builder = builder.header("connect-timeout-ms", t.as_millis().max(1).to_string());
         }
         if let Some(token) = &self.token {

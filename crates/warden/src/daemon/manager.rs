@@ -189,7 +189,10 @@ impl Manager {
 
     /// [`Manager::list`] without copying each record: `f` sees every VM, by id, borrowed while
     /// its slot is held, and keeps what it returns.
-    pub async fn list_with<T>(&self, mut f: impl FnMut(VmInfoRef<'_>) -> Option<T>) -> Result<Vec<T>> {
+    pub async fn list_with<T>(
+        &self,
+        mut f: impl FnMut(VmInfoRef<'_>) -> Option<T>,
+    ) -> Result<Vec<T>> {
         let mut slots: Vec<(String, Arc<Mutex<Slot>>)> = self
             .slots
             .lock()
@@ -215,19 +218,11 @@ impl Manager {
                             vm.plan.cgroup_dirs.clone(),
                         ));
                     }
-                    // A VM with no reading in the cache (one re-attached at recovery) is read now.
-                    let read;
-                    let stats = match (live, readings.get(&id)) {
-                        (None, _) => None,
-                        (Some(_), Some(r)) => Some(r),
-                        (Some(vm), None) => {
-                            read = vm.cgroup_stats();
-                            Some(&read)
-                        }
-                    };
+                    // A VM with no reading in the cache yet (one re-attached at recovery) shows
+                    // none until the refresh this list starts: a list never reads cgroups.
                     f(VmInfoRef {
                         record: &slot.rec,
-                        stats,
+                        stats: live.and_then(|_| readings.get(&id)),
                         isolation: live.map(|vm| &vm.isolation),
                     })
                 }

@@ -42,7 +42,9 @@ pub(crate) async fn recover(m: &Arc<Manager>) -> Result<(), ManagerError> {
     {
         tracing::warn!(path = %p.display(), "removed a snapshot left half-written by the last daemon");
     }
+    let t0 = std::time::Instant::now();
     let records = m.store.list().await?;
+    let stored = records.len();
     m.remove_stale_warm_consoles(&records);
     // Every address and uid is marked taken before any VM is reconciled, so ending one VM
     // never frees what another still holds. VMs are then reconciled RECONCILE_AT_ONCE at a
@@ -91,6 +93,7 @@ pub(crate) async fn recover(m: &Arc<Manager>) -> Result<(), ManagerError> {
     if let Some(e) = first_error {
         return Err(e);
     }
+    let reconciled = t0.elapsed();
     let uids = m.uids.held();
     let (m2, known) = (m.clone(), known);
     tokio::task::spawn_blocking(move || {
@@ -98,6 +101,12 @@ pub(crate) async fn recover(m: &Arc<Manager>) -> Result<(), ManagerError> {
         release_stale_uids(&m2, &uids);
     })
     .await?;
+    tracing::info!(
+        vms = stored,
+        reconcile_ms = reconciled.as_millis() as u64,
+        total_ms = t0.elapsed().as_millis() as u64,
+        "recovery done"
+    );
     Ok(())
 }
 

@@ -1,9 +1,9 @@
 //! ListVms' cgroup readings, cached: reading every VM's cgroup files on every call made a list
 //! of 1,000 VMs cost tens of milliseconds. A list serves the readings of the last refresh and,
 //! when they are older than [`MAX_AGE`], starts one refresh in the background (never more than
-//! one at a time). A VM started since the last refresh shows the reading taken at its start
-//! (or, for one re-attached at recovery, a reading taken at once). GetVmInfo still reads its
-//! one VM live. Nothing runs while nobody lists, so the first list after a quiet spell shows
+//! one at a time). A VM started since the last refresh shows the reading taken at its start;
+//! one re-attached at recovery shows none until the first refresh (a second after the first
+//! list). A list never reads cgroup files itself. GetVmInfo still reads its one VM live. Nothing runs while nobody lists, so the first list after a quiet spell shows
 //! the readings of the last refresh and starts the next.
 
 use std::collections::HashMap;
@@ -20,6 +20,9 @@ pub(crate) const MAX_AGE: Duration = Duration::from_secs(1);
 /// Where one live VM's readings come from.
 pub(crate) type Source = (String, CgroupVersion, Vec<PathBuf>);
 
+/// Readings by VM id.
+type ByVm = Arc<HashMap<String, CgroupStats>>;
+
 #[derive(Default)]
 pub(crate) struct StatsCache {
     inner: Arc<Inner>,
@@ -28,7 +31,7 @@ pub(crate) struct StatsCache {
 #[derive(Default)]
 struct Inner {
     /// The last refresh's readings and when it ended.
-    readings: Mutex<(Arc<HashMap<String, CgroupStats>>, Option<Instant>)>,
+    readings: Mutex<(ByVm, Option<Instant>)>,
     /// Readings taken at a VM's start, until a refresh reads it.
     started: Mutex<HashMap<String, CgroupStats>>,
     refreshing: AtomicBool,
@@ -36,7 +39,7 @@ struct Inner {
 
 /// What a list serves.
 pub(crate) struct Readings {
-    map: Arc<HashMap<String, CgroupStats>>,
+    map: ByVm,
     started: HashMap<String, CgroupStats>,
     /// Older than [`MAX_AGE`]: the list should start a refresh.
     pub(crate) due: bool,

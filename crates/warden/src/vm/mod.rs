@@ -811,11 +811,7 @@ async fn isolation_report(
     let proc_root = std::path::Path::new(jail::proc::PROC);
     let mut report = inspect::report(proc_root, process.pid, &expected);
     for _ in 0..50 {
-        if settle.is_none()
-            || !plan.jailed
-            || report.seccomp.active
-            || process.exited().is_some()
-        {
+        if settle.is_none() || !plan.jailed || report.seccomp.active || process.exited().is_some() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
