@@ -253,6 +253,67 @@ async fn a_sparse_1_tib_image_is_staged_without_filling_the_disk() {
     d.assert_clean();
 }
 
+/// The live report's uid check comes from a pass over /proc shared by every VM and kept about a
+/// second: a process that takes a VM's uid must show in GetVmInfo soon after, and leave it once
+/// gone (the shared pass is refreshed, never served stale).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_process_that_takes_a_vms_uid_shows_in_its_live_report_and_leaves_it_when_gone() {
+    let d = Daemon::start(&[]);
+    let c = d.client();
+    let id = unique("atk-uid-share");
+    c.create_vm(d.create_req(&id, "mode=idle")).await.unwrap();
+    boot(&c, id.clone()).await;
+    let info = vm_info(&c, id.clone()).await;
+    let uid = std::fs::metadata(format!("/proc/{}", info.pid))
+        .unwrap()
+        .uid();
+    let note = |d: &pb::VmDetails| d.isolation.clone().unwrap().uid_gid.unwrap().detail;
+    assert!(
+        note(&info).contains("no other process runs as this uid"),
+        "{}",
+        note(&info)
+    );
+    let mut intruder = std::process::Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+            "sleep",
+            "60",
+        ])
+        .spawn()
+        .unwrap();
+    let expect = format!("shared with 1 other process (pid {})", intruder.id());
+    let until = |want: String| {
+        let (c, id) = (c.clone(), id.clone());
+        async move {
+            let t0 = std::time::Instant::now();
+            loop {
+                let got = note(&vm_info(&c, id.clone()).await);
+                if got.contains(&want) {
+                    return t0.elapsed();
+                }
+                assert!(
+                    t0.elapsed() < Duration::from_secs(10),
+                    "never {want:?}: {got}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    until(expect).await;
+    intruder.kill().unwrap();
+    intruder.wait().unwrap();
+    until("no other process runs as this uid".into()).await;
+    c.delete_vm(pb::DeleteVmRequest {
+        vm_id: id.clone(),
+        force: false,
+    })
+    .await
+    .unwrap();
+    d.assert_clean();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn each_vm_runs_as_its_own_uid_and_one_cannot_signal_the_others_firecracker() {
     let d = Daemon::start(&[]);
