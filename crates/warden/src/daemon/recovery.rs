@@ -115,10 +115,11 @@ pub(crate) async fn recover(m: &Arc<Manager>) -> Result<(), ManagerError> {
 /// the VM unresponsive and end it. The chroot's snapshot directory, made just before the
 /// snapshot, tells that case apart; the wait is bounded by 30 s plus 1 s per 100 MiB of guest
 /// memory.
-async fn wait_for_interrupted_snapshot(id: &str, rec: &VmRecord) {
-    let Some(plan) = &rec.plan else { return };
+/// Whether there was such a snapshot (the VM then goes through [`finish_interrupted_snapshot`]).
+async fn wait_for_interrupted_snapshot(id: &str, rec: &VmRecord) -> bool {
+    let Some(plan) = &rec.plan else { return false };
     if !jail::snapshot::host_dir(plan).exists() {
-        return;
+        return false;
     }
     let deadline = std::time::Instant::now()
         + std::time::Duration::from_secs(30 + u64::from(rec.spec.memory_mib) / 100);
@@ -127,10 +128,11 @@ async fn wait_for_interrupted_snapshot(id: &str, rec: &VmRecord) {
     tracing::warn!(vm_id = %id, "the last daemon stopped during a snapshot of this VM; waiting for Firecracker to finish writing it");
     while std::time::Instant::now() < deadline {
         if client.instance_info().await.is_ok() {
-            return;
+            break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+    true
 }
 
 /// A daemon that died during a snapshot left the VM paused (its record still says running)
@@ -271,8 +273,8 @@ async fn reconcile(m: &Manager, slot: &mut Slot) -> Result<(), ManagerError> {
                     jail::Jail::adopt(r, &m.registry, m.host.clone())
                 }
             };
-            wait_for_interrupted_snapshot(&id, &slot.rec).await;
-            match VmHandle::attach(
+            let interrupted = wait_for_interrupted_snapshot(&id, &slot.rec).await;
+            let attached = VmHandle::attach(
                 &id,
                 jail,
                 pid,
@@ -281,10 +283,12 @@ async fn reconcile(m: &Manager, slot: &mut Slot) -> Result<(), ManagerError> {
                 m.cfg.serial_log_max_bytes as usize,
                 m.stop_timeout(),
             )
-            .await
-            {
+            .await;
+            match attached {
                 Ok(Some(vm)) => {
-                    finish_interrupted_snapshot(&id, &vm, slot.rec.state).await;
+                    if interrupted {
+                        finish_interrupted_snapshot(&id, &vm, slot.rec.state).await;
+                    }
                     slot.generation += 1;
                     m.watch(&id, &vm, slot.generation);
                     tracing::info!(vm_id = %id, pid, state = %slot.rec.state, "re-attached to running vm");

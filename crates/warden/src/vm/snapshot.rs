@@ -170,7 +170,6 @@ impl VmHandle {
         let result = self
             .snapshot_into(&partial, &info.vmm_version, &config, parent.as_ref())
             .await;
-        let _ = jail::snapshot::remove(plan);
         let result = match result {
             Ok(m) => publish(&partial, store).map(|()| m),
             Err(e) => Err(e),
@@ -178,14 +177,19 @@ impl VmHandle {
         if result.is_err() {
             let _ = std::fs::remove_dir_all(&partial);
         }
-        match &result {
+        let resumed = match &result {
             // Whatever failed after the pause, the VM runs on.
             Err(_) => {
                 let _ = self.client.resume().await;
+                Ok(())
             }
-            Ok(_) if resume => self.client.resume().await?,
-            Ok(_) => {}
-        }
+            Ok(_) if resume => self.client.resume().await,
+            Ok(_) => Ok(()),
+        };
+        // Only now: a daemon that dies before this point leaves the directory, which tells its
+        // successor to resume the VM (see the daemon's recovery).
+        let _ = jail::snapshot::remove(plan);
+        resumed?;
         if result.is_ok() {
             *self.last_snapshot.lock().expect("not poisoned") = Some(store.to_owned());
         }
