@@ -76,6 +76,11 @@ impl StatsCache {
             .insert(id.to_owned(), stats);
     }
 
+    /// Drops what is kept of a deleted VM (a refresh drops it from the readings too).
+    pub(crate) fn forget(&self, id: &str) {
+        self.inner.started.lock().unwrap().remove(id);
+    }
+
     /// Refreshes the readings of `sources` in the background, unless a refresh runs already.
     pub(crate) fn refresh(&self, sources: Vec<Source>) {
         if self.inner.refreshing.swap(true, Ordering::SeqCst) {
@@ -94,5 +99,55 @@ impl StatsCache {
             *inner.readings.lock().unwrap() = (Arc::new(fresh), Some(Instant::now()));
             inner.refreshing.store(false, Ordering::SeqCst);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(bytes: u64) -> CgroupStats {
+        CgroupStats {
+            memory_bytes: Some(bytes),
+            ..Default::default()
+        }
+    }
+
+    async fn refreshed(cache: &StatsCache, sources: Vec<Source>) {
+        cache.refresh(sources);
+        for _ in 0..500 {
+            if !cache.readings().due {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the refresh never ended");
+    }
+
+    #[tokio::test]
+    async fn a_start_reading_is_served_until_a_refresh_reads_the_vm_and_is_forgotten_on_delete() {
+        let cg = tempfile::tempdir().unwrap();
+        std::fs::write(cg.path().join("memory.current"), "8192\n").unwrap();
+        let cache = StatsCache::default();
+        assert!(cache.readings().due, "nothing read yet");
+        cache.started("a", reading(1));
+        cache.started("b", reading(2));
+        let r = cache.readings();
+        assert_eq!(r.get("a"), Some(&reading(1)));
+        assert_eq!(r.get("c"), None);
+        // A refresh that read "a" replaces its start reading; "b" (started after the list that
+        // asked for the refresh) keeps its own.
+        let source = (
+            "a".to_owned(),
+            CgroupVersion::V2,
+            vec![cg.path().to_owned()],
+        );
+        refreshed(&cache, vec![source]).await;
+        let r = cache.readings();
+        assert_eq!(r.get("a").and_then(|s| s.memory_bytes), Some(8192));
+        assert_eq!(r.get("b"), Some(&reading(2)));
+        cache.forget("b");
+        assert_eq!(cache.readings().get("b"), None, "kept after delete");
+        assert!(cache.inner.started.lock().unwrap().is_empty());
     }
 }

@@ -58,6 +58,7 @@ impl Manager {
         }
         slot.rec.state = VmState::Deleted;
         self.slots.lock().unwrap().remove(id);
+        self.stats.forget(id);
         self.events.deleted(id);
         tracing::info!(vm_id = %id, "vm deleted");
         Ok(())
