@@ -253,6 +253,17 @@ async fn a_sparse_1_tib_image_is_staged_without_filling_the_disk() {
     d.assert_clean();
 }
 
+/// A command run as `uid` (and the same gid, no supplementary groups), as a jail user would.
+fn as_uid(uid: u32) -> std::process::Command {
+    let mut c = std::process::Command::new("setpriv");
+    c.args([
+        &format!("--reuid={uid}"),
+        &format!("--regid={uid}"),
+        "--clear-groups",
+    ]);
+    c
+}
+
 /// The live report's uid check comes from a pass over /proc shared by every VM and kept about a
 /// second: a process that takes a VM's uid must show in GetVmInfo soon after, and leave it once
 /// gone (the shared pass is refreshed, never served stale).
@@ -273,16 +284,7 @@ async fn a_process_that_takes_a_vms_uid_shows_in_its_live_report_and_leaves_it_w
         "{}",
         note(&info)
     );
-    let mut intruder = std::process::Command::new("setpriv")
-        .args([
-            &format!("--reuid={uid}"),
-            &format!("--regid={uid}"),
-            "--clear-groups",
-            "sleep",
-            "60",
-        ])
-        .spawn()
-        .unwrap();
+    let mut intruder = as_uid(uid).args(["sleep", "60"]).spawn().unwrap();
     let expect = format!("shared with 1 other process (pid {})", intruder.id());
     let until = |want: String| {
         let (c, id) = (c.clone(), id.clone());
@@ -352,16 +354,9 @@ async fn each_vm_runs_as_its_own_uid_and_one_cannot_signal_the_others_firecracke
             "{uid} outside the range"
         );
     }
-    let signal = |as_uid: u32, target: u32| {
-        std::process::Command::new("setpriv")
-            .args([
-                &format!("--reuid={as_uid}"),
-                &format!("--regid={as_uid}"),
-                "--clear-groups",
-                "kill",
-                "-0",
-                &target.to_string(),
-            ])
+    let signal = |uid: u32, target: u32| {
+        as_uid(uid)
+            .args(["kill", "-0", &target.to_string()])
             .output()
             .unwrap()
             .status
