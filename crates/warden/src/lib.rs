@@ -29,6 +29,7 @@
 #![deny(missing_docs)]
 
 pub mod assets;
+mod background;
 pub mod daemon;
 pub mod doctor;
 mod error;

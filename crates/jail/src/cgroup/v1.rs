@@ -1,6 +1,6 @@
 //! cgroup v1: one hierarchy per controller (`/sys/fs/cgroup/<controller>/<parent>/<id>`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::{read_keyed, read_u64, CgroupLimits, CgroupStats, Setting, CPU_PERIOD_US};
 
@@ -56,15 +56,35 @@ pub fn settings(limits: &CgroupLimits) -> Vec<Setting> {
 
 /// Reads usage from the per-controller directories.
 pub fn stats(dirs: &[PathBuf]) -> CgroupStats {
-    // Each file exists only in its own controller's hierarchy.
-    let find = |file: &str| dirs.iter().map(|d| d.join(file)).find(|p| p.exists());
+    // Each file exists only in its own controller's hierarchy: the directories of a hierarchy
+    // named for the file's controller (`memory`, `cpu,cpuacct`) are tried first, then the rest,
+    // each by reading the file (a miss costs one failed open).
+    let read = |file: &str, parse: &dyn Fn(&Path) -> Option<u64>| {
+        let controller = file.split('.').next().unwrap_or(file);
+        let (named, others): (Vec<&PathBuf>, Vec<&PathBuf>) =
+            dirs.iter().partition(|d| in_hierarchy_of(d, controller));
+        named
+            .into_iter()
+            .chain(others)
+            .find_map(|d| parse(&d.join(file)))
+    };
     CgroupStats {
-        memory_bytes: find("memory.usage_in_bytes").and_then(|p| read_u64(&p)),
-        memory_peak_bytes: find("memory.max_usage_in_bytes").and_then(|p| read_u64(&p)),
-        oom_kills: find("memory.oom_control").and_then(|p| read_keyed(&p, "oom_kill")),
-        cpu_usage_ns: find("cpuacct.usage").and_then(|p| read_u64(&p)),
-        pids_current: find("pids.current").and_then(|p| read_u64(&p)),
+        memory_bytes: read("memory.usage_in_bytes", &read_u64),
+        memory_peak_bytes: read("memory.max_usage_in_bytes", &read_u64),
+        oom_kills: read("memory.oom_control", &|p| read_keyed(p, "oom_kill")),
+        cpu_usage_ns: read("cpuacct.usage", &read_u64),
+        pids_current: read("pids.current", &read_u64),
     }
+}
+
+/// Whether a path component of `dir` is a hierarchy named for `controller` (`cpu,cpuacct` is
+/// named for both).
+fn in_hierarchy_of(dir: &Path, controller: &str) -> bool {
+    dir.components().any(|c| {
+        c.as_os_str()
+            .to_str()
+            .is_some_and(|name| name.split(',').any(|n| n == controller))
+    })
 }
 
 #[cfg(test)]
@@ -158,10 +178,15 @@ mod tests {
         )
         .unwrap();
         std::fs::write(acct.join("cpuacct.usage"), "123456789\n").unwrap();
-        let s = stats(&[acct, mem]);
+        // A parent cgroup named like a controller misleads the first guess, never the reading.
+        let pids = root.path().join("pids/memory/vm");
+        std::fs::create_dir_all(&pids).unwrap();
+        std::fs::write(pids.join("pids.current"), "3\n").unwrap();
+        let s = stats(&[pids, acct, mem]);
         assert_eq!(s.memory_bytes, Some(1 << 20));
         assert_eq!(s.memory_peak_bytes, Some(2 << 20));
         assert_eq!(s.oom_kills, Some(1));
         assert_eq!(s.cpu_usage_ns, Some(123_456_789));
+        assert_eq!(s.pids_current, Some(3));
     }
 }

@@ -48,6 +48,11 @@ pub struct ThroughputArgs {
     /// for the other series).
     #[arg(long)]
     daemon_pidns: bool,
+    /// The series to run, comma-separated: bare, library, daemon (ratios need bare). One series
+    /// alone suits a host-wide profile, e.g. `perf record -a -g -- warden bench throughput
+    /// --series library`.
+    #[arg(long, value_delimiter = ',', default_value = "bare,library,daemon", value_parser = ["bare", "library", "daemon"])]
+    series: Vec<String>,
     /// Record a CPU profile of the daemon (and what it starts) with `perf record` into this
     /// file while the bench runs, and add the hottest symbols to the report.
     #[arg(long, value_name = "FILE")]
@@ -68,10 +73,17 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<Report> {
     let daemon = Arc::new(BenchDaemon::start(args.daemon_pidns)?);
     let profile = super::profile::Profile::start_if(args.profile.as_deref(), daemon.pid())?;
     let rounds = args.rounds.clamp(1, args.count);
+    let chosen: Vec<usize> = (0..SERIES.len())
+        .filter(|&s| {
+            args.series
+                .iter()
+                .any(|a| SERIES[s].starts_with(a.as_str()))
+        })
+        .collect();
     let cells: Vec<(usize, usize)> = args
         .concurrency
         .iter()
-        .flat_map(|c| (0..SERIES.len()).map(move |s| (s, *c)))
+        .flat_map(|c| chosen.iter().map(move |s| (*s, *c)))
         .collect();
     // Per cell: wall time, VMs done, per-VM latencies.
     let mut wall = vec![Duration::ZERO; cells.len()];
@@ -87,7 +99,7 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<Report> {
             super::check_interrupted()?;
             // Rotate by a stride coprime with the series count so that both the series order and
             // the concurrency order change from round to round.
-            let idx = (k + round * (SERIES.len() + 1)) % cells.len();
+            let idx = (k + round * (chosen.len() + 1)) % cells.len();
             let (series, conc) = cells[idx];
             let cpu0 = host::cpu_busy_ms();
             let (t, l) = match series {

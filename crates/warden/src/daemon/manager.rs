@@ -202,31 +202,23 @@ impl Manager {
             .collect();
         slots.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let readings = self.stats.readings();
-        let mut sources = Vec::new();
         let mut out = Vec::new();
-        for (id, s) in slots {
+        for (id, s) in &slots {
             let kept = match s.try_lock() {
                 Ok(slot) => {
                     if slot.rec.state == VmState::Deleted {
                         continue;
                     }
                     let live = slot.vm.as_ref().filter(|vm| vm.exited().is_none());
-                    if let (Some(vm), true) = (live, readings.due) {
-                        sources.push((
-                            id.clone(),
-                            vm.plan.cgroup_version,
-                            vm.plan.cgroup_dirs.clone(),
-                        ));
-                    }
                     // A VM with no reading in the cache yet (one re-attached at recovery) shows
                     // none until the refresh this list starts: a list never reads cgroups.
                     f(VmInfoRef {
                         record: &slot.rec,
-                        stats: live.and_then(|_| readings.get(&id)),
+                        stats: live.and_then(|_| readings.get(id)),
                         isolation: live.map(|vm| &vm.isolation),
                     })
                 }
-                Err(_) => match self.store.get(&id).await {
+                Err(_) => match self.store.get(id).await {
                     Ok(Some(rec)) if rec.state != VmState::Deleted => f(VmInfoRef {
                         record: &rec,
                         stats: None,
@@ -238,7 +230,7 @@ impl Manager {
             out.extend(kept);
         }
         if readings.due {
-            self.stats.refresh(sources);
+            self.stats.refresh(move || live_sources(&slots));
         }
         Ok(out)
     }
@@ -299,6 +291,22 @@ impl Manager {
 /// GetVmInfo's view of one VM: cgroup readings and the isolation report read now (one VM,
 /// proven at the moment of asking). ListVms shows the report read when the VM started or was
 /// re-attached, and cached readings.
+/// Where the readings of the running VMs among `slots` come from (see the `stats` module), on
+/// the refresh's thread: a slot busy with a request keeps its last reading.
+fn live_sources(slots: &[(String, Arc<Mutex<Slot>>)]) -> Vec<super::stats::Source> {
+    slots
+        .iter()
+        .filter_map(|(id, s)| match s.try_lock() {
+            Ok(slot) => {
+                let vm = slot.vm.as_ref().filter(|vm| vm.exited().is_none())?;
+                let dirs = (vm.plan.cgroup_version, vm.plan.cgroup_dirs.clone());
+                Some((id.clone(), Some(dirs)))
+            }
+            Err(_) => Some((id.clone(), None)),
+        })
+        .collect()
+}
+
 fn info(slot: &Slot) -> VmInfo {
     let live = slot.vm.as_ref().filter(|vm| vm.exited().is_none());
     VmInfo {

@@ -1,10 +1,11 @@
 //! ListVms' cgroup readings, cached: reading every VM's cgroup files on every call made a list
 //! of 1,000 VMs cost tens of milliseconds. A list serves the readings of the last refresh and,
-//! when they are older than [`MAX_AGE`], starts one refresh in the background (never more than
-//! one at a time). A VM started since the last refresh shows the reading taken at its start;
-//! one re-attached at recovery shows none until the first refresh (a second after the first
-//! list). A list never reads cgroup files itself. GetVmInfo still reads its one VM live. Nothing runs while nobody lists, so the first list after a quiet spell shows
-//! the readings of the last refresh and starts the next.
+//! when they are older than [`MAX_AGE`], starts one refresh on a background thread (at the
+//! lowest CPU priority, see `background`; never more than one at a time). A VM started since
+//! the last refresh shows the reading taken at its start; one re-attached at recovery shows
+//! none until the first refresh (a second after the first list). A list never reads cgroup
+//! files itself. GetVmInfo still reads its one VM live. Nothing runs while nobody lists, so the
+//! first list after a quiet spell shows the readings of the last refresh and starts the next.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -17,10 +18,11 @@ use jail::cgroup::{CgroupStats, CgroupVersion};
 /// How old the readings of a list may be.
 pub(crate) const MAX_AGE: Duration = Duration::from_secs(1);
 
-/// Where one live VM's readings come from.
-pub(crate) type Source = (String, CgroupVersion, Vec<PathBuf>);
+/// Where one live VM's readings come from: its cgroup version and directories, or `None` for a
+/// VM busy with a request, which keeps its last reading.
+pub(crate) type Source = (String, Option<(CgroupVersion, Vec<PathBuf>)>);
 
-/// Readings by VM id.
+/// Readings by VM id. Shared, not copied, by every list (and copied on write).
 type ByVm = Arc<HashMap<String, CgroupStats>>;
 
 #[derive(Default)]
@@ -33,14 +35,14 @@ struct Inner {
     /// The last refresh's readings and when it ended.
     readings: Mutex<(ByVm, Option<Instant>)>,
     /// Readings taken at a VM's start, until a refresh reads it.
-    started: Mutex<HashMap<String, CgroupStats>>,
+    started: Mutex<ByVm>,
     refreshing: AtomicBool,
 }
 
 /// What a list serves.
 pub(crate) struct Readings {
     map: ByVm,
-    started: HashMap<String, CgroupStats>,
+    started: ByVm,
     /// Older than [`MAX_AGE`]: the list should start a refresh.
     pub(crate) due: bool,
 }
@@ -69,36 +71,51 @@ impl StatsCache {
     /// Keeps the reading taken at a VM's start, so the first list after many starts does not
     /// read them all at once.
     pub(crate) fn started(&self, id: &str, stats: CgroupStats) {
-        self.inner
-            .started
-            .lock()
-            .unwrap()
-            .insert(id.to_owned(), stats);
+        let mut started = self.inner.started.lock().unwrap();
+        Arc::make_mut(&mut started).insert(id.to_owned(), stats);
     }
 
     /// Drops what is kept of a deleted VM (a refresh drops it from the readings too).
     pub(crate) fn forget(&self, id: &str) {
-        self.inner.started.lock().unwrap().remove(id);
+        let mut started = self.inner.started.lock().unwrap();
+        if started.contains_key(id) {
+            Arc::make_mut(&mut started).remove(id);
+        }
     }
 
-    /// Refreshes the readings of `sources` in the background, unless a refresh runs already.
-    pub(crate) fn refresh(&self, sources: Vec<Source>) {
+    /// Refreshes the readings in the background, unless a refresh runs already: `sources`
+    /// (called on the background thread, so that a list does not gather them) names the VMs
+    /// to read. A VM it leaves out has no reading after the refresh.
+    pub(crate) fn refresh(&self, sources: impl FnOnce() -> Vec<Source> + Send + 'static) {
         if self.inner.refreshing.swap(true, Ordering::SeqCst) {
             return;
         }
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let fresh: HashMap<String, CgroupStats> = sources
+        let flag = self.inner.clone();
+        let spawned = crate::background::spawn("warden-stats", move || {
+            let last = inner.readings.lock().unwrap().0.clone();
+            let fresh: HashMap<String, CgroupStats> = sources()
                 .into_iter()
-                .map(|(id, v, dirs)| (id, jail::cgroup::stats(v, &dirs)))
+                .filter_map(|(id, source)| {
+                    let reading = match source {
+                        Some((v, dirs)) => jail::cgroup::stats(v, &dirs),
+                        None => last.get(&id)?.clone(),
+                    };
+                    Some((id, reading))
+                })
                 .collect();
             {
                 let mut started = inner.started.lock().unwrap();
-                started.retain(|id, _| !fresh.contains_key(id));
+                if started.keys().any(|id| fresh.contains_key(id)) {
+                    Arc::make_mut(&mut started).retain(|id, _| !fresh.contains_key(id));
+                }
             }
             *inner.readings.lock().unwrap() = (Arc::new(fresh), Some(Instant::now()));
             inner.refreshing.store(false, Ordering::SeqCst);
         });
+        if spawned.is_err() {
+            flag.refreshing.store(false, Ordering::SeqCst);
+        }
     }
 }
 
@@ -114,9 +131,9 @@ mod tests {
     }
 
     async fn refreshed(cache: &StatsCache, sources: Vec<Source>) {
-        cache.refresh(sources);
+        cache.refresh(move || sources);
         for _ in 0..500 {
-            if !cache.readings().due {
+            if !cache.inner.refreshing.load(Ordering::SeqCst) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -139,8 +156,7 @@ mod tests {
         // asked for the refresh) keeps its own.
         let source = (
             "a".to_owned(),
-            CgroupVersion::V2,
-            vec![cg.path().to_owned()],
+            Some((CgroupVersion::V2, vec![cg.path().to_owned()])),
         );
         refreshed(&cache, vec![source]).await;
         let r = cache.readings();
@@ -149,5 +165,16 @@ mod tests {
         cache.forget("b");
         assert_eq!(cache.readings().get("b"), None, "kept after delete");
         assert!(cache.inner.started.lock().unwrap().is_empty());
+        assert!(!cache.readings().due, "just refreshed");
+
+        // A VM busy with a request keeps its last reading; one left out (deleted, stopped)
+        // loses it.
+        std::fs::write(cg.path().join("memory.current"), "4096\n").unwrap();
+        refreshed(&cache, vec![("a".to_owned(), None), ("c".to_owned(), None)]).await;
+        let r = cache.readings();
+        assert_eq!(r.get("a").and_then(|s| s.memory_bytes), Some(8192));
+        assert_eq!(r.get("c"), None, "no last reading to keep");
+        refreshed(&cache, Vec::new()).await;
+        assert_eq!(cache.readings().get("a"), None);
     }
 }
