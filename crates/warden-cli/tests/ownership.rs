@@ -63,6 +63,22 @@ fn alive(pid: u32) -> bool {
         .is_some_and(|r| !r.starts_with('Z') && !r.starts_with('X'))
 }
 
+/// The live processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&p| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+                return false;
+            };
+            let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            after.split_whitespace().nth(1) == Some(&pid.to_string()) && alive(p)
+        })
+        .collect()
+}
+
 fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let t0 = Instant::now();
     while t0.elapsed() < timeout {
@@ -188,6 +204,96 @@ fn a_sigkilled_warden_run_takes_its_firecracker_along_and_gc_removes_the_rest() 
         assert!(out.status.success(), "{log}");
         assert_eq!(run_traces(&id), Vec::<PathBuf>::new(), "{log}");
         assert!(log.contains(&id), "gc names what it removed: {log}");
+    }
+}
+
+/// Not a test on its own: the library user that the next test SIGKILLs. It starts three VMs,
+/// lets the third go (`detach`), prints their pids and waits to be killed.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "started by a_sigkilled_library_user_takes_its_vms_along_but_not_one_it_let_go"]
+async fn library_user_with_three_vms() {
+    use warden::vm::config::{JailerMode, Serial, VmConfig, VmOptions};
+    let Ok(base) = std::env::var("WARDEN_TEST_LIBRARY_USER") else {
+        return;
+    };
+    let options = VmOptions {
+        boot_args: Some("mode=idle".into()),
+        jailer_mode: JailerMode::Required,
+        serial: Serial::Capture,
+        ..VmOptions::default()
+    };
+    let mut pids = Vec::new();
+    let mut kept = Vec::new();
+    for i in 0..3 {
+        let config = VmConfig {
+            vm_id: format!("{base}-{i}"),
+            vcpu_count: 1,
+            memory_mb: 128,
+            kernel_path: testguest(),
+            rootfs_path: String::new(),
+            enable_networking: false,
+        };
+        let vm = warden::vm::start_vm(&config, &options).await.unwrap();
+        pids.push(vm.pid.to_string());
+        if i == 2 {
+            vm.detach();
+        } else {
+            kept.push(vm);
+        }
+    }
+    println!("pids {}", pids.join(" "));
+    std::future::pending::<()>().await;
+}
+
+#[test]
+fn a_sigkilled_library_user_takes_its_vms_along_but_not_one_it_let_go() {
+    let base = unique("own-lib");
+    let ids: Vec<String> = (0..3).map(|i| format!("{base}-{i}")).collect();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "library_user_with_three_vms", "--ignored"])
+        .arg("--nocapture")
+        .env("WARDEN_TEST_LIBRARY_USER", &base)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let pids: Vec<u32> = loop {
+        let line = out.next().expect("the library user ended early").unwrap();
+        if let Some(rest) = line.strip_prefix("pids ") {
+            break rest.split(' ').map(|p| p.parse().unwrap()).collect();
+        }
+    };
+    assert!(pids.iter().all(|&p| alive(p)));
+    // Its children besides the Firecrackers: one watchdog for all its VMs.
+    let watchdogs: Vec<u32> = children_of(child.id())
+        .into_iter()
+        .filter(|p| !pids.contains(p))
+        .collect();
+    assert_eq!(watchdogs.len(), 1, "watchdogs {watchdogs:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || !alive(pids[0])
+            && !alive(pids[1])),
+        "a Firecracker outlived its SIGKILLed library user (one watchdog for both)"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(alive(pids[2]), "the VM it let go died with it");
+
+    // The one let go runs on until someone ends it; then gc removes what the dead owner left.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[2] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || !alive(pids[2])));
+    let state = tempfile::tempdir().unwrap();
+    let out = gc(&state.path().join("state"));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    for id in &ids {
+        assert_eq!(run_traces(id), Vec::<PathBuf>::new(), "{id}: {log}");
     }
 }
 

@@ -14,6 +14,7 @@ mod pidfd;
 mod process;
 pub mod snapshot;
 pub mod warm;
+mod watchdog;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -15,11 +15,11 @@
 //!
 //! A parent-death signal cannot tie Firecracker to its owner: the kernel clears it when the
 //! jailer drops to the jail uid. So an owner whose VMs must end with it (`warden run`, library
-//! users) forks a tiny watchdog per VM that holds a pidfd on the owner and one on Firecracker,
-//! in a session of its own: when the owner dies, even by SIGKILL, the watchdog kills Firecracker.
-//! The owner record then names a dead owner, and the next `gc` removes the rest.
+//! users) hands each Firecracker to its watchdog ([`super::watchdog`]), a process that holds a
+//! pidfd on the owner and on each VM: when the owner dies, even by SIGKILL, the watchdog kills
+//! them. The owner record then names a dead owner, and the next `gc` removes the rest.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -35,6 +35,7 @@ use super::console::{
 };
 use super::exit::{classify, Ended, Exit, ExitReason};
 use super::pidfd;
+use super::watchdog::{self, Watched};
 use crate::error::Error;
 
 #[derive(Debug, Default)]
@@ -50,7 +51,7 @@ pub(crate) struct Process {
     pub(crate) pid: u32,
     pub(crate) plan: JailPlan,
     jail: Arc<Jail>,
-    watchdog: Arc<Mutex<Option<libc::pid_t>>>,
+    watchdog: Arc<Mutex<Option<Watched>>>,
     pidfd: Arc<OwnedFd>,
     flags: Arc<Mutex<Flags>>,
     pub(crate) serial: Arc<SerialBuf>,
@@ -162,7 +163,7 @@ impl Process {
         drop(child);
         let pidfd = pidfd::open(pid)?;
         let watchdog = if die_with_owner {
-            match spawn_watchdog(&pidfd) {
+            match watchdog::watch(&pidfd) {
                 Ok(w) => Some(w),
                 Err(e) => {
                     pidfd::send_signal(&pidfd, libc::SIGKILL);
@@ -211,7 +212,7 @@ impl Process {
     fn supervised(
         pid: u32,
         jail: Arc<Jail>,
-        watchdog: Option<libc::pid_t>,
+        watchdog: Option<Watched>,
         pidfd: OwnedFd,
         serial: Arc<SerialBuf>,
         stderr: Arc<Mutex<Vec<u8>>>,
@@ -287,7 +288,7 @@ impl Process {
         self.flags.lock().unwrap().detached = true;
         self.jail.disarm();
         if let Some(w) = self.watchdog.lock().unwrap().take() {
-            end_watchdog(w, true);
+            watchdog::forget(w);
         }
     }
 
@@ -324,7 +325,7 @@ impl Drop for Process {
         pidfd::wait_blocking(&self.pidfd, Duration::from_secs(2));
         let _ = pidfd::reap(&self.pidfd);
         if let Some(w) = self.watchdog.lock().unwrap().take() {
-            end_watchdog(w, false);
+            watchdog::forget(w);
         }
         clean_once(&self.cleanup_done, &self.jail);
     }
@@ -351,7 +352,7 @@ struct Output {
 async fn supervise(
     pidfd: Arc<OwnedFd>,
     jail: Arc<Jail>,
-    watchdog: Arc<Mutex<Option<libc::pid_t>>>,
+    watchdog: Arc<Mutex<Option<Watched>>>,
     flags: Arc<Mutex<Flags>>,
     cleanup_done: Arc<Mutex<bool>>,
     out: Output,
@@ -384,9 +385,9 @@ async fn supervise(
     // task) and the network blocks: off the async workers.
     let detached = flags.detached;
     let cleanup_error = tokio::task::spawn_blocking(move || {
-        // The watchdog sees Firecracker's exit too and ends at once.
+        // The watchdog sees Firecracker's exit too and drops it; this makes sure.
         if let Some(w) = watchdog.lock().unwrap().take() {
-            end_watchdog(w, false);
+            watchdog::forget(w);
         }
         if detached {
             None
@@ -456,96 +457,4 @@ fn become_subreaper() -> Result<(), Error> {
         });
     }
     Ok(())
-}
-
-/// Forks the watchdog of one VM (see the module docs) and returns its pid. The child makes only
-/// raw system calls (async-signal-safe, as required after a fork in a threaded process) and
-/// never returns.
-fn spawn_watchdog(firecracker: &OwnedFd) -> Result<libc::pid_t, Error> {
-    let owner = pidfd::open(std::process::id())?;
-    let devnull = c"/dev/null";
-    // SAFETY: fork has no memory-safety preconditions; the child runs only `watchdog`, which is
-    // async-signal-safe.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(Error::Os {
-            what: "fork (the VM's watchdog)".into(),
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    if pid == 0 {
-        // SAFETY: in the forked child; both fds are open and the path is a valid C string.
-        unsafe { watchdog(owner.as_raw_fd(), firecracker.as_raw_fd(), devnull.as_ptr()) }
-    }
-    Ok(pid)
-}
-
-/// The watchdog's body: its own session (no terminal signal or process-group kill aimed at the
-/// owner reaches it), no inherited fds but the two pidfds, then wait for either process to end.
-///
-/// # Safety
-/// Call only in a freshly forked child, with `owner` and `firecracker` open pidfds.
-unsafe fn watchdog(owner: i32, firecracker: i32, devnull: *const libc::c_char) -> ! {
-    // SAFETY: each call below is an async-signal-safe system call on valid arguments.
-    unsafe {
-        libc::setsid();
-        for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGQUIT, libc::SIGPIPE] {
-            libc::signal(sig, libc::SIG_IGN);
-        }
-        let null = libc::open(devnull, libc::O_RDWR);
-        if null >= 0 {
-            for fd in 0..3 {
-                libc::dup2(null, fd);
-            }
-        }
-        let (a, b) = (owner.min(firecracker) as u32, owner.max(firecracker) as u32);
-        for (first, last) in [(3, a.wrapping_sub(1)), (a + 1, b - 1), (b + 1, u32::MAX)] {
-            if first <= last {
-                libc::syscall(libc::SYS_close_range, first, last, 0);
-            }
-        }
-        let mut fds = [
-            libc::pollfd {
-                fd: owner,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: firecracker,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        loop {
-            let n = libc::poll(fds.as_mut_ptr(), 2, -1);
-            if n < 0 {
-                continue; // EINTR
-            }
-            if fds[1].revents != 0 {
-                libc::_exit(0);
-            }
-            if fds[0].revents != 0 {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    firecracker,
-                    libc::SIGKILL,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0,
-                );
-                libc::_exit(0);
-            }
-        }
-    }
-}
-
-/// Reaps a watchdog (first killing it when `kill`); it ends by itself once Firecracker has.
-fn end_watchdog(pid: libc::pid_t, kill: bool) {
-    // SAFETY: plain signal and wait calls on our own child's pid.
-    unsafe {
-        if kill {
-            libc::kill(pid, libc::SIGKILL);
-        }
-        let mut status = 0;
-        libc::waitpid(pid, &mut status, 0);
-    }
 }
