@@ -1,17 +1,88 @@
 //! The daemon's [`VmService`]: a thin adapter from the proto messages to
 //! [`warden::daemon::Manager`] and back. All behaviour lives in the manager.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use warden::daemon::state::VmState;
 use warden::daemon::store::VmSpec;
-use warden::daemon::{ErrorCode, Manager, ManagerError, VmInfo, VmInfoRef};
+use warden::daemon::{ErrorCode, Manager, ManagerError, Version, VmInfo, VmInfoRef};
+
+use prost::Message;
 
 use crate::{pb, ApiError, Code, VmService};
 
 /// [`VmService`] backed by the manager.
-pub struct ManagerService(pub Arc<Manager>);
+pub struct ManagerService(pub Arc<Manager>, ListEntries);
+
+impl ManagerService {
+    /// The service of `manager`.
+    pub fn new(manager: Arc<Manager>) -> Self {
+        Self(manager, ListEntries::default())
+    }
+}
+
+/// ListVms' entries as protobuf, each kept until its VM's [`Version`] changes: a list of 1,000
+/// VMs spent most of its time building and encoding entries that had not changed. The cgroup
+/// readings change at every refresh, so an entry is sent as its kept bytes followed by a
+/// second encoding of the same `VmInfo` that holds only the readings; protobuf merges a message
+/// field given twice, so a reader sees one entry (see [`ListEntries::entry`]).
+#[derive(Default)]
+pub struct ListEntries {
+    kept: std::sync::Mutex<HashMap<String, Kept>>,
+}
+
+/// A VM's entry without its readings, and the version it was made of.
+type Kept = (Version, Arc<[u8]>);
+
+impl ListEntries {
+    /// The encoded list entry of `v`: its kept part, and its readings.
+    fn entry(&self, v: VmInfoRef<'_>) -> (Arc<[u8]>, Vec<u8>) {
+        let id = &v.record.id;
+        let kept = self
+            .kept
+            .lock()
+            .unwrap()
+            .get(id)
+            .filter(|(version, _)| *version == v.version)
+            .map(|(_, bytes)| bytes.clone());
+        let kept = kept.unwrap_or_else(|| {
+            let bytes: Arc<[u8]> = info_to_pb(VmInfoRef { stats: None, ..v })
+                .encode_to_vec()
+                .into();
+            self.kept
+                .lock()
+                .unwrap()
+                .insert(id.clone(), (v.version, bytes.clone()));
+            bytes
+        });
+        let readings = match (v.stats, v.record.plan.as_ref()) {
+            (Some(_), Some(_)) => {
+                let mut cgroup = pb::CgroupInfo::default();
+                readings_to_pb(v.stats, &mut cgroup);
+                pb::VmInfo {
+                    warden: Some(pb::VmDetails {
+                        cgroup: Some(cgroup),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }
+                .encode_to_vec()
+            }
+            _ => Vec::new(),
+        };
+        (kept, readings)
+    }
+
+    /// Forgets the entries of VMs a full list did not show (deleted ones).
+    fn keep_only(&self, ids: &HashSet<&str>) {
+        self.kept
+            .lock()
+            .unwrap()
+            .retain(|id, _| ids.contains(id.as_str()));
+    }
+}
 
 impl From<ManagerError> for ApiError {
     fn from(e: ManagerError) -> Self {
@@ -692,21 +763,23 @@ fn summary_to_pb(v: VmInfoRef<'_>) -> pb::VmDetails {
         },
         chroot_path: plan.map(|p| path_text(&p.root_dir)).unwrap_or_default(),
         socket_path: plan.map(|p| path_text(&p.socket_path)).unwrap_or_default(),
-        cgroup: plan.map(|p| pb::CgroupInfo {
-            paths: Vec::new(),
-            memory_bytes: v.stats.and_then(|s| s.memory_bytes),
-            memory_limit_bytes: memory_limit
-                .filter(|_| !p.cgroups_off.iter().any(|o| o.controller == "memory")),
-            cpu_usage_ns: v.stats.and_then(|s| s.cpu_usage_ns),
-            oom_kills: v.stats.and_then(|s| s.oom_kills),
-            pids_current: v.stats.and_then(|s| s.pids_current),
-            limits_off: p
-                .cgroups_off
-                .iter()
-                .map(|o| format!("{}: {}", o.controller, o.why))
-                .collect(),
-            settings: Vec::new(),
-        }),
+        cgroup: plan
+            .map(|p| pb::CgroupInfo {
+                paths: Vec::new(),
+                memory_limit_bytes: memory_limit
+                    .filter(|_| !p.cgroups_off.iter().any(|o| o.controller == "memory")),
+                limits_off: p
+                    .cgroups_off
+                    .iter()
+                    .map(|o| format!("{}: {}", o.controller, o.why))
+                    .collect(),
+                settings: Vec::new(),
+                ..Default::default()
+            })
+            .map(|mut c| {
+                readings_to_pb(v.stats, &mut c);
+                c
+            }),
         staged_assets: Vec::new(),
         isolation: v.isolation.map(|i| pb::IsolationReport {
             is_sandboxed: i.is_sandboxed,
@@ -732,6 +805,14 @@ fn summary_to_pb(v: VmInfoRef<'_>) -> pb::VmDetails {
         bridge: net.and_then(|n| n.bridge.clone()).unwrap_or_default(),
         uid: r.uid,
     }
+}
+
+/// A VM's cgroup readings, into its `CgroupInfo`.
+fn readings_to_pb(stats: Option<&warden::CgroupStats>, c: &mut pb::CgroupInfo) {
+    c.memory_bytes = stats.and_then(|s| s.memory_bytes);
+    c.cpu_usage_ns = stats.and_then(|s| s.cpu_usage_ns);
+    c.oom_kills = stats.and_then(|s| s.oom_kills);
+    c.pids_current = stats.and_then(|s| s.pids_current);
 }
 
 /// The list entry of a VM.
@@ -991,64 +1072,61 @@ impl VmService for ManagerService {
     }
 
     async fn list_vms(&self, req: pb::ListVmsRequest) -> Result<pb::ListVmsResponse, ApiError> {
-        if req.page_size < 0 || req.page_size > MAX_PAGE_SIZE {
-            return Err(invalid(
-                "page_size",
-                format!(
-                    "is {}; give 1 to {MAX_PAGE_SIZE} (0 for {DEFAULT_PAGE_SIZE})",
-                    req.page_size
-                ),
-            ));
-        }
-        for (i, s) in req.state_filter.iter().enumerate() {
-            if pb::VmState::try_from(*s).is_err() || *s == pb::VmState::Unspecified as i32 {
-                return Err(invalid(
-                    &format!("state_filter[{i}]"),
-                    format!("is {s}, not a VmState; give VM_STATE_CREATED .. VM_STATE_DELETED"),
-                ));
-            }
-        }
-        let after = parse_page_token(&req.page_token)?;
-        let size = if req.page_size == 0 {
-            DEFAULT_PAGE_SIZE
-        } else {
-            req.page_size
-        } as usize;
-        // The manager lists by id, so a page is the ids after the last one of the previous page;
-        // VMs created or deleted between pages neither repeat nor shift the others. Entries are
-        // made only for the page (and one more, to know whether another page follows).
-        let mut total = 0usize;
-        let mut made = 0usize;
-        let mut page: Vec<pb::VmInfo> = self
-            .0
-            .list_with(|v| {
-                if !state_matches(&req.state_filter, v.record.state) {
-                    return None;
-                }
-                total += 1;
-                let in_page = after
-                    .as_ref()
-                    .is_none_or(|a| v.record.id.as_str() > a.as_str());
-                if !in_page || made > size {
-                    return None;
-                }
-                made += 1;
-                Some(info_to_pb(v))
-            })
+        let (vms, next_page_token, total_count) = self
+            .list_page(&req, info_to_pb, |v: &pb::VmInfo| v.vm_id.as_str())
             .await?;
-        let next_page_token = if page.len() > size {
-            page.truncate(size);
-            page.last()
-                .map(|v| page_token(&v.vm_id))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
         Ok(pb::ListVmsResponse {
-            vms: page,
+            vms,
             next_page_token,
-            total_count: i32::try_from(total).unwrap_or(i32::MAX),
+            total_count,
         })
+    }
+
+    async fn list_vms_encoded(&self, req: pb::ListVmsRequest) -> Result<Vec<u8>, ApiError> {
+        type Made = (String, (Arc<[u8]>, Vec<u8>), Option<pb::VmInfo>);
+        let (page, next_page_token, total_count) = self
+            .list_page(
+                &req,
+                |v| -> Made {
+                    // Debug builds check every kept entry against one made anew.
+                    let fresh = cfg!(debug_assertions).then(|| info_to_pb(v));
+                    (v.record.id.clone(), self.1.entry(v), fresh)
+                },
+                |m: &Made| m.0.as_str(),
+            )
+            .await?;
+        let whole = req.state_filter.is_empty() && req.page_token.is_empty();
+        if whole && next_page_token.is_empty() {
+            self.1
+                .keep_only(&page.iter().map(|m| m.0.as_str()).collect());
+        }
+        let mut out = Vec::with_capacity(page.iter().map(|m| m.1 .0.len() + 24).sum());
+        for (_, (kept, readings), _) in &page {
+            prost::encoding::encode_key(
+                VMS_FIELD,
+                prost::encoding::WireType::LengthDelimited,
+                &mut out,
+            );
+            prost::encoding::encode_varint((kept.len() + readings.len()) as u64, &mut out);
+            out.extend_from_slice(kept);
+            out.extend_from_slice(readings);
+        }
+        let rest = pb::ListVmsResponse {
+            vms: Vec::new(),
+            next_page_token,
+            total_count,
+        };
+        rest.encode(&mut out)
+            .map_err(|e| ApiError::internal(format!("failed to encode the response: {e}")))?;
+        if cfg!(debug_assertions) {
+            let decoded = pb::ListVmsResponse::decode(out.as_slice());
+            let want = pb::ListVmsResponse {
+                vms: page.into_iter().filter_map(|m| m.2).collect(),
+                ..rest
+            };
+            assert_eq!(decoded.ok(), Some(want), "a kept ListVms entry is stale");
+        }
+        Ok(out)
     }
 
     async fn snapshot_vm(
@@ -1214,8 +1292,78 @@ impl VmService for ManagerService {
 
 const DEFAULT_PAGE_SIZE: i32 = 100;
 const MAX_PAGE_SIZE: i32 = 1000;
+/// `ListVmsResponse.vms`.
+const VMS_FIELD: u32 = 1;
 
 impl ManagerService {
+    /// One page of ListVms, each entry made by `make`: the entries, the next page's token and
+    /// the count of every VM that matches.
+    async fn list_page<T>(
+        &self,
+        req: &pb::ListVmsRequest,
+        mut make: impl FnMut(VmInfoRef<'_>) -> T,
+        id_of: impl Fn(&T) -> &str,
+    ) -> Result<(Vec<T>, String, i32), ApiError> {
+        if req.page_size < 0 || req.page_size > MAX_PAGE_SIZE {
+            return Err(invalid(
+                "page_size",
+                format!(
+                    "is {}; give 1 to {MAX_PAGE_SIZE} (0 for {DEFAULT_PAGE_SIZE})",
+                    req.page_size
+                ),
+            ));
+        }
+        for (i, s) in req.state_filter.iter().enumerate() {
+            if pb::VmState::try_from(*s).is_err() || *s == pb::VmState::Unspecified as i32 {
+                return Err(invalid(
+                    &format!("state_filter[{i}]"),
+                    format!("is {s}, not a VmState; give VM_STATE_CREATED .. VM_STATE_DELETED"),
+                ));
+            }
+        }
+        let after = parse_page_token(&req.page_token)?;
+        let size = if req.page_size == 0 {
+            DEFAULT_PAGE_SIZE
+        } else {
+            req.page_size
+        } as usize;
+        // The manager lists by id, so a page is the ids after the last one of the previous page;
+        // VMs created or deleted between pages neither repeat nor shift the others. Entries are
+        // made only for the page (and one more, to know whether another page follows).
+        let mut total = 0usize;
+        let mut made = 0usize;
+        let mut page: Vec<T> = self
+            .0
+            .list_with(|v| {
+                if !state_matches(&req.state_filter, v.record.state) {
+                    return None;
+                }
+                total += 1;
+                let in_page = after
+                    .as_ref()
+                    .is_none_or(|a| v.record.id.as_str() > a.as_str());
+                if !in_page || made > size {
+                    return None;
+                }
+                made += 1;
+                Some(make(v))
+            })
+            .await?;
+        let next_page_token = if page.len() > size {
+            page.truncate(size);
+            page.last()
+                .map(|v| page_token(id_of(v)))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok((
+            page,
+            next_page_token,
+            i32::try_from(total).unwrap_or(i32::MAX),
+        ))
+    }
+
     /// A BootVm or RebootVm error (staging names `config.kernel_path`, `config.drives[0].path`),
     /// with the field as GetVmInfo's config spells it.
     async fn stored_fields(&self, id: &str, e: ManagerError) -> ApiError {

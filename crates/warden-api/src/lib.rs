@@ -94,6 +94,12 @@ pub trait VmService: Send + Sync + 'static {
     ) -> Result<pb::GetVmInfoResponse, ApiError>;
     /// Lists VMs, a page at a time.
     async fn list_vms(&self, req: pb::ListVmsRequest) -> Result<pb::ListVmsResponse, ApiError>;
+    /// ListVms' response as protobuf bytes (the binary protocol's answer); a backend may make
+    /// it faster than by encoding [`VmService::list_vms`]'s, which is the default.
+    async fn list_vms_encoded(&self, req: pb::ListVmsRequest) -> Result<Vec<u8>, ApiError> {
+        use prost::Message;
+        Ok(self.list_vms(req).await?.encode_to_vec())
+    }
     /// WatchVms: the current state of each VM (or of one), then every change.
     async fn watch_vms(&self, req: pb::WatchVmsRequest) -> Result<VmEventStream, ApiError>;
     /// SnapshotVm: a full snapshot of a running VM into the store.

@@ -608,6 +608,10 @@ async fn call_method(
     codec: Codec,
     body: Bytes,
 ) -> Result<Vec<u8>, ApiError> {
+    if method == "ListVms" && codec == Codec::Proto {
+        let req = decode(codec, &body)?;
+        return svc.list_vms_encoded(req).await;
+    }
     macro_rules! route {
         ($($name:literal => $func:ident;)*) => {
             match method {

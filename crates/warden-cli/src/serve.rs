@@ -156,7 +156,7 @@ pub async fn gc(args: ServeArgs) -> anyhow::Result<u8> {
 }
 
 fn router(manager: Arc<Manager>, cfg: &DaemonConfig) -> axum::Router {
-    let service = Arc::new(ManagerService(manager.clone()));
+    let service = Arc::new(ManagerService::new(manager.clone()));
     let options = ServerOptions {
         bearer_token: cfg.auth_token.clone(),
         ..ServerOptions::default()

@@ -364,6 +364,104 @@ async fn a_vm_killed_from_outside_is_shown_stopped_with_the_reason_within_a_seco
     d.assert_clean();
 }
 
+/// ListVms through the binary protocol (whose entries the daemon keeps until a VM changes) and
+/// through JSON (made anew every time) after each change of two VMs.
+#[tokio::test(flavor = "multi_thread")]
+async fn list_entries_follow_every_change_and_match_a_list_made_anew() {
+    let d = Daemon::start(&[]);
+    let c = d.client();
+    let base = unique("ls");
+    let (a, b) = (format!("{base}-a"), format!("{base}-b"));
+    let lists = || async {
+        let proto = c.list_vms(pb::ListVmsRequest::default()).await.unwrap();
+        let json: pb::ListVmsResponse = c
+            .call("ListVms", &pb::ListVmsRequest::default())
+            .await
+            .unwrap();
+        (proto, json)
+    };
+    let check = |(proto, json): (pb::ListVmsResponse, pb::ListVmsResponse),
+                 want: &[(&str, pb::VmState)]| {
+        let strip = |mut l: pb::ListVmsResponse| {
+            // Readings may move between the two calls; everything else may not.
+            for v in &mut l.vms {
+                if let Some(cg) = v.warden.as_mut().and_then(|w| w.cgroup.as_mut()) {
+                    cg.memory_bytes = None;
+                    cg.cpu_usage_ns = None;
+                    cg.pids_current = None;
+                }
+            }
+            l
+        };
+        let (proto, json) = (strip(proto), strip(json));
+        assert_eq!(proto, json);
+        let got: Vec<(String, i32)> = proto
+            .vms
+            .iter()
+            .map(|v| (v.vm_id.clone(), v.state))
+            .collect();
+        let want: Vec<(String, i32)> = want
+            .iter()
+            .map(|(id, s)| (id.to_string(), *s as i32))
+            .collect();
+        assert_eq!(got, want);
+        proto
+    };
+    c.create_vm(d.create_req(&a, "mode=idle")).await.unwrap();
+    check(lists().await, &[(&a, pb::VmState::Created)]);
+    c.create_vm(d.create_req(&b, "mode=idle")).await.unwrap();
+    boot(&c, a.clone()).await;
+    let l = check(
+        lists().await,
+        &[(&a, pb::VmState::Running), (&b, pb::VmState::Created)],
+    );
+    let running = l.vms[0].warden.clone().unwrap();
+    assert_eq!(running.pid, vm_info(&c, a.clone()).await.pid);
+    assert!(running.isolation.unwrap().is_sandboxed);
+    c.pause_vm(pb::PauseVmRequest { vm_id: a.clone() })
+        .await
+        .unwrap();
+    check(
+        lists().await,
+        &[(&a, pb::VmState::Paused), (&b, pb::VmState::Created)],
+    );
+    c.resume_vm(pb::ResumeVmRequest { vm_id: a.clone() })
+        .await
+        .unwrap();
+    boot(&c, b.clone()).await;
+    check(
+        lists().await,
+        &[(&a, pb::VmState::Running), (&b, pb::VmState::Running)],
+    );
+    c.shutdown_vm(pb::ShutdownVmRequest {
+        vm_id: a.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let l = check(
+        lists().await,
+        &[(&a, pb::VmState::Shutdown), (&b, pb::VmState::Running)],
+    );
+    assert_eq!(l.vms[0].warden.as_ref().unwrap().pid, 0);
+    assert!(l.vms[0].warden.as_ref().unwrap().exit.is_some());
+    c.delete_vm(pb::DeleteVmRequest {
+        vm_id: a.clone(),
+        force: false,
+    })
+    .await
+    .unwrap();
+    check(lists().await, &[(&b, pb::VmState::Running)]);
+    c.delete_vm(pb::DeleteVmRequest {
+        vm_id: b.clone(),
+        force: true,
+    })
+    .await
+    .unwrap();
+    check(lists().await, &[]);
+    d.assert_clean();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_requests_get_the_right_code_and_create_nothing() {
     let d = Daemon::start(&[]);

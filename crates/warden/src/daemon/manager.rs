@@ -46,6 +46,31 @@ pub struct VmInfoRef<'a> {
     pub stats: Option<&'a CgroupStats>,
     /// The isolation report, while the VM runs.
     pub isolation: Option<&'a IsolationReport>,
+    /// Equal for two views of a VM only when everything but `stats` is the same, so a caller
+    /// may keep what it made of a view until the version changes.
+    pub version: Version,
+}
+
+/// See [`VmInfoRef::version`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Version {
+    /// The record's revision (see [`Tracked`]).
+    revision: u64,
+    /// The slot's run.
+    generation: u64,
+    /// Whether it runs, and whether it is sandboxed.
+    live: Option<bool>,
+}
+
+impl Version {
+    /// A version equal to no other.
+    fn unique() -> Self {
+        Self {
+            revision: next_revision(),
+            generation: 0,
+            live: None,
+        }
+    }
 }
 
 impl VmInfo {
@@ -55,6 +80,7 @@ impl VmInfo {
             record: &self.record,
             stats: self.stats.as_ref(),
             isolation: self.isolation.as_ref(),
+            version: Version::unique(),
         }
     }
 }
@@ -70,8 +96,46 @@ impl VmInfoRef<'_> {
     }
 }
 
+/// A VM's record as its slot holds it. Every mutable access gives it a new revision, so that
+/// a list can keep a VM's entry until its record may have changed ([`VmInfoRef::version`]).
+#[derive(Debug)]
+pub(crate) struct Tracked {
+    rec: VmRecord,
+    revision: u64,
+}
+
+impl Tracked {
+    pub(crate) fn new(rec: VmRecord) -> Self {
+        Self {
+            rec,
+            revision: next_revision(),
+        }
+    }
+}
+
+impl std::ops::Deref for Tracked {
+    type Target = VmRecord;
+
+    fn deref(&self) -> &VmRecord {
+        &self.rec
+    }
+}
+
+impl std::ops::DerefMut for Tracked {
+    fn deref_mut(&mut self) -> &mut VmRecord {
+        self.revision = next_revision();
+        &mut self.rec
+    }
+}
+
+/// Revisions are unique across the daemon's records.
+fn next_revision() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 pub(crate) struct Slot {
-    pub(crate) rec: VmRecord,
+    pub(crate) rec: Tracked,
     pub(crate) vm: Option<VmHandle>,
     /// Bumped at every boot, so a watcher only acts on the run it watches.
     pub(crate) generation: u64,
@@ -216,6 +280,11 @@ impl Manager {
                         record: &slot.rec,
                         stats: live.and_then(|_| readings.get(id)),
                         isolation: live.map(|vm| &vm.isolation),
+                        version: Version {
+                            revision: slot.rec.revision,
+                            generation: slot.generation,
+                            live: live.map(|vm| vm.isolation.is_sandboxed),
+                        },
                     })
                 }
                 Err(_) => match self.store.get(id).await {
@@ -223,6 +292,7 @@ impl Manager {
                         record: &rec,
                         stats: None,
                         isolation: None,
+                        version: Version::unique(),
                     }),
                     _ => continue,
                 },

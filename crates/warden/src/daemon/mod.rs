@@ -23,5 +23,5 @@ mod watch;
 
 pub use error::{api_field, ErrorCode, FieldOwner, ManagerError};
 pub use events::VmEvent;
-pub use manager::{Manager, VmInfo, VmInfoRef};
+pub use manager::{Manager, Version, VmInfo, VmInfoRef};
 pub use snapshots::size_bytes as snapshot_size_bytes;

@@ -25,7 +25,7 @@ use tokio::sync::Mutex;
 use jail::error_chain;
 
 use super::error::ManagerError;
-use super::manager::{Manager, Slot};
+use super::manager::{Manager, Slot, Tracked};
 use super::state::VmState;
 use super::store::{now_ms, ExitCause, ExitRecord, VmRecord};
 use super::watch::exit_record;
@@ -62,7 +62,7 @@ pub(crate) async fn recover(m: &Arc<Manager>) -> Result<(), ManagerError> {
         }
         let id = rec.id.clone();
         let slot = Arc::new(Mutex::new(Slot {
-            rec,
+            rec: Tracked::new(rec),
             vm: None,
             generation: 0,
         }));

@@ -72,7 +72,7 @@ impl Manager {
             slots.insert(
                 id.clone(),
                 Arc::new(Mutex::new(Slot {
-                    rec: rec.clone(),
+                    rec: crate::daemon::manager::Tracked::new(rec.clone()),
                     vm: None,
                     generation: 0,
                 })),
