@@ -224,6 +224,9 @@ impl Manager {
             registry: self.registry.clone(),
             // The daemon's VMs outlive it and are re-attached at its next start.
             die_with_owner: false,
+            // GetVmInfo reads the isolation report live, with its uid check; ListVms shows only
+            // whether the VM is sandboxed, which that check does not change.
+            uid_check_at_start: false,
             track_dirty_pages: spec.track_dirty_pages,
             ..VmOptions::default()
         };

@@ -205,6 +205,11 @@ pub struct VmOptions {
     /// for that); its host state is then removed by the next `warden gc`. A daemon turns this
     /// off: its VMs outlive it and are re-attached.
     pub die_with_owner: bool,
+    /// Check, for the isolation report kept from the start, that no other process runs as the
+    /// VM's uid: a pass over every process of the host (shared by the starts in flight), which
+    /// with 1,000 VMs running was a visible part of each start. A daemon turns it off: its
+    /// GetVmInfo reads the report, with that check, when it is asked.
+    pub uid_check_at_start: bool,
     /// Start from this snapshot instead of booting (set by [`crate::vm::restore_vm`]).
     pub restore: Option<crate::vm::snapshot::Restore>,
     /// Boot with Firecracker's dirty-page tracking (`track_dirty_pages` in machine-config),
@@ -235,6 +240,7 @@ impl Default for VmOptions {
             owner: None,
             registry: jail::Registry::default(),
             die_with_owner: true,
+            uid_check_at_start: true,
             restore: None,
             track_dirty_pages: false,
         }

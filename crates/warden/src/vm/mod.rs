@@ -165,7 +165,7 @@ impl VmHandle {
         }
         let socket_path = plan.socket_path.clone();
         let unjailed = (!plan.jailed).then_some("jailer not used");
-        let mut isolation = isolation_report(&process, &plan, unjailed, None).await;
+        let mut isolation = isolation_report(&process, &plan, unjailed, None, None).await;
         // Recovery re-attaches every VM at once: they share passes at most UID_NOTE_TTL old.
         add_uid_note(&mut isolation, &processes_by_uid(proc_root), pid, plan.uid);
         Ok(Some(VmHandle {
@@ -659,7 +659,7 @@ async fn finish(
     // From here a failure must end the process; dropping `process` kills it and cleans up.
     let (before, started) = match &options.restore {
         Some(r) => {
-            let before = isolation_report(&process, &plan, unjailed_reason, None).await;
+            let before = isolation_report(&process, &plan, unjailed_reason, None, None).await;
             let loaded = snapshot::load(&client, &plan, &r.manifest.firecracker_version).await;
             phases.mark("snapshot load");
             match loaded {
@@ -678,7 +678,7 @@ async fn finish(
             phases.mark("configure");
             // Read before InstanceStart too: a guest may power off before the report after it
             // is read.
-            let before = isolation_report(&process, &plan, unjailed_reason, None).await;
+            let before = isolation_report(&process, &plan, unjailed_reason, None, None).await;
             let started = match configured {
                 Ok(()) => client.action(ActionType::InstanceStart).await,
                 Err(e) => Err(e),
@@ -697,7 +697,8 @@ async fn finish(
             source: Box::new(source),
         });
     }
-    let after = isolation_report(&process, &plan, unjailed_reason, Some(began)).await;
+    let uid_since = options.uid_check_at_start.then_some(began);
+    let after = isolation_report(&process, &plan, unjailed_reason, Some(began), uid_since).await;
     let isolation = if process.exited().is_some()
         || !jail::proc::is_alive(std::path::Path::new(jail::proc::PROC), process.pid)
     {
@@ -793,12 +794,14 @@ async fn configure(
 
 /// Reads the isolation report. vCPU threads install their seccomp filters as they start, so after
 /// InstanceStart (`settle`: the report kept from a start) a jailed VM is re-read briefly until
-/// every thread shows one, and the uid note is added from a pass begun at or after `settle`.
+/// every thread shows one. With `uid_since`, the uid note is added from a pass over the host's
+/// processes begun at or after it.
 async fn isolation_report(
     process: &process::Process,
     plan: &JailPlan,
     unjailed_reason: Option<&str>,
     settle: Option<std::time::Instant>,
+    uid_since: Option<std::time::Instant>,
 ) -> IsolationReport {
     let expected = inspect::Expected {
         jailed: plan.jailed,
@@ -816,7 +819,7 @@ async fn isolation_report(
         tokio::time::sleep(Duration::from_millis(2)).await;
         report = inspect::report(proc_root, process.pid, &expected);
     }
-    if let Some(since) = settle {
+    if let Some(since) = uid_since {
         let by_uid = processes_by_uid_since(proc_root, since);
         add_uid_note(&mut report, &by_uid, process.pid, plan.uid);
     }
