@@ -201,9 +201,9 @@ pub struct VmOptions {
     pub owner: Option<jail::Owner>,
     /// The host-wide registry where the VM's id is reserved before anything is made.
     pub registry: jail::Registry,
-    /// End Firecracker when this process dies, even by SIGKILL (a small watchdog process waits
-    /// for that); its host state is then removed by the next `warden gc`. A daemon turns this
-    /// off: its VMs outlive it and are re-attached.
+    /// End Firecracker when this process dies, even by SIGKILL (one small watchdog process per
+    /// owner waits for that, for all its VMs); its host state is then removed by the next
+    /// `warden gc`. A daemon turns this off: its VMs outlive it and are re-attached.
     pub die_with_owner: bool,
     /// Check, for the isolation report kept from the start, that no other process runs as the
     /// VM's uid: a pass over every process of the host (shared by the starts in flight), which
