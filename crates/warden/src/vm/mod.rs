@@ -13,6 +13,7 @@ pub mod jailer;
 mod pidfd;
 mod process;
 pub mod snapshot;
+mod spawn;
 pub mod warm;
 mod watchdog;
 

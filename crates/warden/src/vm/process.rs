@@ -20,11 +20,9 @@
 //! them. The owner record then names a dead owner, and the next `gc` removes the rest.
 
 use std::os::fd::OwnedFd;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jail::{Jail, JailPlan};
 use tokio::sync::watch;
@@ -33,8 +31,10 @@ use super::config::Serial;
 use super::console::{
     read_tail, spawn_serial_reader, spawn_stderr_reader, tail, SerialBuf, TAIL_BYTES,
 };
+use super::exit::WaitStatus;
 use super::exit::{classify, Ended, Exit, ExitReason};
 use super::pidfd;
+use super::spawn;
 use super::watchdog::{self, Watched};
 use crate::error::Error;
 
@@ -75,41 +75,25 @@ impl Process {
             become_subreaper()?;
         }
         let (stdout, stderr_to) = match &serial {
-            Serial::Discard => (Stdio::null(), Stdio::piped()),
-            Serial::Capture | Serial::CaptureAndEcho => (Stdio::piped(), Stdio::piped()),
+            Serial::Discard => (spawn::Stdio::Null, spawn::Stdio::Pipe),
+            Serial::Capture | Serial::CaptureAndEcho => (spawn::Stdio::Pipe, spawn::Stdio::Pipe),
             Serial::File(path) => (
-                Stdio::from(append(path)?),
-                Stdio::from(append(&Serial::stderr_path(path))?),
+                spawn::Stdio::Fd(append(path)?.into()),
+                spawn::Stdio::Fd(append(&Serial::stderr_path(path))?.into()),
             ),
         };
-        let mut cmd = Command::new(&program);
-        cmd.args(&plan.argv[1..])
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr_to)
-            // Its own process group: a Ctrl-C at our terminal is ours to handle, not the VM's.
-            .process_group(0);
-        // If we die while the jailer is still setting up (before it is in the VM's cgroups and
-        // has dropped to the jail uid, which clears this), it dies too: no half-made jail is
-        // finished after its owner's removal ran. Firecracker itself is unaffected.
-        let parent = std::process::id() as libc::pid_t;
-        // SAFETY: the closure runs in the forked child before exec and only makes
-        // async-signal-safe calls (prctl, getppid).
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
+        // In its own process group (a Ctrl-C at our terminal is ours to handle, not the VM's),
+        // without a copy of this process (see `spawn`). If we die while the jailer is still
+        // setting up (before it is in the VM's cgroups and has dropped to the jail uid, which
+        // clears this), it dies too: no half-made jail is finished after its owner's removal
+        // ran. Firecracker itself is unaffected.
+        let mut child =
+            spawn::spawn(&program, &plan.argv[1..], stdout, stderr_to).map_err(|source| {
+                Error::Spawn {
+                    program: program.clone(),
+                    source,
                 }
-                if libc::getppid() != parent {
-                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().map_err(|source| Error::Spawn {
-            program: program.clone(),
-            source,
-        })?;
+            })?;
         let serial_buf = Arc::new(SerialBuf::new(
             match &serial {
                 Serial::File(p) => Some(p.clone()),
@@ -118,13 +102,17 @@ impl Process {
             serial_max,
         ));
         if let Some(out) = child.stdout.take() {
-            spawn_serial_reader(out, serial_buf.clone(), serial == Serial::CaptureAndEcho);
+            spawn_serial_reader(
+                out.into(),
+                serial_buf.clone(),
+                serial == Serial::CaptureAndEcho,
+            );
         }
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let stderr_done = child
             .stderr
             .take()
-            .map(|err| spawn_stderr_reader(err, stderr.clone()));
+            .map(|err| spawn_stderr_reader(err.into(), stderr.clone()));
         let stderr_file = match &serial {
             Serial::File(p) => Some(Serial::stderr_path(p)),
             _ => None,
@@ -132,13 +120,18 @@ impl Process {
 
         let pid = if plan.new_pid_ns {
             // The jailer forks Firecracker into the new namespace, writes its pid and exits.
-            let status = wait_child(&mut child, wait_timeout).await;
+            let jailer = Arc::new(pidfd::open(child.pid)?);
+            let ended = tokio::time::timeout(wait_timeout, pidfd::exited(jailer.clone()))
+                .await
+                .is_ok();
+            let status = if ended { pidfd::reap(&jailer) } else { None };
             match status {
-                Some(s) if s.success() => {}
+                Some(WaitStatus::Exited(0)) => {}
                 other => {
-                    if other.is_none() {
-                        let _ = child.kill();
-                        let _ = child.wait();
+                    if !ended {
+                        pidfd::send_signal(&jailer, libc::SIGKILL);
+                        pidfd::wait_blocking(&jailer, Duration::from_secs(2));
+                        let _ = pidfd::reap(&jailer);
                     }
                     if let Some(done) = stderr_done {
                         let _ = tokio::time::timeout(Duration::from_millis(200), done).await;
@@ -149,18 +142,22 @@ impl Process {
                     }
                     return Err(Error::ExitedEarly {
                         program,
-                        status: other.map_or("timed out".into(), |s| s.to_string()),
+                        status: match other {
+                            Some(WaitStatus::Exited(code)) => format!("exit status: {code}"),
+                            Some(WaitStatus::Signaled(sig)) => format!("signal: {sig}"),
+                            None if ended => "not reaped".into(),
+                            None => "timed out".into(),
+                        },
                         output: tail(&output),
                     });
                 }
             }
             read_pid_file(&plan.pid_file)?
         } else {
-            // The jailer (or Firecracker itself) execs in place: the child is Firecracker.
-            child.id()
+            // The jailer (or Firecracker itself) execs in place: the child is Firecracker, which
+            // the supervisor reaps through its pidfd.
+            child.pid
         };
-        // Not waited on through `child`: the supervisor reaps it through the pidfd.
-        drop(child);
         let pidfd = pidfd::open(pid)?;
         let watchdog = if die_with_owner {
             match watchdog::watch(&pidfd) {
@@ -403,22 +400,6 @@ async fn supervise(
         output,
         cleanup_error,
     }));
-}
-
-async fn wait_child(
-    child: &mut std::process::Child,
-    timeout: Duration,
-) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(Some(s)) = child.try_wait() {
-            return Some(s);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
 }
 
 fn read_pid_file(path: &std::path::Path) -> Result<u32, Error> {
