@@ -120,7 +120,17 @@ impl Process {
 
         let pid = if plan.new_pid_ns {
             // The jailer forks Firecracker into the new namespace, writes its pid and exits.
-            let jailer = Arc::new(pidfd::open(child.pid)?);
+            let jailer = match pidfd::open(child.pid) {
+                Ok(fd) => Arc::new(fd),
+                Err(e) => {
+                    // SAFETY: kills and reaps our own child, named by the pid nobody else reaps.
+                    unsafe {
+                        libc::kill(child.pid as libc::pid_t, libc::SIGKILL);
+                        libc::waitpid(child.pid as libc::pid_t, std::ptr::null_mut(), 0);
+                    }
+                    return Err(e);
+                }
+            };
             let ended = tokio::time::timeout(wait_timeout, pidfd::exited(jailer.clone()))
                 .await
                 .is_ok();
@@ -130,7 +140,11 @@ impl Process {
                 other => {
                     if !ended {
                         pidfd::send_signal(&jailer, libc::SIGKILL);
-                        pidfd::wait_blocking(&jailer, Duration::from_secs(2));
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(2),
+                            pidfd::exited(jailer.clone()),
+                        )
+                        .await;
                         let _ = pidfd::reap(&jailer);
                     }
                     if let Some(done) = stderr_done {

@@ -315,7 +315,10 @@ unsafe fn read_messages(fds: &mut Vec<libc::pollfd>, tokens: &mut Vec<u64>) -> b
             return false;
         }
         if n < 0 {
-            return true; // nothing more now (EAGAIN)
+            // SAFETY: reads this thread's errno.
+            let errno = unsafe { *libc::__errno_location() };
+            // Nothing more for now; any other error ends the socket's use (never a busy loop).
+            return errno == libc::EAGAIN || errno == libc::EINTR;
         }
         let token = u64::from_le_bytes(data[1..].try_into().unwrap_or([0; 8]));
         match data[0] {
