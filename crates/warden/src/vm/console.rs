@@ -90,9 +90,11 @@ impl SerialBuf {
     }
 
     /// Keeps the serial log file at most `max` bytes on disk in all: once it passes half of
-    /// that, it rotates ([`rotate_if_over`]). Checked every 200 ms until the VM ends: a guest
-    /// writing its console flat out (about 125 KB/s here) overshoots by a few tens of KiB at
-    /// most.
+    /// that, it rotates ([`rotate_if_over`]). Checked until the VM ends, every 200 ms once the
+    /// file is within [`MAX_CONSOLE_RATE`] × 200 ms of half (a guest writing its console flat
+    /// out, about 125 KB/s here, overshoots by a few tens of KiB at most), and less often while
+    /// it is further away, so that no guest reaches half before the next check. A timer per VM
+    /// every 200 ms was a steady cost of a daemon holding 1,000 idle VMs.
     pub(crate) async fn keep_bounded(self: Arc<Self>, mut exit: watch::Receiver<Option<Exit>>) {
         let Some(path) = self.file.clone() else {
             return;
@@ -103,11 +105,13 @@ impl SerialBuf {
                 return;
             }
             // A stat is cheap; the copy is not, and runs off the async workers.
-            if std::fs::metadata(&path).is_ok_and(|m| m.len() > half) {
+            let mut len = std::fs::metadata(&path).map_or(0, |m| m.len());
+            if len > half {
                 let p = path.clone();
                 let _ = tokio::task::spawn_blocking(move || rotate_if_over(&p, half)).await;
+                len = std::fs::metadata(&path).map_or(0, |m| m.len());
             }
-            if tokio::time::timeout(Duration::from_millis(200), exit.changed())
+            if tokio::time::timeout(next_check(half, len), exit.changed())
                 .await
                 .is_ok_and(|r| r.is_err())
             {
@@ -139,6 +143,18 @@ impl SerialBuf {
             }
         }
     }
+}
+
+/// The fastest a guest is taken to write its console, in bytes per second: 32 times the rate of
+/// a guest writing flat out here.
+const MAX_CONSOLE_RATE: u64 = 4 << 20;
+
+/// When to look at a serial log of `len` bytes again, which rotates past `half`: before a guest
+/// writing at [`MAX_CONSOLE_RATE`] could pass `half`, between 200 ms and 5 s from now.
+fn next_check(half: u64, len: u64) -> Duration {
+    let headroom = half.saturating_sub(len);
+    Duration::from_millis(headroom.saturating_mul(1000) / MAX_CONSOLE_RATE)
+        .clamp(Duration::from_millis(200), Duration::from_secs(5))
 }
 
 /// Reads Firecracker's stdout (the console) into `buf`, echoing it to our stdout when `echo`.
@@ -215,6 +231,28 @@ pub(crate) fn tail(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_serial_log_far_from_its_bound_is_looked_at_less_often_but_never_too_late() {
+        let half = 8 << 20;
+        // An idle VM's small log under the default bound: every 2 s, not every 200 ms.
+        assert_eq!(next_check(half, 4096), Duration::from_millis(1999));
+        // Near the bound, or past it, or with a small bound: every 200 ms, as before.
+        assert_eq!(next_check(half, half - 1000), Duration::from_millis(200));
+        assert_eq!(next_check(half, half + 1), Duration::from_millis(200));
+        assert_eq!(next_check(32 << 10, 0), Duration::from_millis(200));
+        // Never longer than 5 s, whatever the bound.
+        assert_eq!(next_check(1 << 40, 0), Duration::from_secs(5));
+        // And never so long that a guest writing at the fastest rate reaches half first.
+        for len in (0..half).step_by(1 << 16) {
+            let wait = next_check(half, len);
+            let written = MAX_CONSOLE_RATE as f64 * wait.as_secs_f64();
+            assert!(
+                len as f64 + written <= half as f64 || wait == Duration::from_millis(200),
+                "{len}"
+            );
+        }
+    }
 
     #[test]
     fn captured_console_keeps_the_newest_bytes() {
