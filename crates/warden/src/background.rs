@@ -1,8 +1,8 @@
-//! Threads for work that no request waits on (the refresh-ahead of the uid pass, ListVms'
-//! cgroup readings). They run at the lowest CPU priority (nice 19), so that on a busy host a
-//! request never waits behind them: a list of 1,000 VMs took several times its median when it
-//! landed on the once-a-second refresh of 1,000 VMs' cgroup files. The price is that on a host
-//! whose CPUs are all busy, what they keep gets older than their usual age.
+//! Threads for work that no request ever waits on (the refresh of ListVms' cgroup readings).
+//! They run at the lowest CPU priority (nice 19), so that on a busy host a request never waits
+//! behind them. The price is that on a host whose CPUs are all busy, what they keep gets older
+//! than its usual age; work that a request would do itself once it is too old (the uid pass)
+//! does not belong here.
 
 /// The nice value of background threads.
 const NICE: libc::c_int = 19;

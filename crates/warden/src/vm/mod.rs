@@ -95,7 +95,7 @@ fn processes_by_uid_since(proc_root: &std::path::Path, since: std::time::Instant
 }
 
 /// The host's processes by uid, shared by every live isolation report for [`UID_NOTE_TTL`].
-/// Once a pass is half that old, the next caller starts a fresh one on a background thread (see `background`) and
+/// Once a pass is half that old, the next caller starts a fresh one on a thread of its own and
 /// still gets the current one, so callers that come steadily never wait for a pass; only the
 /// first after a quiet spell does.
 fn processes_by_uid(proc_root: &std::path::Path) -> ByUid {
@@ -111,10 +111,14 @@ fn processes_by_uid(proc_root: &std::path::Path) -> ByUid {
     };
     if age >= UID_NOTE_TTL / 2 && !UID_PASS_RUNNING.swap(true, Ordering::SeqCst) {
         let root = proc_root.to_owned();
-        let spawned = crate::background::spawn("warden-uid-pass", move || {
-            uid_pass(&root);
-            UID_PASS_RUNNING.store(false, Ordering::SeqCst);
-        });
+        // At normal priority (unlike `background` work): a caller that comes once the pass is
+        // a full TTL old makes one itself, so a starved refresh would cost a caller its wait.
+        let spawned = std::thread::Builder::new()
+            .name("warden-uid-pass".into())
+            .spawn(move || {
+                uid_pass(&root);
+                UID_PASS_RUNNING.store(false, Ordering::SeqCst);
+            });
         if spawned.is_err() {
             UID_PASS_RUNNING.store(false, Ordering::SeqCst);
         }
