@@ -33,6 +33,12 @@ pub struct ListEntries {
     kept: std::sync::Mutex<HashMap<String, Kept>>,
 }
 
+/// Whether `id` falls in the range of a ListVms page: after `after` (its page token's id), up to
+/// `last` (the page's last id, when another page follows) or to the end.
+fn in_page_range(id: &str, after: Option<&str>, last: Option<&str>) -> bool {
+    after.is_none_or(|a| id > a) && last.is_none_or(|l| id <= l)
+}
+
 /// A VM's entry without its readings, and the version it was made of.
 type Kept = (Version, Arc<[u8]>);
 
@@ -75,12 +81,18 @@ impl ListEntries {
         (kept, readings)
     }
 
-    /// Forgets the entries of VMs a full list did not show (deleted ones).
-    fn keep_only(&self, ids: &HashSet<&str>) {
+    /// Forgets the entries of VMs a page did not show though their ids fall in its range
+    /// (after `after`, up to `last` or to the end): deleted ones.
+    fn keep_only(&self, after: Option<&str>, last: Option<&str>, shown: &HashSet<&str>) {
         self.kept
             .lock()
             .unwrap()
-            .retain(|id, _| ids.contains(id.as_str()));
+            .retain(|id, _| !in_page_range(id, after, last) || shown.contains(id.as_str()));
+    }
+
+    /// Forgets a deleted VM's entry.
+    fn forget(&self, id: &str) {
+        self.kept.lock().unwrap().remove(id);
     }
 }
 
@@ -1009,7 +1021,9 @@ impl VmService for ManagerService {
     }
 
     async fn delete_vm(&self, req: pb::DeleteVmRequest) -> Result<pb::DeleteVmResponse, ApiError> {
-        self.0.delete_with(need_id(&req.vm_id)?, req.force).await?;
+        let id = need_id(&req.vm_id)?;
+        self.0.delete_with(id, req.force).await?;
+        self.1.forget(id);
         Ok(pb::DeleteVmResponse { success: true })
     }
 
@@ -1095,10 +1109,14 @@ impl VmService for ManagerService {
                 |m: &Made| m.0.as_str(),
             )
             .await?;
-        let whole = req.state_filter.is_empty() && req.page_token.is_empty();
-        if whole && next_page_token.is_empty() {
-            self.1
-                .keep_only(&page.iter().map(|m| m.0.as_str()).collect());
+        // Every VM in the page's range is on it unless filtered out: prune what was deleted.
+        if req.state_filter.is_empty() {
+            let after = parse_page_token(&req.page_token)?;
+            let last = (!next_page_token.is_empty())
+                .then(|| page.last().map(|m| m.0.as_str()))
+                .flatten();
+            let shown = page.iter().map(|m| m.0.as_str()).collect();
+            self.1.keep_only(after.as_deref(), last, &shown);
         }
         let mut out = Vec::with_capacity(page.iter().map(|m| m.1 .0.len() + 24).sum());
         for (_, (kept, readings), _) in &page {
@@ -1401,6 +1419,27 @@ mod tests {
 
     fn config() -> pb::VmConfig {
         pb::VmConfig::with_kernel("/k").memory_mib(256).vcpus(2)
+    }
+
+    #[test]
+    fn a_page_covers_the_ids_after_its_token_up_to_its_last_one() {
+        assert!(
+            in_page_range("b", None, None),
+            "a whole list covers everything"
+        );
+        assert!(in_page_range("b", Some("a"), Some("b")));
+        assert!(
+            !in_page_range("a", Some("a"), Some("c")),
+            "the token's id is the last page's"
+        );
+        assert!(
+            !in_page_range("d", Some("a"), Some("c")),
+            "after the last: the next page's"
+        );
+        assert!(
+            in_page_range("zz", Some("a"), None),
+            "the last page runs to the end"
+        );
     }
 
     #[test]

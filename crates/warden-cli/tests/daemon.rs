@@ -433,6 +433,30 @@ async fn list_entries_follow_every_change_and_match_a_list_made_anew() {
         lists().await,
         &[(&a, pb::VmState::Running), (&b, pb::VmState::Running)],
     );
+    // A page at a time: the same entries.
+    let first = c
+        .list_vms(pb::ListVmsRequest {
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let second = c
+        .list_vms(pb::ListVmsRequest {
+            page_size: 1,
+            page_token: first.next_page_token.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let paged: Vec<&str> = first
+        .vms
+        .iter()
+        .chain(&second.vms)
+        .map(|v| v.vm_id.as_str())
+        .collect();
+    assert_eq!(paged, [a.as_str(), b.as_str()]);
+    assert!(second.next_page_token.is_empty());
     c.shutdown_vm(pb::ShutdownVmRequest {
         vm_id: a.clone(),
         ..Default::default()
