@@ -33,12 +33,6 @@ pub struct ListEntries {
     kept: std::sync::Mutex<HashMap<String, Kept>>,
 }
 
-/// Whether `id` falls in the range of a ListVms page: after `after` (its page token's id), up to
-/// `last` (the page's last id, when another page follows) or to the end.
-fn in_page_range(id: &str, after: Option<&str>, last: Option<&str>) -> bool {
-    after.is_none_or(|a| id > a) && last.is_none_or(|l| id <= l)
-}
-
 /// A VM's entry without its readings, and the version it was made of.
 type Kept = (Version, Arc<[u8]>);
 
@@ -94,6 +88,12 @@ impl ListEntries {
     fn forget(&self, id: &str) {
         self.kept.lock().unwrap().remove(id);
     }
+}
+
+/// Whether `id` falls in the range of a ListVms page: after `after` (its page token's id), up to
+/// `last` (the page's last id, when another page follows) or to the end.
+fn in_page_range(id: &str, after: Option<&str>, last: Option<&str>) -> bool {
+    after.is_none_or(|a| id > a) && last.is_none_or(|l| id <= l)
 }
 
 impl From<ManagerError> for ApiError {

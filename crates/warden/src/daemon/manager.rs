@@ -358,9 +358,6 @@ impl Manager {
     }
 }
 
-/// GetVmInfo's view of one VM: cgroup readings and the isolation report read now (one VM,
-/// proven at the moment of asking). ListVms shows the report read when the VM started or was
-/// re-attached, and cached readings.
 /// Where the readings of the running VMs among `slots` come from (see the `stats` module), on
 /// the refresh's thread: a slot busy with a request keeps its last reading.
 fn live_sources(slots: &[(String, Arc<Mutex<Slot>>)]) -> Vec<super::stats::Source> {
@@ -377,6 +374,9 @@ fn live_sources(slots: &[(String, Arc<Mutex<Slot>>)]) -> Vec<super::stats::Sourc
         .collect()
 }
 
+/// GetVmInfo's view of one VM: cgroup readings and the isolation report read now (one VM,
+/// proven at the moment of asking). ListVms shows the report read when the VM started or was
+/// re-attached, and cached readings.
 fn info(slot: &Slot) -> VmInfo {
     let live = slot.vm.as_ref().filter(|vm| vm.exited().is_none());
     VmInfo {
