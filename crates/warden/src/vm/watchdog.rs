@@ -4,9 +4,9 @@
 //!
 //! One watchdog serves up to [`PER_WATCHDOG`] VMs of its owner. It is forked once, at the
 //! first VM, and each VM after that is handed to it as a pidfd over a socket (`SCM_RIGHTS`).
-//! A fork per VM cost the owner more than anything else it did for a start: the fork copies a
-//! large, many-threaded process's page tables, and every page the owner wrote afterwards took
-//! a copy-on-write fault, for as long as that VM's watchdog lived.
+//! A watchdog forked per VM made forking (with the jailer's fork) most of what a start cost its
+//! owner in a profile: the fork copies a large, many-threaded process's page tables, and every
+//! page the owner wrote afterwards was copied on write, for as long as that VM's watchdog lived.
 //!
 //! The watchdog holds a pidfd on the owner and one on each VM's Firecracker, in a session of
 //! its own (no terminal signal or process-group kill aimed at the owner reaches it). When the
