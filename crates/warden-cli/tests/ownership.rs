@@ -65,17 +65,10 @@ fn alive(pid: u32) -> bool {
 
 /// The live processes whose parent is `pid`.
 fn children_of(pid: u32) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&p| {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-                return false;
-            };
-            let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-            after.split_whitespace().nth(1) == Some(&pid.to_string()) && alive(p)
-        })
+    let proc_root = Path::new("/proc");
+    jail::proc::pids(proc_root)
+        .into_iter()
+        .filter(|&p| jail::proc::stat(proc_root, p).is_some_and(|s| s.ppid == pid && s.is_alive()))
         .collect()
 }
 
