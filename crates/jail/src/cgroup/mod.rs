@@ -9,6 +9,7 @@
 pub mod cpuset;
 pub mod delegation;
 pub mod disk;
+mod mounts;
 pub mod v1;
 pub mod v2;
 
@@ -145,11 +146,10 @@ impl Hierarchy {
         }
     }
 
-    /// Reads the host's mount table (`/proc/self/mounts`) and its huge page sizes.
+    /// The host's cgroup mounts (from `/proc/self/mounts`) and huge page sizes. The table is
+    /// read again only after a mount or unmount (see `mounts.rs`).
     pub fn host() -> Result<Self, CgroupError> {
-        let mut h = Self::from_mounts_file(Path::new("/proc/self/mounts"))?;
-        h.hugepage_sizes = hugepage_sizes(Path::new("/sys/kernel/mm/hugepages"));
-        Ok(h)
+        mounts::host()
     }
 
     /// Whether `controller` can be used in `version` on this host.
@@ -226,11 +226,7 @@ impl Hierarchy {
             (false, None) => Layout::Legacy,
             (false, Some(_)) => Layout::Hybrid,
         };
-        let v2_controllers = v2
-            .as_ref()
-            .and_then(|root| std::fs::read_to_string(root.join("cgroup.controllers")).ok())
-            .map(|s| s.split_whitespace().map(str::to_owned).collect())
-            .unwrap_or_default();
+        let v2_controllers = v2_controllers(v2.as_deref());
         Some(Self {
             layout,
             v1,
@@ -324,6 +320,13 @@ impl Hierarchy {
         dirs.dedup();
         dirs
     }
+}
+
+/// The controllers a cgroup2 root offers (`cgroup.controllers`; none when missing).
+fn v2_controllers(root: Option<&Path>) -> Vec<String> {
+    root.and_then(|root| read_small(&root.join("cgroup.controllers")))
+        .map(|s| s.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
 }
 
 /// The huge page sizes under `dir` (`hugepages-2048kB` ...) as the hugetlb controller's file
