@@ -113,10 +113,8 @@ pub fn report(proc_root: &Path, pid: u32, expected: &Expected<'_>) -> IsolationR
         "shares the host's network namespace (no netns configured)",
     );
 
-    let is_sandboxed =
-        jailer.active && uid_gid.active && chroot.active && cgroups.active && seccomp.active;
-    IsolationReport {
-        is_sandboxed,
+    let mut report = IsolationReport {
+        is_sandboxed: false,
         jailer,
         uid_gid,
         chroot,
@@ -124,6 +122,28 @@ pub fn report(proc_root: &Path, pid: u32, expected: &Expected<'_>) -> IsolationR
         seccomp,
         pid_ns,
         net_ns,
+    };
+    report.is_sandboxed = report.mandatory_layers_on();
+    report
+}
+
+impl IsolationReport {
+    fn mandatory_layers_on(&self) -> bool {
+        self.jailer.active
+            && self.uid_gid.active
+            && self.chroot.active
+            && self.cgroups.active
+            && self.seccomp.active
+    }
+
+    /// Reads the seccomp layer again from the live process `pid`: all that changes once
+    /// Firecracker runs, as its vCPU threads install their filters when InstanceStart makes
+    /// them. Its uid, root, cgroups and namespaces are fixed from before then: the jailer set
+    /// them before its exec, warden's accounting cgroup is joined before the report is first
+    /// read, and Firecracker's own filters forbid the calls that would change them.
+    pub fn reread_seccomp(&mut self, proc_root: &Path, pid: u32) {
+        self.seccomp = seccomp_layer(proc_root, pid);
+        self.is_sandboxed = self.mandatory_layers_on();
     }
 }
 

@@ -623,19 +623,24 @@ pub fn kill_tasks(dirs: &[PathBuf], deadline: Duration) {
             .filter_map(|l| l.trim().parse().ok())
             .collect()
     };
+    // Whether anything may be left to wait for: the usual end, a VM whose Firecracker is gone
+    // already, finds every directory empty and waits for nothing.
+    let mut signalled = false;
     for dir in dirs {
         let kill_file = dir.join("cgroup.kill");
         if kill_file.exists() && std::fs::write(&kill_file, "1").is_ok() {
+            signalled = true;
             continue;
         }
         for pid in tasks(dir) {
+            signalled = true;
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
     }
-    while dirs.iter().any(|d| !tasks(d).is_empty()) && start.elapsed() < deadline {
+    while signalled && dirs.iter().any(|d| !tasks(d).is_empty()) && start.elapsed() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
 }

@@ -56,19 +56,39 @@ pub(super) struct Env {
     base: PathBuf,
     pub(super) parent_cgroup: String,
     tmp: tempfile::TempDir,
+    /// The library series' options, made once as a library user would (their defaults look
+    /// for the binaries on disk).
+    library_options: VmOptions,
 }
 
 impl Env {
     pub(super) fn new(chroot_base: &Path) -> anyhow::Result<Self> {
+        let firecracker = need(warden::assets::firecracker())?;
+        let jailer = need(warden::assets::jailer())?;
+        let parent_cgroup = host::cgroup_prefix();
+        let library_options = VmOptions {
+            boot_args: Some(BOOT_ARGS.into()),
+            jailer: JailerConfig {
+                chroot_base_dir: chroot_base.to_owned(),
+                jailer_binary: jailer.clone(),
+                exec_file: firecracker.clone(),
+                parent_cgroup: parent_cgroup.clone(),
+                ..JailerConfig::default()
+            },
+            jailer_mode: JailerMode::Required,
+            serial: Serial::Capture,
+            ..VmOptions::default()
+        };
         Ok(Env {
-            firecracker: need(warden::assets::firecracker())?,
-            jailer: need(warden::assets::jailer())?,
+            firecracker,
+            jailer,
             kernel: need(warden::assets::testguest())?,
             base: chroot_base.to_owned(),
-            parent_cgroup: host::cgroup_prefix(),
+            parent_cgroup,
             tmp: tempfile::Builder::new()
                 .prefix(&host::tmp_prefix())
                 .tempdir_in("/tmp")?,
+            library_options,
         })
     }
 
@@ -350,19 +370,7 @@ pub(super) fn library_config(env: &Env, id: &str) -> (VmConfig, VmOptions) {
         rootfs_path: String::new(),
         enable_networking: false,
     };
-    let options = VmOptions {
-        boot_args: Some(BOOT_ARGS.into()),
-        jailer: JailerConfig {
-            chroot_base_dir: env.base.clone(),
-            jailer_binary: env.jailer.clone(),
-            exec_file: env.firecracker.clone(),
-            parent_cgroup: env.parent_cgroup.clone(),
-            ..JailerConfig::default()
-        },
-        jailer_mode: JailerMode::Required,
-        serial: Serial::Capture,
-        ..VmOptions::default()
-    };
+    let options = env.library_options.clone();
     (config, options)
 }
 

@@ -170,7 +170,7 @@ impl VmHandle {
         }
         let socket_path = plan.socket_path.clone();
         let unjailed = (!plan.jailed).then_some("jailer not used");
-        let mut isolation = isolation_report(&process, &plan, unjailed, None, None).await;
+        let mut isolation = isolation_report(&process, &plan, unjailed);
         // Recovery re-attaches every VM at once: they share passes at most UID_NOTE_TTL old.
         add_uid_note(&mut isolation, &processes_by_uid(proc_root), pid, plan.uid);
         Ok(Some(VmHandle {
@@ -664,7 +664,7 @@ async fn finish(
     // From here a failure must end the process; dropping `process` kills it and cleans up.
     let (before, started) = match &options.restore {
         Some(r) => {
-            let before = isolation_report(&process, &plan, unjailed_reason, None, None).await;
+            let before = isolation_report(&process, &plan, unjailed_reason);
             let loaded = snapshot::load(&client, &plan, &r.manifest.firecracker_version).await;
             phases.mark("snapshot load");
             match loaded {
@@ -683,7 +683,7 @@ async fn finish(
             phases.mark("configure");
             // Read before InstanceStart too: a guest may power off before the report after it
             // is read.
-            let before = isolation_report(&process, &plan, unjailed_reason, None, None).await;
+            let before = isolation_report(&process, &plan, unjailed_reason);
             let started = match configured {
                 Ok(()) => client.action(ActionType::InstanceStart).await,
                 Err(e) => Err(e),
@@ -703,7 +703,7 @@ async fn finish(
         });
     }
     let uid_since = options.uid_check_at_start.then_some(began);
-    let after = isolation_report(&process, &plan, unjailed_reason, Some(began), uid_since).await;
+    let after = settled_report(&process, &plan, &before, uid_since).await;
     let isolation = if process.exited().is_some()
         || !jail::proc::is_alive(std::path::Path::new(jail::proc::PROC), process.pid)
     {
@@ -797,16 +797,11 @@ async fn configure(
     Ok(())
 }
 
-/// Reads the isolation report. vCPU threads install their seccomp filters as they start, so after
-/// InstanceStart (`settle`: the report kept from a start) a jailed VM is re-read briefly until
-/// every thread shows one. With `uid_since`, the uid note is added from a pass over the host's
-/// processes begun at or after it.
-async fn isolation_report(
+/// Reads the isolation report of `process` (every layer, from `/proc`).
+fn isolation_report(
     process: &process::Process,
     plan: &JailPlan,
     unjailed_reason: Option<&str>,
-    settle: Option<std::time::Instant>,
-    uid_since: Option<std::time::Instant>,
 ) -> IsolationReport {
     let expected = inspect::Expected {
         jailed: plan.jailed,
@@ -815,14 +810,29 @@ async fn isolation_report(
         unjailed_reason,
         limits_off: &plan.cgroups_off,
     };
+    inspect::report(std::path::Path::new(jail::proc::PROC), process.pid, &expected)
+}
+
+/// The report kept from a start: `before` (read before InstanceStart or the snapshot load)
+/// with its seccomp layer read again (see [`IsolationReport::reread_seccomp`]). vCPU threads
+/// install their filters as they start, so a jailed VM is re-read briefly until every thread
+/// shows one. With `uid_since`, the uid note is added from a pass over the host's processes
+/// begun at or after it.
+async fn settled_report(
+    process: &process::Process,
+    plan: &JailPlan,
+    before: &IsolationReport,
+    uid_since: Option<std::time::Instant>,
+) -> IsolationReport {
     let proc_root = std::path::Path::new(jail::proc::PROC);
-    let mut report = inspect::report(proc_root, process.pid, &expected);
+    let mut report = before.clone();
+    report.reread_seccomp(proc_root, process.pid);
     for _ in 0..50 {
-        if settle.is_none() || !plan.jailed || report.seccomp.active || process.exited().is_some() {
+        if !plan.jailed || report.seccomp.active || process.exited().is_some() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
-        report = inspect::report(proc_root, process.pid, &expected);
+        report.reread_seccomp(proc_root, process.pid);
     }
     if let Some(since) = uid_since {
         let by_uid = processes_by_uid_since(proc_root, since);
