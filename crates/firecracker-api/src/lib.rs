@@ -1,8 +1,9 @@
 //! A typed async client for Firecracker v1.12's HTTP API over its Unix socket.
 //!
 //! Every request opens its own connection, sends one HTTP/1.1 request and reads the whole
-//! response, all under a per-request timeout ([`Client::with_timeout`]). Nothing is retried
-//! except connecting in [`Client::wait_ready`]. The models also serve to write Firecracker's
+//! response, all under a per-request timeout ([`Client::with_timeout`]), unless the client
+//! keeps one connection for a burst of requests ([`Client::keep_alive`]). Nothing is retried
+//! except connecting in [`Client::wait_ready`], and a kept connection that closed while idle. The models also serve to write Firecracker's
 //! `--config-file` ([`ConfigFile`]).
 #![deny(missing_docs)]
 
@@ -16,6 +17,7 @@ pub use models::{
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -102,11 +104,29 @@ pub enum Error {
     },
 }
 
-/// A client for one Firecracker API socket. Cheap to clone; holds no connection.
+/// A client for one Firecracker API socket. Cheap to clone; holds no connection unless made by
+/// [`Client::keep_alive`].
 #[derive(Debug, Clone)]
 pub struct Client {
     socket_path: PathBuf,
     timeout: Duration,
+    /// The connection a [`Client::keep_alive`] client and its clones share between requests.
+    kept: Option<Arc<tokio::sync::Mutex<Option<Connection>>>>,
+}
+
+/// An HTTP/1.1 connection to the API socket: the request half and the future that drives it,
+/// polled only while a request is under way (in between, nothing arrives that needs it).
+struct Connection {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    driver: std::pin::Pin<
+        Box<hyper::client::conn::http1::Connection<TokioIo<UnixStream>, Full<Bytes>>>,
+    >,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Connection")
+    }
 }
 
 impl Client {
@@ -115,6 +135,20 @@ impl Client {
         Self {
             socket_path: socket_path.into(),
             timeout: DEFAULT_TIMEOUT,
+            kept: None,
+        }
+    }
+
+    /// A client for the same socket that keeps one connection open between its requests (and
+    /// its clones', which take turns on it) until the last of them is dropped: for a burst of
+    /// requests, such as configuring and starting a VM, without a connection (and Firecracker
+    /// accepting one) per request. A connection that closed while idle is replaced before the
+    /// next request is written; a request that fails takes its connection with it.
+    pub fn keep_alive(&self) -> Self {
+        Self {
+            socket_path: self.socket_path.clone(),
+            timeout: self.timeout,
+            kept: Some(Default::default()),
         }
     }
 
@@ -274,6 +308,85 @@ impl Client {
     }
 
     /// One request on a fresh connection, under the client's timeout.
+    /// One exchange on the kept connection `slot` (a new one when there is none, or it closed
+    /// while idle). The inner error is the exchange's.
+    async fn exchange_kept(
+        &self,
+        slot: &tokio::sync::Mutex<Option<Connection>>,
+        req: Request<Full<Bytes>>,
+    ) -> Result<Result<(StatusCode, Bytes), hyper::Error>, Error> {
+        // Held for the whole exchange: the clones' requests take turns.
+        let mut slot = slot.lock().await;
+        let kept = match slot.take() {
+            Some(mut c) => ready(&mut c).await.then_some(c),
+            None => None,
+        };
+        let mut conn = match kept {
+            Some(c) => c,
+            None => self.connect().await?,
+        };
+        // The exchange borrows the connection: it ends within this block.
+        let (result, open) = {
+            let Connection { sender, driver } = &mut conn;
+            let exchange = async {
+                let resp = sender.send_request(req).await?;
+                let status = resp.status();
+                let bytes = resp.into_body().collect().await?.to_bytes();
+                Ok::<_, hyper::Error>((status, bytes))
+            };
+            tokio::pin!(exchange);
+            tokio::select! {
+                biased;
+                r = &mut exchange => (r, true),
+                r = driver => match r {
+                    Err(e) => (Err(e), false),
+                    // Closed, perhaps right after answering: an answer read before the end is
+                    // in the exchange's hands already, so one more poll ends it.
+                    Ok(()) => match poll_once(exchange.as_mut()).await {
+                        Some(r) => (r, false),
+                        None => {
+                            return Err(Error::Connect {
+                                path: self.socket_path.clone(),
+                                source: io::Error::new(
+                                    io::ErrorKind::ConnectionAborted,
+                                    "Firecracker closed the connection before answering",
+                                ),
+                            })
+                        }
+                    },
+                },
+            }
+        };
+        // Kept only after a whole answer on a connection still open: a failed or cut-off
+        // exchange drops it.
+        if open && result.is_ok() {
+            *slot = Some(conn);
+        }
+        Ok(result)
+    }
+
+    /// A new connection to the API socket, its HTTP/1.1 handshake done.
+    async fn connect(&self) -> Result<Connection, Error> {
+        let stream = UnixStream::connect(&self.socket_path)
+            .await
+            .map_err(|source| Error::Connect {
+                path: self.socket_path.clone(),
+                source,
+            })?;
+        let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| Error::Http {
+                socket: self.socket_path.clone(),
+                method: Method::GET,
+                uri: "(connection handshake)".into(),
+                source,
+            })?;
+        Ok(Connection {
+            sender,
+            driver: Box::pin(driver),
+        })
+    }
+
     async fn request(
         &self,
         method: Method,
@@ -303,16 +416,6 @@ impl Client {
             uri: uri.to_owned(),
             source,
         };
-        let stream = UnixStream::connect(&self.socket_path)
-            .await
-            .map_err(|source| Error::Connect {
-                path: self.socket_path.clone(),
-                source,
-            })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(http_err)?;
-
         let mut req = Request::builder()
             .method(method.clone())
             .uri(uri)
@@ -326,17 +429,24 @@ impl Client {
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .expect("valid request");
 
-        // Drive the connection while the exchange runs; dropping `sender` afterwards lets the
-        // connection future finish. A connection error also fails the exchange, which reports it.
-        let exchange = async move {
-            let resp = sender.send_request(req).await?;
-            drop(sender);
-            let status = resp.status();
-            let bytes = resp.into_body().collect().await?.to_bytes();
-            Ok::<_, hyper::Error>((status, bytes))
+        let (status, bytes) = match &self.kept {
+            None => {
+                let Connection { mut sender, driver } = self.connect().await?;
+                // Drive the connection while the exchange runs; dropping `sender` afterwards
+                // lets the connection future finish. A connection error also fails the
+                // exchange, which reports it.
+                let exchange = async move {
+                    let resp = sender.send_request(req).await?;
+                    drop(sender);
+                    let status = resp.status();
+                    let bytes = resp.into_body().collect().await?.to_bytes();
+                    Ok::<_, hyper::Error>((status, bytes))
+                };
+                let (result, _conn) = tokio::join!(exchange, driver);
+                result.map_err(http_err)?
+            }
+            Some(slot) => self.exchange_kept(slot, req).await?.map_err(http_err)?,
         };
-        let (result, _conn) = tokio::join!(exchange, conn);
-        let (status, bytes) = result.map_err(http_err)?;
         if status.is_success() {
             Ok(bytes)
         } else {
@@ -347,6 +457,27 @@ impl Client {
                 fault_message: fault_message(status, &bytes),
             })
         }
+    }
+}
+
+/// The future's output if it is ready at one poll.
+async fn poll_once<F: std::future::Future>(mut f: std::pin::Pin<&mut F>) -> Option<F::Output> {
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match f.as_mut().poll(cx) {
+            std::task::Poll::Ready(r) => Some(r),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+}
+
+/// Whether the idle connection `c` can take a request now: it is driven until its request
+/// half is ready, and is not when Firecracker closed it meanwhile.
+async fn ready(c: &mut Connection) -> bool {
+    let Connection { sender, driver } = c;
+    tokio::select! {
+        r = sender.ready() => r.is_ok(),
+        _ = driver => false,
     }
 }
 

@@ -320,3 +320,83 @@ async fn wait_ready_succeeds_when_the_socket_appears_later() {
     assert!(start.elapsed() >= Duration::from_millis(80));
     server.await.unwrap();
 }
+
+/// A fake Firecracker that answers `204 No Content` to every request, `per_connection` of them
+/// on each connection it accepts (then closes it), and reports each connection's request lines.
+fn keeping_fake(
+    dir: &tempfile::TempDir,
+    per_connection: usize,
+) -> (Client, tokio::sync::mpsc::UnboundedReceiver<Vec<String>>) {
+    let path = dir.path().join("fc.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut lines = Vec::new();
+            for _ in 0..per_connection {
+                let seen = read_request(&mut stream).await;
+                lines.push(seen.request_line().to_owned());
+                stream
+                    .write_all(b"HTTP/1.1 204 No Content\r\nServer: Firecracker API\r\n\r\n")
+                    .await
+                    .unwrap();
+            }
+            stream.shutdown().await.unwrap();
+            tx.send(lines).unwrap();
+        }
+    });
+    (Client::new(path), rx)
+}
+
+#[tokio::test]
+async fn a_kept_connection_carries_every_request_of_a_burst() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, mut connections) = keeping_fake(&dir, 3);
+    let api = client.keep_alive();
+    api.put_machine_config(&MachineConfiguration::default())
+        .await
+        .unwrap();
+    // A clone shares the connection.
+    api.clone()
+        .put_boot_source(&BootSource::default())
+        .await
+        .unwrap();
+    api.action(ActionType::InstanceStart).await.unwrap();
+    assert_eq!(
+        connections.recv().await.unwrap(),
+        [
+            "PUT /machine-config HTTP/1.1",
+            "PUT /boot-source HTTP/1.1",
+            "PUT /actions HTTP/1.1"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_kept_connection_closed_while_idle_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, mut connections) = keeping_fake(&dir, 1);
+    let api = client.keep_alive();
+    api.put_boot_source(&BootSource::default()).await.unwrap();
+    // The server has closed the first connection after its one answer.
+    assert_eq!(
+        connections.recv().await.unwrap(),
+        ["PUT /boot-source HTTP/1.1"]
+    );
+    api.action(ActionType::InstanceStart).await.unwrap();
+    assert_eq!(connections.recv().await.unwrap(), ["PUT /actions HTTP/1.1"]);
+}
+
+#[tokio::test]
+async fn a_plain_client_connects_for_each_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, mut connections) = keeping_fake(&dir, 1);
+    client
+        .put_boot_source(&BootSource::default())
+        .await
+        .unwrap();
+    client.action(ActionType::InstanceStart).await.unwrap();
+    assert_eq!(connections.recv().await.unwrap().len(), 1);
+    assert_eq!(connections.recv().await.unwrap().len(), 1);
+}

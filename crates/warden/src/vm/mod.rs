@@ -661,11 +661,14 @@ async fn finish(
     // The uid check of the report kept from this start comes from a pass begun after this
     // point (the VM's uid is leased by now); VMs started together share one.
     let began = std::time::Instant::now();
+    // One connection for the start's requests; the handle's client connects per request, so
+    // an idle VM holds no connection.
+    let api = client.keep_alive();
     // From here a failure must end the process; dropping `process` kills it and cleans up.
     let (before, started) = match &options.restore {
         Some(r) => {
             let before = isolation_report(&process, &plan, unjailed_reason);
-            let loaded = snapshot::load(&client, &plan, &r.manifest.firecracker_version).await;
+            let loaded = snapshot::load(&api, &plan, &r.manifest.firecracker_version).await;
             phases.mark("snapshot load");
             match loaded {
                 Ok(()) => (before, Ok(())),
@@ -679,19 +682,20 @@ async fn finish(
             }
         }
         None => {
-            let configured = configure(config, options, &plan, &client).await;
+            let configured = configure(config, options, &plan, &api).await;
             phases.mark("configure");
             // Read before InstanceStart too: a guest may power off before the report after it
             // is read.
             let before = isolation_report(&process, &plan, unjailed_reason);
             let started = match configured {
-                Ok(()) => client.action(ActionType::InstanceStart).await,
+                Ok(()) => api.action(ActionType::InstanceStart).await,
                 Err(e) => Err(e),
             };
             phases.mark("instance start");
             (before, started)
         }
     };
+    drop(api);
     if let Err(source) = started {
         process.note_stop_requested();
         process.kill();
@@ -810,7 +814,11 @@ fn isolation_report(
         unjailed_reason,
         limits_off: &plan.cgroups_off,
     };
-    inspect::report(std::path::Path::new(jail::proc::PROC), process.pid, &expected)
+    inspect::report(
+        std::path::Path::new(jail::proc::PROC),
+        process.pid,
+        &expected,
+    )
 }
 
 /// The report kept from a start: `before` (read before InstanceStart or the snapshot load)
