@@ -226,6 +226,11 @@ impl Jail {
 
     /// Records the Firecracker process (so a dead owner's VM can be ended exactly). A VM that
     /// already ended and was removed has nothing left to record.
+    ///
+    /// The copy beside the jail, read only when the registry lost the record (see
+    /// [`crate::Layout::scan`]), is rewritten only for a VM without cgroup directories: one
+    /// with them is ended there through them (every task in them is killed before anything is
+    /// removed), so its copy from [`apply`] is enough, and a start writes one file less.
     pub fn set_firecracker(&self, p: ProcessRef) -> Result<(), RegistryError> {
         if !self.armed.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(());
@@ -236,7 +241,10 @@ impl Jail {
             r.clone()
         };
         self.registry.update(&rec)?;
-        self.write_owner_copy()
+        if rec.plan.cgroup_dirs.is_empty() {
+            self.write_owner_copy()?;
+        }
+        Ok(())
     }
 
     /// Moves Firecracker into the v1 `cpuacct` directory made by [`apply`], before its vCPU
@@ -490,6 +498,37 @@ mod tests {
             7,
             "a removed jail is not removed again on drop"
         );
+    }
+
+    #[test]
+    fn the_copy_beside_the_jail_names_firecracker_only_where_no_cgroup_can_end_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let reg = Registry::new(tmp.path().join("reg"));
+        let copy = |rec: &OwnerRecord| -> OwnerRecord {
+            serde_json::from_slice(&std::fs::read(&rec.plan.owner_file).unwrap()).unwrap()
+        };
+        let fc = ProcessRef {
+            pid: 42,
+            start_time: 7,
+        };
+        for with_cgroups in [true, false] {
+            let mut rec = networked(tmp.path());
+            rec.id = format!("vm-{with_cgroups}");
+            rec.firecracker = None;
+            rec.plan.net = None;
+            if !with_cgroups {
+                rec.plan.cgroup_dirs.clear();
+            }
+            rec.plan.owner_file = tmp.path().join(format!("{}.owner.json", rec.id));
+            reg.reserve(&rec).unwrap();
+            let jail = Jail::adopt(rec.clone(), &reg, Arc::new(RecordingHost::default()));
+            jail.write_owner_copy().unwrap();
+            jail.set_firecracker(fc).unwrap();
+            assert_eq!(reg.read(&rec.id).unwrap().unwrap().firecracker, Some(fc));
+            let want = (!with_cgroups).then_some(fc);
+            assert_eq!(copy(&rec).firecracker, want, "cgroups: {with_cgroups}");
+            jail.disarm();
+        }
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub struct Stat {
     /// Start time in clock ticks since boot (field 22). With the pid, it names one process for
     /// good: a recycled pid has a different start time.
     pub start_time: u64,
+    /// CPU time in clock ticks of the process and of its children it has waited for: user and
+    /// system time of both (fields 14 to 17; a guest's time counts as its vCPU thread's user
+    /// time).
+    pub cpu_ticks: u64,
 }
 
 impl Stat {
@@ -51,14 +55,19 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
     let mut rest = text[close + 1..].split_whitespace();
     let state = rest.next()?.chars().next()?;
     let ppid = rest.next()?.parse().ok()?;
-    // Fields 5 to 21 come before the start time.
-    let start_time = rest.nth(17)?.parse().ok()?;
+    // Fields 5 to 13 come before the CPU times, 18 to 21 between them and the start time.
+    let mut cpu_ticks = 0u64;
+    for t in [rest.nth(9)?, rest.next()?, rest.next()?, rest.next()?] {
+        cpu_ticks += t.parse::<u64>().ok()?;
+    }
+    let start_time = rest.nth(4)?.parse().ok()?;
     Some(Stat {
         pid,
         comm,
         state,
         ppid,
         start_time,
+        cpu_ticks,
     })
 }
 
@@ -378,6 +387,8 @@ mod tests {
                 state: 'S',
                 ppid: 7,
                 start_time: 99_001,
+                // Fields 14 to 17 of the fake line hold their own numbers.
+                cpu_ticks: 14 + 15 + 16 + 17,
             }
         );
         assert!(s.is_alive());

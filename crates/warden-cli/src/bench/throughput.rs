@@ -6,7 +6,8 @@
 //!   guest's exit, remove the jail and cgroups), N threads in parallel;
 //! - `library start_vm`: `warden::vm::start_vm` then `wait()`, N tasks;
 //! - `daemon`: CreateVm, WatchVms of the VM, BootVm, `stopped` as WatchVms reports it (then the
-//!   marker is checked in the serial log, untimed), DeleteVm, N clients. Nothing is polled.
+//!   marker is checked in the serial log, untimed), DeleteVm, N VMs at a time through one
+//!   client (one per cell, its connections kept). Nothing is polled.
 //!
 //! A cell (series × concurrency) runs `--count` VMs, split over `--rounds` rounds; each round
 //! runs every cell in a rotated order, so slow phases of the machine hit all series alike.
@@ -90,6 +91,8 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<Report> {
     let mut done = vec![0usize; cells.len()];
     let mut lat: Vec<Vec<Duration>> = vec![Vec::new(); cells.len()];
     let mut cpu = vec![0f64; cells.len()];
+    let mut tree = vec![0f64; cells.len()];
+    let daemon_pid: Vec<u32> = daemon.pid().into_iter().collect();
     let mut phases: Vec<(String, Vec<Duration>)> = Vec::new();
     let seq = Arc::new(AtomicUsize::new(0));
     for round in 0..rounds {
@@ -102,12 +105,14 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<Report> {
             let idx = (k + round * (chosen.len() + 1)) % cells.len();
             let (series, conc) = cells[idx];
             let cpu0 = host::cpu_busy_ms();
+            let tree0 = host::tree_cpu_ms(&daemon_pid);
             let (t, l) = match series {
                 0 => bare_cell(env.clone(), conc, n, seq.clone()).await?,
                 1 => library_cell(env.clone(), conc, n, seq.clone()).await?,
                 _ => daemon_cell(daemon.clone(), conc, n, seq.clone()).await?,
             };
             cpu[idx] += host::cpu_busy_ms() - cpu0;
+            tree[idx] += host::tree_cpu_ms(&daemon_pid) - tree0;
             let l: Vec<Duration> = l
                 .into_iter()
                 .map(|(total, p)| {
@@ -143,6 +148,7 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<Report> {
             vms_per_s,
             ratio: None,
             cpu_ms_per_vm: cpu[idx] / done[idx].max(1) as f64,
+            tree_cpu_ms_per_vm: Some(tree[idx] / done[idx].max(1) as f64),
         });
         let mut row = Row::new(&format!("{} x{conc}", SERIES[series]), &lat[idx]);
         let base = cells.iter().position(|&(s, c)| s == 0 && c == conc);
@@ -284,11 +290,13 @@ async fn daemon_cell(
     n: usize,
     seq: Arc<AtomicUsize>,
 ) -> anyhow::Result<(Duration, Vec<(Duration, Phases)>)> {
+    // One client for the cell, as a control plane holds one: its connections are kept and
+    // shared by the VMs' calls.
+    let client = daemon.client();
     let t0 = Instant::now();
     let lat = pool(n, conc, move |_| {
-        let (daemon, seq) = (daemon.clone(), seq.clone());
+        let (daemon, seq, client) = (daemon.clone(), seq.clone(), client.clone());
         async move {
-            let client = daemon.client();
             let id = next_id(&seq);
             let t = Instant::now();
             client
