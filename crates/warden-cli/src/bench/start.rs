@@ -39,10 +39,10 @@ pub struct StartArgs {
     /// Base directory of jails.
     #[arg(long, default_value = "/srv/jailer")]
     chroot_base: PathBuf,
-    /// Let the bench's daemon give each Firecracker its own PID namespace (the daemon's
-    /// default; off here so that it runs the same jailer flags as the other series).
-    #[arg(long)]
-    daemon_pidns: bool,
+    /// Give each Firecracker of the library and daemon series its own PID namespace (their
+    /// default; off here so that they run the bare jailer's flags).
+    #[arg(long, alias = "daemon-pidns")]
+    pidns: bool,
 }
 
 const MARKER: &str = "WARDEN_MARKER bench";
@@ -62,7 +62,9 @@ pub(super) struct Env {
 }
 
 impl Env {
-    pub(super) fn new(chroot_base: &Path) -> anyhow::Result<Self> {
+    /// `pidns`: the library's Firecrackers get their own PID namespace (its default; the bare
+    /// jailer's have none).
+    pub(super) fn new(chroot_base: &Path, pidns: bool) -> anyhow::Result<Self> {
         let firecracker = need(warden::assets::firecracker())?;
         let jailer = need(warden::assets::jailer())?;
         let parent_cgroup = host::cgroup_prefix();
@@ -73,6 +75,7 @@ impl Env {
                 jailer_binary: jailer.clone(),
                 exec_file: firecracker.clone(),
                 parent_cgroup: parent_cgroup.clone(),
+                new_pid_ns: pidns,
                 ..JailerConfig::default()
             },
             jailer_mode: JailerMode::Required,
@@ -103,10 +106,10 @@ impl Env {
 
 /// Runs the scenario.
 pub async fn run(args: StartArgs) -> anyhow::Result<Report> {
-    let env = Env::new(&args.chroot_base)?;
+    let env = Env::new(&args.chroot_base, args.pidns)?;
     let guard = env.guard();
-    let daemon = BenchDaemon::start(args.daemon_pidns)?;
-    let pooled = BenchDaemon::start_with(args.daemon_pidns, &[("WARDEN_POOL_SIZE", POOL)])?;
+    let daemon = BenchDaemon::start(args.pidns)?;
+    let pooled = BenchDaemon::start_with(args.pidns, &[("WARDEN_POOL_SIZE", POOL)])?;
     let names = [
         "bare firecracker",
         "bare jailer",
@@ -168,7 +171,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<Report> {
         format!(
             "process start (daemon: CreateVm call) to guest marker, {} boots per series, interleaved; ratio = median / bare jailer median; daemon pidns {}; pool {} (hits {}, misses {})",
             args.count,
-            if args.daemon_pidns { "on" } else { "off" },
+            if args.pidns { "on" } else { "off" },
             POOL,
             pool.0,
             pool.1

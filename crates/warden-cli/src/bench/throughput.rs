@@ -45,10 +45,10 @@ pub struct ThroughputArgs {
     /// Base directory of the bare and library jails.
     #[arg(long, default_value = "/srv/jailer")]
     chroot_base: std::path::PathBuf,
-    /// Let the bench's daemon give each Firecracker its own PID namespace (off by default, as
-    /// for the other series).
-    #[arg(long)]
-    daemon_pidns: bool,
+    /// Give each Firecracker of the library and daemon series its own PID namespace (their
+    /// default; off here so that they run the bare jailer's flags).
+    #[arg(long, alias = "daemon-pidns")]
+    pidns: bool,
     /// The series to run, comma-separated: bare, library, daemon (ratios need bare). One series
     /// alone suits a host-wide profile, e.g. `perf record -a -g -- warden bench throughput
     /// --series library`.
@@ -69,9 +69,9 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<Report> {
         !args.concurrency.is_empty() && args.concurrency.iter().all(|c| *c > 0),
         "--concurrency takes positive numbers, e.g. 1,2,4,8"
     );
-    let env = Arc::new(Env::new(&std::path::PathBuf::from(&args.chroot_base))?);
+    let env = Arc::new(Env::new(&args.chroot_base, args.pidns)?);
     let guard = env.guard();
-    let daemon = Arc::new(BenchDaemon::start(args.daemon_pidns)?);
+    let daemon = Arc::new(BenchDaemon::start(args.pidns)?);
     let profile = super::profile::Profile::start_if(args.profile.as_deref(), daemon.pid())?;
     let rounds = args.rounds.clamp(1, args.count);
     let chosen: Vec<usize> = (0..SERIES.len())
