@@ -206,9 +206,9 @@ pub struct VmOptions {
     /// `warden gc`. A daemon turns this off: its VMs outlive it and are re-attached.
     pub die_with_owner: bool,
     /// Check, for the isolation report kept from the start, that no other process runs as the
-    /// VM's uid: a pass over every process of the host (shared by the starts in flight), which
-    /// with 1,000 VMs running was a visible part of each start. A daemon turns it off: its
-    /// GetVmInfo reads the report, with that check, when it is asked.
+    /// VM's uid: from a pass over every process of the host at most a second old, shared by
+    /// every start and live report of this process (the processes it names are checked again).
+    /// A daemon turns it off: its GetVmInfo reads the report, with that check, when asked.
     pub uid_check_at_start: bool,
     /// Start from this snapshot instead of booting (set by [`crate::vm::restore_vm`]).
     pub restore: Option<crate::vm::snapshot::Restore>,

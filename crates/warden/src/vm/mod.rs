@@ -82,18 +82,6 @@ fn uid_pass(proc_root: &std::path::Path) -> ByUid {
     m
 }
 
-/// The host's processes by uid from a pass begun at or after `since` (a new pass when the kept
-/// one is older), so VMs started together share one.
-fn processes_by_uid_since(proc_root: &std::path::Path, since: std::time::Instant) -> ByUid {
-    let kept = UID_PASS
-        .lock()
-        .unwrap()
-        .as_ref()
-        .filter(|(at, _)| *at >= since)
-        .map(|(_, m)| m.clone());
-    kept.unwrap_or_else(|| uid_pass(proc_root))
-}
-
 /// The host's processes by uid, shared by every live isolation report for [`UID_NOTE_TTL`].
 /// Once a pass is half that old, the next caller starts a fresh one on a thread of its own and
 /// still gets the current one, so callers that come steadily never wait for a pass; only the
@@ -127,11 +115,23 @@ fn processes_by_uid(proc_root: &std::path::Path) -> ByUid {
 }
 
 /// Adds the uid/gid layer's note on other processes that run as `uid` (not `pid`) to `report`,
-/// from the pass `by_uid`.
+/// from the pass `by_uid`. A pass may be older than the VM (see [`UID_NOTE_TTL`]): each process
+/// it names is checked again, so one that has ended since (the last VM with this uid, say) is
+/// not named.
 fn add_uid_note(report: &mut IsolationReport, by_uid: &ByUid, pid: u32, uid: u32) {
+    use std::os::unix::fs::MetadataExt;
+    let proc_root = std::path::Path::new(jail::proc::PROC);
     let others: Vec<u32> = by_uid
         .get(&uid)
-        .map(|v| v.iter().copied().filter(|&p| p != pid).collect())
+        .map(|v| {
+            v.iter()
+                .copied()
+                .filter(|&p| p != pid)
+                .filter(|&p| {
+                    std::fs::metadata(jail::proc::dir(proc_root, p)).is_ok_and(|m| m.uid() == uid)
+                })
+                .collect()
+        })
         .unwrap_or_default();
     inspect::add_uid_note(report, &inspect::uid_note(&others));
 }
@@ -243,9 +243,8 @@ impl VmHandle {
         let proc_root = std::path::Path::new(jail::proc::PROC);
         let mut report = inspect::report(proc_root, self.pid, &expected);
         // The uid check is one pass over every process of the host (about 15 ms with 1,000
-        // VMs): live reports of all VMs share one pass at most UID_NOTE_TTL old, the rest of
-        // the report is read every time. (The report kept from a start has a pass begun
-        // during that start.)
+        // VMs): live reports of all VMs, and the reports kept from starts, share one pass at
+        // most UID_NOTE_TTL old; the rest of the report is read every time.
         add_uid_note(
             &mut report,
             &processes_by_uid(proc_root),
@@ -658,9 +657,6 @@ async fn finish(
     unjailed_reason: Option<&str>,
     mut phases: Phases,
 ) -> Result<VmHandle, Error> {
-    // The uid check of the report kept from this start comes from a pass begun after this
-    // point (the VM's uid is leased by now); VMs started together share one.
-    let began = std::time::Instant::now();
     // One connection for the start's requests; the handle's client connects per request, so
     // an idle VM holds no connection.
     let api = client.keep_alive();
@@ -706,8 +702,7 @@ async fn finish(
             source: Box::new(source),
         });
     }
-    let uid_since = options.uid_check_at_start.then_some(began);
-    let after = settled_report(&process, &plan, &before, uid_since).await;
+    let after = settled_report(&process, &plan, &before, options.uid_check_at_start).await;
     let isolation = if process.exited().is_some()
         || !jail::proc::is_alive(std::path::Path::new(jail::proc::PROC), process.pid)
     {
@@ -824,13 +819,14 @@ fn isolation_report(
 /// The report kept from a start: `before` (read before InstanceStart or the snapshot load)
 /// with its seccomp layer read again (see [`IsolationReport::reread_seccomp`]). vCPU threads
 /// install their filters as they start, so a jailed VM is re-read briefly until every thread
-/// shows one. With `uid_since`, the uid note is added from a pass over the host's processes
-/// begun at or after it.
+/// shows one. With `uid_check`, the uid note is added from the shared pass over the host's
+/// processes (see [`processes_by_uid`]): a pass that cost a start a fifth of its own CPU when
+/// each start made one. The uid is leased for the VM by now, so no other warden VM takes it.
 async fn settled_report(
     process: &process::Process,
     plan: &JailPlan,
     before: &IsolationReport,
-    uid_since: Option<std::time::Instant>,
+    uid_check: bool,
 ) -> IsolationReport {
     let proc_root = std::path::Path::new(jail::proc::PROC);
     let mut report = before.clone();
@@ -842,8 +838,8 @@ async fn settled_report(
         tokio::time::sleep(Duration::from_millis(2)).await;
         report.reread_seccomp(proc_root, process.pid);
     }
-    if let Some(since) = uid_since {
-        let by_uid = processes_by_uid_since(proc_root, since);
+    if uid_check {
+        let by_uid = processes_by_uid(proc_root);
         add_uid_note(&mut report, &by_uid, process.pid, plan.uid);
     }
     report
