@@ -3,8 +3,8 @@
 //! Every request opens its own connection, sends one HTTP/1.1 request and reads the whole
 //! response, all under a per-request timeout ([`Client::with_timeout`]), unless the client
 //! keeps one connection for a burst of requests ([`Client::keep_alive`]). Nothing is retried
-//! except connecting in [`Client::wait_ready`], and a kept connection that closed while idle. The models also serve to write Firecracker's
-//! `--config-file` ([`ConfigFile`]).
+//! except connecting in [`Client::wait_ready`], and a kept connection that closed while idle.
+//! The models also serve to write Firecracker's `--config-file` ([`ConfigFile`]).
 #![deny(missing_docs)]
 
 mod models;
@@ -307,7 +307,6 @@ impl Client {
         })
     }
 
-    /// One request on a fresh connection, under the client's timeout.
     /// One exchange on the kept connection `slot` (a new one when there is none, or it closed
     /// while idle). The inner error is the exchange's.
     async fn exchange_kept(
@@ -387,6 +386,8 @@ impl Client {
         })
     }
 
+    /// One request under the client's timeout, on the kept connection if there is one, else on
+    /// a fresh connection.
     async fn request(
         &self,
         method: Method,
