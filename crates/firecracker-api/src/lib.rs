@@ -307,16 +307,19 @@ impl Client {
         })
     }
 
-    /// One exchange on the kept connection `slot` (a new one when there is none, or it closed
-    /// while idle). The inner error is the exchange's.
-    async fn exchange_kept(
+    /// One exchange, on the kept connection when the client keeps one (a new one when there is
+    /// none yet, or it closed while idle), else on a connection of its own that ends with it.
+    /// The inner error is the exchange's.
+    async fn send(
         &self,
-        slot: &tokio::sync::Mutex<Option<Connection>>,
         req: Request<Full<Bytes>>,
     ) -> Result<Result<(StatusCode, Bytes), hyper::Error>, Error> {
         // Held for the whole exchange: the clones' requests take turns.
-        let mut slot = slot.lock().await;
-        let kept = match slot.take() {
+        let mut slot = match &self.kept {
+            Some(slot) => Some(slot.lock().await),
+            None => None,
+        };
+        let kept = match slot.as_mut().and_then(|s| s.take()) {
             Some(mut c) => ready(&mut c).await.then_some(c),
             None => None,
         };
@@ -358,8 +361,8 @@ impl Client {
         };
         // Kept only after a whole answer on a connection still open: a failed or cut-off
         // exchange drops it.
-        if open && result.is_ok() {
-            *slot = Some(conn);
+        if let (Some(slot), true, true) = (slot.as_mut(), open, result.is_ok()) {
+            **slot = Some(conn);
         }
         Ok(result)
     }
@@ -386,8 +389,7 @@ impl Client {
         })
     }
 
-    /// One request under the client's timeout, on the kept connection if there is one, else on
-    /// a fresh connection.
+    /// One request under the client's timeout (see [`Client::send`]).
     async fn request(
         &self,
         method: Method,
@@ -430,24 +432,7 @@ impl Client {
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .expect("valid request");
 
-        let (status, bytes) = match &self.kept {
-            None => {
-                let Connection { mut sender, driver } = self.connect().await?;
-                // Drive the connection while the exchange runs; dropping `sender` afterwards
-                // lets the connection future finish. A connection error also fails the
-                // exchange, which reports it.
-                let exchange = async move {
-                    let resp = sender.send_request(req).await?;
-                    drop(sender);
-                    let status = resp.status();
-                    let bytes = resp.into_body().collect().await?.to_bytes();
-                    Ok::<_, hyper::Error>((status, bytes))
-                };
-                let (result, _conn) = tokio::join!(exchange, driver);
-                result.map_err(http_err)?
-            }
-            Some(slot) => self.exchange_kept(slot, req).await?.map_err(http_err)?,
-        };
+        let (status, bytes) = self.send(req).await?.map_err(http_err)?;
         if status.is_success() {
             Ok(bytes)
         } else {

@@ -74,6 +74,22 @@ fn changed(watch: &File) -> bool {
 mod tests {
     use super::*;
 
+    /// `f`'s result, called while a small tmpfs is mounted on a temp dir (the tests run as root).
+    fn with_a_tmpfs_mounted<R>(f: impl FnOnce() -> R) -> R {
+        let dir = tempfile::tempdir().unwrap();
+        nix::mount::mount(
+            Some("none"),
+            dir.path(),
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=1m"),
+        )
+        .expect("mounting a tmpfs (the tests run as root)");
+        let r = f();
+        nix::mount::umount(dir.path()).unwrap();
+        r
+    }
+
     #[test]
     fn a_quiet_table_shows_no_change() {
         // Other tests' processes may mount meanwhile: one quiet moment in fifty is enough.
@@ -84,19 +100,9 @@ mod tests {
     #[test]
     fn a_mount_and_an_unmount_show_on_a_table_opened_before_them() {
         let watch = File::open(MOUNTS).unwrap();
-        let dir = tempfile::tempdir().unwrap();
         // Other tests may mount meanwhile: only "a change is seen after ours" is certain.
         let _ = changed(&watch);
-        nix::mount::mount(
-            Some("none"),
-            dir.path(),
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            Some("size=1m"),
-        )
-        .expect("mounting a tmpfs (the tests run as root)");
-        let seen = changed(&watch);
-        nix::mount::umount(dir.path()).unwrap();
+        let seen = with_a_tmpfs_mounted(|| changed(&watch));
         assert!(seen, "a mount did not show on the open mount table");
         assert!(changed(&watch), "the unmount did not show");
     }
@@ -112,17 +118,7 @@ mod tests {
         assert_eq!(first, fresh());
         assert_eq!(host().unwrap(), first);
         // A mount elsewhere drops what was kept; the next read is whole again.
-        let dir = tempfile::tempdir().unwrap();
-        nix::mount::mount(
-            Some("none"),
-            dir.path(),
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            Some("size=1m"),
-        )
-        .unwrap();
-        let after = host();
-        nix::mount::umount(dir.path()).unwrap();
+        let after = with_a_tmpfs_mounted(host);
         assert_eq!(after.unwrap(), fresh());
     }
 }

@@ -68,16 +68,10 @@ pub(crate) fn cpu_busy_ms() -> f64 {
 /// for: the jailers, Firecrackers and guests the bench or its daemon started and reaped).
 /// Unlike [`cpu_busy_ms`], nothing else on the host counts.
 pub(crate) fn tree_cpu_ms(others: &[u32]) -> f64 {
-    let ticks = |pid: Option<u32>| {
-        let stat = match pid {
-            Some(p) => jail::proc::stat(proc_root(), p),
-            None => std::fs::read_to_string("/proc/self/stat")
-                .ok()
-                .and_then(|t| jail::proc::parse_stat(&t)),
-        };
-        stat.map_or(0, |s| s.cpu_ticks)
-    };
-    let all = ticks(None) + others.iter().map(|&p| ticks(Some(p))).sum::<u64>();
+    let all: u64 = std::iter::once(std::process::id())
+        .chain(others.iter().copied())
+        .map(|p| jail::proc::stat(proc_root(), p).map_or(0, |s| s.cpu_ticks))
+        .sum();
     // USER_HZ is 100 on Linux.
     all as f64 * 10.0
 }
